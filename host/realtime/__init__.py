@@ -1,0 +1,23 @@
+"""realtime: a Quart host that runs drop-in Python scripts and loads plugins by entry point."""
+
+from .errors import HTTPError, PluginError
+from .hookspecs import hookimpl
+from .host import Host, create_app, current_host, get_host
+from .options import Option
+from .routes import Route, WebSocketRoute
+from .scripts import ScriptRequest, ScriptResponse
+
+__all__ = [
+    "HTTPError",
+    "Host",
+    "Option",
+    "PluginError",
+    "Route",
+    "ScriptRequest",
+    "ScriptResponse",
+    "WebSocketRoute",
+    "create_app",
+    "current_host",
+    "get_host",
+    "hookimpl",
+]

@@ -1,0 +1,171 @@
+"""The ``realtime`` command: ``run`` serves the app with Hypercorn, ``plugins`` lists plugins."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as ServerConfig
+
+from .errors import PluginError
+from .host import all_options, build_app, get_host
+from .options import Option
+from .plugins import DISABLE_ENV, Plugins
+
+log = logging.getLogger("realtime")
+
+
+def _add_option(parser: argparse.ArgumentParser, option: Option) -> None:
+    help_text = f"{option.help} (env {option.env}; default: {option.default})"
+    if option.type is bool:
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=help_text,
+        )
+    else:
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            default=None,
+            metavar=option.name.upper(),
+            choices=option.choices,
+            help=help_text,
+        )
+
+
+def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="realtime",
+        description="A WebSocket broadcast server for drop-in Python scripts.",
+        epilog=(
+            "Every option of 'run' can also be set by its environment variable "
+            f"(REALTIME_BIND, REALTIME_APP, REALTIME_THREADS, ...). {DISABLE_ENV}=a,b "
+            "skips the named plugins. See 'realtime run --help'."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="serve the app with Hypercorn",
+        description="Serve app/ with Hypercorn. Options fall back to their REALTIME_* variable.",
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for owner, option in all_options(plugins):
+        if owner not in groups:
+            title = "host options" if owner == "host" else f"plugin {owner!r}"
+            groups[owner] = run.add_argument_group(title)
+        _add_option(groups[owner], option)  # type: ignore[arg-type]
+    run.add_argument(
+        "--log-level",
+        default=os.environ.get("REALTIME_LOG_LEVEL", "info"),
+        help="debug, info, warning or error (env REALTIME_LOG_LEVEL; default: info)",
+    )
+    run.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("REALTIME_ACCESS_LOG", "") not in ("", "0", "false"),
+        help="log every request (env REALTIME_ACCESS_LOG)",
+    )
+    listing = commands.add_parser("plugins", help="list discovered plugins, routes and functions")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        plugins = Plugins.discover()
+        parser = build_parser(plugins)
+    except PluginError as exc:
+        print(f"realtime: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    given = {
+        name: value
+        for name, value in vars(args).items()
+        if name not in ("command", "json", "log_level", "access_log") and value is not None
+    }
+    if args.command == "plugins":
+        given.pop("app", None)
+    try:
+        app = build_app(plugins, given, os.environ)
+    except PluginError as exc:
+        print(f"realtime: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "plugins":
+        return list_plugins(app, as_json=args.json)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run(app, access_log=args.access_log)
+
+
+def list_plugins(app: Any, *, as_json: bool) -> int:
+    host = get_host(app)
+    report: list[dict[str, Any]] = []
+    for info in host.plugins.info():
+        routes = [
+            {"path": route.path, "kind": type(route).__name__}
+            for owner, route in host.routes
+            if owner == info.name
+        ]
+        functions = sorted(n for n, owner in host.function_owner.items() if owner == info.name)
+        report.append(
+            {
+                "name": info.name,
+                "module": info.module,
+                "distribution": info.distribution,
+                "version": info.version,
+                "hooks": list(info.hooks),
+                "routes": routes,
+                "functions": functions,
+            }
+        )
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for entry in report:
+        origin = f"{entry['distribution']} {entry['version']}" if entry["distribution"] else "local"
+        print(f"{entry['name']}  ({entry['module']}, {origin})")
+        for route in entry["routes"]:
+            kind = "ws  " if route["kind"] == "WebSocketRoute" else "http"
+            print(f"    route     {kind} {route['path']}")
+        for function in entry["functions"]:
+            print(f"    function  {function}()")
+    return 0
+
+
+def server_config(app: Any, *, access_log: bool) -> ServerConfig:
+    host = get_host(app)
+    config = ServerConfig()
+    config.bind = [host.settings["bind"]]
+    # Through the logging module, so one configuration formats everything.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    if access_log:
+        config.accesslog = logging.getLogger("hypercorn.access")
+    host.plugins.call_each("configure_server", config=config, settings=host.settings)
+    return config
+
+
+def run(app: Any, *, access_log: bool = False) -> int:
+    host = get_host(app)
+    if not host.app_dir.is_dir():
+        print(f"realtime: app directory {str(host.app_dir)!r} does not exist", file=sys.stderr)
+        return 2
+    config = server_config(app, access_log=access_log)
+    log.info("serving %s on http://%s", host.app_dir.resolve(), host.settings["bind"])
+    try:
+        asyncio.run(serve(app, config))
+    except PluginError as exc:
+        print(f"realtime: {exc}", file=sys.stderr)
+        return 1
+    return 0

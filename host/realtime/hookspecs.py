@@ -1,0 +1,53 @@
+"""Hook specifications: the whole contract between the host and its plugins.
+
+The host calls every hook with keyword arguments; a plugin's implementation
+declares only the arguments it needs (``def register_routes(): ...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from hypercorn.config import Config as ServerConfig
+
+    from .host import Host
+    from .options import Option
+    from .routes import AnyRoute
+
+PROJECT = "realtime"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_options() -> list[Option]:  # type: ignore[empty-body]
+    """Settings the plugin reads; each becomes a ``--flag`` and a ``REALTIME_*`` variable."""
+
+
+@hookspec
+def register_routes(host: Host) -> list[AnyRoute]:  # type: ignore[empty-body]
+    """HTTP and WebSocket routes the plugin serves."""
+
+
+@hookspec
+def register_functions(host: Host) -> Mapping[str, Callable[..., Any]]:  # type: ignore[empty-body]
+    """Native functions put in every drop-in script's namespace, by name."""
+
+
+@hookspec
+def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
+    """Adjust the Hypercorn config before serving (ping interval, timeouts...)."""
+
+
+@hookspec
+def startup(host: Host) -> Awaitable[None] | None:
+    """Provision: runs on the serving loop before the first request."""
+
+
+@hookspec
+def shutdown(host: Host) -> Awaitable[None] | None:
+    """Clean up: runs for every started plugin, even when another one fails."""

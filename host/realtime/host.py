@@ -1,0 +1,304 @@
+"""The host: a Quart application built from whatever plugins were discovered.
+
+It knows routes, native functions, drop-in scripts and lifecycle hooks; it knows
+nothing about WebSockets or broadcasting, which are plugins' business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, Response, request, send_file
+from werkzeug.datastructures import Headers, MultiDict
+
+from .errors import HTTPError, PluginError
+from .options import Option, resolve
+from .plugins import Plugins, await_me_maybe
+from .proxy import ForwardedHeadersMiddleware
+from .routes import ALL_METHODS, Route, WebSocketRoute
+from .scripts import (
+    PRIVATE_SUFFIXES,
+    RESERVED_NAMES,
+    SCRIPT_SUFFIX,
+    CompileCache,
+    ScriptRequest,
+    ScriptResponse,
+    build_namespace,
+    execute,
+)
+from .scripts import (
+    resolve as resolve_path,
+)
+
+log = logging.getLogger("realtime")
+
+EXTENSION_KEY = "realtime"
+DEFAULT_APP_DIR = "app"
+
+#: Settings of the host itself; plugins add theirs through ``register_options``.
+HOST_OPTIONS = (
+    Option("bind", "127.0.0.1:8000", "HOST:PORT to listen on (Caddy proxies to the default)"),
+    Option("app", DEFAULT_APP_DIR, "directory of drop-in scripts and static files"),
+    Option("threads", 8, "worker threads that run drop-in scripts", type=int),
+    Option("debug", False, "put tracebacks in 500 responses", type=bool),
+    Option(
+        "forwarded_allow_ips",
+        "127.0.0.1,::1",
+        "comma-separated peers whose X-Forwarded-* headers are trusted ('*' for any)",
+    ),
+    Option("max_body_size", 1024 * 1024, "largest request body a script accepts, bytes", type=int),
+)
+
+_current: contextvars.ContextVar[Host] = contextvars.ContextVar("realtime_current_host")
+
+
+def current_host() -> Host:
+    """The host serving this request or running this script, from any thread it runs in."""
+    try:
+        return _current.get()
+    except LookupError:
+        from quart import current_app
+
+        if current_app:
+            return get_host(current_app._get_current_object())  # type: ignore[attr-defined]
+        raise RuntimeError("no realtime host is active here") from None
+
+
+def get_host(app: Quart) -> Host:
+    host = app.extensions.get(EXTENSION_KEY)
+    if not isinstance(host, Host):
+        raise RuntimeError("this Quart app was not built by realtime.create_app")
+    return host
+
+
+class Host:
+    """Per-application state: plugins, settings, functions, the script runner."""
+
+    def __init__(self, app: Quart, plugins: Plugins, settings: Mapping[str, Any]) -> None:
+        self.app = app
+        self.plugins = plugins
+        self.settings: Mapping[str, Any] = dict(settings)
+        self.app_dir = Path(self.settings["app"])
+        self.debug: bool = self.settings["debug"]
+        self.functions: dict[str, Callable[..., Any]] = {}
+        self.routes: list[tuple[str, Route | WebSocketRoute]] = []
+        self.compile_cache = CompileCache()
+        self.executor: ThreadPoolExecutor | None = None
+        self._started: list[str] = []
+
+    # Registration -----------------------------------------------------------
+
+    def collect(self) -> None:
+        """Gather routes and functions, refusing any name claimed twice."""
+        route_owner: dict[tuple[str, str], str] = {}
+        for plugin, routes in self.plugins.call_each("register_routes", host=self):
+            for route in routes:
+                kind = "websocket" if isinstance(route, WebSocketRoute) else "http"
+                key = (kind, route.path)
+                if key in route_owner:
+                    raise PluginError(
+                        f"{kind} route {route.path!r} is claimed by both plugin "
+                        f"{route_owner[key]!r} and plugin {plugin!r}"
+                    )
+                route_owner[key] = plugin
+                self.routes.append((plugin, route))
+        function_owner: dict[str, str] = {}
+        for plugin, functions in self.plugins.call_each("register_functions", host=self):
+            for name, function in dict(functions).items():
+                if not name.isidentifier() or name in RESERVED_NAMES:
+                    raise PluginError(f"plugin {plugin!r} registers an invalid function {name!r}")
+                if name in function_owner:
+                    raise PluginError(
+                        f"function {name!r} is claimed by both plugin "
+                        f"{function_owner[name]!r} and plugin {plugin!r}"
+                    )
+                if not callable(function):
+                    raise PluginError(f"plugin {plugin!r}: function {name!r} is not callable")
+                function_owner[name] = plugin
+                self.functions[name] = function
+        self.function_owner = function_owner
+
+    def install(self) -> None:
+        for plugin, route in self.routes:
+            endpoint_name = f"{plugin}:{route.path}"
+            if isinstance(route, WebSocketRoute):
+                self.app.add_websocket(route.path, endpoint_name, route.endpoint)
+            else:
+                self.app.add_url_rule(
+                    route.path, endpoint_name, route.endpoint, methods=list(route.methods)
+                )
+        for rule in ("/", "/<path:path>"):
+            self.app.add_url_rule(
+                rule,
+                "realtime:app",
+                self.serve,
+                methods=list(ALL_METHODS),
+                provide_automatic_options=False,
+                defaults={"path": ""} if rule == "/" else None,
+            )
+        self.app.before_serving(self.startup)
+        self.app.after_serving(self.shutdown)
+
+    # Lifecycle (Caddy's provision / cleanup) --------------------------------
+
+    async def startup(self) -> None:
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.settings["threads"], thread_name_prefix="realtime-script"
+        )
+        token = _current.set(self)
+        try:
+            for plugin, call in self.plugins.bound("startup", host=self):
+                try:
+                    await await_me_maybe(call())
+                except Exception as exc:
+                    log.error("plugin %r failed to start", plugin, exc_info=True)
+                    await self.shutdown()
+                    raise PluginError(
+                        f"plugin {plugin!r} failed to start: {type(exc).__name__}: {exc}"
+                    ) from exc
+                self._started.append(plugin)
+        finally:
+            _current.reset(token)
+
+    async def shutdown(self) -> None:
+        calls = dict(self.plugins.bound("shutdown", host=self))
+        for plugin in reversed(self._started):
+            call = calls.get(plugin)
+            if call is None:
+                continue
+            try:
+                await await_me_maybe(call())
+            except Exception:
+                log.error("plugin %r failed to shut down", plugin, exc_info=True)
+        self._started.clear()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+
+    # Drop-in scripts and static files ---------------------------------------
+
+    async def serve(self, path: str) -> Response | tuple[str, int] | Any:
+        target = resolve_path(self.app_dir, path)
+        if target is None:
+            return "Not Found\n", 404
+        if target.suffix == SCRIPT_SUFFIX:
+            return await self.run_script(target)
+        if target.suffix in PRIVATE_SUFFIXES or "__pycache__" in target.parts:
+            return "Not Found\n", 404
+        if request.method not in ("GET", "HEAD"):
+            return "Method Not Allowed\n", 405
+        return await send_file(target, conditional=True)
+
+    async def run_script(self, path: Path) -> Response:
+        loop = asyncio.get_running_loop()
+        if self.executor is None:
+            raise RuntimeError("the host is not serving (startup has not run)")
+        script_request = await self._read_request()
+        if isinstance(script_request, Response):
+            return script_request
+        script_response = ScriptResponse()
+        context = contextvars.copy_context()
+        context.run(_current.set, self)
+        relative = path.relative_to(self.app_dir.resolve())
+        try:
+            code = self.compile_cache.get(path)
+            namespace = build_namespace(path, self.functions, script_request, script_response)
+            await loop.run_in_executor(self.executor, context.run, execute, code, namespace)
+        except HTTPError as exc:
+            return Response(f"{exc}\n", exc.status, content_type="text/plain; charset=utf-8")
+        except Exception as exc:
+            log.exception("script %s raised", relative)
+            body = f"Internal Server Error: {relative} raised {type(exc).__name__}\n"
+            if self.debug:
+                body += "\n" + traceback.format_exc()
+            return Response(body, 500, content_type="text/plain; charset=utf-8")
+        response = Response(script_response.body, script_response.status)
+        response.headers = Headers(script_response.headers)
+        response.headers["Content-Length"] = str(len(script_response.body))
+        return response
+
+    async def _read_request(self) -> ScriptRequest | Response:
+        limit = self.settings["max_body_size"]
+        if request.content_length is not None and request.content_length > limit:
+            return Response(f"Request body over {limit} bytes\n", 413)
+        body = await request.get_data(cache=True, as_text=False, parse_form_data=False)
+        if len(body) > limit:
+            return Response(f"Request body over {limit} bytes\n", 413)
+        form = await request.form if request.mimetype in _FORM_TYPES else MultiDict()
+        return ScriptRequest(
+            method=request.method,
+            path=request.path,
+            query=MultiDict(request.args),
+            form=MultiDict(form),
+            headers=Headers(request.headers),
+            body=body,
+            remote_addr=request.remote_addr,
+            scheme=request.scheme,
+            host=request.host,
+            cookies=dict(request.cookies),
+        )
+
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def create_app(
+    app_dir: str | os.PathLike[str] | None = None,
+    *,
+    settings: Mapping[str, Any] | None = None,
+    plugins: Iterable[object] = (),
+    load_entrypoints: bool = True,
+    disabled: Iterable[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Quart:
+    """Build a fresh host: discover plugins, resolve settings, register routes and functions.
+
+    Tests pass ``plugins=[...]`` and ``load_entrypoints=False`` to inject plugins directly.
+    """
+    found = Plugins.discover(plugins, load_entrypoints=load_entrypoints, disabled=disabled)
+    given = dict(settings or {})
+    if app_dir is not None:
+        given["app"] = os.fspath(app_dir)
+    return build_app(found, given, os.environ if environ is None else environ)
+
+
+def all_options(plugins: Plugins) -> list[tuple[str, Option]]:
+    """Host options then each plugin's, refusing a name declared twice."""
+    owned: dict[str, str] = {option.name: "host" for option in HOST_OPTIONS}
+    options = [("host", option) for option in HOST_OPTIONS]
+    for plugin, declared in plugins.call_each("register_options"):
+        for option in declared:
+            if option.name in owned:
+                raise PluginError(
+                    f"option {option.flag} is declared by both {owned[option.name]!r} "
+                    f"and plugin {plugin!r}"
+                )
+            owned[option.name] = plugin
+            options.append((plugin, option))
+    return options
+
+
+def build_app(plugins: Plugins, given: Mapping[str, Any], environ: Mapping[str, str]) -> Quart:
+    options = [option for _, option in all_options(plugins)]
+    try:
+        settings = resolve(options, given, environ)
+    except ValueError as exc:
+        raise PluginError(str(exc)) from None
+    app = Quart("realtime", static_folder=None)
+    app.url_map.merge_slashes = False
+    app.config["MAX_CONTENT_LENGTH"] = settings["max_body_size"]
+    host = Host(app, plugins, settings)
+    app.extensions[EXTENSION_KEY] = host
+    host.collect()
+    host.install()
+    trusted = [ip.strip() for ip in settings["forwarded_allow_ips"].split(",") if ip.strip()]
+    app.asgi_app = ForwardedHeadersMiddleware(app.asgi_app, trusted)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,145 @@
+"""Plugin discovery through entry points, and calls that know which plugin answered.
+
+Built-in plugins are declared under the same entry-point group as third-party ones;
+nothing here special-cases them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+
+ENTRY_POINT_GROUP = "realtime.plugins"
+DISABLE_ENV = "REALTIME_DISABLE_PLUGINS"
+
+T = TypeVar("T")
+
+
+async def await_me_maybe(value: T | Awaitable[T]) -> T:
+    """Let hooks be plain functions or coroutines."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+
+
+class Plugins:
+    """A fresh pluggy manager per host: two hosts in one process share nothing."""
+
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        self._dists: dict[str, tuple[str | None, str | None]] = {}
+
+    @classmethod
+    def discover(
+        cls,
+        extra: Iterable[object] = (),
+        *,
+        load_entrypoints: bool = True,
+        disabled: Iterable[str] | None = None,
+    ) -> Plugins:
+        """Load every entry point of ``realtime.plugins``, then ``extra`` plugin objects.
+
+        Every failure is collected, so one error message names every broken plugin.
+        """
+        if disabled is None:
+            disabled = [n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()]
+        blocked = set(disabled)
+        plugins = cls()
+        errors: list[str] = []
+        if load_entrypoints:
+            seen: dict[str, str] = {}
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                if ep.name in blocked:
+                    continue
+                dist = ep.dist.name if ep.dist is not None else None
+                if ep.name in seen:
+                    if seen[ep.name] != ep.value:
+                        errors.append(
+                            f"plugin name {ep.name!r} is declared twice: {seen[ep.name]} "
+                            f"and {ep.value} ({dist})"
+                        )
+                    continue
+                seen[ep.name] = ep.value
+                try:
+                    obj = ep.load()
+                except Exception as exc:
+                    errors.append(
+                        f"plugin {ep.name!r} ({ep.value}) failed to import: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+                    continue
+                version = ep.dist.version if ep.dist is not None else None
+                errors.extend(plugins._register(obj, ep.name, dist, version))
+        for obj in extra:
+            name = getattr(obj, "__name__", None) or type(obj).__name__
+            errors.extend(plugins._register(obj, name, None, None))
+        if errors:
+            raise PluginError("\n".join(errors))
+        return plugins
+
+    def _register(self, obj: object, name: str, dist: str | None, version: str | None) -> list[str]:
+        if self.manager.has_plugin(name) or self.manager.is_registered(obj):
+            return [f"plugin {name!r} is registered twice"]
+        try:
+            self.manager.register(obj, name=name)
+            self.manager.check_pending()
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            if self.manager.is_registered(obj):
+                self.manager.unregister(obj)
+            return [f"plugin {name!r} is invalid: {exc}"]
+        self._dists[name] = (dist, version)
+        return []
+
+    def bound(self, hook: str, **kwargs: Any) -> list[tuple[str, Callable[[], Any]]]:
+        """``hook``'s implementations in load order, each bound to the arguments it asks for."""
+        return [
+            (impl.plugin_name, partial(impl.function, **{n: kwargs[n] for n in impl.argnames}))
+            for impl in getattr(self.manager.hook, hook).get_hookimpls()
+        ]
+
+    def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call ``hook`` on every plugin, returning ``(plugin, result)`` for non-``None`` results.
+
+        Unlike ``pm.hook.X()``, this keeps the answering plugin's name so conflicts
+        and failures can name it.
+        """
+        results = []
+        for plugin, call in self.bound(hook, **kwargs):
+            try:
+                result = call()
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {plugin!r} failed in {hook}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if result is not None:
+                results.append((plugin, result))
+        return results
+
+    def info(self) -> list[PluginInfo]:
+        infos = []
+        for name, obj in self.manager.list_name_plugin():
+            dist, version = self._dists.get(name, (None, None))
+            hooks = tuple(sorted(impl.name for impl in self.manager.get_hookcallers(obj) or ()))
+            module = getattr(obj, "__name__", type(obj).__name__)
+            infos.append(PluginInfo(name, module, dist, version, hooks))
+        return infos

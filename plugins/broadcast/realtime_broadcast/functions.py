@@ -1,0 +1,33 @@
+"""``broadcast()``, built only on the websocket plugin's public API."""
+
+from __future__ import annotations
+
+from realtime import HTTPError, current_host
+from realtime_websocket import get_pool
+
+SETTING = "max_message_size"
+
+
+class MessageTooLarge(HTTPError, ValueError):
+    """The message is over the configured limit; nothing was sent."""
+
+    status = 413
+
+
+def broadcast(message: str | bytes) -> int:
+    """Send ``message`` to every connected client: ``str`` as a text frame, ``bytes`` as binary.
+
+    Returns the number of clients it was queued for; never waits on a client.
+    """
+    if isinstance(message, str):
+        size = len(message.encode())
+    elif isinstance(message, bytes | bytearray | memoryview):
+        message = bytes(message)
+        size = len(message)
+    else:
+        raise TypeError(f"broadcast() takes str or bytes, got {type(message).__name__}")
+    host = current_host()
+    limit: int = host.settings[SETTING]
+    if size > limit:
+        raise MessageTooLarge(f"message is {size} bytes, over the {limit}-byte limit; not sent")
+    return get_pool(host).broadcast(message, size=size)

@@ -1,0 +1,87 @@
+"""The seed's ``handler`` module as a plugin: the ``/ws`` route and its client pool."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hypercorn.config import Config as ServerConfig
+from quart import current_app, websocket
+from realtime import Host, Option, WebSocketRoute, get_host, hookimpl
+
+from .pool import OVERFLOW_POLICIES, Pool
+from .state import EXTENSION_KEY, get_pool
+
+
+@hookimpl
+def register_options() -> list[Option]:
+    return [
+        Option("ws_path", "/ws", "URL path of the WebSocket endpoint"),
+        Option(
+            "ping_interval",
+            20.0,
+            "seconds between keepalive pings (0 turns keepalive off)",
+            type=float,
+        ),
+        Option(
+            "pong_timeout",
+            20.0,
+            "seconds after a ping with nothing from the client before it is dropped",
+            type=float,
+        ),
+        Option(
+            "client_buffer",
+            1024 * 1024,
+            "bytes queued for one client before the overflow policy applies",
+            type=int,
+        ),
+        Option(
+            "overflow_policy",
+            "close",
+            "what to do with a client whose buffer overflows: close (code 1008) or drop-oldest",
+            choices=OVERFLOW_POLICIES,
+        ),
+        Option(
+            "max_incoming_size",
+            64 * 1024,
+            "largest message a client may send (it is read and discarded), bytes",
+            type=int,
+        ),
+    ]
+
+
+async def websocket_endpoint() -> None:
+    pool = get_pool(get_host(current_app._get_current_object()))  # type: ignore[attr-defined]
+    await pool.serve(websocket._get_current_object())  # type: ignore[attr-defined]
+
+
+@hookimpl
+def register_routes(host: Host) -> list[WebSocketRoute]:
+    return [WebSocketRoute(host.settings["ws_path"], websocket_endpoint)]
+
+
+@hookimpl
+def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
+    interval = settings["ping_interval"]
+    if interval > 0:
+        config.websocket_ping_interval = interval
+        # Hypercorn sends pings but never checks for pongs; a read timeout just
+        # longer than the ping interval drops a peer that has vanished silently.
+        config.read_timeout = int(interval + settings["pong_timeout"]) + 1
+    config.websocket_max_message_size = settings["max_incoming_size"]
+
+
+@hookimpl
+def startup(host: Host) -> None:
+    pool = Pool(
+        max_buffer=host.settings["client_buffer"], overflow=host.settings["overflow_policy"]
+    )
+    pool.start()
+    host.app.extensions[EXTENSION_KEY] = pool
+
+
+@hookimpl
+async def shutdown(host: Host) -> None:
+    pool = host.app.extensions.pop(EXTENSION_KEY, None)
+    if isinstance(pool, Pool):
+        await pool.close()
