@@ -55,6 +55,12 @@ HOST_OPTIONS = (
         "comma-separated peers whose X-Forwarded-* headers are trusted ('*' for any)",
     ),
     Option("max_body_size", 1024 * 1024, "largest request body a script accepts, bytes", type=int),
+    Option(
+        "script_timeout",
+        30.0,
+        "seconds a script may run before the request gets 504 (PHP's max_execution_time)",
+        type=float,
+    ),
 )
 
 _current: contextvars.ContextVar[Host] = contextvars.ContextVar("realtime_current_host")
@@ -211,7 +217,14 @@ class Host:
         try:
             code = self.compile_cache.get(path)
             namespace = build_namespace(path, self.functions, script_request, script_response)
-            await loop.run_in_executor(self.executor, context.run, execute, code, namespace)
+            await asyncio.wait_for(
+                loop.run_in_executor(self.executor, context.run, execute, code, namespace),
+                self.settings["script_timeout"],
+            )
+        except TimeoutError:
+            # A thread cannot be killed: the script runs on, but its client is not kept waiting.
+            log.error("script %s ran over %s s", relative, self.settings["script_timeout"])
+            return Response(f"{relative} did not finish in time\n", 504)
         except HTTPError as exc:
             return Response(f"{exc}\n", exc.status, content_type="text/plain; charset=utf-8")
         except Exception as exc:

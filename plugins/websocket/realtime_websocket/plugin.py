@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,8 +67,11 @@ def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
     if interval > 0:
         config.websocket_ping_interval = interval
         # Hypercorn sends pings but never checks for pongs; a read timeout just
-        # longer than the ping interval drops a peer that has vanished silently.
-        config.read_timeout = int(interval + settings["pong_timeout"]) + 1
+        # longer than the ping interval drops a peer that has vanished silently,
+        # even behind Caddy. It also bounds a plain HTTP request, so it must
+        # outlast the host's script timeout.
+        pong_deadline = interval + settings["pong_timeout"]
+        config.read_timeout = math.ceil(max(pong_deadline, settings["script_timeout"] + 1))
     config.websocket_max_message_size = settings["max_incoming_size"]
 
 

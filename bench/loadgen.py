@@ -1,0 +1,576 @@
+"""Load generator for a WebSocket broadcast server; prints one JSON object on stdout.
+
+It opens N clients to ``--url`` from 127.0.0.1..127.0.0.K, triggers M broadcasts with
+HTTP GET ``--send-url?message=...`` and measures how long each takes to reach the
+last client. The clients are a minimal RFC 6455 implementation on asyncio Protocols
+(hand-made upgrade, frame parser, masked pong/close): far cheaper per connection
+than a full library, so 10,000 of them fit on one core.
+
+With ``--slow S``, S of the N clients stop reading (``pause_reading`` and a tiny
+``SO_RCVBUF``); loss and latency are then reported over the healthy clients only.
+
+With ``--wait-stdin`` it prints ``@phase connected`` and ``@phase broadcast_done`` on
+stderr and waits for a line on stdin after each, so a caller can sample the server.
+
+    python bench/loadgen.py --url ws://127.0.0.1:8000/ws \\
+        --send-url http://127.0.0.1:8000/send.py --clients 1000 --messages 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import resource
+import socket
+import struct
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: Linux: bind() picks the address now and the port at connect(), so ports scale per target.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+SLOW_RCVBUF = 4096
+SENT_TO = re.compile(rb"Sent to (\d+) client")
+now_ns = time.perf_counter_ns
+
+
+def log(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def loopback(host: str) -> str:
+    if ipaddress.ip_address(host) not in ipaddress.ip_network("127.0.0.0/24"):
+        raise SystemExit(f"loadgen: refusing to target {host}: only 127.0.0.x is allowed")
+    return host
+
+
+def client_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """A masked client frame (payload up to 125 bytes: control frames only)."""
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i & 3] for i, b in enumerate(payload[:125]))
+    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(masked)) + key + masked
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def cpu_time() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Client(asyncio.Protocol):
+    """One WebSocket client: upgrade by hand, then parse unmasked server frames."""
+
+    __slots__ = (
+        "accept",
+        "buf",
+        "ended",
+        "fragments",
+        "handshake",
+        "last",
+        "ooo",
+        "open",
+        "received",
+        "request",
+        "run",
+        "slow",
+        "transport",
+    )
+
+    def __init__(self, run: Run, slow: bool, request: bytes, accept: bytes) -> None:
+        self.run = run
+        self.slow = slow
+        self.request = request
+        self.accept = accept
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.open = False
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.fragments: list[bytes] | None = None
+        self.last = 0  # highest sequence number seen
+        self.received = 0
+        self.ooo = 0
+        self.ended: str | None = None  # "close 1008", "eof", "error ..."
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ended is None:
+            self.ended = "eof" if exc is None else f"error {type(exc).__name__}"
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(f"closed during handshake: {self.ended}"))
+        self.run.client_closed(self)
+
+    def fail(self, why: str) -> None:
+        self.ended = f"error {why}"
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(why))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open:
+            self.buf += data
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > 65536:
+                    self.fail("oversized handshake response")
+                return
+            head, data = bytes(self.buf[:end]), bytes(self.buf[end + 4 :])
+            self.buf.clear()
+            if not head.startswith(b"HTTP/1.1 101") or self.accept not in head:
+                self.fail("handshake refused: " + head.split(b"\r\n", 1)[0].decode("latin-1"))
+                return
+            self.open = True
+            self.handshake.set_result(None)
+        if self.buf:
+            self.buf += data
+            data = bytes(self.buf)
+            self.buf.clear()
+        now = now_ns()
+        pos, size = 0, len(data)
+        while size - pos >= 2 and self.ended is None:
+            b0, b1 = data[pos], data[pos + 1]
+            length, header = b1 & 0x7F, 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, header = int.from_bytes(data[pos + 2 : pos + 4]), 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, header = int.from_bytes(data[pos + 2 : pos + 10]), 10
+            if b1 & 0x80:
+                self.fail("masked server frame")
+                return
+            end = pos + header + length
+            if end > size:
+                break
+            self.frame(b0, data[pos + header : end], now)
+            pos = end
+        if pos < size and self.ended is None:
+            self.buf += data[pos:]
+
+    def frame(self, b0: int, payload: bytes, now: int) -> None:
+        opcode, fin = b0 & 0x0F, b0 & 0x80
+        if opcode in (1, 2):
+            if fin:
+                self.message(payload, now)
+            else:
+                self.fragments = [payload]
+        elif opcode == 0 and self.fragments is not None:
+            self.fragments.append(payload)
+            if fin:
+                payload, self.fragments = b"".join(self.fragments), None
+                self.message(payload, now)
+        elif opcode == 9 and self.transport is not None:
+            self.transport.write(client_frame(10, payload))
+        elif opcode == 8:
+            code = int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005
+            self.ended = f"close {code}"
+            if self.transport is not None:
+                self.transport.write(client_frame(8, payload[:2]))
+                self.transport.close()
+
+    def message(self, payload: bytes, now: int) -> None:
+        if payload[:1] != b"m":
+            self.run.warm_received(self, payload)
+            return
+        dot = payload.find(b".", 1)
+        seq = int(payload[1:dot])
+        self.received += 1
+        if self.slow:
+            return
+        if seq <= self.last:
+            self.ooo += 1
+        else:
+            self.last = seq
+        self.run.delivered(seq, payload, dot, now)
+
+    def goodbye(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if self.open and self.ended is None:
+                self.transport.write(client_frame(8, (1000).to_bytes(2)))
+            self.transport.close()
+
+
+@dataclass
+class Broadcast:
+    t0: int
+    target: int  # healthy clients expected to receive it
+    done: asyncio.Future[None]
+    count: int = 0
+    last: int = 0  # arrival of the latest delivery, ns
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        ws, send = urlsplit(args.url), urlsplit(args.send_url)
+        self.host, self.port = loopback(ws.hostname or ""), ws.port or 80
+        self.path = (ws.path or "/") + (f"?{ws.query}" if ws.query else "")
+        self.send_host, self.send_port = loopback(send.hostname or ""), send.port or 80
+        self.send_path = send.path or "/"
+        self.clients: list[Client] = []
+        self.broadcasts: dict[int, Broadcast] = {}
+        self.healthy_open = 0
+        self.delivered_total = 0
+        self.delivery_ns = 0
+        self.warm: Counter[int] = Counter()
+        self.warm_done: dict[int, asyncio.Future[None]] = {}
+        self.warm_target = 0
+        self.closed_early: Counter[str] = Counter()
+        self.broadcasting = False
+        self.slow_open = 0
+        self.slow_ended = asyncio.Event()
+
+    # Client callbacks ---------------------------------------------------------
+
+    def delivered(self, seq: int, payload: bytes, dot: int, now: int) -> None:
+        self.delivered_total += 1
+        with contextlib.suppress(ValueError):
+            self.delivery_ns += now - int(payload[dot + 1 : payload.find(b".", dot + 1)])
+        b = self.broadcasts.get(seq)
+        if b is not None:
+            b.count += 1
+            b.last = now
+            if b.count >= b.target and not b.done.done():
+                b.done.set_result(None)
+
+    def warm_received(self, client: Client, payload: bytes) -> None:
+        if client.slow:
+            return
+        with contextlib.suppress(ValueError):
+            k = int(payload[1:])
+            self.warm[k] += 1
+            future = self.warm_done.get(k)
+            if future is not None and self.warm[k] >= self.warm_target and not future.done():
+                future.set_result(None)
+
+    def client_closed(self, client: Client) -> None:
+        if client.slow and client.open:
+            self.slow_open -= 1
+            if self.slow_open <= 0:
+                self.slow_ended.set()
+        if not client.open or client.slow:
+            return
+        self.healthy_open -= 1
+        if self.broadcasting:
+            self.closed_early[client.ended or "?"] += 1
+        for seq, b in self.broadcasts.items():  # it will not receive what it has not yet
+            if seq > client.last and not b.done.done():
+                b.target -= 1
+                if b.count >= b.target:
+                    b.done.set_result(None)
+
+    # Connecting ---------------------------------------------------------------
+
+    async def connect_one(self, index: int, slow: bool) -> None:
+        loop = asyncio.get_running_loop()
+        source = f"127.0.0.{1 + index % self.args.sources}"
+        key = base64.b64encode(os.urandom(16))
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        request = (
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            if slow:  # before connect(), so the advertised window stays tiny
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+            sock.bind((source, 0))
+            await loop.sock_connect(sock, (self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        _, client = await loop.create_connection(
+            lambda: Client(self, slow, request, accept), sock=sock
+        )
+        try:
+            await client.handshake
+        except BaseException:
+            client.goodbye()
+            raise
+        self.clients.append(client)
+        if slow:
+            assert client.transport is not None
+            client.transport.pause_reading()
+            self.slow_open += 1
+        else:
+            self.healthy_open += 1
+
+    async def connect_all(self) -> dict[str, Any]:
+        n, slow = self.args.clients, self.args.slow
+        slow_every = n // slow if slow else 0
+        indices = iter(range(n))
+        errors: Counter[str] = Counter()
+        deadline = time.monotonic() + self.args.connect_deadline
+
+        async def worker() -> None:
+            for i in indices:
+                if time.monotonic() > deadline:
+                    errors["deadline"] += 1
+                    continue
+                is_slow = bool(slow_every) and i % slow_every == 0 and i // slow_every < slow
+                try:
+                    await asyncio.wait_for(self.connect_one(i, is_slow), self.args.connect_timeout)
+                except (TimeoutError, OSError) as exc:
+                    detail = f" {exc}" if isinstance(exc, ConnectionError) else ""
+                    errors[type(exc).__name__ + detail] += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(min(self.args.concurrency, n))))
+        elapsed = time.perf_counter() - t0
+        connected = len(self.clients)
+        return {
+            "connected": connected,
+            "connect_errors": dict(errors),
+            "connect_s": round(elapsed, 3),
+            "connect_rate": round(connected / elapsed, 1) if elapsed > 0 else None,
+        }
+
+    # HTTP ---------------------------------------------------------------------
+
+    async def http_get(self, message: str) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(self.send_host, self.send_port)
+        try:
+            writer.write(
+                f"GET {self.send_path}?message={message} HTTP/1.1\r\n"
+                f"Host: {self.send_host}:{self.send_port}\r\nConnection: close\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+            body = await (reader.readexactly(int(match[1])) if match else reader.read(1 << 20))
+            return int(head.split(b" ", 2)[1]), body
+        finally:
+            writer.close()
+
+    async def warmup(self) -> dict[str, Any]:
+        """Broadcast until the server counts every client and all healthy ones got it."""
+        expected = len(self.clients)
+        server_count, complete = -1, False
+        deadline = time.monotonic() + self.args.warmup_deadline
+        for k in range(1, 101):
+            if time.monotonic() > deadline:
+                break
+            self.warm_target = self.healthy_open
+            future = self.warm_done[k] = asyncio.get_running_loop().create_future()
+            if self.warm_target == 0:
+                future.set_result(None)
+            try:
+                _, body = await asyncio.wait_for(self.http_get(f"w{k}"), self.args.timeout)
+                match = SENT_TO.search(body)
+                server_count = int(match[1]) if match else -1
+                await asyncio.wait_for(future, self.args.timeout)
+                complete = True
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                complete = False
+            if complete and server_count >= expected:
+                break
+            await asyncio.sleep(0.25)
+        return {"server_count": server_count, "expected": expected, "complete": complete}
+
+    # Broadcasting -------------------------------------------------------------
+
+    async def broadcast_one(self, seq: int, stats: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = now_ns()
+        prefix = f"m{seq}.{t0}."
+        message = prefix + "x" * max(0, self.args.size - len(prefix))
+        b = self.broadcasts[seq] = Broadcast(t0, self.healthy_open, loop.create_future())
+        if b.target <= 0:
+            b.done.set_result(None)
+        http = asyncio.ensure_future(asyncio.wait_for(self.http_get(message), self.args.timeout))
+        try:
+            await asyncio.wait_for(asyncio.shield(b.done), self.args.timeout)
+            stats["latency"].append((b.last - t0) / 1e6 if b.count else 0.0)
+        except TimeoutError:
+            stats["incomplete"] += 1
+        try:
+            status, _ = await http
+            stats["http_ms"].append((now_ns() - t0) / 1e6)
+            if status != 200:
+                stats["http_errors"][str(status)] += 1
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            stats["http_errors"][type(exc).__name__] += 1
+
+    async def broadcast_all(self) -> dict[str, Any]:
+        args = self.args
+        stats: dict[str, Any] = {
+            "latency": [],
+            "http_ms": [],
+            "incomplete": 0,
+            "http_errors": Counter(),
+        }
+        self.broadcasting = True
+        deadline = time.monotonic() + args.deadline
+        cpu0, t0 = cpu_time(), time.perf_counter()
+        issued = 0
+        tasks: list[asyncio.Task[None]] = []
+        for seq in range(1, args.messages + 1):
+            if time.monotonic() > deadline:
+                break
+            issued += 1
+            if args.rate:
+                delay = t0 + (seq - 1) / args.rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(self.broadcast_one(seq, stats)))
+            else:
+                await self.broadcast_one(seq, stats)
+        if tasks:
+            await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+        cpu = cpu_time() - cpu0
+        self.broadcasting = False
+        healthy = [c for c in self.clients if not c.slow]
+        latency = stats["latency"]
+        return {
+            "issued": issued,
+            "complete": len(latency),
+            "incomplete": stats["incomplete"],
+            "http_errors": dict(stats["http_errors"]),
+            "latency_ms": {
+                "p50": percentile(latency, 50),
+                "p99": percentile(latency, 99),
+                "max": max(latency, default=None),
+                "mean": sum(latency) / len(latency) if latency else None,
+            },
+            "http_ms": {
+                "p50": percentile(stats["http_ms"], 50),
+                "p99": percentile(stats["http_ms"], 99),
+            },
+            "delivery_mean_ms": (
+                self.delivery_ns / self.delivered_total / 1e6 if self.delivered_total else None
+            ),
+            "deliveries": self.delivered_total,
+            "broadcast_wall_s": round(wall, 3),
+            "deliveries_per_s": round(self.delivered_total / wall, 1) if wall > 0 else None,
+            "lost": sum(max(0, issued - c.received) for c in healthy),
+            "out_of_order": sum(c.ooo for c in healthy),
+            "healthy_clients": len(healthy),
+            "healthy_closed_during_run": dict(self.closed_early),
+            "loadgen_cpu_s": round(cpu, 3),
+            "loadgen_cpu_share": round(cpu / wall, 3) if wall > 0 else None,
+        }
+
+    async def drain_slow(self) -> dict[str, Any]:
+        """Let the slow clients read again and see how the server left them."""
+        slow = [c for c in self.clients if c.slow]
+        for c in slow:
+            if c.transport is not None and not c.transport.is_closing():
+                c.transport.resume_reading()
+        if any(c.transport is not None and not c.transport.is_closing() for c in slow):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.slow_ended.wait(), self.args.drain)
+        return {
+            "count": len(slow),
+            "ended": dict(Counter(c.ended or "still open" for c in slow)),
+            "received": [c.received for c in slow],
+        }
+
+
+async def phase(name: str, wait: bool, limit: float) -> None:
+    log(f"@phase {name}")
+    if wait:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), limit)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    run = Run(args)
+    keys = ("clients", "messages", "size", "sources", "slow", "rate")
+    result: dict[str, Any] = {key: getattr(args, key) for key in keys}
+    cpu0 = cpu_time()
+    try:
+        result.update(await run.connect_all())
+        result["warmup"] = await run.warmup()
+        result["loadgen_cpu_connect_s"] = round(cpu_time() - cpu0, 3)
+        await phase("connected", args.wait_stdin, args.stdin_timeout)
+        result.update(await run.broadcast_all())
+        await phase("broadcast_done", args.wait_stdin, args.stdin_timeout)
+        if args.slow:
+            result["slow_clients"] = await run.drain_slow()
+    finally:
+        for c in run.clients:
+            c.goodbye()
+        await asyncio.sleep(0.2)
+    result["loadgen_cpu_total_s"] = round(cpu_time() - cpu0, 3)
+    return result
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--url", required=True, help="ws://127.0.0.x:PORT/ws")
+    p.add_argument("--send-url", required=True, help="http://127.0.0.x:PORT/send.py")
+    p.add_argument("--clients", type=int, default=1000, help="WebSocket clients (N)")
+    p.add_argument("--messages", type=int, default=100, help="broadcasts (M)")
+    p.add_argument("--size", type=int, default=64, help="message size, bytes")
+    p.add_argument("--sources", type=int, default=4, help="source addresses 127.0.0.1..K")
+    p.add_argument("--concurrency", type=int, default=64, help="handshakes in flight")
+    p.add_argument("--rate", type=float, default=0.0, help="broadcasts/s (0: one at a time)")
+    p.add_argument("--timeout", type=float, default=10.0, help="per broadcast, seconds")
+    p.add_argument("--deadline", type=float, default=300.0, help="whole broadcast phase, s")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="per connection, s")
+    p.add_argument("--connect-deadline", type=float, default=180.0, help="connect phase, s")
+    p.add_argument("--warmup-deadline", type=float, default=30.0, help="warm-up phase, s")
+    p.add_argument("--slow", type=int, default=0, help="clients that stop reading (S)")
+    p.add_argument("--drain", type=float, default=5.0, help="time for slow clients to end, s")
+    p.add_argument("--wait-stdin", action="store_true", help="wait for a line after phases")
+    p.add_argument("--stdin-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if not 1 <= args.sources <= 254:
+        p.error("--sources must be 1..254")
+    if not 0 <= args.slow <= args.clients or args.clients < 1 or args.messages < 0:
+        p.error("need --clients >= 1, 0 <= --slow <= --clients, --messages >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    limit = raise_nofile()
+    if limit < args.clients + 100:
+        log(f"loadgen: warning: RLIMIT_NOFILE hard limit {limit} < clients + 100")
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    result = runner(main_async(args))
+    result["event_loop"] = "uvloop" if runner is not asyncio.run else "asyncio"
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

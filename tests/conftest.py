@@ -1,0 +1,145 @@
+"""Shared fixtures: real servers (Hypercorn, Caddy) on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_DIR = ROOT / "app"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_http(
+    url: str, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before serving {url}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing answered at {url} within {timeout} s")
+
+
+class Server:
+    """``realtime run`` in a subprocess, as a user starts it."""
+
+    def __init__(
+        self,
+        app_dir: Path,
+        *args: str,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.app_dir = app_dir
+        self.args = args
+        self.port = port or free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = app_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self) -> Server:
+        command = [
+            sys.executable, "-m", "realtime", "run",
+            "--bind", f"127.0.0.1:{self.port}",
+            "--app", str(self.app_dir),
+            *self.args,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+        wait_for_http(self.url + "/", process=self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    """A copy of the project's app/ plus scripts the tests need."""
+    target = tmp_path / "app"
+    shutil.copytree(APP_DIR, target)
+    (target / "boom.py").write_text("raise ValueError('script failed on purpose')\n")
+    (target / "admin").mkdir()
+    (target / "admin" / "tool.py").write_text("print('admin tool', request.method)\n")
+    return target
+
+
+@pytest.fixture
+def server(app_dir: Path) -> Iterator[Server]:
+    srv = Server(
+        app_dir, "--ping-interval", "1", "--pong-timeout", "1", "--script-timeout", "2"
+    ).start()
+    yield srv
+    srv.stop()
+
+
+def caddy_process(upstream_port: int, http_port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """The project's own Caddyfile, only its ports moved through its environment variables."""
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        raise RuntimeError("caddy is not installed: run .ci/run or apt-get install caddy")
+    env = {
+        **os.environ,
+        "REALTIME_HTTP_PORT": str(http_port),
+        "REALTIME_UPSTREAM": f"127.0.0.1:{upstream_port}",
+        "HOME": str(log_path.parent),
+        "XDG_DATA_HOME": str(log_path.parent / "caddy-data"),
+        "XDG_CONFIG_HOME": str(log_path.parent / "caddy-config"),
+    }
+    command = [caddy, "run", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"]
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.fixture
+def caddy(server: Server, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    process = caddy_process(server.port, port, tmp_path / "caddy.log")
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/", process=process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -1,0 +1,140 @@
+"""Third-party discovery, for real: a separate distribution on sys.path, found by entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import Server
+
+PLUGIN_SOURCE = '''
+"""A third-party plugin: a native function and an HTTP route."""
+from quart import jsonify
+from realtime import Route, current_host, hookimpl
+
+
+def shout(text: str) -> str:
+    return text.upper() + "!"
+
+
+async def hello():
+    host = current_host()
+    return jsonify(plugin="shouting", functions=sorted(host.functions))
+
+
+@hookimpl
+def register_functions():
+    return {"shout": shout}
+
+
+@hookimpl
+def register_routes():
+    return [Route("/hello", hello)]
+'''
+
+
+def make_distribution(site: Path, name: str, module: str, source: str) -> None:
+    """What pip would leave behind: the module, and a .dist-info with entry_points.txt."""
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[realtime.plugins]\n{name} = {module}\n")
+    (info / "RECORD").write_text("")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    path = tmp_path / "site"
+    path.mkdir()
+    return path
+
+
+def env_with(site: Path) -> dict[str, str]:
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def test_a_third_party_plugin_is_discovered_and_its_function_runs_in_scripts(
+    site: Path, app_dir: Path
+) -> None:
+    make_distribution(site, "shouting", "realtime_shouting", PLUGIN_SOURCE)
+    (app_dir / "shout.py").write_text("print(shout(request.query.get('text', 'hi')))\n")
+    (app_dir / "both.py").write_text("print(shout('sent'), broadcast('x'))\n")
+    server = Server(app_dir, env=env_with(site)).start()
+    try:
+        assert httpx.get(server.url + "/shout.py?text=hello").text.strip() == "HELLO!"
+        assert httpx.get(server.url + "/both.py").text.strip() == "SENT! 0"
+        hello = httpx.get(server.url + "/hello").json()
+        assert hello == {"plugin": "shouting", "functions": ["broadcast", "shout"]}
+    finally:
+        server.stop()
+
+
+def test_realtime_plugins_lists_plugins_routes_and_functions(site: Path) -> None:
+    make_distribution(site, "shouting", "realtime_shouting", PLUGIN_SOURCE)
+    listing = subprocess.run(
+        [sys.executable, "-m", "realtime", "plugins", "--json"],
+        env=env_with(site), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    plugins = {entry["name"]: entry for entry in json.loads(listing.stdout)}
+    assert plugins["shouting"]["distribution"] == "shouting"
+    assert plugins["shouting"]["functions"] == ["shout"]
+    assert plugins["shouting"]["routes"] == [{"path": "/hello", "kind": "Route"}]
+    assert plugins["websocket"]["routes"] == [{"path": "/ws", "kind": "WebSocketRoute"}]
+    assert plugins["broadcast"]["functions"] == ["broadcast"]
+    text = subprocess.run(
+        [sys.executable, "-m", "realtime", "plugins"],
+        env=env_with(site), capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "shouting" in text and "shout()" in text and "/ws" in text
+
+
+def test_a_plugin_that_fails_to_import_stops_start_up_naming_it(site: Path, app_dir: Path) -> None:
+    make_distribution(site, "broken", "realtime_broken", "import this_module_does_not_exist\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime", "run", "--app", str(app_dir), "--bind", "127.0.0.1:1"],
+        env=env_with(site), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "plugin 'broken'" in result.stderr
+    assert "this_module_does_not_exist" in result.stderr
+
+
+def test_a_plugin_claiming_a_taken_function_stops_start_up_naming_both(
+    site: Path, app_dir: Path
+) -> None:
+    source = (
+        "from realtime import hookimpl\n\n"
+        "@hookimpl\ndef register_functions():\n    return {'broadcast': print}\n"
+    )
+    make_distribution(site, "impostor", "realtime_impostor", source)
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime", "run", "--app", str(app_dir), "--bind", "127.0.0.1:1"],
+        env=env_with(site), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "function 'broadcast' is claimed by both plugin" in result.stderr
+    assert "'impostor'" in result.stderr and "plugin 'broadcast'" in result.stderr
+
+
+def test_a_plugin_that_fails_to_start_stops_the_server(site: Path, app_dir: Path) -> None:
+    source = (
+        "from realtime import hookimpl\n\n"
+        "@hookimpl\ndef startup():\n    raise RuntimeError('no database here')\n"
+    )
+    make_distribution(site, "faulty", "realtime_faulty", source)
+    bind = f"127.0.0.1:{Server(app_dir).port}"
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime", "run", "--app", str(app_dir), "--bind", bind],
+        env=env_with(site), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "plugin 'faulty' failed to start" in result.stderr + result.stdout
+    assert "no database here" in result.stderr + result.stdout

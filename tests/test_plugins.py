@@ -1,0 +1,205 @@
+"""The plugin host: hook calling, discovery errors, duplicate names, start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from realtime import Option, PluginError, Route, WebSocketRoute, create_app, get_host, hookimpl
+from realtime.plugins import Plugins
+
+
+def plugin(name: str, **hooks: Any) -> types.ModuleType:
+    """A plugin object as a module, the way entry points deliver them."""
+    module = types.ModuleType(name)
+    for hook, function in hooks.items():
+        setattr(module, hook, hookimpl(function))
+    return module
+
+
+async def hello() -> str:
+    return "hello"
+
+
+def test_hooks_get_only_the_arguments_they_declare(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def register_routes() -> list[Route]:
+        seen.append("routes, no arguments")
+        return [Route("/hello", hello)]
+
+    def register_functions(host: Any) -> dict[str, Any]:
+        seen.append(f"functions, host of {type(host).__name__}")
+        return {"greet": lambda: "hi"}
+
+    app = create_app(
+        tmp_path,
+        plugins=[
+            plugin("p", register_routes=register_routes, register_functions=register_functions)
+        ],
+        load_entrypoints=False,
+    )
+    assert seen == ["routes, no arguments", "functions, host of Host"]
+    host = get_host(app)
+    assert set(host.functions) == {"greet"}
+    assert host.function_owner == {"greet": "p"}
+
+
+def test_a_misspelled_hook_is_refused_with_the_plugin_name(tmp_path: Path) -> None:
+    bad = plugin("typo", register_rutes=lambda: [])
+    with pytest.raises(PluginError, match=r"'typo' is invalid.*register_rutes"):
+        create_app(tmp_path, plugins=[bad], load_entrypoints=False)
+
+
+def test_two_plugins_claiming_one_function_name_names_both(tmp_path: Path) -> None:
+    one = plugin("one", register_functions=lambda: {"shout": print})
+    two = plugin("two", register_functions=lambda: {"shout": print})
+    with pytest.raises(PluginError) as error:
+        create_app(tmp_path, plugins=[one, two], load_entrypoints=False)
+    assert "'shout'" in str(error.value)
+    assert "'one'" in str(error.value) and "'two'" in str(error.value)
+
+
+def test_two_plugins_claiming_one_route_names_both(tmp_path: Path) -> None:
+    one = plugin("one", register_routes=lambda: [WebSocketRoute("/ws", hello)])
+    two = plugin("two", register_routes=lambda: [WebSocketRoute("/ws", hello)])
+    with pytest.raises(PluginError, match="'/ws' is claimed by both plugin 'one' and plugin 'two'"):
+        create_app(tmp_path, plugins=[one, two], load_entrypoints=False)
+
+
+def test_an_http_and_a_websocket_route_may_share_a_path(tmp_path: Path) -> None:
+    both = plugin(
+        "both", register_routes=lambda: [Route("/live", hello), WebSocketRoute("/live", hello)]
+    )
+    create_app(tmp_path, plugins=[both], load_entrypoints=False)
+
+
+def test_function_names_the_host_uses_are_refused(tmp_path: Path) -> None:
+    bad = plugin("bad", register_functions=lambda: {"request": print})
+    with pytest.raises(PluginError, match="'bad' registers an invalid function 'request'"):
+        create_app(tmp_path, plugins=[bad], load_entrypoints=False)
+
+
+def test_route_paths_are_checked_when_declared() -> None:
+    with pytest.raises(ValueError, match="must start with '/'"):
+        Route("hello", hello)
+
+
+def test_options_from_plugins_take_explicit_then_environment_then_default(tmp_path: Path) -> None:
+    declares = plugin(
+        "opts", register_options=lambda: [Option("answer", 42, "the answer", type=int)]
+    )
+    host = get_host(create_app(tmp_path, plugins=[declares], load_entrypoints=False, environ={}))
+    assert host.settings["answer"] == 42
+    env = {"REALTIME_ANSWER": "7"}
+    host = get_host(create_app(tmp_path, plugins=[declares], load_entrypoints=False, environ=env))
+    assert host.settings["answer"] == 7
+    host = get_host(
+        create_app(
+            tmp_path,
+            plugins=[declares],
+            load_entrypoints=False,
+            environ=env,
+            settings={"answer": 1},
+        )
+    )
+    assert host.settings["answer"] == 1
+    with pytest.raises(PluginError, match="REALTIME_ANSWER"):
+        create_app(
+            tmp_path, plugins=[declares], load_entrypoints=False, environ={"REALTIME_ANSWER": "x"}
+        )
+    with pytest.raises(PluginError, match="unknown setting"):
+        create_app(tmp_path, plugins=[declares], load_entrypoints=False, settings={"nope": 1})
+
+
+def test_an_option_declared_twice_names_both(tmp_path: Path) -> None:
+    clash = plugin("clash", register_options=lambda: [Option("bind", "x", "again")])
+    with pytest.raises(PluginError, match="--bind is declared by both 'host' and plugin 'clash'"):
+        create_app(tmp_path, plugins=[clash], load_entrypoints=False)
+
+
+async def test_a_plugin_that_fails_to_start_stops_start_up_and_started_ones_clean_up(
+    tmp_path: Path,
+) -> None:
+    events: list[str] = []
+
+    def first_startup() -> None:
+        events.append("first started")
+
+    def first_shutdown() -> None:
+        events.append("first cleaned up")
+
+    def broken_startup() -> None:
+        raise OSError("cannot bind the thing")
+
+    def never_startup() -> None:
+        events.append("third started")
+
+    app = create_app(
+        tmp_path,
+        plugins=[
+            plugin("first", startup=first_startup, shutdown=first_shutdown),
+            plugin("broken", startup=broken_startup),
+            plugin("third", startup=never_startup),
+        ],
+        load_entrypoints=False,
+    )
+    with pytest.raises(PluginError, match="'broken' failed to start: OSError: cannot bind"):
+        await get_host(app).startup()
+    assert events == ["first started", "first cleaned up"]
+
+
+async def test_shutdown_runs_for_every_plugin_even_if_one_fails(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    async def failing_shutdown() -> None:
+        raise RuntimeError("cleanup failed")
+
+    app = create_app(
+        tmp_path,
+        plugins=[
+            plugin("a", startup=lambda: None, shutdown=lambda: events.append("a")),
+            plugin("b", startup=lambda: None, shutdown=failing_shutdown),
+            plugin("c", startup=lambda: None, shutdown=lambda: events.append("c")),
+        ],
+        load_entrypoints=False,
+    )
+    host = get_host(app)
+    await host.startup()
+    await host.shutdown()
+    assert events == ["c", "a"]  # reverse order; b's failure did not stop a
+
+
+def test_bundled_plugins_load_through_entry_points() -> None:
+    plugins = Plugins.discover()
+    names = {info.name: info for info in plugins.info()}
+    assert {"websocket", "broadcast"} <= set(names)
+    assert names["websocket"].distribution == "realtime"
+    assert names["broadcast"].module == "realtime_broadcast.plugin"
+
+
+def test_plugins_can_be_disabled(tmp_path: Path) -> None:
+    app = create_app(tmp_path, disabled=["broadcast"])
+    assert "broadcast" not in get_host(app).functions
+
+
+async def test_two_hosts_in_one_process_share_no_pool(tmp_path: Path) -> None:
+    from realtime_websocket import get_pool
+
+    first, second = create_app(tmp_path), create_app(tmp_path)
+    async with first.test_app(), second.test_app():
+        pool_one, pool_two = get_pool(get_host(first)), get_pool(get_host(second))
+        assert pool_one is not pool_two
+        async with first.test_client().websocket("/ws") as ws:
+            await ws.send("hi")  # read and discarded; proves the client is connected
+            for _ in range(100):
+                if len(pool_one):
+                    break
+                await asyncio.sleep(0.01)
+            assert len(pool_one) == 1
+            assert len(pool_two) == 0
+            assert pool_one.publish("only first") == 1
+            assert await ws.receive() == "only first"
