@@ -457,6 +457,7 @@ class Run:
                 "max": max(latency, default=None),
                 "mean": sum(latency) / len(latency) if latency else None,
             },
+            "latencies_ms": [round(x, 3) for x in latency],
             "http_ms": {
                 "p50": percentile(stats["http_ms"], 50),
                 "p99": percentile(stats["http_ms"], 99),

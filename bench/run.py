@@ -353,7 +353,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", help="comma-separated client counts (default 1000,5000,10000)")
     p.add_argument("--messages", type=int, help="broadcasts per run (default 100, quick 20)")
     p.add_argument("--size", type=int, default=64, help="message size in bytes (default 64)")
-    p.add_argument("--quick", action="store_true", help="fewer messages; 300 slow broadcasts")
+    p.add_argument(
+        "--quick", action="store_true", help="20 broadcasts per run and 1000 clients unless given"
+    )
     p.add_argument("--servers", default=",".join(SERVERS), help="subset of " + ",".join(SERVERS))
     p.add_argument("--skip-slow", action="store_true", help="skip the slow-client scenario")
     p.add_argument("--slow-messages", type=int, help="slow scenario broadcasts (default 1500)")
@@ -364,7 +366,7 @@ def parse_args() -> argparse.Namespace:
         int(n) for n in (opts.clients or ("1000" if opts.quick else "1000,5000,10000")).split(",")
     ]
     opts.messages = opts.messages or (20 if opts.quick else 100)
-    opts.slow_messages = opts.slow_messages or (300 if opts.quick else 1500)
+    opts.slow_messages = opts.slow_messages or 1500
     opts.servers = [s for s in opts.servers.split(",") if s]
     unknown = set(opts.servers) - set(SERVERS)
     if unknown or not all(n > 0 for n in opts.clients):

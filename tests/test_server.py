@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -247,11 +248,14 @@ def test_debug_mode_shows_the_traceback(app_dir: Path) -> None:
         srv.stop()
 
 
-async def test_server_shutdown_disconnects_clients(app_dir: Path) -> None:
-
+async def test_ctrl_c_closes_clients_with_going_away_and_exits_0(app_dir: Path) -> None:
     srv = Server(app_dir).start()
     ws = await connect(srv.ws_url)
-    srv.stop()
+    assert srv.process is not None
+    process = srv.process
+    process.send_signal(signal.SIGINT)
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(ws.recv(), 10)
-    assert srv.process is None
+    assert ws.close_code == 1001
+    assert ws.close_reason == "server shutting down"
+    assert await asyncio.to_thread(process.wait, 10) == 0

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,9 @@ from .options import Option
 from .plugins import DISABLE_ENV, Plugins
 
 log = logging.getLogger("realtime")
+
+#: Seconds Hypercorn waits for its own connection tasks once the host has drained.
+DRAINED_GRACE = 0.5
 
 
 def _add_option(parser: argparse.ArgumentParser, option: Option) -> None:
@@ -148,6 +152,7 @@ def server_config(app: Any, *, access_log: bool) -> ServerConfig:
     host = get_host(app)
     config = ServerConfig()
     config.bind = [host.settings["bind"]]
+    config.graceful_timeout = host.settings["shutdown_timeout"]
     # Through the logging module, so one configuration formats everything.
     config.errorlog = logging.getLogger("hypercorn.error")
     if access_log:
@@ -164,8 +169,36 @@ def run(app: Any, *, access_log: bool = False) -> int:
     config = server_config(app, access_log=access_log)
     log.info("serving %s on http://%s", host.app_dir.resolve(), host.settings["bind"])
     try:
-        asyncio.run(serve(app, config))
+        asyncio.run(_serve(app, config))
     except PluginError as exc:
         print(f"realtime: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Connections cancelled at exit are expected; anything else is still reported."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
+async def _serve(app: Any, config: ServerConfig) -> None:
+    """Serve until SIGINT or SIGTERM, then let plugins drain before Hypercorn stops."""
+    host = get_host(app)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        log.info("stopping: draining (up to %s s)", config.graceful_timeout)
+        await host.drain()
+        # Scripts have finished and plugins have closed their connections. What
+        # Hypercorn still waits for is idle: its WebSocket ping tasks sleep out their
+        # interval after the socket is gone. Don't make Ctrl-C wait for them.
+        config.graceful_timeout = DRAINED_GRACE
+        loop.set_exception_handler(_quiet_cancellations)
+
+    await serve(app, config, shutdown_trigger=shutdown_trigger)

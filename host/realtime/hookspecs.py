@@ -49,5 +49,10 @@ def startup(host: Host) -> Awaitable[None] | None:
 
 
 @hookspec
+def drain(host: Host, grace: float) -> Awaitable[None] | None:
+    """The server is stopping: flush and close long-lived connections within ``grace`` s."""
+
+
+@hookspec
 def shutdown(host: Host) -> Awaitable[None] | None:
     """Clean up: runs for every started plugin, even when another one fails."""

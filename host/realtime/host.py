@@ -7,6 +7,7 @@ nothing about WebSockets or broadcasting, which are plugins' business.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -56,6 +57,12 @@ HOST_OPTIONS = (
     ),
     Option("max_body_size", 1024 * 1024, "largest request body a script accepts, bytes", type=int),
     Option(
+        "shutdown_timeout",
+        5.0,
+        "seconds a graceful stop (SIGTERM, Ctrl-C) waits for connections to flush and close",
+        type=float,
+    ),
+    Option(
         "script_timeout",
         30.0,
         "seconds a script may run before the request gets 504 (PHP's max_execution_time)",
@@ -99,6 +106,9 @@ class Host:
         self.compile_cache = CompileCache()
         self.executor: ThreadPoolExecutor | None = None
         self._started: list[str] = []
+        self._scripts_running = 0
+        self._scripts_idle = asyncio.Event()
+        self._scripts_idle.set()
 
     # Registration -----------------------------------------------------------
 
@@ -174,6 +184,26 @@ class Host:
         finally:
             _current.reset(token)
 
+    async def drain(self) -> None:
+        """Before the server stops: finish running scripts, let plugins close connections.
+
+        Both are bounded by the ``shutdown_timeout`` setting.
+        """
+        timeout = self.settings["shutdown_timeout"]
+
+        async def drain_plugin(plugin: str, call: Callable[[], Any]) -> None:
+            try:
+                await await_me_maybe(call())
+            except Exception:
+                log.error("plugin %r failed to drain", plugin, exc_info=True)
+
+        async def scripts_done() -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._scripts_idle.wait(), timeout)
+
+        calls = self.plugins.bound("drain", host=self, grace=timeout)
+        await asyncio.gather(scripts_done(), *(drain_plugin(p, c) for p, c in calls))
+
     async def shutdown(self) -> None:
         calls = dict(self.plugins.bound("shutdown", host=self))
         for plugin in reversed(self._started):
@@ -214,6 +244,8 @@ class Host:
         context = contextvars.copy_context()
         context.run(_current.set, self)
         relative = path.relative_to(self.app_dir.resolve())
+        self._scripts_running += 1
+        self._scripts_idle.clear()
         try:
             code = self.compile_cache.get(path)
             namespace = build_namespace(path, self.functions, script_request, script_response)
@@ -233,6 +265,10 @@ class Host:
             if self.debug:
                 body += "\n" + traceback.format_exc()
             return Response(body, 500, content_type="text/plain; charset=utf-8")
+        finally:
+            self._scripts_running -= 1
+            if not self._scripts_running:
+                self._scripts_idle.set()
         response = Response(script_response.body, script_response.status)
         response.headers = Headers(script_response.headers)
         response.headers["Content-Length"] = str(len(script_response.body))

@@ -85,6 +85,13 @@ def startup(host: Host) -> None:
 
 
 @hookimpl
+async def drain(host: Host, grace: float) -> None:
+    pool = host.app.extensions.get(EXTENSION_KEY)
+    if isinstance(pool, Pool):
+        await pool.close(grace=grace)
+
+
+@hookimpl
 async def shutdown(host: Host) -> None:
     pool = host.app.extensions.pop(EXTENSION_KEY, None)
     if isinstance(pool, Pool):

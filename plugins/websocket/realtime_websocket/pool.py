@@ -112,12 +112,27 @@ class Pool:
         self._loop_thread = threading.get_ident()
 
     async def close(
-        self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down"
+        self,
+        code: int = CLOSE_GOING_AWAY,
+        reason: str = "server shutting down",
+        grace: float = 5.0,
     ) -> None:
-        """Refuse further broadcasts and close every client."""
+        """Refuse further broadcasts, let clients take what is queued, then close them.
+
+        A client still holding queued messages after ``grace`` seconds is closed anyway.
+        """
         self._loop = None
-        clients = list(self._clients.values())
-        await asyncio.gather(*(self._close(c, code, reason) for c in clients))
+        deadline = asyncio.get_running_loop().time() + grace
+
+        async def flush_then_close(client: Client) -> None:
+            with suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    # Shutdown only: polling keeps an extra Event off the send path.
+                    while client.queue and not client.closing:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+            await self._close(client, code, reason)
+
+        await asyncio.gather(*(flush_then_close(c) for c in list(self._clients.values())))
 
     @property
     def running(self) -> bool:
