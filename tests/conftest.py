@@ -106,11 +106,17 @@ def app_dir(tmp_path: Path) -> Path:
     return target
 
 
-@pytest.fixture
-def server(app_dir: Path) -> Iterator[Server]:
+#: The fan-out paths every behavioural test runs against.
+FAN_OUT_MODES = {"fast-path": (), "plain": ("--no-fast-path",)}
+
+
+@pytest.fixture(params=list(FAN_OUT_MODES))
+def server(app_dir: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
     srv = Server(
-        app_dir, "--ping-interval", "1", "--pong-timeout", "1", "--script-timeout", "2"
-    ).start()
+        app_dir,
+        "--ping-interval", "1", "--pong-timeout", "1", "--script-timeout", "2",
+        *FAN_OUT_MODES[request.param],
+    ).start()  # fmt: skip
     yield srv
     srv.stop()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from realtime import Option, PluginError, Route, WebSocketRoute, create_app, get_host, hookimpl
 from realtime.plugins import Plugins
 

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from werkzeug.datastructures import Headers
+
 from realtime import HTTPError, create_app, hookimpl
 from realtime.scripts import CompileCache, resolve
-from werkzeug.datastructures import Headers
 
 
 @pytest.fixture

@@ -30,4 +30,4 @@ def broadcast(message: str | bytes) -> int:
     limit: int = host.settings[SETTING]
     if size > limit:
         raise MessageTooLarge(f"message is {size} bytes, over the {limit}-byte limit; not sent")
-    return get_pool(host).broadcast(message, size=size)
+    return get_pool(host).broadcast(message)

@@ -8,6 +8,7 @@ from typing import Any
 
 from hypercorn.config import Config as ServerConfig
 from quart import current_app, websocket
+
 from realtime import Host, Option, WebSocketRoute, get_host, hookimpl
 
 from .pool import OVERFLOW_POLICIES, Pool
@@ -41,6 +42,20 @@ def register_options() -> list[Option]:
             "close",
             "what to do with a client whose buffer overflows: close (code 1008) or drop-oldest",
             choices=OVERFLOW_POLICIES,
+        ),
+        Option(
+            "fast_path",
+            True,
+            "write each broadcast's frame straight to every socket that keeps up "
+            "(--no-fast-path: Quart's websocket.send for every client)",
+            type=bool,
+        ),
+        Option(
+            "compression",
+            False,
+            "accept permessage-deflate when clients offer it (costs memory and CPU per "
+            "connection and encodes every broadcast once per client)",
+            type=bool,
         ),
         Option(
             "max_incoming_size",
@@ -78,7 +93,10 @@ def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
 @hookimpl
 def startup(host: Host) -> None:
     pool = Pool(
-        max_buffer=host.settings["client_buffer"], overflow=host.settings["overflow_policy"]
+        max_buffer=host.settings["client_buffer"],
+        overflow=host.settings["overflow_policy"],
+        fast_path=host.settings["fast_path"],
+        compression=host.settings["compression"],
     )
     pool.start()
     host.app.extensions[EXTENSION_KEY] = pool

@@ -1,8 +1,10 @@
 """The pool of connected WebSocket clients, and fan-out that never waits on a client.
 
-Every client owns a bounded outgoing buffer and a sender task. ``publish`` appends
-the message to every buffer and returns at once; a client that cannot keep up fills
-only its own buffer, and the overflow policy decides what happens to it.
+``publish`` encodes a broadcast once and hands it to every client without awaiting
+anything: straight onto the connection's transport when it is keeping up (the fast
+path, :mod:`.fastpath`), or into the client's bounded backlog otherwise, which a
+short-lived sender task drains. A client that stops reading fills only its own
+backlog; then the overflow policy decides what happens to it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from .fastpath import Wire, attach, encode_frame
+
 log = logging.getLogger("realtime.websocket")
 
 OverflowPolicy = Literal["close", "drop-oldest"]
@@ -25,10 +29,18 @@ OVERFLOW_POLICIES: tuple[OverflowPolicy, ...] = ("close", "drop-oldest")
 
 #: RFC 6455 "policy violation": the client broke the deal by not reading.
 CLOSE_OVERFLOW = 1008
+#: RFC 6455 "internal error": sending to the client failed.
+CLOSE_INTERNAL_ERROR = 1011
 #: RFC 6455 "going away": the server is shutting down.
 CLOSE_GOING_AWAY = 1001
 #: How long a broadcast from a worker thread waits for the event loop to take it.
 HANDOFF_TIMEOUT = 10.0
+#: Below this many bytes waiting in its transport, a client is written to directly;
+#: above it, messages go to the client's backlog (where drop-oldest can act). It is
+#: also the largest chunk a sender joins from a backlog into one write.
+TRANSPORT_HIGH_WATER = 64 * 1024
+#: How long a close frame may take to reach a client before the socket is dropped.
+CLOSE_TIMEOUT = 1.0
 
 
 class PoolClosed(RuntimeError):
@@ -46,19 +58,26 @@ class Connection(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One broadcast; ``channel`` and ``id`` let history and routing be added later."""
+    """One broadcast; ``channel`` and ``id`` let history and routing be added later.
+
+    ``frame`` is the encoded WebSocket frame, shared by every fast-path client.
+    """
 
     id: int
     data: str | bytes
-    size: int
+    frame: bytes
     channel: str = "default"
+
+    @property
+    def size(self) -> int:
+        return len(self.frame)
 
 
 @dataclass
 class PoolStats:
     connected: int = 0
     messages: int = 0
-    deliveries_queued: int = 0
+    deliveries: int = 0
     overflows: int = 0
     dropped: int = 0
     disconnected_slow: int = 0
@@ -66,13 +85,14 @@ class PoolStats:
 
 @dataclass(eq=False, slots=True)
 class Client:
-    """A connected client: its outgoing buffer and the task that drains it."""
+    """A connected client. ``wire`` is set when the fast path applies to it."""
 
     id: int
     connection: Connection
+    wire: Wire | None
     queue: deque[Message] = field(default_factory=deque)
     queued_bytes: int = 0
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    sender: asyncio.Task[None] | None = None
     closing: bool = False
     overflow_logged: bool = False
 
@@ -85,6 +105,8 @@ class Pool:
         *,
         max_buffer: int = 1024 * 1024,
         overflow: OverflowPolicy = "close",
+        fast_path: bool = True,
+        compression: bool = False,
         channel: str = "default",
     ) -> None:
         if overflow not in OVERFLOW_POLICIES:
@@ -94,7 +116,13 @@ class Pool:
         if max_buffer <= 0:
             raise ValueError("max_buffer must be positive")
         self.max_buffer = max_buffer
+        # A fast-path client's bytes sit in its transport (up to direct_limit plus a
+        # frame) and in its backlog (up to backlog_limit): together, max_buffer.
+        self.direct_limit = min(TRANSPORT_HIGH_WATER, max_buffer // 4)
+        self.backlog_limit = max_buffer - self.direct_limit
         self.overflow: OverflowPolicy = overflow
+        self.fast_path = fast_path
+        self.compression = compression
         self.channel = channel
         self.stats = PoolStats()
         self._clients: dict[int, Client] = {}
@@ -127,9 +155,10 @@ class Pool:
         async def flush_then_close(client: Client) -> None:
             with suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
-                    # Shutdown only: polling keeps an extra Event off the send path.
-                    while client.queue and not client.closing:  # noqa: ASYNC110
-                        await asyncio.sleep(0.01)
+                    while client.queue and client.sender is not None:
+                        await asyncio.shield(client.sender)
+                    if client.wire is not None and not client.closing:
+                        await client.wire.drain()
             await self._close(client, code, reason)
 
         await asyncio.gather(*(flush_then_close(c) for c in list(self._clients.values())))
@@ -151,92 +180,127 @@ class Pool:
         if not self.running:
             await connection.close(1013, "server not ready")
             return
+        wire = (
+            attach(connection, decline_compression=not self.compression) if self.fast_path else None
+        )
         await connection.accept()
-        client = Client(next(self._ids), connection)
+        client = Client(next(self._ids), connection, wire)
         self._clients[client.id] = client
         self.stats.connected = len(self._clients)
-        receiver = asyncio.current_task()
-        sender = asyncio.create_task(self._send_loop(client, receiver))
         try:
             while True:
                 await connection.receive()
         finally:
-            self._clients.pop(client.id, None)
-            self.stats.connected = len(self._clients)
-            sender.cancel()
-            with suppress(asyncio.CancelledError):
-                await sender
+            self._forget(client)
 
-    async def _send_loop(self, client: Client, receiver: asyncio.Task[Any] | None) -> None:
-        try:
-            while not client.closing:
-                if not client.queue:
-                    client.wakeup.clear()
-                    await client.wakeup.wait()
-                    continue
-                message = client.queue.popleft()
-                client.queued_bytes -= message.size
-                await client.connection.send(message.data)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The connection broke under us: end the client's handler too.
-            log.debug("client %d send failed: %r", client.id, exc)
-            if receiver is not None:
-                receiver.cancel()
-
-    async def _close(self, client: Client, code: int, reason: str) -> None:
+    def _forget(self, client: Client) -> None:
         client.closing = True
         client.queue.clear()
         client.queued_bytes = 0
-        client.wakeup.set()
-        # A client that stopped reading may never take the close frame: don't wait forever.
-        with suppress(Exception, asyncio.TimeoutError):
-            await asyncio.wait_for(client.connection.close(code, reason), 1.0)
+        if client.sender is not None:
+            client.sender.cancel()
         self._clients.pop(client.id, None)
         self.stats.connected = len(self._clients)
 
+    async def _drain_backlog(self, client: Client) -> None:
+        """Send a client's backlog in order, then end: no task idles per client."""
+        wire = client.wire
+        try:
+            while client.queue and not client.closing:
+                if wire is not None:
+                    await wire.drain()  # wait until the transport has room again
+                    if client.closing or not wire.open():
+                        break
+                    chunk = []
+                    chunk_bytes = 0
+                    while client.queue and chunk_bytes < self.direct_limit:
+                        message = client.queue.popleft()
+                        chunk.append(message.frame)
+                        chunk_bytes += message.size
+                    client.queued_bytes -= chunk_bytes
+                    wire.transport.write(b"".join(chunk))
+                else:
+                    message = client.queue.popleft()
+                    client.queued_bytes -= message.size
+                    await client.connection.send(message.data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The connection broke under us: forget the client now and close what is left.
+            log.debug("client %d send failed: %r", client.id, exc)
+            self._spawn(self._close(client, CLOSE_INTERNAL_ERROR, "send failed"))
+        finally:
+            client.sender = None
+
+    async def _close(self, client: Client, code: int, reason: str) -> None:
+        self._forget(client)
+        wire = client.wire
+        if wire is not None and wire.transport.get_write_buffer_size() > self.direct_limit:
+            # It is not reading: a close frame would sit behind what it never took.
+            wire.abort()
+            return
+        try:
+            await asyncio.wait_for(client.connection.close(code, reason), CLOSE_TIMEOUT)
+        except (TimeoutError, Exception):
+            if wire is not None:
+                wire.abort()
+
     # Fan-out ------------------------------------------------------------------
 
-    def publish(self, data: str | bytes, *, size: int | None = None) -> int:
+    def publish(self, data: str | bytes) -> int:
         """Queue ``data`` for every client; call on the loop. Returns how many it was queued for."""
         if self._loop is None:
             raise PoolClosed("the websocket pool is not running")
-        if size is None:
-            size = len(data.encode()) if isinstance(data, str) else len(data)
-        message = Message(next(self._message_ids), data, size, self.channel)
+        text = isinstance(data, str)
+        payload = data.encode() if isinstance(data, str) else data
+        message = Message(next(self._message_ids), data, encode_frame(payload, text), self.channel)
+        frame = message.frame
+        direct_limit = self.direct_limit
         self.stats.messages += 1
         queued = 0
-        for client in list(self._clients.values()):
+        for client in self._clients.values():
             if client.closing:
+                continue
+            wire = client.wire
+            if (
+                wire is not None
+                and not client.queue
+                and wire.transport.get_write_buffer_size() < direct_limit
+            ):
+                if wire.open():
+                    wire.transport.write(frame)
+                    queued += 1
                 continue
             if self._enqueue(client, message):
                 queued += 1
-        self.stats.deliveries_queued += queued
+        self.stats.deliveries += queued
         return queued
 
     def _enqueue(self, client: Client, message: Message) -> bool:
-        if client.queued_bytes + message.size > self.max_buffer and client.queue:
+        limit = self.backlog_limit if client.wire is not None else self.max_buffer
+        if client.queued_bytes + message.size > limit and client.queue:
             self.stats.overflows += 1
             if self.overflow == "close":
                 self._overflowed(client, "closing it")
                 self.stats.disconnected_slow += 1
                 reason = f"outgoing buffer overflow ({self.max_buffer} bytes)"
-                task = asyncio.get_running_loop().create_task(
-                    self._close(client, CLOSE_OVERFLOW, reason)
-                )
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._close(client, CLOSE_OVERFLOW, reason))
                 return False
             self._overflowed(client, "dropping its oldest messages")
-            while client.queue and client.queued_bytes + message.size > self.max_buffer:
+            while client.queue and client.queued_bytes + message.size > limit:
                 dropped = client.queue.popleft()
                 client.queued_bytes -= dropped.size
                 self.stats.dropped += 1
         client.queue.append(message)
         client.queued_bytes += message.size
-        client.wakeup.set()
+        if client.sender is None:
+            client.sender = asyncio.get_running_loop().create_task(self._drain_backlog(client))
         return True
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _overflowed(self, client: Client, action: str) -> None:
         if not client.overflow_logged:
@@ -248,7 +312,7 @@ class Pool:
                 action,
             )
 
-    def broadcast(self, data: str | bytes, *, size: int | None = None) -> int:
+    def broadcast(self, data: str | bytes) -> int:
         """Thread-safe ``publish``: from a worker thread it hands over to the loop.
 
         It waits only for the loop to queue the message (never for a client), so
@@ -258,12 +322,12 @@ class Pool:
         if loop is None:
             raise PoolClosed("the websocket pool is not running")
         if threading.get_ident() == self._loop_thread:
-            return self.publish(data, size=size)
+            return self.publish(data)
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
 
         def handoff() -> None:
             try:
-                future.set_result(self.publish(data, size=size))
+                future.set_result(self.publish(data))
             except BaseException as exc:
                 future.set_exception(exc)
 

@@ -1,0 +1,147 @@
+"""The fan-out engine under real Hypercorn: the fast path, compression, slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from quart import Quart
+from websockets.asyncio.client import connect
+
+from realtime import create_app, get_host
+from realtime_websocket import Pool, get_pool
+
+from .conftest import Server, free_port
+
+
+async def settle(condition: object, limit: float = 5.0) -> None:
+    async with asyncio.timeout(limit):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def served(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Quart, int]]:
+    """A host served by Hypercorn in this test's own loop, so the pool can be inspected."""
+    settings = getattr(request, "param", {})
+    app = create_app(tmp_path, settings=settings)
+    port = free_port()
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            try:
+                await http.get(f"http://127.0.0.1:{port}/")
+                break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.02)
+    yield app, port
+    stop.set()
+    await task
+
+
+def pool_of(app: Quart) -> Pool:
+    return get_pool(get_host(app))
+
+
+async def test_fast_path_attaches_to_hypercorn_and_declines_compression(
+    served: tuple[Quart, int],
+) -> None:
+    app, port = served
+    # The websockets client offers permessage-deflate, as browsers do.
+    async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        pool = pool_of(app)
+        await settle(lambda: len(pool) == 1)
+        client = next(iter(pool))
+        assert client.wire is not None
+        assert pool.publish("héllo") == 1
+        assert pool.publish(b"\x00\xff" * 40_000) == 1  # 64-bit length frame
+        assert await ws.recv() == "héllo"
+        assert await ws.recv() == b"\x00\xff" * 40_000
+
+
+@pytest.mark.parametrize("served", [{"compression": True}], indirect=True)
+async def test_with_compression_on_it_is_negotiated_and_each_client_encodes_its_own(
+    served: tuple[Quart, int],
+) -> None:
+    app, port = served
+    async with (
+        connect(f"ws://127.0.0.1:{port}/ws") as deflating,
+        connect(f"ws://127.0.0.1:{port}/ws", compression=None) as plain,
+    ):
+        assert deflating.response is not None
+        assert "permessage-deflate" in deflating.response.headers["Sec-WebSocket-Extensions"]
+        pool = pool_of(app)
+        await settle(lambda: len(pool) == 2)
+        wires = sorted(client.wire is not None for client in pool)
+        assert wires == [False, True]  # only the one without an offer shares frames
+        text = "compressible " * 2000
+        assert pool.publish(text) == 2
+        assert await deflating.recv() == text
+        assert await plain.recv() == text
+
+
+def stalled_client(port: int) -> socket.socket:
+    """A WebSocket client that completes the handshake and then never reads."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert b" 101 " in sock.recv(1024)
+    return sock
+
+
+@pytest.mark.parametrize("policy", ["close", "drop-oldest"])
+@pytest.mark.parametrize("mode", [(), ("--no-fast-path",)], ids=["fast-path", "plain"])
+async def test_clients_that_stop_reading_hold_nobody_back(
+    app_dir: Path, policy: str, mode: tuple[str, ...]
+) -> None:
+    srv = Server(app_dir, "--client-buffer", "65536", "--overflow-policy", policy, *mode).start()
+    stalled = [stalled_client(srv.port) for _ in range(3)]
+    try:
+        async with connect(srv.ws_url) as healthy, httpx.AsyncClient() as http:
+            message = "x" * 6000
+            sent = [f"{i:04d}{message}" for i in range(1500)]  # 9 MB: past every buffer
+            received: list[str | bytes] = []
+
+            async def read() -> None:
+                while len(received) < len(sent):
+                    received.append(await healthy.recv())
+
+            reader = asyncio.create_task(read())
+            for text in sent:
+                response = await http.post(f"{srv.url}/send.py", data={"message": text})
+                assert response.status_code == 200
+            await asyncio.wait_for(reader, 30)
+            assert received == sent  # nothing lost, nothing reordered
+            final = await http.get(f"{srv.url}/send.py", params={"message": "last"})
+            if policy == "close":
+                # The stalled clients were disconnected; only the healthy one is left.
+                assert final.text.strip() == "Sent to 1 client."
+            else:
+                assert final.text.strip() == "Sent to 4 clients."
+        assert "buffer overflowed" in srv.log
+    finally:
+        for sock in stalled:
+            sock.close()
+        srv.stop()
