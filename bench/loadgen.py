@@ -80,6 +80,7 @@ class Client(asyncio.Protocol):
     __slots__ = (
         "accept",
         "buf",
+        "counted",
         "ended",
         "fragments",
         "handshake",
@@ -101,6 +102,7 @@ class Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.open = False
+        self.counted = False  # in Run.clients and its open counts
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.fragments: list[bytes] | None = None
         self.last = 0  # highest sequence number seen
@@ -266,11 +268,12 @@ class Run:
                 future.set_result(None)
 
     def client_closed(self, client: Client) -> None:
-        if client.slow and client.open:
+        if not client.counted:
+            return
+        if client.slow:
             self.slow_open -= 1
             if self.slow_open <= 0:
                 self.slow_ended.set()
-        if not client.open or client.slow:
             return
         self.healthy_open -= 1
         if self.broadcasting:
@@ -313,6 +316,9 @@ class Run:
             client.goodbye()
             raise
         self.clients.append(client)
+        if client.ended is not None:  # closed before this coroutine resumed
+            return
+        client.counted = True
         if slow:
             assert client.transport is not None
             client.transport.pause_reading()

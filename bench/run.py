@@ -36,6 +36,7 @@ SERVERS = ("realtime", "naive", "websockets_lib")
 BASELINES = ("naive", "websockets_lib")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOADGEN_BOUND = 0.9
+OTHER_BUSY = 0.15
 
 
 def server_command(name: str, bind: str) -> list[str]:
@@ -68,6 +69,12 @@ def cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLK_TCK
+
+
+def machine_busy() -> float:
+    """Non-idle CPU seconds of the whole machine, from the first line of /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK  # minus idle and iowait
 
 
 def rss_kb(pid: int) -> int:
@@ -162,12 +169,18 @@ class Reader:
 
 
 def measure(
-    server: str, clients: int, opts: argparse.Namespace, *, messages: int, size: int, slow: int
+    tag: str,
+    server: str,
+    clients: int,
+    opts: argparse.Namespace,
+    *,
+    messages: int,
+    size: int,
+    slow: int,
 ) -> dict[str, Any]:
     """One server process and one loadgen run: loadgen's JSON plus server samples."""
     port = free_port()
     bind = f"{HOST}:{port}"
-    tag = f"{server}-{clients}" + (f"-slow{slow}" if opts.scenario == "slow" else "")
     print(f"--> {tag}: {clients} clients, {messages} x {size} B", file=sys.stderr, flush=True)
     loadgen = [
         sys.executable,
@@ -185,6 +198,13 @@ def measure(
     with contextlib.ExitStack() as stack:
         slog = stack.enter_context((opts.logdir / f"{tag}.server.log").open("w"))
         llog = stack.enter_context((opts.logdir / f"{tag}.loadgen.log").open("w"))
+        readers: list[Reader] = []  # joined once loadgen is gone, before its log closes
+
+        @stack.callback
+        def join_readers() -> None:
+            for reader in readers:
+                reader.thread.join(5)
+
         srv = stack.enter_context(
             started([*pinned(0), *server_command(server, bind)], stdout=slog, stderr=slog, cwd=ROOT)
         )
@@ -197,16 +217,19 @@ def measure(
         assert gen.stdout is not None
         assert gen.stderr is not None
         err, out = Reader(gen.stderr, llog), Reader(gen.stdout)
+        readers += [err, out]
 
         def alive() -> bool:
             return srv.poll() is None
 
         err.wait("connected", 300.0 + 2 * opts.timeout, alive)
         cpu0, rss_connected = cpu_seconds(srv.pid), rss_kb(srv.pid)
+        busy0, wall0 = machine_busy(), time.monotonic()
         gen.stdin.write("go\n")
         gen.stdin.flush()
         err.wait("broadcast_done", opts.deadline + 2 * opts.timeout + 30, alive)
         cpu1, rss_after = cpu_seconds(srv.pid), rss_kb(srv.pid)
+        busy, wall = machine_busy() - busy0, time.monotonic() - wall0
         gen.stdin.write("go\n")
         gen.stdin.close()
         gen.wait(60)
@@ -223,8 +246,26 @@ def measure(
         kb_per_connection=(rss_connected - rss_idle) / connected if connected else None,
         rss_growth_mb=(rss_after - rss_connected) / 1024,
         loadgen_bound=(result.get("loadgen_cpu_share") or 0) >= LOADGEN_BOUND,
+        # CPU used by anything else on the machine while broadcasting: noise in the figures.
+        other_cpu_share=round((busy - (cpu1 - cpu0) - result["loadgen_cpu_s"]) / wall, 3),
     )
     return result
+
+
+def git_state() -> tuple[str, list[str]]:
+    """The commit the realtime server ran from, and its files with local changes."""
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", str(ROOT), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout
+
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--", "host", "plugins", "app").strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown commit", []
+    state = f"commit {head}" + (" + uncommitted changes in host/plugins/app" if dirty else "")
+    return state, dirty.splitlines()
 
 
 # Tables -----------------------------------------------------------------------
@@ -253,6 +294,8 @@ def notes(r: dict[str, Any]) -> str:
     found = []
     if r.get("loadgen_bound"):
         found.append("loadgen-bound")
+    if (r.get("other_cpu_share") or 0) >= OTHER_BUSY:
+        found.append(f"machine busy: other processes used {r['other_cpu_share']:.0%} of a CPU")
     if r.get("incomplete"):
         found.append(f"{r['incomplete']} timed out")
     if r.get("connected", 0) < r.get("clients", 0):
@@ -381,6 +424,7 @@ def on_sigterm(signum: int, frame: Any) -> None:
 def main() -> int:
     opts = parse_args()
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by both children
     if hard < max(opts.clients) + 200:
@@ -390,11 +434,21 @@ def main() -> int:
     opts.logdir = RESULTS / f"logs-{stamp}"
     opts.logdir.mkdir()
     path = RESULTS / f"run-{stamp}.json"
-    report: dict[str, Any] = {"argv": sys.argv[1:], "fanout": [], "slow": []}
+    state, changes = git_state()
+    report: dict[str, Any] = {
+        "argv": sys.argv[1:],
+        "realtime": state,
+        "realtime_changes": changes,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "fanout": [],
+        "slow": [],
+    }
 
     def run(section: str, server: str, clients: int, **kw: Any) -> None:
+        tag = f"{server}-{clients}" + (f"-slow{kw['slow']}" if section == "slow" else "")
         try:
-            result = measure(server, clients, opts, **kw)
+            result = measure(tag, server, clients, opts, **kw)
         except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
             result = {"server": server, "clients": clients, "slow": kw["slow"], "error": str(exc)}
             print(f"    error: {exc}", file=sys.stderr)
@@ -403,18 +457,17 @@ def main() -> int:
 
     interrupted = False
     try:
-        opts.scenario = "fanout"
         for clients in opts.clients:
             for server in opts.servers:
                 run("fanout", server, clients, messages=opts.messages, size=opts.size, slow=0)
         if not opts.skip_slow and "realtime" in opts.servers:
-            opts.scenario = "slow"
             for slow in (0, 5):
                 run("slow", "realtime", 100, messages=opts.slow_messages, size=6 * 1024, slow=slow)
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: every server and loadgen started was stopped", file=sys.stderr)
-    text = main_tables(report["fanout"]) if report["fanout"] else ""
+    text = f"realtime at {report['realtime']}; {opts.messages} x {opts.size} B per fan-out run\n\n"
+    text += main_tables(report["fanout"]) if report["fanout"] else ""
     if report["slow"]:
         text += "\n\n" + slow_table(report["slow"])
     print(text)

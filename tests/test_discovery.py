@@ -86,8 +86,12 @@ def test_realtime_plugins_lists_plugins_routes_and_functions(site: Path) -> None
     plugins = {entry["name"]: entry for entry in json.loads(listing.stdout)}
     assert plugins["shouting"]["distribution"] == "shouting"
     assert plugins["shouting"]["functions"] == ["shout"]
-    assert plugins["shouting"]["routes"] == [{"path": "/hello", "kind": "Route"}]
-    assert plugins["websocket"]["routes"] == [{"path": "/ws", "kind": "WebSocketRoute"}]
+    assert plugins["shouting"]["routes"] == [
+        {"path": "/hello", "kind": "Route", "scopes": ["http"]}
+    ]
+    assert plugins["websocket"]["routes"] == [
+        {"path": "/ws", "kind": "ASGIRoute", "scopes": ["websocket"]}
+    ]
     assert plugins["broadcast"]["functions"] == ["broadcast"]
     text = subprocess.run(
         [sys.executable, "-m", "realtime", "plugins"],

@@ -7,6 +7,7 @@ import base64
 import os
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -28,13 +29,9 @@ async def settle(condition: object, limit: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-@pytest.fixture
-async def served(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[tuple[Quart, int]]:
-    """A host served by Hypercorn in this test's own loop, so the pool can be inspected."""
-    settings = getattr(request, "param", {})
-    app = create_app(tmp_path, settings=settings)
+@asynccontextmanager
+async def hypercorn(app: Quart) -> AsyncIterator[int]:
+    """Serve ``app`` with Hypercorn in this test's own loop, so its pool can be inspected."""
     port = free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
@@ -47,9 +44,20 @@ async def served(
                 break
             except httpx.HTTPError:
                 await asyncio.sleep(0.02)
-    yield app, port
-    stop.set()
-    await task
+    try:
+        yield port
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+async def served(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Quart, int]]:
+    app = create_app(tmp_path, settings=getattr(request, "param", {}))
+    async with hypercorn(app) as port:
+        yield app, port
 
 
 def pool_of(app: Quart) -> Pool:
@@ -145,3 +153,17 @@ async def test_clients_that_stop_reading_hold_nobody_back(
         for sock in stalled:
             sock.close()
         srv.stop()
+
+
+async def test_two_hosts_in_one_process_share_no_pool(tmp_path: Path) -> None:
+    first, second = create_app(tmp_path), create_app(tmp_path)
+    async with hypercorn(first) as port_one, hypercorn(second) as port_two:
+        pool_one, pool_two = pool_of(first), pool_of(second)
+        assert pool_one is not pool_two
+        async with connect(f"ws://127.0.0.1:{port_one}/ws") as ws:
+            await settle(lambda: len(pool_one) == 1)
+            assert len(pool_two) == 0
+            assert pool_two.publish("only second") == 0
+            assert pool_one.publish("only first") == 1
+            assert await ws.recv() == "only first"
+        assert port_one != port_two

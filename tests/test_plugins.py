@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from realtime import Option, PluginError, Route, WebSocketRoute, create_app, get_host, hookimpl
+from realtime import (
+    ASGIRoute,
+    Option,
+    PluginError,
+    Route,
+    WebSocketRoute,
+    create_app,
+    get_host,
+    hookimpl,
+)
 from realtime.plugins import Plugins
 
 
@@ -76,6 +84,34 @@ def test_an_http_and_a_websocket_route_may_share_a_path(tmp_path: Path) -> None:
         "both", register_routes=lambda: [Route("/live", hello), WebSocketRoute("/live", hello)]
     )
     create_app(tmp_path, plugins=[both], load_entrypoints=False)
+
+
+def test_an_asgi_route_conflicts_with_a_quart_route_of_the_same_kind(tmp_path: Path) -> None:
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    one = plugin("one", register_routes=lambda: [ASGIRoute("/live", raw)])
+    two = plugin("two", register_routes=lambda: [Route("/live", hello)])
+    with pytest.raises(PluginError, match="http route '/live' is claimed by both"):
+        create_app(tmp_path, plugins=[one, two], load_entrypoints=False)
+
+
+async def test_asgi_routes_answer_their_exact_path_ahead_of_quart(tmp_path: Path) -> None:
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"raw " + scope["path"].encode()})
+
+    (tmp_path / "index.html").write_text("quart")
+    app = create_app(
+        tmp_path,
+        plugins=[plugin("raw", register_routes=lambda: [ASGIRoute("/raw", raw, ("http",))])],
+        load_entrypoints=False,
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert await (await client.get("/raw")).get_data(as_text=True) == "raw /raw"
+        assert (await client.get("/raw/more")).status_code == 404  # exact match only
+        assert await (await client.get("/")).get_data(as_text=True) == "quart"
 
 
 def test_function_names_the_host_uses_are_refused(tmp_path: Path) -> None:
@@ -185,22 +221,3 @@ def test_bundled_plugins_load_through_entry_points() -> None:
 def test_plugins_can_be_disabled(tmp_path: Path) -> None:
     app = create_app(tmp_path, disabled=["broadcast"])
     assert "broadcast" not in get_host(app).functions
-
-
-async def test_two_hosts_in_one_process_share_no_pool(tmp_path: Path) -> None:
-    from realtime_websocket import get_pool
-
-    first, second = create_app(tmp_path), create_app(tmp_path)
-    async with first.test_app(), second.test_app():
-        pool_one, pool_two = get_pool(get_host(first)), get_pool(get_host(second))
-        assert pool_one is not pool_two
-        async with first.test_client().websocket("/ws") as ws:
-            await ws.send("hi")  # read and discarded; proves the client is connected
-            for _ in range(100):
-                if len(pool_one):
-                    break
-                await asyncio.sleep(0.01)
-            assert len(pool_one) == 1
-            assert len(pool_two) == 0
-            assert pool_one.publish("only first") == 1
-            assert await ws.receive() == "only first"

@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--bind", default="127.0.0.1:8001", help="HOST:PORT")
     config = Config()
     config.bind = [parser.parse_args().bind]
-    asyncio.run(serve(app, config))  # type: ignore[arg-type]
+    asyncio.run(serve(app, config))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ from .errors import HTTPError, PluginError
 from .hookspecs import hookimpl
 from .host import Host, create_app, current_host, get_host
 from .options import Option
-from .routes import Route, WebSocketRoute
+from .routes import ASGIRoute, Route, WebSocketRoute
 from .scripts import ScriptRequest, ScriptResponse
 
 __all__ = [
+    "ASGIRoute",
     "HTTPError",
     "Host",
     "Option",

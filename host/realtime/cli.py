@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypercorn.asyncio import serve
@@ -19,6 +19,7 @@ from .errors import PluginError
 from .host import all_options, build_app, get_host
 from .options import Option
 from .plugins import DISABLE_ENV, Plugins
+from .routes import route_kinds
 
 log = logging.getLogger("realtime")
 
@@ -118,7 +119,7 @@ def list_plugins(app: Any, *, as_json: bool) -> int:
     report: list[dict[str, Any]] = []
     for info in host.plugins.info():
         routes = [
-            {"path": route.path, "kind": type(route).__name__}
+            {"path": route.path, "kind": type(route).__name__, "scopes": list(route_kinds(route))}
             for owner, route in host.routes
             if owner == info.name
         ]
@@ -141,8 +142,8 @@ def list_plugins(app: Any, *, as_json: bool) -> int:
         origin = f"{entry['distribution']} {entry['version']}" if entry["distribution"] else "local"
         print(f"{entry['name']}  ({entry['module']}, {origin})")
         for route in entry["routes"]:
-            kind = "ws  " if route["kind"] == "WebSocketRoute" else "http"
-            print(f"    route     {kind} {route['path']}")
+            scopes = "+".join("ws" if s == "websocket" else s for s in route["scopes"])
+            print(f"    route     {scopes:<7} {route['path']}")
         for function in entry["functions"]:
             print(f"    function  {function}()")
     return 0
@@ -167,13 +168,38 @@ def run(app: Any, *, access_log: bool = False) -> int:
         print(f"realtime: app directory {str(host.app_dir)!r} does not exist", file=sys.stderr)
         return 2
     config = server_config(app, access_log=access_log)
-    log.info("serving %s on http://%s", host.app_dir.resolve(), host.settings["bind"])
     try:
-        asyncio.run(_serve(app, config))
+        loop_factory = _loop_factory(host.settings["loop"])
+    except ImportError:
+        print("realtime: --loop uvloop needs the uvloop package", file=sys.stderr)
+        return 2
+    log.info(
+        "serving %s on http://%s (%s loop)",
+        host.app_dir.resolve(),
+        host.settings["bind"],
+        "asyncio" if loop_factory is None else "uvloop",
+    )
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_serve(app, config))
     except PluginError as exc:
         print(f"realtime: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked for, or when installed and nothing was asked; else asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

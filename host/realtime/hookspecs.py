@@ -30,7 +30,7 @@ def register_options() -> list[Option]:  # type: ignore[empty-body]
 
 @hookspec
 def register_routes(host: Host) -> list[AnyRoute]:  # type: ignore[empty-body]
-    """HTTP and WebSocket routes the plugin serves."""
+    """HTTP and WebSocket routes the plugin serves (Quart views, or plain ASGI apps)."""
 
 
 @hookspec

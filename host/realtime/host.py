@@ -24,7 +24,14 @@ from .errors import HTTPError, PluginError
 from .options import Option, resolve
 from .plugins import Plugins, await_me_maybe
 from .proxy import ForwardedHeadersMiddleware
-from .routes import ALL_METHODS, Route, WebSocketRoute
+from .routes import (
+    ALL_METHODS,
+    AnyRoute,
+    ASGIDispatcher,
+    ASGIRoute,
+    WebSocketRoute,
+    route_kinds,
+)
 from .scripts import (
     PRIVATE_SUFFIXES,
     RESERVED_NAMES,
@@ -49,6 +56,12 @@ HOST_OPTIONS = (
     Option("bind", "127.0.0.1:8000", "HOST:PORT to listen on (Caddy proxies to the default)"),
     Option("app", DEFAULT_APP_DIR, "directory of drop-in scripts and static files"),
     Option("threads", 8, "worker threads that run drop-in scripts", type=int),
+    Option(
+        "loop",
+        "auto",
+        "event loop: auto (uvloop when installed), asyncio or uvloop",
+        choices=("auto", "asyncio", "uvloop"),
+    ),
     Option("debug", False, "put tracebacks in 500 responses", type=bool),
     Option(
         "forwarded_allow_ips",
@@ -102,7 +115,7 @@ class Host:
         self.app_dir = Path(self.settings["app"])
         self.debug: bool = self.settings["debug"]
         self.functions: dict[str, Callable[..., Any]] = {}
-        self.routes: list[tuple[str, Route | WebSocketRoute]] = []
+        self.routes: list[tuple[str, AnyRoute]] = []
         self.compile_cache = CompileCache()
         self.executor: ThreadPoolExecutor | None = None
         self._started: list[str] = []
@@ -117,14 +130,14 @@ class Host:
         route_owner: dict[tuple[str, str], str] = {}
         for plugin, routes in self.plugins.call_each("register_routes", host=self):
             for route in routes:
-                kind = "websocket" if isinstance(route, WebSocketRoute) else "http"
-                key = (kind, route.path)
-                if key in route_owner:
-                    raise PluginError(
-                        f"{kind} route {route.path!r} is claimed by both plugin "
-                        f"{route_owner[key]!r} and plugin {plugin!r}"
-                    )
-                route_owner[key] = plugin
+                for kind in route_kinds(route):
+                    key = (kind, route.path)
+                    if key in route_owner:
+                        raise PluginError(
+                            f"{kind} route {route.path!r} is claimed by both plugin "
+                            f"{route_owner[key]!r} and plugin {plugin!r}"
+                        )
+                    route_owner[key] = plugin
                 self.routes.append((plugin, route))
         function_owner: dict[str, str] = {}
         for plugin, functions in self.plugins.call_each("register_functions", host=self):
@@ -143,8 +156,13 @@ class Host:
         self.function_owner = function_owner
 
     def install(self) -> None:
+        asgi_routes = [route for _, route in self.routes if isinstance(route, ASGIRoute)]
+        if asgi_routes:
+            self.app.asgi_app = ASGIDispatcher(self.app.asgi_app, asgi_routes)  # type: ignore[method-assign]
         for plugin, route in self.routes:
             endpoint_name = f"{plugin}:{route.path}"
+            if isinstance(route, ASGIRoute):
+                continue
             if isinstance(route, WebSocketRoute):
                 self.app.add_websocket(route.path, endpoint_name, route.endpoint)
             else:

@@ -37,4 +37,50 @@ class WebSocketRoute:
         _check_path(self.path)
 
 
-AnyRoute = Route | WebSocketRoute
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ASGIRoute:
+    """A path served by a plain ASGI application, ahead of Quart.
+
+    For endpoints that hold thousands of connections, where Quart's per-connection
+    objects (a request wrapper, a queue, two tasks) cost more than they give.
+    The path matches exactly.
+    """
+
+    path: str
+    app: ASGIApp
+    scope_types: tuple[str, ...] = ("http", "websocket")
+
+    def __post_init__(self) -> None:
+        _check_path(self.path)
+        unknown = set(self.scope_types) - {"http", "websocket"}
+        if unknown:
+            raise ValueError(f"ASGIRoute scope types must be http or websocket, got {unknown}")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self.scope_types
+
+
+AnyRoute = Route | WebSocketRoute | ASGIRoute
+
+
+def route_kinds(route: AnyRoute) -> tuple[str, ...]:
+    """Which ASGI scope types a route answers, for conflict checks and listings."""
+    if isinstance(route, ASGIRoute):
+        return route.scope_types
+    return ("websocket",) if isinstance(route, WebSocketRoute) else ("http",)
+
+
+class ASGIDispatcher:
+    """Sends scopes whose type and exact path match an :class:`ASGIRoute` to its app."""
+
+    def __init__(self, fallback: ASGIApp, routes: list[ASGIRoute]) -> None:
+        self.fallback = fallback
+        self.table = {(kind, route.path): route.app for route in routes for kind in route.kinds}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        app = self.table.get((scope["type"], scope.get("path")))
+        await (app or self.fallback)(scope, receive, send)

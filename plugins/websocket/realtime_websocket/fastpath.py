@@ -1,7 +1,7 @@
 """Direct frame writes to Hypercorn's transport: the one module that reaches below Quart.
 
-Quart's ``websocket.send`` costs, per client and per message, a chain of awaits
-(Quart → ASGI → Hypercorn → wsproto → h11 → ``writer.drain()``). Broadcasting the
+An ASGI ``websocket.send`` costs, per client and per message, a chain of awaits
+(ASGI → Hypercorn → wsproto → h11 → ``writer.drain()``). Broadcasting the
 same message to thousands of clients does not need any of that: the frame is the
 same bytes for every connection without per-message compression, so it is encoded
 once and appended to each connection's transport, which coalesces a backlog into
@@ -10,7 +10,7 @@ one ``send()`` by itself.
 Supported: Hypercorn 0.16 to 0.18 (the range pinned in ``pyproject.toml``), WebSockets
 over HTTP/1.1 with the asyncio or uvloop worker. Where the objects below are not what
 this module expects (HTTP/2 WebSockets, trio, another server, another Hypercorn),
-:func:`attach` returns ``None`` and the pool uses Quart's public API instead.
+:func:`attach` returns ``None`` and the pool sends through ASGI instead.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 try:  # Only the names; nothing here runs at import.
     from hypercorn.asyncio.tcp_server import TCPServer
@@ -46,11 +46,20 @@ def encode_frame(payload: bytes, text: bool) -> bytes:
     return header + payload
 
 
+class Transport(Protocol):
+    """What the pool needs of a transport; asyncio's and uvloop's both qualify."""
+
+    def write(self, data: bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def is_closing(self) -> bool: ...
+    def abort(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Wire:
     """What a fast-path client writes to: its transport, and the stream to check it is open."""
 
-    transport: asyncio.WriteTransport
+    transport: Transport
     writer: asyncio.StreamWriter
     stream: Any  # hypercorn.protocol.ws_stream.WSStream
 
@@ -71,26 +80,18 @@ class Wire:
         self.transport.abort()
 
 
-def _stream_of(websocket: Any) -> Any | None:
-    """Quart keeps the ASGI ``send`` in a partial; for Hypercorn it is ``WSStream.app_send``."""
-    send_partial = getattr(websocket, "_send", None)
-    args = getattr(send_partial, "args", ())
-    if not args:
-        return None
-    stream = getattr(args[0], "__self__", None)
-    if WSStream is None or not isinstance(stream, WSStream):
-        return None
-    return stream
+_TRANSPORT_METHODS = ("write", "get_write_buffer_size", "is_closing", "abort")
 
 
-def attach(websocket: Any, *, decline_compression: bool) -> Wire | None:
-    """Find the transport under a Quart websocket before it is accepted, or ``None``.
+def attach(asgi_send: Any, *, decline_compression: bool) -> Wire | None:
+    """Find the transport under an ASGI ``send`` before the handshake is accepted.
 
+    Under Hypercorn, ``send`` is ``WSStream.app_send``. Returns ``None`` elsewhere.
     With ``decline_compression``, the permessage-deflate offer is dropped from the
     handshake so every frame can be shared between connections.
     """
-    stream = _stream_of(websocket)
-    if stream is None:
+    stream = getattr(asgi_send, "__self__", None)
+    if WSStream is None or not isinstance(stream, WSStream):
         return None
     protocol = getattr(stream.send, "__self__", None)
     if not isinstance(protocol, H11Protocol):
@@ -100,7 +101,7 @@ def attach(websocket: Any, *, decline_compression: bool) -> Wire | None:
         return None
     writer = server.writer
     transport = writer.transport
-    if not isinstance(transport, asyncio.WriteTransport):
+    if not all(hasattr(transport, name) for name in _TRANSPORT_METHODS):
         return None
     if decline_compression:
         stream.handshake.extensions = None

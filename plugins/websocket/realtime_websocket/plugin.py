@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from hypercorn.config import Config as ServerConfig
-from quart import current_app, websocket
 
-from realtime import Host, Option, WebSocketRoute, get_host, hookimpl
+from realtime import ASGIRoute, Host, Option, hookimpl
 
-from .pool import OVERFLOW_POLICIES, Pool
+from .connection import ASGIConnection, Receive, Send
+from .pool import OVERFLOW_POLICIES, Pool, PoolClosed
 from .state import EXTENSION_KEY, get_pool
 
 
@@ -66,14 +66,17 @@ def register_options() -> list[Option]:
     ]
 
 
-async def websocket_endpoint() -> None:
-    pool = get_pool(get_host(current_app._get_current_object()))  # type: ignore[attr-defined]
-    await pool.serve(websocket._get_current_object())  # type: ignore[attr-defined]
-
-
 @hookimpl
-def register_routes(host: Host) -> list[WebSocketRoute]:
-    return [WebSocketRoute(host.settings["ws_path"], websocket_endpoint)]
+def register_routes(host: Host) -> list[ASGIRoute]:
+    async def websocket_endpoint(scope: Any, receive: Receive, send: Send) -> None:
+        try:
+            pool = get_pool(host)
+        except PoolClosed:
+            await send({"type": "websocket.close", "code": 1013})
+            return
+        await pool.serve(ASGIConnection(receive, send))
+
+    return [ASGIRoute(host.settings["ws_path"], websocket_endpoint, scope_types=("websocket",))]
 
 
 @hookimpl

@@ -20,6 +20,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from .connection import ConnectionGone
 from .fastpath import Wire, attach, encode_frame
 
 log = logging.getLogger("realtime.websocket")
@@ -48,7 +49,11 @@ class PoolClosed(RuntimeError):
 
 
 class Connection(Protocol):
-    """The part of Quart's websocket object the pool uses."""
+    """What the pool needs of a connection (:class:`.connection.ASGIConnection`).
+
+    ``receive`` raises :class:`.connection.ConnectionGone` (or the task is cancelled)
+    when the client leaves. A connection may carry ``asgi_send``, for the fast path.
+    """
 
     async def accept(self) -> None: ...
     async def receive(self) -> Any: ...
@@ -180,16 +185,25 @@ class Pool:
         if not self.running:
             await connection.close(1013, "server not ready")
             return
+        asgi_send = getattr(connection, "asgi_send", None)
         wire = (
-            attach(connection, decline_compression=not self.compression) if self.fast_path else None
+            attach(asgi_send, decline_compression=not self.compression)
+            if self.fast_path and asgi_send is not None
+            else None
         )
-        await connection.accept()
+        try:
+            await connection.accept()
+        except ConnectionGone:
+            return
         client = Client(next(self._ids), connection, wire)
+        log.debug("client %d connected (%s)", client.id, "fast path" if wire else "plain path")
         self._clients[client.id] = client
         self.stats.connected = len(self._clients)
         try:
             while True:
                 await connection.receive()
+        except ConnectionGone:
+            pass
         finally:
             self._forget(client)
 
@@ -234,16 +248,13 @@ class Pool:
 
     async def _close(self, client: Client, code: int, reason: str) -> None:
         self._forget(client)
-        wire = client.wire
-        if wire is not None and wire.transport.get_write_buffer_size() > self.direct_limit:
-            # It is not reading: a close frame would sit behind what it never took.
-            wire.abort()
-            return
         try:
+            # The close frame goes after whatever the transport still holds; a client
+            # that has stopped reading never takes it, and is dropped after the timeout.
             await asyncio.wait_for(client.connection.close(code, reason), CLOSE_TIMEOUT)
         except (TimeoutError, Exception):
-            if wire is not None:
-                wire.abort()
+            if client.wire is not None:
+                client.wire.abort()
 
     # Fan-out ------------------------------------------------------------------
 
