@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from .connection import ConnectionGone
@@ -95,7 +95,8 @@ class Client:
     id: int
     connection: Connection
     wire: Wire | None
-    queue: deque[Message] = field(default_factory=deque)
+    #: Backlog, created only while the client lags (an empty deque costs 760 bytes).
+    queue: deque[Message] | None = None
     queued_bytes: int = 0
     sender: asyncio.Task[None] | None = None
     closing: bool = False
@@ -209,7 +210,7 @@ class Pool:
 
     def _forget(self, client: Client) -> None:
         client.closing = True
-        client.queue.clear()
+        client.queue = None
         client.queued_bytes = 0
         if client.sender is not None:
             client.sender.cancel()
@@ -219,22 +220,24 @@ class Pool:
     async def _drain_backlog(self, client: Client) -> None:
         """Send a client's backlog in order, then end: no task idles per client."""
         wire = client.wire
+        queue = client.queue
+        assert queue is not None  # _enqueue creates it before starting this task
         try:
-            while client.queue and not client.closing:
+            while queue and not client.closing:
                 if wire is not None:
                     await wire.drain()  # wait until the transport has room again
                     if client.closing or not wire.open():
                         break
                     chunk = []
                     chunk_bytes = 0
-                    while client.queue and chunk_bytes < self.direct_limit:
-                        message = client.queue.popleft()
+                    while queue and chunk_bytes < self.direct_limit:
+                        message = queue.popleft()
                         chunk.append(message.frame)
                         chunk_bytes += message.size
                     client.queued_bytes -= chunk_bytes
                     wire.transport.write(b"".join(chunk))
                 else:
-                    message = client.queue.popleft()
+                    message = queue.popleft()
                     client.queued_bytes -= message.size
                     await client.connection.send(message.data)
         except asyncio.CancelledError:
@@ -245,6 +248,8 @@ class Pool:
             self._spawn(self._close(client, CLOSE_INTERNAL_ERROR, "send failed"))
         finally:
             client.sender = None
+            if client.queue is queue and not queue:
+                client.queue = None  # caught up: back to the fast path, no backlog kept
 
     async def _close(self, client: Client, code: int, reason: str) -> None:
         self._forget(client)
@@ -302,6 +307,8 @@ class Pool:
                 dropped = client.queue.popleft()
                 client.queued_bytes -= dropped.size
                 self.stats.dropped += 1
+        if client.queue is None:
+            client.queue = deque()
         client.queue.append(message)
         client.queued_bytes += message.size
         if client.sender is None:
