@@ -14,6 +14,7 @@ from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as ServerConfig
+from hypercorn.utils import LifespanFailureError
 
 from .errors import PluginError
 from .host import all_options, build_app, get_host
@@ -182,8 +183,9 @@ def run(app: Any, *, access_log: bool = False) -> int:
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(_serve(app, config))
-    except PluginError as exc:
-        print(f"realtime: {exc}", file=sys.stderr)
+    except (PluginError, LifespanFailureError) as exc:
+        # The traceback is already in the log; end with the one line that matters.
+        print(f"realtime: {host.startup_error or exc}", file=sys.stderr)
         return 1
     return 0
 

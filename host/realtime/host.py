@@ -119,6 +119,8 @@ class Host:
         self.compile_cache = CompileCache()
         self.executor: ThreadPoolExecutor | None = None
         self._started: list[str] = []
+        #: Why start-up failed, for the command line to say in one line.
+        self.startup_error: PluginError | None = None
         self._scripts_running = 0
         self._scripts_idle = asyncio.Event()
         self._scripts_idle.set()
@@ -193,11 +195,11 @@ class Host:
                 try:
                     await await_me_maybe(call())
                 except Exception as exc:
-                    log.error("plugin %r failed to start", plugin, exc_info=True)
                     await self.shutdown()
-                    raise PluginError(
+                    self.startup_error = PluginError(
                         f"plugin {plugin!r} failed to start: {type(exc).__name__}: {exc}"
-                    ) from exc
+                    )
+                    raise self.startup_error from exc
                 self._started.append(plugin)
         finally:
             _current.reset(token)
