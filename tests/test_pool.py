@@ -1,9 +1,8 @@
-"""The client pool: fan-out order, bounded buffers, overflow policies, thread hand-off."""
+"""The client pool: fan-out order, bounded buffers, overflow policies."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import pytest
@@ -112,30 +111,6 @@ async def test_drop_oldest_keeps_the_newest_within_the_bound_and_keeps_order() -
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_broadcast_from_threads_is_handed_to_the_loop() -> None:
-    pool = Pool()
-    pool.start()
-    connection = FakeConnection()
-    task = await connect(pool, connection)
-    results: list[int] = []
-
-    def script(n: int) -> None:
-        for i in range(20):
-            results.append(pool.broadcast(f"t{n}-{i}"))
-
-    threads = [threading.Thread(target=script, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join() for t in threads])
-    assert results == [1] * 80
-    await settle(lambda: len(connection.received) == 80)
-    for n in range(4):
-        mine = [m for m in connection.received if str(m).startswith(f"t{n}-")]
-        assert mine == [f"t{n}-{i}" for i in range(20)]  # each script's order kept
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
 async def test_a_client_whose_send_fails_is_removed() -> None:
     class Broken(FakeConnection):
         async def send(self, data: Any) -> None:
@@ -156,7 +131,7 @@ async def test_a_pool_that_is_not_running_refuses_broadcasts() -> None:
     pool.start()
     await pool.close()
     with pytest.raises(PoolClosed):
-        pool.broadcast("nobody")
+        pool.publish("nobody")
 
 
 def test_bad_pool_settings_are_refused() -> None:

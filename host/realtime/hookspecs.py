@@ -39,6 +39,11 @@ def register_functions(host: Host) -> Mapping[str, Callable[..., Any]]:  # type:
 
 
 @hookspec
+def validate(host: Host) -> None:
+    """Refuse a bad configuration before serving: raise ``ValueError`` saying what to change."""
+
+
+@hookspec
 def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
     """Adjust the Hypercorn config before serving (ping interval, timeouts...)."""
 

@@ -57,6 +57,12 @@ HOST_OPTIONS = (
     Option("app", DEFAULT_APP_DIR, "directory of drop-in scripts and static files"),
     Option("threads", 8, "worker threads that run drop-in scripts", type=int),
     Option(
+        "workers",
+        1,
+        "server processes sharing the port (more than 1 needs a shared --broker)",
+        type=int,
+    ),
+    Option(
         "loop",
         "auto",
         "event loop: auto (uvloop when installed), asyncio or uvloop",
@@ -156,6 +162,20 @@ class Host:
                 function_owner[name] = plugin
                 self.functions[name] = function
         self.function_owner = function_owner
+
+    def validate(self) -> None:
+        """Let every plugin refuse the configuration before anything is served."""
+        if self.settings["workers"] < 1 or self.settings["threads"] < 1:
+            raise PluginError("--workers and --threads must be at least 1")
+        for plugin, call in self.plugins.bound("validate", host=self):
+            try:
+                call()
+            except ValueError as exc:
+                raise PluginError(f"{exc} (plugin {plugin!r})") from None
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {plugin!r} failed in validate: {type(exc).__name__}: {exc}"
+                ) from exc
 
     def install(self) -> None:
         asgi_routes = [route for _, route in self.routes if isinstance(route, ASGIRoute)]
@@ -367,6 +387,7 @@ def build_app(plugins: Plugins, given: Mapping[str, Any], environ: Mapping[str, 
     host = Host(app, plugins, settings)
     app.extensions[EXTENSION_KEY] = host
     host.collect()
+    host.validate()
     host.install()
     trusted = [ip.strip() for ip in settings["forwarded_allow_ips"].split(",") if ip.strip()]
     app.asgi_app = ForwardedHeadersMiddleware(app.asgi_app, trusted)  # type: ignore[method-assign]

@@ -111,10 +111,15 @@ class Plugins:
         return []
 
     def bound(self, hook: str, **kwargs: Any) -> list[tuple[str, Callable[[], Any]]]:
-        """``hook``'s implementations in load order, each bound to the arguments it asks for."""
+        """``hook``'s implementations in load order (``tryfirst`` ones first, ``trylast`` ones
+        last), each bound to the arguments it asks for."""
+        impls = sorted(
+            getattr(self.manager.hook, hook).get_hookimpls(),
+            key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1,
+        )
         return [
             (impl.plugin_name, partial(impl.function, **{n: kwargs[n] for n in impl.argnames}))
-            for impl in getattr(self.manager.hook, hook).get_hookimpls()
+            for impl in impls
         ]
 
     def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:

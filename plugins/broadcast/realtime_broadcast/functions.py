@@ -1,9 +1,9 @@
-"""``broadcast()``, built only on the websocket plugin's public API."""
+"""``broadcast()``, built only on the broker plugin's public API."""
 
 from __future__ import annotations
 
 from realtime import HTTPError, current_host
-from realtime_websocket import get_pool
+from realtime_broker import DEFAULT_CHANNEL, get_broker
 
 SETTING = "max_message_size"
 
@@ -17,7 +17,9 @@ class MessageTooLarge(HTTPError, ValueError):
 def broadcast(message: str | bytes) -> int:
     """Send ``message`` to every connected client: ``str`` as a text frame, ``bytes`` as binary.
 
-    Returns the number of clients it was queued for; never waits on a client.
+    Returns the number of clients it was queued for (across every process, with a
+    distributed broker); never waits on a client. Raises ``BrokerUnavailable`` (503)
+    when the broker cannot take it: then no client got it.
     """
     if isinstance(message, str):
         size = len(message.encode())
@@ -30,4 +32,4 @@ def broadcast(message: str | bytes) -> int:
     limit: int = host.settings[SETTING]
     if size > limit:
         raise MessageTooLarge(f"message is {size} bytes, over the {limit}-byte limit; not sent")
-    return get_pool(host).broadcast(message)
+    return get_broker(host).publish_sync(DEFAULT_CHANNEL, message)

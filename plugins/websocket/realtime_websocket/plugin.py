@@ -9,6 +9,7 @@ from typing import Any
 from hypercorn.config import Config as ServerConfig
 
 from realtime import ASGIRoute, Host, Option, hookimpl
+from realtime_broker import DEFAULT_CHANNEL, get_broker
 
 from .connection import ASGIConnection, Receive, Send
 from .pool import OVERFLOW_POLICIES, Pool, PoolClosed
@@ -103,6 +104,8 @@ def startup(host: Host) -> None:
     )
     pool.start()
     host.app.extensions[EXTENSION_KEY] = pool
+    # Every broadcast reaches the pool through the broker, from whichever process made it.
+    get_broker(host).subscribe(DEFAULT_CHANNEL, pool.publish, count=pool.__len__)
 
 
 @hookimpl

@@ -10,10 +10,8 @@ backlog; then the overflow policy decides what happens to it.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
 import logging
-import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import suppress
@@ -34,8 +32,6 @@ CLOSE_OVERFLOW = 1008
 CLOSE_INTERNAL_ERROR = 1011
 #: RFC 6455 "going away": the server is shutting down.
 CLOSE_GOING_AWAY = 1001
-#: How long a broadcast from a worker thread waits for the event loop to take it.
-HANDOFF_TIMEOUT = 10.0
 #: Below this many bytes waiting in its transport, a client is written to directly;
 #: above it, messages go to the client's backlog (where drop-oldest can act). It is
 #: also the largest chunk a sender joins from a backlog into one write.
@@ -135,15 +131,13 @@ class Pool:
         self._ids = itertools.count(1)
         self._message_ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # Lifecycle ----------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind to the running loop; broadcasts from other threads are handed to it."""
+        """Bind to the running loop: :meth:`publish` is called there (the broker's job)."""
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
 
     async def close(
         self,
@@ -329,28 +323,3 @@ class Pool:
                 self.max_buffer,
                 action,
             )
-
-    def broadcast(self, data: str | bytes) -> int:
-        """Thread-safe ``publish``: from a worker thread it hands over to the loop.
-
-        It waits only for the loop to queue the message (never for a client), so
-        broadcasts reach every client in the order they were made.
-        """
-        loop = self._loop
-        if loop is None:
-            raise PoolClosed("the websocket pool is not running")
-        if threading.get_ident() == self._loop_thread:
-            return self.publish(data)
-        future: concurrent.futures.Future[int] = concurrent.futures.Future()
-
-        def handoff() -> None:
-            try:
-                future.set_result(self.publish(data))
-            except BaseException as exc:
-                future.set_exception(exc)
-
-        try:
-            loop.call_soon_threadsafe(handoff)
-        except RuntimeError:
-            raise PoolClosed("the websocket pool is not running") from None
-        return future.result(timeout=HANDOFF_TIMEOUT)

@@ -1,0 +1,42 @@
+"""The broker plugin: ``--broker URL`` picks how broadcasts travel between processes."""
+
+from __future__ import annotations
+
+from realtime import Host, Option, hookimpl
+
+from .state import EXTENSION_KEY, create_broker, get_broker
+
+
+@hookimpl
+def register_options() -> list[Option]:
+    return [
+        Option(
+            "broker",
+            "memory://",
+            "where broadcasts travel: memory:// (this process only) or redis://HOST:PORT/DB",
+        ),
+        Option(
+            "broker_timeout",
+            1.0,
+            "seconds before broadcast() gives up on the broker and raises (503)",
+            type=float,
+        ),
+        Option("broker_prefix", "realtime", "prefix of the broker's channel and key names"),
+    ]
+
+
+@hookimpl
+def validate(host: Host) -> None:
+    create_broker(host)
+
+
+@hookimpl(trylast=True)
+async def startup(host: Host) -> None:
+    await get_broker(host).start()
+
+
+@hookimpl
+async def shutdown(host: Host) -> None:
+    broker = host.app.extensions.pop(EXTENSION_KEY, None)
+    if broker is not None:
+        await broker.close()

@@ -1,0 +1,229 @@
+"""Redis pub/sub as the bus between processes and machines (redis-py's asyncio client).
+
+Every process subscribes to the channel and delivers what it receives to its own
+clients, the publishing process included, so all clients see Redis's one order.
+Each process also reports its client count to a hash every second, which is how
+``broadcast()`` answers "how many clients" across the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .base import Broker, BrokerUnavailable
+
+log = logging.getLogger("realtime.broker")
+
+#: What every payload starts with; anything else on the channel is not ours.
+MAGIC = b"realtime/1 "
+TEXT, BINARY = b"t", b"b"
+#: A process that has not reported for this long is left out of client counts.
+NODE_TTL = 5.0
+HEARTBEAT = 1.0
+#: Reconnect backoff bounds, seconds (full jitter in between).
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
+#: How often an idle subscription is pinged, so a dead connection is noticed.
+IDLE_PING = 5.0
+
+
+def encode(data: str | bytes) -> bytes:
+    if isinstance(data, str):
+        return MAGIC + TEXT + data.encode()
+    return MAGIC + BINARY + data
+
+
+def decode(raw: bytes) -> str | bytes | None:
+    """The message, or ``None`` when the payload was not published by realtime."""
+    if not raw.startswith(MAGIC) or len(raw) <= len(MAGIC):
+        return None
+    kind, body = raw[len(MAGIC) : len(MAGIC) + 1], raw[len(MAGIC) + 1 :]
+    if kind == TEXT:
+        try:
+            return body.decode()
+        except UnicodeDecodeError:
+            return None
+    return body if kind == BINARY else None
+
+
+class RedisBroker(Broker):
+    """``redis://[user:password@]host:port/db`` (or ``rediss://``)."""
+
+    def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
+        super().__init__(url, settings)
+        self.timeout: float = settings["broker_timeout"]
+        self.prefix: str = settings["broker_prefix"]
+        self.node = uuid.uuid4().hex[:12]
+        self.nodes_key = f"{self.prefix}:nodes"
+        self.foreign = 0
+        self.subscription_losses = 0
+        self._publisher: Redis | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed: asyncio.Event | None = None
+
+    def key(self, channel: str) -> str:
+        return f"{self.prefix}:channel:{channel}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._publisher = Redis.from_url(
+            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+        )
+        self._subscribed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._heartbeat())]
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), self.timeout * 3)
+        except TimeoutError:
+            log.warning(
+                "redis at %s is not answering; serving anyway, broadcasts fail with 503 "
+                "until it is back",
+                self.describe(),
+            )
+
+    async def close(self) -> None:
+        await super().close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._publisher is not None:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(self.timeout):
+                    await self._publisher.hdel(self.nodes_key, self.node)
+            await self._publisher.aclose()
+            self._publisher = None
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed is not None and self._subscribed.is_set()
+
+    async def publish(self, channel: str, data: str | bytes) -> int:
+        if self._publisher is None:
+            raise BrokerUnavailable("the broker is not running")
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._publisher.pipeline(transaction=False) as pipe:
+                    pipe.publish(self.key(channel), encode(data))
+                    pipe.hgetall(self.nodes_key)
+                    receivers, nodes = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(
+                f"broker {self.describe()} is unavailable ({type(exc).__name__}: {exc}); "
+                "message not sent"
+            ) from exc
+        if not receivers:
+            raise BrokerUnavailable(
+                "no server process is subscribed to the broker right now; message not sent"
+            )
+        return self._count(nodes)
+
+    def _count(self, nodes: Mapping[bytes, bytes]) -> int:
+        now = time.time()
+        total = 0
+        for value in nodes.values():
+            with contextlib.suppress(ValueError):
+                count, seen = value.split()
+                if now - float(seen) < NODE_TTL:
+                    total += int(count)
+        return total
+
+    # Background tasks -----------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Subscribe, deliver, and on any failure reconnect with backoff and jitter."""
+        assert self._subscribed is not None
+        keys = {self.key(channel): channel for channel in self.subscribers}
+        delay = BACKOFF_MIN
+        while True:
+            client = Redis.from_url(self.url, socket_connect_timeout=self.timeout)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*keys)
+                if self.subscription_losses:
+                    log.info("resubscribed to redis at %s", self.describe())
+                self._subscribed.set()
+                delay = BACKOFF_MIN
+                while True:
+                    message = await pubsub.get_message(timeout=IDLE_PING)
+                    if message is None:
+                        await pubsub.ping()
+                    elif message.get("type") == "message":
+                        self._dispatch(keys, message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self._subscribed.is_set():
+                    self.subscription_losses += 1
+                    log.warning("lost the redis subscription: %s", exc)
+                self._subscribed.clear()
+                await asyncio.sleep(random.uniform(BACKOFF_MIN, delay))
+                delay = min(delay * 2, BACKOFF_MAX)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    def _dispatch(self, keys: Mapping[str, str], message: Mapping[str, Any]) -> None:
+        channel = keys.get(_text(message.get("channel")))
+        data = decode(message.get("data") or b"")
+        if channel is None or data is None:
+            self.foreign += 1
+            if self.foreign == 1 or self.foreign % 1000 == 0:
+                log.warning(
+                    "ignored %d message(s) on redis channel %s that realtime did not publish",
+                    self.foreign,
+                    _text(message.get("channel")),
+                )
+            return
+        try:
+            self.deliver_locally(channel, data)
+        except Exception:
+            log.exception("delivering a broadcast failed")
+
+    async def _heartbeat(self) -> None:
+        """Report this process's client count, and forget processes long gone."""
+        assert self._publisher is not None
+        while True:
+            count = sum(counter() for counter in self.counters)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._publisher.hset(
+                        self.nodes_key, self.node, f"{count} {time.time():.3f}"
+                    )
+                    if random.random() < 0.05:
+                        await self._forget_stale_nodes()
+            except (RedisError, OSError, TimeoutError):
+                pass  # the listener logs connection trouble; counts resume when it is back
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _forget_stale_nodes(self) -> None:
+        assert self._publisher is not None
+        nodes = await self._publisher.hgetall(self.nodes_key)
+        now = time.time()
+        stale = []
+        for node, value in nodes.items():
+            try:
+                seen = float(value.split()[1])
+            except (ValueError, IndexError):
+                seen = 0.0
+            if now - seen > NODE_TTL * 12:
+                stale.append(node)
+        if stale:
+            await self._publisher.hdel(self.nodes_key, *stale)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
