@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from hypercorn.asyncio import serve
 from hypercorn.config import Config as ServerConfig
-from hypercorn.utils import LifespanFailureError
 
 from .errors import PluginError
 from .host import all_options, build_app, get_host
 from .options import Option
 from .plugins import DISABLE_ENV, Plugins
 from .routes import route_kinds
+from .server import loop_factory, serve_process, supervise
 
 log = logging.getLogger("realtime")
-
-#: Seconds Hypercorn waits for its own connection tasks once the host has drained.
-DRAINED_GRACE = 0.5
 
 
 def _add_option(parser: argparse.ArgumentParser, option: Option) -> None:
@@ -170,63 +164,19 @@ def run(app: Any, *, access_log: bool = False) -> int:
         return 2
     config = server_config(app, access_log=access_log)
     try:
-        loop_factory = _loop_factory(host.settings["loop"])
+        factory = loop_factory(host.settings["loop"])
     except ImportError:
         print("realtime: --loop uvloop needs the uvloop package", file=sys.stderr)
         return 2
+    workers: int = host.settings["workers"]
     log.info(
-        "serving %s on http://%s (%s loop)",
+        "serving %s on http://%s (%s loop, %d worker%s)",
         host.app_dir.resolve(),
         host.settings["bind"],
-        "asyncio" if loop_factory is None else "uvloop",
+        "asyncio" if factory is None else "uvloop",
+        workers,
+        "" if workers == 1 else "s",
     )
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_serve(app, config))
-    except (PluginError, LifespanFailureError) as exc:
-        # The traceback is already in the log; end with the one line that matters.
-        print(f"realtime: {host.startup_error or exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when asked for, or when installed and nothing was asked; else asyncio's."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """Connections cancelled at exit are expected; anything else is still reported."""
-    if isinstance(context.get("exception"), asyncio.CancelledError):
-        return
-    loop.default_exception_handler(context)
-
-
-async def _serve(app: Any, config: ServerConfig) -> None:
-    """Serve until SIGINT or SIGTERM, then let plugins drain before Hypercorn stops."""
-    host = get_host(app)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-
-    async def shutdown_trigger() -> None:
-        await stop.wait()
-        log.info("stopping: draining (up to %s s)", config.graceful_timeout)
-        await host.drain()
-        # Scripts have finished and plugins have closed their connections. What
-        # Hypercorn still waits for is idle: its WebSocket ping tasks sleep out their
-        # interval after the socket is gone. Don't make Ctrl-C wait for them.
-        config.graceful_timeout = DRAINED_GRACE
-        loop.set_exception_handler(_quiet_cancellations)
-
-    await serve(app, config, shutdown_trigger=shutdown_trigger)
+    if workers == 1:
+        return serve_process(app, config, factory)
+    return supervise(app, config, factory, workers)

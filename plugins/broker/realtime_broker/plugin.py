@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from realtime import Host, Option, hookimpl
 
 from .state import EXTENSION_KEY, create_broker, get_broker
+
+log = logging.getLogger("realtime.broker")
 
 
 @hookimpl
@@ -32,7 +36,9 @@ def validate(host: Host) -> None:
 
 @hookimpl(trylast=True)
 async def startup(host: Host) -> None:
-    await get_broker(host).start()
+    broker = get_broker(host)
+    await broker.start()
+    log.info("broker: %s", broker.describe())
 
 
 @hookimpl

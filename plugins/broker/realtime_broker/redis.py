@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import socket
 import time
 import uuid
 from collections.abc import Mapping
@@ -62,23 +64,26 @@ class RedisBroker(Broker):
         super().__init__(url, settings)
         self.timeout: float = settings["broker_timeout"]
         self.prefix: str = settings["broker_prefix"]
-        self.node = uuid.uuid4().hex[:12]
+        self.node = ""  # set in start(): workers are forked after this object is made
         self.nodes_key = f"{self.prefix}:nodes"
         self.foreign = 0
         self.subscription_losses = 0
         self._publisher: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed: asyncio.Event | None = None
+        self._beat_now: asyncio.Event | None = None
 
     def key(self, channel: str) -> str:
         return f"{self.prefix}:channel:{channel}"
 
     async def start(self) -> None:
         await super().start()
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._publisher = Redis.from_url(
             self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
         )
         self._subscribed = asyncio.Event()
+        self._beat_now = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._listen()), loop.create_task(self._heartbeat())]
         try:
@@ -130,9 +135,13 @@ class RedisBroker(Broker):
         return self._count(nodes)
 
     def _count(self, nodes: Mapping[bytes, bytes]) -> int:
+        """This process's clients now, plus every other live process's last report."""
         now = time.time()
-        total = 0
-        for value in nodes.values():
+        total = sum(counter() for counter in self.counters)
+        me = self.node.encode()
+        for node, value in nodes.items():
+            if node == me:
+                continue
             with contextlib.suppress(ValueError):
                 count, seen = value.split()
                 if now - float(seen) < NODE_TTL:
@@ -154,6 +163,8 @@ class RedisBroker(Broker):
                 if self.subscription_losses:
                     log.info("resubscribed to redis at %s", self.describe())
                 self._subscribed.set()
+                if self._beat_now is not None:
+                    self._beat_now.set()  # a restarted Redis has no counts yet
                 delay = BACKOFF_MIN
                 while True:
                     message = await pubsub.get_message(timeout=IDLE_PING)
@@ -196,7 +207,9 @@ class RedisBroker(Broker):
     async def _heartbeat(self) -> None:
         """Report this process's client count, and forget processes long gone."""
         assert self._publisher is not None
+        assert self._beat_now is not None
         while True:
+            self._beat_now.clear()
             count = sum(counter() for counter in self.counters)
             try:
                 async with asyncio.timeout(self.timeout):
@@ -207,7 +220,8 @@ class RedisBroker(Broker):
                         await self._forget_stale_nodes()
             except (RedisError, OSError, TimeoutError):
                 pass  # the listener logs connection trouble; counts resume when it is back
-            await asyncio.sleep(HEARTBEAT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT)
 
     async def _forget_stale_nodes(self) -> None:
         assert self._publisher is not None

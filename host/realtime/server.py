@@ -1,0 +1,149 @@
+"""Serving: one process, or a supervisor that forks several onto one listening socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config as ServerConfig
+from hypercorn.config import Sockets
+from hypercorn.utils import LifespanFailureError, wrap_app
+
+from .errors import PluginError
+from .host import get_host
+
+log = logging.getLogger("realtime")
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+#: Seconds Hypercorn waits for its own connection tasks once the host has drained.
+DRAINED_GRACE = 0.5
+#: A worker that dies sooner than this after starting is a start-up failure, not a crash.
+STARTUP_WINDOW = 3.0
+#: Pause before replacing a worker that died, so a crash loop does not spin.
+RESPAWN_DELAY = 0.5
+
+
+def loop_factory(choice: str) -> LoopFactory:
+    """uvloop when asked for, or when installed and nothing was asked; else asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def serve_process(
+    app: Any, config: ServerConfig, factory: LoopFactory, sockets: Sockets | None = None
+) -> int:
+    """Serve in this process until SIGINT or SIGTERM; the exit code to use."""
+    host = get_host(app)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_serve(app, config, sockets))
+    except (PluginError, LifespanFailureError) as exc:
+        # The traceback is already in the log; end with the one line that matters.
+        print(f"realtime: {host.startup_error or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Connections cancelled at exit are expected; anything else is still reported."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
+async def _serve(app: Any, config: ServerConfig, sockets: Sockets | None) -> None:
+    """Serve until SIGINT or SIGTERM, then let plugins drain before Hypercorn stops."""
+    host = get_host(app)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        log.info("stopping: draining (up to %s s)", config.graceful_timeout)
+        await host.drain()
+        # Scripts have finished and plugins have closed their connections. What
+        # Hypercorn still waits for is idle: its WebSocket ping tasks sleep out their
+        # interval after the socket is gone. Don't make Ctrl-C wait for them.
+        config.graceful_timeout = DRAINED_GRACE
+        loop.set_exception_handler(_quiet_cancellations)
+
+    wrapped = wrap_app(app, config.wsgi_max_body_size, mode="asgi")
+    await worker_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown_trigger)
+
+
+def supervise(app: Any, config: ServerConfig, factory: LoopFactory, workers: int) -> int:
+    """Fork ``workers`` processes onto one listening socket and keep them running.
+
+    A worker that dies is replaced (its clients reconnect to the others); SIGINT or
+    SIGTERM is passed on to every worker, which drains and exits; a worker that
+    fails while starting stops them all, since the next one would fail the same way.
+    """
+    sockets = config.create_sockets()
+    children: dict[int, tuple[int, float]] = {}
+    stopping = False
+    exit_code = 0
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = 1
+            try:
+                code = serve_process(app, config, factory, sockets)
+            finally:
+                os._exit(code)
+        children[pid] = (index, time.monotonic())
+        log.info("worker %d started (pid %d)", index, pid)
+
+    def stop_all(signum: int = signal.SIGTERM, frame: Any = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGTERM, stop_all)
+    for index in range(workers):
+        spawn(index)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        index, started = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            exit_code = exit_code or (0 if code == 0 else 1)
+            continue
+        if time.monotonic() - started < STARTUP_WINDOW:
+            log.error("worker %d (pid %d) failed to start (exit %s); stopping", index, pid, code)
+            exit_code = 1
+            stop_all()
+            continue
+        log.error("worker %d (pid %d) died (exit %s); starting a new one", index, pid, code)
+        time.sleep(RESPAWN_DELAY)
+        if not stopping:
+            spawn(index)
+    for sock in sockets.insecure_sockets + sockets.secure_sockets:
+        sock.close()
+    return exit_code
