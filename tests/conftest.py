@@ -121,8 +121,14 @@ def server(app_dir: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
     srv.stop()
 
 
-def caddy_process(upstream_port: int, http_port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """The project's own Caddyfile, only its ports moved through its environment variables."""
+def caddy_process(
+    upstream_port: int,
+    http_port: int,
+    log_path: Path,
+    config: str = "Caddyfile",
+    extra_env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A Caddyfile of the project's, only its ports moved through its environment variables."""
     caddy = shutil.which("caddy")
     if caddy is None:
         raise RuntimeError("caddy is not installed: run .ci/run or apt-get install caddy")
@@ -133,8 +139,9 @@ def caddy_process(upstream_port: int, http_port: int, log_path: Path) -> subproc
         "HOME": str(log_path.parent),
         "XDG_DATA_HOME": str(log_path.parent / "caddy-data"),
         "XDG_CONFIG_HOME": str(log_path.parent / "caddy-config"),
+        **(extra_env or {}),
     }
-    command = [caddy, "run", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"]
+    command = [caddy, "run", "--config", str(ROOT / config), "--adapter", "caddyfile"]
     with log_path.open("ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -149,3 +156,56 @@ def caddy(server: Server, tmp_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port; stop() and start() keep the port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError(
+                "redis-server is not installed: run .ci/run or apt-get install redis-server"
+            )
+        command = [
+            server, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+        ]  # fmt: skip
+        with (self.workdir / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()  # an outage, not a polite shutdown
+            self.process.wait(10)
+        self.process = None
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(workdir).start()
+    yield server
+    server.stop()

@@ -10,7 +10,7 @@ import pytest
 
 from realtime import PluginError, create_app, get_host
 from realtime_broker import DEFAULT_CHANNEL, MemoryBroker, get_broker
-from realtime_broker.redis import RedisBroker, decode, encode
+from realtime_broker.redis import MAGIC, Envelope, RedisBroker, Sequence, decode, encode
 
 
 def test_the_default_broker_is_memory(tmp_path: Path) -> None:
@@ -71,14 +71,46 @@ async def test_memory_broker_hands_broadcasts_from_threads_to_the_loop_in_order(
 
 @pytest.mark.parametrize("data", ["héllo", "", b"\x00\xff", b""])
 def test_the_redis_envelope_round_trips(data: str | bytes) -> None:
-    decoded = decode(encode(data))
-    assert decoded == data
-    assert type(decoded) is type(data)
+    # Redis stamps magic, epoch and sequence in front of what the publisher sends.
+    envelope = decode(MAGIC + b"ab12cd34 7 " + encode(data))
+    assert envelope == Envelope(b"ab12cd34", 7, data)
+    assert envelope is not None
+    assert type(envelope.data) is type(data)
 
 
 @pytest.mark.parametrize(
     "raw",
-    [b"hello", b"", b'{"event": "x"}', b"realtime/1 ", b"realtime/1 x123", b"realtime/1 t\xff"],
+    [
+        b"hello",
+        b"",
+        b'{"event": "x"}',
+        b"realtime/1 ",
+        b"realtime/1 ep 12",
+        b"realtime/1 ep x t123",
+        b"realtime/1 ep 3 x123",
+        b"realtime/1 ep 3 t\xff",
+    ],
 )
 def test_payloads_realtime_did_not_publish_are_recognised(raw: bytes) -> None:
     assert decode(raw) is None
+
+
+def test_a_gap_in_the_sequence_is_counted_as_missed() -> None:
+    sequence = Sequence()
+    assert sequence.advance("c", b"e1", 5) == (0, True)  # where this process came in
+    assert sequence.advance("c", b"e1", 6) == (0, True)
+    assert sequence.advance("c", b"e1", 9) == (2, True)  # 7 and 8 never arrived
+    assert sequence.advance("c", b"e2", 3) == (2, True)  # Redis restarted: 1 and 2 missed
+    assert sequence.advance("c", b"e2", 4) == (0, True)
+
+
+def test_after_resubscribing_what_redis_numbered_but_never_arrived_is_missed() -> None:
+    sequence = Sequence()
+    sequence.advance("c", b"e1", 10)
+    assert sequence.check("c", b"e1", 10) == 0  # nothing published meanwhile
+    assert sequence.check("c", b"e1", 13) == 3
+    # Those three were counted; if they show up late they are not delivered.
+    assert sequence.advance("c", b"e1", 12) == (0, False)
+    assert sequence.advance("c", b"e1", 14) == (0, True)
+    assert sequence.check("c", b"e9", 2) == 2  # a new epoch with two messages in it
+    assert sequence.check("c", None, None) == 0  # a fresh Redis with nothing published

@@ -125,6 +125,7 @@ class Host:
         self.compile_cache = CompileCache()
         self.executor: ThreadPoolExecutor | None = None
         self._started: list[str] = []
+        self.draining = False
         #: Why start-up failed, for the command line to say in one line.
         self.startup_error: PluginError | None = None
         self._scripts_running = 0
@@ -191,6 +192,7 @@ class Host:
                 self.app.add_url_rule(
                     route.path, endpoint_name, route.endpoint, methods=list(route.methods)
                 )
+        self.app.add_url_rule("/-/health", "realtime:health", self.health)
         for rule in ("/", "/<path:path>"):
             self.app.add_url_rule(
                 rule,
@@ -224,11 +226,16 @@ class Host:
         finally:
             _current.reset(token)
 
+    async def health(self) -> tuple[str, int]:
+        """For load balancers: 503 once stopping, so no new clients are sent here."""
+        return ("draining\n", 503) if self.draining else ("ok\n", 200)
+
     async def drain(self) -> None:
         """Before the server stops: finish running scripts, let plugins close connections.
 
         Both are bounded by the ``shutdown_timeout`` setting.
         """
+        self.draining = True
         timeout = self.settings["shutdown_timeout"]
 
         async def drain_plugin(plugin: str, call: Callable[[], Any]) -> None:

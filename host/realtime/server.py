@@ -14,7 +14,6 @@ from typing import Any
 
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config as ServerConfig
-from hypercorn.config import Sockets
 from hypercorn.utils import LifespanFailureError, wrap_app
 
 from .errors import PluginError
@@ -25,7 +24,8 @@ log = logging.getLogger("realtime")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
 #: Seconds Hypercorn waits for its own connection tasks once the host has drained.
 DRAINED_GRACE = 0.5
-#: A worker that dies sooner than this after starting is a start-up failure, not a crash.
+#: A worker that exits 1 (it could not start) sooner than this after it was forked
+#: stops the supervisor: the next one would fail the same way.
 STARTUP_WINDOW = 3.0
 #: Pause before replacing a worker that died, so a crash loop does not spin.
 RESPAWN_DELAY = 0.5
@@ -45,14 +45,12 @@ def loop_factory(choice: str) -> LoopFactory:
     return factory
 
 
-def serve_process(
-    app: Any, config: ServerConfig, factory: LoopFactory, sockets: Sockets | None = None
-) -> int:
+def serve_process(app: Any, config: ServerConfig, factory: LoopFactory) -> int:
     """Serve in this process until SIGINT or SIGTERM; the exit code to use."""
     host = get_host(app)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_serve(app, config, sockets))
+            runner.run(_serve(app, config))
     except (PluginError, LifespanFailureError) as exc:
         # The traceback is already in the log; end with the one line that matters.
         print(f"realtime: {host.startup_error or exc}", file=sys.stderr)
@@ -67,7 +65,7 @@ def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any
     loop.default_exception_handler(context)
 
 
-async def _serve(app: Any, config: ServerConfig, sockets: Sockets | None) -> None:
+async def _serve(app: Any, config: ServerConfig) -> None:
     """Serve until SIGINT or SIGTERM, then let plugins drain before Hypercorn stops."""
     host = get_host(app)
     stop = asyncio.Event()
@@ -86,17 +84,20 @@ async def _serve(app: Any, config: ServerConfig, sockets: Sockets | None) -> Non
         loop.set_exception_handler(_quiet_cancellations)
 
     wrapped = wrap_app(app, config.wsgi_max_body_size, mode="asgi")
-    await worker_serve(wrapped, config, sockets=sockets, shutdown_trigger=shutdown_trigger)
+    await worker_serve(wrapped, config, shutdown_trigger=shutdown_trigger)
 
 
 def supervise(app: Any, config: ServerConfig, factory: LoopFactory, workers: int) -> int:
-    """Fork ``workers`` processes onto one listening socket and keep them running.
+    """Fork ``workers`` processes listening on one port and keep them running.
+
+    Each worker binds its own socket with ``SO_REUSEPORT`` (Hypercorn does so when
+    ``config.workers`` is above 1), so the kernel spreads connections evenly.
 
     A worker that dies is replaced (its clients reconnect to the others); SIGINT or
     SIGTERM is passed on to every worker, which drains and exits; a worker that
     fails while starting stops them all, since the next one would fail the same way.
     """
-    sockets = config.create_sockets()
+    config.workers = workers
     children: dict[int, tuple[int, float]] = {}
     stopping = False
     exit_code = 0
@@ -108,7 +109,7 @@ def supervise(app: Any, config: ServerConfig, factory: LoopFactory, workers: int
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             code = 1
             try:
-                code = serve_process(app, config, factory, sockets)
+                code = serve_process(app, config, factory)
             finally:
                 os._exit(code)
         children[pid] = (index, time.monotonic())
@@ -135,7 +136,7 @@ def supervise(app: Any, config: ServerConfig, factory: LoopFactory, workers: int
         if stopping:
             exit_code = exit_code or (0 if code == 0 else 1)
             continue
-        if time.monotonic() - started < STARTUP_WINDOW:
+        if code == 1 and time.monotonic() - started < STARTUP_WINDOW:
             log.error("worker %d (pid %d) failed to start (exit %s); stopping", index, pid, code)
             exit_code = 1
             stop_all()
@@ -144,6 +145,4 @@ def supervise(app: Any, config: ServerConfig, factory: LoopFactory, workers: int
         time.sleep(RESPAWN_DELAY)
         if not stopping:
             spawn(index)
-    for sock in sockets.insecure_sockets + sockets.secure_sockets:
-        sock.close()
     return exit_code

@@ -1,6 +1,6 @@
 """The broker plugin's public API: publish to every process's clients, or subscribe."""
 
-from .base import DEFAULT_CHANNEL, Broker, BrokerUnavailable, Counter, Deliver
+from .base import DEFAULT_CHANNEL, Broker, BrokerUnavailable, Counter, Deliver, LossHandler
 from .memory import MemoryBroker
 from .state import get_broker
 
@@ -10,6 +10,7 @@ __all__ = [
     "BrokerUnavailable",
     "Counter",
     "Deliver",
+    "LossHandler",
     "MemoryBroker",
     "get_broker",
 ]

@@ -21,6 +21,9 @@ from realtime import HTTPError
 Deliver = Callable[[str | bytes], int]
 #: How many clients a subscriber holds in this process, for counts across processes.
 Counter = Callable[[], int]
+#: Told that this process missed ``missed`` messages on ``channel`` (a distributed
+#: broker's subscription was down while others published).
+LossHandler = Callable[[str, int], None]
 #: The channel ``broadcast()`` publishes on and ``/ws`` clients listen to.
 DEFAULT_CHANNEL = "default"
 #: How long a script's thread waits for the loop to take its broadcast, seconds.
@@ -44,6 +47,7 @@ class Broker(ABC):
         self.settings = settings
         self.subscribers: dict[str, list[Deliver]] = {}
         self.counters: list[Counter] = []
+        self.loss_handlers: list[LossHandler] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
 
@@ -56,6 +60,14 @@ class Broker(ABC):
         self.subscribers.setdefault(channel, []).append(deliver)
         if count is not None:
             self.counters.append(count)
+
+    def on_loss(self, handler: LossHandler) -> None:
+        """Be told when this process missed messages, so its clients can be told too."""
+        self.loss_handlers.append(handler)
+
+    def report_loss(self, channel: str, missed: int) -> None:
+        for handler in self.loss_handlers:
+            handler(channel, missed)
 
     def deliver_locally(self, channel: str, data: str | bytes) -> int:
         return sum(deliver(data) for deliver in self.subscribers.get(channel, ()))

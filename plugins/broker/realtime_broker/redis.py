@@ -2,8 +2,16 @@
 
 Every process subscribes to the channel and delivers what it receives to its own
 clients, the publishing process included, so all clients see Redis's one order.
-Each process also reports its client count to a hash every second, which is how
-``broadcast()`` answers "how many clients" across the cluster.
+
+Pub/sub forgets what a disconnected subscriber missed, so each message carries a
+sequence number, stamped by Redis itself (a Lua script: INCR then PUBLISH, atomic)
+under an epoch that changes when Redis loses its data. A process that finds a gap
+in the numbers, or sees that the count moved on while its subscription was down,
+tells its subscribers (the WebSocket pool then closes its clients with 1012, so
+they reconnect knowing they missed something): nothing is lost silently.
+
+Each process also reports its client count to a hash every second while it is
+subscribed, which is how ``broadcast()`` answers "how many clients" cluster-wide.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -36,25 +45,93 @@ HEARTBEAT = 1.0
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 #: How often an idle subscription is pinged, so a dead connection is noticed.
 IDLE_PING = 5.0
+#: After resubscribing, how long messages already in flight get to arrive before
+#: the sequence is compared with Redis's.
+SETTLE = 0.5
+
+#: KEYS: epoch, sequence, channel. ARGV: kind+body, a new epoch if none, MAGIC.
+PUBLISH_SCRIPT = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[1], epoch)
+end
+local seq = redis.call('INCR', KEYS[2])
+local receivers = redis.call('PUBLISH', KEYS[3], ARGV[3] .. epoch .. ' ' .. seq .. ' ' .. ARGV[1])
+if receivers == 0 then
+  -- Nobody heard it and the caller is told it failed: it must leave no gap.
+  redis.call('DECR', KEYS[2])
+end
+return receivers
+"""
 
 
 def encode(data: str | bytes) -> bytes:
+    """The part the publisher sends; Redis prefixes magic, epoch and sequence."""
     if isinstance(data, str):
-        return MAGIC + TEXT + data.encode()
-    return MAGIC + BINARY + data
+        return TEXT + data.encode()
+    return BINARY + data
 
 
-def decode(raw: bytes) -> str | bytes | None:
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    epoch: bytes
+    seq: int
+    data: str | bytes
+
+
+def decode(raw: bytes) -> Envelope | None:
     """The message, or ``None`` when the payload was not published by realtime."""
-    if not raw.startswith(MAGIC) or len(raw) <= len(MAGIC):
+    if not raw.startswith(MAGIC):
         return None
-    kind, body = raw[len(MAGIC) : len(MAGIC) + 1], raw[len(MAGIC) + 1 :]
+    parts = raw[len(MAGIC) :].split(b" ", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2]:
+        return None
+    epoch, seq, rest = parts
+    kind, body = rest[:1], rest[1:]
     if kind == TEXT:
         try:
-            return body.decode()
+            return Envelope(epoch, int(seq), body.decode())
         except UnicodeDecodeError:
             return None
-    return body if kind == BINARY else None
+    return Envelope(epoch, int(seq), body) if kind == BINARY else None
+
+
+class Sequence:
+    """Where one process is in each channel's numbering, and how many it missed."""
+
+    def __init__(self) -> None:
+        self.position: dict[str, tuple[bytes, int]] = {}
+
+    def advance(self, channel: str, epoch: bytes, seq: int) -> tuple[int, bool]:
+        """On a message: ``(missed, deliver)``. Stale numbers are not delivered."""
+        known = self.position.get(channel)
+        self.position[channel] = (epoch, seq)
+        if known is None:
+            return 0, True
+        known_epoch, last = known
+        if epoch == known_epoch:
+            if seq <= last:
+                self.position[channel] = known
+                return 0, False  # already counted as missed
+            return seq - last - 1, True
+        return seq - 1, True  # a new epoch: everything before this one in it was missed
+
+    def check(self, channel: str, epoch: bytes | None, current: int | None) -> int:
+        """After resubscribing: how many messages Redis numbered that never arrived."""
+        if epoch is None or current is None:
+            return 0
+        known = self.position.get(channel)
+        self.position[channel] = (epoch, current)
+        if known is None:
+            return 0
+        known_epoch, last = known
+        if epoch == known_epoch:
+            if current <= last:
+                self.position[channel] = known
+                return 0
+            return current - last
+        return current
 
 
 class RedisBroker(Broker):
@@ -66,6 +143,10 @@ class RedisBroker(Broker):
         self.prefix: str = settings["broker_prefix"]
         self.node = ""  # set in start(): workers are forked after this object is made
         self.nodes_key = f"{self.prefix}:nodes"
+        self.epoch_key = f"{self.prefix}:epoch"
+        self.sequence = Sequence()
+        self.missed = 0
+        self._script: Any = None
         self.foreign = 0
         self.subscription_losses = 0
         self._publisher: Redis | None = None
@@ -76,12 +157,16 @@ class RedisBroker(Broker):
     def key(self, channel: str) -> str:
         return f"{self.prefix}:channel:{channel}"
 
+    def seq_key(self, channel: str) -> str:
+        return f"{self.prefix}:seq:{channel}"
+
     async def start(self) -> None:
         await super().start()
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._publisher = Redis.from_url(
             self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
         )
+        self._script = self._publisher.register_script(PUBLISH_SCRIPT)
         self._subscribed = asyncio.Event()
         self._beat_now = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -115,12 +200,14 @@ class RedisBroker(Broker):
         return self._subscribed is not None and self._subscribed.is_set()
 
     async def publish(self, channel: str, data: str | bytes) -> int:
-        if self._publisher is None:
+        if self._publisher is None or self._script is None:
             raise BrokerUnavailable("the broker is not running")
+        keys = [self.epoch_key, self.seq_key(channel), self.key(channel)]
+        args = [encode(data), uuid.uuid4().hex[:8].encode(), MAGIC]
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._publisher.pipeline(transaction=False) as pipe:
-                    pipe.publish(self.key(channel), encode(data))
+                    await self._script(keys=keys, args=args, client=pipe)
                     pipe.hgetall(self.nodes_key)
                     receivers, nodes = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
@@ -162,6 +249,7 @@ class RedisBroker(Broker):
                 await pubsub.subscribe(*keys)
                 if self.subscription_losses:
                     log.info("resubscribed to redis at %s", self.describe())
+                    self._spawn(self._check_gap())
                 self._subscribed.set()
                 if self._beat_now is not None:
                     self._beat_now.set()  # a restarted Redis has no counts yet
@@ -189,8 +277,8 @@ class RedisBroker(Broker):
 
     def _dispatch(self, keys: Mapping[str, str], message: Mapping[str, Any]) -> None:
         channel = keys.get(_text(message.get("channel")))
-        data = decode(message.get("data") or b"")
-        if channel is None or data is None:
+        envelope = decode(message.get("data") or b"")
+        if channel is None or envelope is None:
             self.foreign += 1
             if self.foreign == 1 or self.foreign % 1000 == 0:
                 log.warning(
@@ -199,10 +287,53 @@ class RedisBroker(Broker):
                     _text(message.get("channel")),
                 )
             return
+        missed, deliver = self.sequence.advance(channel, envelope.epoch, envelope.seq)
+        if missed:
+            self._lost(channel, missed)
+        if not deliver:
+            return
         try:
-            self.deliver_locally(channel, data)
+            self.deliver_locally(channel, envelope.data)
         except Exception:
             log.exception("delivering a broadcast failed")
+
+    def _lost(self, channel: str, missed: int) -> None:
+        self.missed += missed
+        log.error(
+            "this process missed %d broadcast(s) on %r while its redis subscription was down",
+            missed,
+            channel,
+        )
+        self.report_loss(channel, missed)
+
+    async def _check_gap(self) -> None:
+        """Compare with Redis's numbering once messages in flight have arrived."""
+        assert self._publisher is not None
+        channels = list(self.subscribers)
+        for attempt in range(5):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    epoch: bytes | None = await self._publisher.get(self.epoch_key)  # type: ignore[assignment]
+                    current = await self._publisher.mget([self.seq_key(c) for c in channels])
+                break
+            except (RedisError, OSError, TimeoutError):
+                # The publishing connection may still be the one Redis dropped.
+                if attempt == 4:
+                    log.error("could not compare sequences after resubscribing")
+                    return
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(SETTLE)
+        for channel, value in zip(channels, current, strict=True):
+            missed = self.sequence.check(channel, epoch, int(value) if value else None)
+            if missed:
+                self._lost(channel, missed)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.append(task)
+        task.add_done_callback(
+            lambda done: self._tasks.remove(done) if done in self._tasks else None
+        )
 
     async def _heartbeat(self) -> None:
         """Report this process's client count, and forget processes long gone."""
@@ -212,6 +343,8 @@ class RedisBroker(Broker):
             self._beat_now.clear()
             count = sum(counter() for counter in self.counters)
             try:
+                if not self.subscribed:
+                    raise ConnectionError("not subscribed: not counted as reachable")
                 async with asyncio.timeout(self.timeout):
                     await self._publisher.hset(
                         self.nodes_key, self.node, f"{count} {time.time():.3f}"
@@ -219,7 +352,7 @@ class RedisBroker(Broker):
                     if random.random() < 0.05:
                         await self._forget_stale_nodes()
             except (RedisError, OSError, TimeoutError):
-                pass  # the listener logs connection trouble; counts resume when it is back
+                pass  # the listener logs connection trouble; reports resume when it is back
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT)
 

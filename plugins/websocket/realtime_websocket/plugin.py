@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -12,8 +13,10 @@ from realtime import ASGIRoute, Host, Option, hookimpl
 from realtime_broker import DEFAULT_CHANNEL, get_broker
 
 from .connection import ASGIConnection, Receive, Send
-from .pool import OVERFLOW_POLICIES, Pool, PoolClosed
+from .pool import CLOSE_MISSED, OVERFLOW_POLICIES, Pool, PoolClosed
 from .state import EXTENSION_KEY, get_pool
+
+log = logging.getLogger("realtime.websocket")
 
 
 @hookimpl
@@ -105,7 +108,15 @@ def startup(host: Host) -> None:
     pool.start()
     host.app.extensions[EXTENSION_KEY] = pool
     # Every broadcast reaches the pool through the broker, from whichever process made it.
-    get_broker(host).subscribe(DEFAULT_CHANNEL, pool.publish, count=pool.__len__)
+    broker = get_broker(host)
+    broker.subscribe(DEFAULT_CHANNEL, pool.publish, count=pool.__len__)
+
+    def missed(channel: str, count: int) -> None:
+        # Clients must not believe they saw everything: close them, they reconnect.
+        closed = pool.disconnect_all(CLOSE_MISSED, f"missed {count} broadcast(s); reconnect")
+        log.warning("closed %d client(s) that missed %d broadcast(s)", closed, count)
+
+    broker.on_loss(missed)
 
 
 @hookimpl

@@ -30,6 +30,8 @@ OVERFLOW_POLICIES: tuple[OverflowPolicy, ...] = ("close", "drop-oldest")
 CLOSE_OVERFLOW = 1008
 #: RFC 6455 "internal error": sending to the client failed.
 CLOSE_INTERNAL_ERROR = 1011
+#: RFC 6455 "service restart": this process missed broadcasts; reconnect.
+CLOSE_MISSED = 1012
 #: RFC 6455 "going away": the server is shutting down.
 CLOSE_GOING_AWAY = 1001
 #: Below this many bytes waiting in its transport, a client is written to directly;
@@ -162,6 +164,13 @@ class Pool:
             await self._close(client, code, reason)
 
         await asyncio.gather(*(flush_then_close(c) for c in list(self._clients.values())))
+
+    def disconnect_all(self, code: int, reason: str) -> int:
+        """Close every client now (they reconnect); the pool keeps serving."""
+        clients = [client for client in self._clients.values() if not client.closing]
+        for client in clients:
+            self._spawn(self._close(client, code, reason))
+        return len(clients)
 
     @property
     def running(self) -> bool:
