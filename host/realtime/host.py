@@ -305,6 +305,8 @@ class Host:
             log.error("script %s ran over %s s", relative, self.settings["script_timeout"])
             return Response(f"{relative} did not finish in time\n", 504)
         except HTTPError as exc:
+            if exc.status >= 500:
+                log.warning("script %s answered %d: %s", relative, exc.status, exc)
             return Response(f"{exc}\n", exc.status, content_type="text/plain; charset=utf-8")
         except Exception as exc:
             log.exception("script %s raised", relative)
