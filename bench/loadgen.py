@@ -9,6 +9,13 @@ than a full library, so 10,000 of them fit on one core.
 With ``--slow S``, S of the N clients stop reading (``pause_reading`` and a tiny
 ``SO_RCVBUF``); loss and latency are then reported over the healthy clients only.
 
+With ``--offer-deflate``, every client offers permessage-deflate exactly as Chromium
+does (``Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits``). Where
+the server accepts it, frames with RSV1 set are inflated (RFC 7692): one raw inflater
+per connection, or one per message if the server said ``server_no_context_takeover``,
+with ``00 00 ff ff`` appended to each message's payload. Uncompressed frames are taken
+as they are. The JSON's ``deflate`` object says how many clients negotiated it.
+
 With ``--wait-stdin`` it prints ``@phase connected`` and ``@phase broadcast_done`` on
 stderr and waits for a line on stdin after each, so a caller can sample the server.
 
@@ -32,6 +39,7 @@ import socket
 import struct
 import sys
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
@@ -42,6 +50,18 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 SLOW_RCVBUF = 4096
 SENT_TO = re.compile(rb"Sent to (\d+) client")
+#: The offer Chromium makes on every WebSocket handshake.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+#: RFC 7692 §7.2.2: the tail a sender strips from each compressed message.
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
+DEFLATE_PARAMS = frozenset(
+    (
+        "server_no_context_takeover",
+        "client_no_context_takeover",
+        "server_max_window_bits",
+        "client_max_window_bits",
+    )
+)
 now_ns = time.perf_counter_ns
 
 
@@ -60,6 +80,45 @@ def client_frame(opcode: int, payload: bytes = b"") -> bytes:
     key = os.urandom(4)
     masked = bytes(b ^ key[i & 3] for i, b in enumerate(payload[:125]))
     return struct.pack("!BB", 0x80 | opcode, 0x80 | len(masked)) + key + masked
+
+
+def response_extensions(head: bytes) -> list[tuple[str, dict[str, str | None]]]:
+    """The extensions a handshake response accepted: ``[(name, {param: value})]``."""
+    found: list[tuple[str, dict[str, str | None]]] = []
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() != b"sec-websocket-extensions":
+            continue
+        for item in value.decode("latin-1").split(","):
+            parts = [part.strip() for part in item.split(";")]
+            if not parts[0]:
+                continue
+            params: dict[str, str | None] = {}
+            for part in parts[1:]:
+                key, eq, val = part.partition("=")
+                params[key.strip().lower()] = val.strip().strip('"') if eq else None
+            found.append((parts[0].lower(), params))
+    return found
+
+
+def negotiate_deflate(head: bytes, offered: bool) -> tuple[bool, bool, str | None]:
+    """(negotiated, server_no_context_takeover, error) from a handshake response."""
+    accepted = response_extensions(head)
+    if not accepted:
+        return False, False, None
+    if not offered:
+        return False, False, f"server accepted extensions never offered: {accepted}"
+    if len(accepted) != 1 or accepted[0][0] != "permessage-deflate":
+        return False, False, f"unexpected extensions in response: {accepted}"
+    params = accepted[0][1]
+    unknown = set(params) - DEFLATE_PARAMS
+    if unknown:
+        return False, False, f"unknown permessage-deflate parameters {sorted(unknown)}"
+    if "server_max_window_bits" in params:  # RFC 7692 §7.1.2.1: 8..15; wbits -15 reads any
+        bits = params["server_max_window_bits"] or ""
+        if not (bits.isdigit() and 8 <= int(bits) <= 15):
+            return False, False, f"bad server_max_window_bits {bits!r}"
+    return True, "server_no_context_takeover" in params, None
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -81,14 +140,18 @@ class Client(asyncio.Protocol):
         "accept",
         "buf",
         "counted",
+        "deflate",
         "ended",
         "fragments",
+        "fragments_compressed",
         "handshake",
+        "inflater",
         "last",
         "ooo",
         "open",
         "received",
         "request",
+        "reset_context",
         "run",
         "slow",
         "transport",
@@ -105,6 +168,10 @@ class Client(asyncio.Protocol):
         self.counted = False  # in Run.clients and its open counts
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.fragments: list[bytes] | None = None
+        self.fragments_compressed = False  # RSV1 was set on the message's first frame
+        self.deflate = False  # permessage-deflate negotiated
+        self.reset_context = False  # the server said server_no_context_takeover
+        self.inflater: zlib._Decompress | None = None  # kept across messages
         self.last = 0  # highest sequence number seen
         self.received = 0
         self.ooo = 0
@@ -141,6 +208,14 @@ class Client(asyncio.Protocol):
             if not head.startswith(b"HTTP/1.1 101") or self.accept not in head:
                 self.fail("handshake refused: " + head.split(b"\r\n", 1)[0].decode("latin-1"))
                 return
+            self.deflate, self.reset_context, error = negotiate_deflate(
+                head, self.run.args.offer_deflate
+            )
+            if error is not None:
+                self.fail(error)
+                return
+            if self.deflate:
+                self.run.deflate_accepted(head)
             self.open = True
             self.handshake.set_result(None)
         if self.buf:
@@ -172,16 +247,29 @@ class Client(asyncio.Protocol):
             self.buf += data[pos:]
 
     def frame(self, b0: int, payload: bytes, now: int) -> None:
-        opcode, fin = b0 & 0x0F, b0 & 0x80
+        opcode, fin, compressed = b0 & 0x0F, b0 & 0x80, b0 & 0x40
+        if b0 & 0x70 and (b0 & 0x30 or not self.deflate or opcode not in (1, 2)):
+            # RSV2/RSV3, or RSV1 without permessage-deflate or on a continuation or control frame.
+            self.fail(f"unexpected RSV bits 0x{b0 & 0x70:02x} on opcode {opcode}")
+            return
         if opcode in (1, 2):
             if fin:
+                if compressed:
+                    payload = self.inflate(payload)
+                    if self.ended is not None:
+                        return
                 self.message(payload, now)
             else:
                 self.fragments = [payload]
+                self.fragments_compressed = bool(compressed)
         elif opcode == 0 and self.fragments is not None:
             self.fragments.append(payload)
             if fin:
                 payload, self.fragments = b"".join(self.fragments), None
+                if self.fragments_compressed:
+                    payload = self.inflate(payload)
+                    if self.ended is not None:
+                        return
                 self.message(payload, now)
         elif opcode == 9 and self.transport is not None:
             self.transport.write(client_frame(10, payload))
@@ -191,6 +279,21 @@ class Client(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.write(client_frame(8, payload[:2]))
                 self.transport.close()
+
+    def inflate(self, payload: bytes) -> bytes:
+        """One compressed message's payload, inflated (RFC 7692 §7.2.2)."""
+        inflater = self.inflater
+        if inflater is None:
+            inflater = zlib.decompressobj(wbits=-15)
+            if not self.reset_context:
+                self.inflater = inflater
+        try:
+            data: bytes = inflater.decompress(payload + DEFLATE_TAIL)
+        except zlib.error as exc:
+            self.fail(f"inflate failed: {exc}")
+            return b""
+        self.run.inflated += 1
+        return data
 
     def message(self, payload: bytes, now: int) -> None:
         if payload[:1] != b"m":
@@ -243,6 +346,15 @@ class Run:
         self.broadcasting = False
         self.slow_open = 0
         self.slow_ended = asyncio.Event()
+        self.inflated = 0  # compressed messages received
+        self.deflate_header: str | None = None  # one Sec-WebSocket-Extensions response
+
+    def deflate_accepted(self, head: bytes) -> None:
+        if self.deflate_header is None:
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"sec-websocket-extensions":
+                    self.deflate_header = value.strip().decode("latin-1")
 
     # Client callbacks ---------------------------------------------------------
 
@@ -291,10 +403,12 @@ class Run:
         source = f"127.0.0.{1 + index % self.args.sources}"
         key = base64.b64encode(os.urandom(16))
         accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        offer = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if self.args.offer_deflate else ""
         request = (
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+            f"{offer}\r\n"
         ).encode()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -354,6 +468,15 @@ class Run:
             "connect_errors": dict(errors),
             "connect_s": round(elapsed, 3),
             "connect_rate": round(connected / elapsed, 1) if elapsed > 0 else None,
+        }
+
+    def deflate_report(self) -> dict[str, Any]:
+        return {
+            "offered": self.args.offer_deflate,
+            "negotiated": sum(1 for c in self.clients if c.deflate),
+            "of": len(self.clients),
+            "response": self.deflate_header,
+            "compressed_messages": self.inflated,
         }
 
     # HTTP ---------------------------------------------------------------------
@@ -513,6 +636,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = cpu_time()
     try:
         result.update(await run.connect_all())
+        result["deflate"] = run.deflate_report()
         result["warmup"] = await run.warmup()
         result["loadgen_cpu_connect_s"] = round(cpu_time() - cpu0, 3)
         await phase("connected", args.wait_stdin, args.stdin_timeout)
@@ -520,6 +644,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         await phase("broadcast_done", args.wait_stdin, args.stdin_timeout)
         if args.slow:
             result["slow_clients"] = await run.drain_slow()
+        result["deflate"] = run.deflate_report()
     finally:
         for c in run.clients:
             c.goodbye()
@@ -552,6 +677,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-deadline", type=float, default=30.0, help="warm-up phase, s")
     p.add_argument("--slow", type=int, default=0, help="clients that stop reading (S)")
     p.add_argument("--drain", type=float, default=5.0, help="time for slow clients to end, s")
+    p.add_argument(
+        "--offer-deflate",
+        action="store_true",
+        help="offer permessage-deflate as Chromium does; inflate RSV1 frames if accepted",
+    )
     p.add_argument("--wait-stdin", action="store_true", help="wait for a line after phases")
     p.add_argument("--stdin-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -6,6 +6,9 @@ For every server and client count it starts the server pinned to CPU 0 on a free
 127.0.0.1 port, runs ``bench/loadgen.py`` pinned to CPU 1, samples the server's CPU
 time and RSS from /proc around the phases, and prints Markdown tables; then the
 slow-client scenario against realtime. Raw JSON goes to ``bench/results/``.
+Besides the two baselines, realtime runs with one optimisation turned off at a time
+(``realtime-asyncio``, ``realtime-plain``, ``realtime-deflate``) and with clients
+that offer permessage-deflate (``realtime+offer``), so one run shows what each pays.
 See bench/README.md for what each column means.
 """
 
@@ -24,7 +27,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,20 +37,65 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
-SERVERS = ("realtime", "naive", "websockets_lib")
-BASELINES = ("naive", "websockets_lib")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOADGEN_BOUND = 0.9
 OTHER_BUSY = 0.15
 
 
+@dataclass(frozen=True)
+class Server:
+    """One row name: which program serves, with which flags, for which clients."""
+
+    name: str
+    program: str  # "realtime", or a script in bench/servers/
+    what: str
+    flags: tuple[str, ...] = ()  # added to the server's command line
+    loadgen: tuple[str, ...] = ()  # added to loadgen's command line
+
+
+SERVERS: dict[str, Server] = {
+    s.name: s
+    for s in (
+        Server("realtime", "realtime", "defaults: fast path, uvloop, no deflate"),
+        Server(
+            "realtime+offer",
+            "realtime",
+            "defaults; clients offer permessage-deflate (declined)",
+            loadgen=("--offer-deflate",),
+        ),
+        Server("realtime-asyncio", "realtime", "asyncio's loop, not uvloop", ("--loop", "asyncio")),
+        Server(
+            "realtime-plain",
+            "realtime",
+            "no fast path: ASGI websocket.send per client",
+            ("--no-fast-path",),
+        ),
+        Server(
+            "realtime-deflate",
+            "realtime",
+            "permessage-deflate accepted (clients offer it)",
+            ("--compression",),
+            ("--offer-deflate",),
+        ),
+        Server("naive", "naive", "baseline: Quart, for ws in clients: await ws.send"),
+        Server("websockets_lib", "websockets_lib", "baseline: websockets library broadcast()"),
+    )
+}
+BASELINES = ("naive", "websockets_lib")
+#: Rows set against ``realtime`` in "what each idea pays".
+VARIANTS = ("realtime-asyncio", "realtime-plain", "realtime-deflate", "realtime+offer")
+
+
 def server_command(name: str, bind: str) -> list[str]:
-    if name == "realtime":
+    spec = SERVERS[name]
+    if spec.program == "realtime":
         exe = Path(sys.executable).with_name("realtime")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "realtime"]
         app = str(ROOT / "app")
-        return [*cmd, "run", "--bind", bind, "--app", app, "--log-level", "warning"]
-    return [sys.executable, str(BENCH / "servers" / f"{name}.py"), "--bind", bind]
+        cmd += ["run", "--bind", bind, "--app", app, "--log-level", "warning"]
+    else:
+        cmd = [sys.executable, str(BENCH / "servers" / f"{spec.program}.py"), "--bind", bind]
+    return [*cmd, *spec.flags]
 
 
 # /proc sampling -----------------------------------------------------------------
@@ -75,6 +125,14 @@ def machine_busy() -> float:
     """Non-idle CPU seconds of the whole machine, from the first line of /proc/stat."""
     ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK  # minus idle and iowait
+
+
+def uvloop_loaded(pid: int) -> bool | None:
+    """Whether uvloop's extension module is mapped into ``pid`` (None: cannot tell)."""
+    try:
+        return "/uvloop/" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
 
 
 def rss_kb(pid: int) -> int:
@@ -181,6 +239,8 @@ def measure(
     """One server process and one loadgen run: loadgen's JSON plus server samples."""
     port = free_port()
     bind = f"{HOST}:{port}"
+    # Per row: the working tree may change while a run goes on (baselines do not use it).
+    code = git_state()[0] if SERVERS[server].program == "realtime" else None
     print(f"--> {tag}: {clients} clients, {messages} x {size} B", file=sys.stderr, flush=True)
     loadgen = [
         sys.executable,
@@ -194,6 +254,7 @@ def measure(
         f"--timeout={opts.timeout}",
         f"--deadline={opts.deadline}",
         "--wait-stdin",
+        *SERVERS[server].loadgen,
     ]
     with contextlib.ExitStack() as stack:
         slog = stack.enter_context((opts.logdir / f"{tag}.server.log").open("w"))
@@ -224,6 +285,7 @@ def measure(
 
         err.wait("connected", 300.0 + 2 * opts.timeout, alive)
         cpu0, rss_connected = cpu_seconds(srv.pid), rss_kb(srv.pid)
+        uvloop = uvloop_loaded(srv.pid)
         busy0, wall0 = machine_busy(), time.monotonic()
         gen.stdin.write("go\n")
         gen.stdin.flush()
@@ -240,6 +302,10 @@ def measure(
     deliveries, connected = result["deliveries"], result["connected"]
     result.update(
         server=server,
+        realtime_state=code,
+        server_command=server_command(server, bind),
+        loadgen_flags=list(SERVERS[server].loadgen),
+        server_uvloop_loaded=uvloop,
         server_cpu_s=round(cpu1 - cpu0, 3),
         server_cpu_us_per_delivery=(cpu1 - cpu0) * 1e6 / deliveries if deliveries else None,
         rss_kb={"idle": rss_idle, "connected": rss_connected, "after": rss_after},
@@ -307,6 +373,17 @@ def notes(r: dict[str, Any]) -> str:
     warm = r.get("warmup", {})
     if warm and warm.get("server_count") != warm.get("expected"):
         found.append(f"server counted {warm.get('server_count')}")
+    # realtime's default loop is uvloop where installed; --loop asyncio must not load it.
+    loop = r.get("server_uvloop_loaded")
+    spec = SERVERS.get(r.get("server", ""))
+    realtime = spec is not None and spec.program == "realtime"
+    if realtime and loop is not None and spec and loop != ("--loop" not in spec.flags):
+        found.append("uvloop loaded" if loop else "uvloop not loaded")
+    deflate = r.get("deflate") or {}
+    if deflate.get("offered") or deflate.get("negotiated"):
+        found.append(f"deflate negotiated by {deflate['negotiated']:,} of {deflate['of']:,}")
+    if r.get("busy_attempts"):
+        found.append(f"run {len(r['busy_attempts']) + 1} (earlier machine busy)")
     return "; ".join(found)
 
 
@@ -359,7 +436,41 @@ def main_tables(results: list[dict[str, Any]]) -> str:
             )
     if rows:
         out += ["", "### Ratios (realtime / baseline)", "", table(header, rows)]
+    if rows := pays_rows(ok):
+        header = ["clients", "realtime vs", "what differs", "CPU µs/delivery", "KB/conn"]
+        header += ["p99 ms", "conn/s"]
+        out += ["", "### What each idea pays (realtime vs variant, ratio)", ""]
+        out.append(table(header, rows))
     return "\n".join(out)
+
+
+def versus(mine: Any, other: Any, digits: int) -> str:
+    """``mine vs other (mine/other)``, as the fan-out table prints them."""
+    return f"{fmt(mine, digits)} vs {fmt(other, digits)} ({ratio(mine, other)})"
+
+
+def pays_rows(ok: dict[tuple[str, int], dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for n in sorted({clients for _, clients in ok}):
+        mine = ok.get(("realtime", n))
+        for name in VARIANTS:
+            other = ok.get((name, n))
+            if mine is None or other is None:
+                continue
+            rows.append(
+                [
+                    fmt(n),
+                    name,
+                    SERVERS[name].what,
+                    versus(
+                        mine["server_cpu_us_per_delivery"], other["server_cpu_us_per_delivery"], 1
+                    ),
+                    versus(mine["kb_per_connection"], other["kb_per_connection"], 1),
+                    versus(mine["latency_ms"]["p99"], other["latency_ms"]["p99"], 2),
+                    versus(mine["connect_rate"], other["connect_rate"], 0),
+                ]
+            )
+    return rows
 
 
 def slow_table(results: list[dict[str, Any]]) -> str:
@@ -399,11 +510,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="20 broadcasts per run and 1000 clients unless given"
     )
-    p.add_argument("--servers", default=",".join(SERVERS), help="subset of " + ",".join(SERVERS))
+    p.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="comma-separated subset of (default all):\n"
+        + "\n".join(f"  {s.name}: {s.what}" for s in SERVERS.values()),
+    )
     p.add_argument("--skip-slow", action="store_true", help="skip the slow-client scenario")
     p.add_argument("--slow-messages", type=int, help="slow scenario broadcasts (default 1500)")
     p.add_argument("--timeout", type=float, default=10.0, help="per broadcast, seconds")
     p.add_argument("--deadline", type=float, default=300.0, help="per broadcast phase, seconds")
+    p.add_argument(
+        "--busy-retries",
+        type=int,
+        default=2,
+        help="run a row again, up to this many times, when it was machine busy (default 2)",
+    )
     opts = p.parse_args()
     opts.clients = [
         int(n) for n in (opts.clients or ("1000" if opts.quick else "1000,5000,10000")).split(",")
@@ -412,8 +534,8 @@ def parse_args() -> argparse.Namespace:
     opts.slow_messages = opts.slow_messages or 1500
     opts.servers = [s for s in opts.servers.split(",") if s]
     unknown = set(opts.servers) - set(SERVERS)
-    if unknown or not all(n > 0 for n in opts.clients):
-        p.error(f"unknown server(s) {sorted(unknown)} or bad --clients")
+    if unknown or not all(n > 0 for n in opts.clients) or opts.busy_retries < 0:
+        p.error(f"unknown server(s) {sorted(unknown)}, bad --clients or bad --busy-retries")
     return opts
 
 
@@ -447,11 +569,28 @@ def main() -> int:
 
     def run(section: str, server: str, clients: int, **kw: Any) -> None:
         tag = f"{server}-{clients}" + (f"-slow{kw['slow']}" if section == "slow" else "")
-        try:
-            result = measure(tag, server, clients, opts, **kw)
-        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
-            result = {"server": server, "clients": clients, "slow": kw["slow"], "error": str(exc)}
-            print(f"    error: {exc}", file=sys.stderr)
+        busy: list[dict[str, Any]] = []  # earlier attempts that other processes disturbed
+        for attempt in range(opts.busy_retries + 1):
+            try:
+                result = measure(
+                    tag + (f"-try{attempt + 1}" if attempt else ""), server, clients, opts, **kw
+                )
+            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                result = {
+                    "server": server,
+                    "clients": clients,
+                    "slow": kw["slow"],
+                    "error": str(exc),
+                }
+                print(f"    error: {exc}", file=sys.stderr)
+            share = result.get("other_cpu_share") or 0
+            if share < OTHER_BUSY or attempt == opts.busy_retries:
+                break
+            print(f"    machine busy ({share:.0%} of a CPU elsewhere): again", file=sys.stderr)
+            busy.append(result)
+            time.sleep(5)
+        if busy:
+            result["busy_attempts"] = busy
         report[section].append(result)
         path.write_text(json.dumps(report, indent=2))
 
@@ -467,6 +606,11 @@ def main() -> int:
         interrupted = True
         print("interrupted: every server and loadgen started was stopped", file=sys.stderr)
     text = f"realtime at {report['realtime']}; {opts.messages} x {opts.size} B per fan-out run\n\n"
+    rows = report["fanout"] + report["slow"]
+    states = Counter(r["realtime_state"] for r in rows if r.get("realtime_state"))
+    if len(states) > 1:
+        drift = ", ".join(f"{state} ({n} rows)" for state, n in states.items())
+        text += f"WARNING: the realtime code changed during this run; rows ran at {drift}\n\n"
     text += main_tables(report["fanout"]) if report["fanout"] else ""
     if report["slow"]:
         text += "\n\n" + slow_table(report["slow"])
