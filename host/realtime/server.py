@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -32,15 +33,10 @@ RESPAWN_DELAY = 0.5
 
 
 def loop_factory(choice: str) -> LoopFactory:
-    """uvloop when asked for, or when installed and nothing was asked; else asyncio's."""
-    if choice == "asyncio":
+    """asyncio's loop, or uvloop's when asked for (ImportError if it is not installed)."""
+    if choice != "uvloop":
         return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise
-        return None
+    uvloop = importlib.import_module("uvloop")
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 
