@@ -1,4 +1,4 @@
-"""Direct frame writes to Hypercorn's transport: the one module that reaches below Quart.
+"""Direct frame writes to Hypercorn's transport: the one module that reaches below ASGI.
 
 An ASGI ``websocket.send`` costs, per client and per message, a chain of awaits
 (ASGI → Hypercorn → wsproto → h11 → ``writer.drain()``). Broadcasting the
