@@ -496,13 +496,23 @@ class Run:
             writer.close()
 
     async def warmup(self) -> dict[str, Any]:
-        """Broadcast until the server counts every client and all healthy ones got it."""
+        """Broadcast until the server counts every client and all healthy ones got it.
+
+        The count must equal the clients connected. With several processes behind a
+        broker, the server adds other processes' counts from their last report (once
+        a second), so the count may lag the deliveries by a second or two: once a
+        warm-up broadcast reached everyone but the count is short, wait
+        ``--count-wait`` seconds before the next one, until ``--warmup-deadline``.
+        """
         expected = len(self.clients)
-        server_count, complete = -1, False
-        deadline = time.monotonic() + self.args.warmup_deadline
-        for k in range(1, 101):
+        server_count, complete, rounds = -1, False, 0
+        counts: list[int] = []  # every count the server answered, in order
+        t0 = time.monotonic()
+        deadline = t0 + self.args.warmup_deadline
+        for k in range(1, 1001):
             if time.monotonic() > deadline:
                 break
+            rounds = k
             self.warm_target = self.healthy_open
             future = self.warm_done[k] = asyncio.get_running_loop().create_future()
             if self.warm_target == 0:
@@ -511,14 +521,22 @@ class Run:
                 _, body = await asyncio.wait_for(self.http_get(f"w{k}"), self.args.timeout)
                 match = SENT_TO.search(body)
                 server_count = int(match[1]) if match else -1
+                counts.append(server_count)
                 await asyncio.wait_for(future, self.args.timeout)
                 complete = True
             except (TimeoutError, OSError, asyncio.IncompleteReadError):
                 complete = False
-            if complete and server_count >= expected:
+            if complete and server_count == expected:
                 break
-            await asyncio.sleep(0.25)
-        return {"server_count": server_count, "expected": expected, "complete": complete}
+            await asyncio.sleep(self.args.count_wait if complete else 0.25)
+        return {
+            "server_count": server_count,
+            "expected": expected,
+            "complete": complete,
+            "rounds": rounds,
+            "seconds": round(time.monotonic() - t0, 3),
+            "counts": counts[-20:],
+        }
 
     # Broadcasting -------------------------------------------------------------
 
@@ -675,6 +693,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, default=10.0, help="per connection, s")
     p.add_argument("--connect-deadline", type=float, default=180.0, help="connect phase, s")
     p.add_argument("--warmup-deadline", type=float, default=30.0, help="warm-up phase, s")
+    p.add_argument(
+        "--count-wait",
+        type=float,
+        default=0.5,
+        help="pause between warm-ups once delivered but the server's count is short, s",
+    )
     p.add_argument("--slow", type=int, default=0, help="clients that stop reading (S)")
     p.add_argument("--drain", type=float, default=5.0, help="time for slow clients to end, s")
     p.add_argument(

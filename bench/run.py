@@ -6,9 +6,14 @@ For every server and client count it starts the server pinned to CPU 0 on a free
 127.0.0.1 port, runs ``bench/loadgen.py`` pinned to CPU 1, samples the server's CPU
 time and RSS from /proc around the phases, and prints Markdown tables; then the
 slow-client scenario against realtime. Raw JSON goes to ``bench/results/``.
-Besides the two baselines, realtime runs with one optimisation turned off at a time
-(``realtime-asyncio``, ``realtime-plain``, ``realtime-deflate``) and with clients
+Besides the two baselines, realtime runs with one of its choices changed at a time
+(``realtime-uvloop``, ``realtime-plain``, ``realtime-deflate``) and with clients
 that offer permessage-deflate (``realtime+offer``), so one run shows what each pays.
+
+Then the multi-process scenario: it starts ``redis-server`` on a free loopback port
+(pinned to CPU 0 with the server) and runs realtime with the memory broker, with the
+Redis broker, and with two workers on the Redis broker: three interleaved rounds at
+100 clients (where the Redis hop shows), then 10,000 (``--skip-redis`` leaves it out).
 See bench/README.md for what each column means.
 """
 
@@ -23,8 +28,10 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -40,6 +47,9 @@ HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOADGEN_BOUND = 0.9
 OTHER_BUSY = 0.15
+HAS_SCHEDSTAT = Path("/proc/self/schedstat").exists()
+#: Log lines of a Redis-broker server that mention these are counted in its notes.
+BROKER_WORDS = ("redis", "broker")
 
 
 @dataclass(frozen=True)
@@ -51,19 +61,26 @@ class Server:
     what: str
     flags: tuple[str, ...] = ()  # added to the server's command line
     loadgen: tuple[str, ...] = ()  # added to loadgen's command line
+    redis: bool = False  # add --broker redis://... (the Redis run.py started)
+    workers: int = 1  # server processes (--workers) the flags ask for
+
+    @property
+    def wants_uvloop(self) -> bool:
+        """realtime's loop is asyncio unless its flags say ``--loop uvloop``."""
+        return "uvloop" in self.flags
 
 
 SERVERS: dict[str, Server] = {
     s.name: s
     for s in (
-        Server("realtime", "realtime", "defaults: fast path, uvloop, no deflate"),
+        Server("realtime", "realtime", "defaults: fast path, asyncio loop, no deflate"),
         Server(
             "realtime+offer",
             "realtime",
             "defaults; clients offer permessage-deflate (declined)",
             loadgen=("--offer-deflate",),
         ),
-        Server("realtime-asyncio", "realtime", "asyncio's loop, not uvloop", ("--loop", "asyncio")),
+        Server("realtime-uvloop", "realtime", "uvloop's loop, not asyncio's", ("--loop", "uvloop")),
         Server(
             "realtime-plain",
             "realtime",
@@ -79,14 +96,33 @@ SERVERS: dict[str, Server] = {
         ),
         Server("naive", "naive", "baseline: Quart, for ws in clients: await ws.send"),
         Server("websockets_lib", "websockets_lib", "baseline: websockets library broadcast()"),
+        # The multi-process scenario (not in --servers): realtime above is its memory row.
+        Server(
+            "realtime-redis",
+            "realtime",
+            "1 worker, Redis broker",
+            redis=True,
+        ),
+        Server(
+            "realtime-redis-2w",
+            "realtime",
+            "2 workers (one port, SO_REUSEPORT), Redis broker",
+            ("--workers", "2"),
+            redis=True,
+            workers=2,
+        ),
     )
 }
+#: Rows of the fan-out table (what --servers chooses from).
+FANOUT = tuple(name for name, spec in SERVERS.items() if not spec.redis)
 BASELINES = ("naive", "websockets_lib")
 #: Rows set against ``realtime`` in "what each idea pays".
-VARIANTS = ("realtime-asyncio", "realtime-plain", "realtime-deflate", "realtime+offer")
+VARIANTS = ("realtime-uvloop", "realtime-plain", "realtime-deflate", "realtime+offer")
+#: Rows of the multi-process scenario; the first (memory broker) is the reference.
+MULTI = ("realtime", "realtime-redis", "realtime-redis-2w")
 
 
-def server_command(name: str, bind: str) -> list[str]:
+def server_command(name: str, bind: str, redis_url: str | None = None) -> list[str]:
     spec = SERVERS[name]
     if spec.program == "realtime":
         exe = Path(sys.executable).with_name("realtime")
@@ -95,6 +131,10 @@ def server_command(name: str, bind: str) -> list[str]:
         cmd += ["run", "--bind", bind, "--app", app, "--log-level", "warning"]
     else:
         cmd = [sys.executable, str(BENCH / "servers" / f"{spec.program}.py"), "--bind", bind]
+    if spec.redis:
+        if redis_url is None:
+            raise RuntimeError(f"{name} needs the Redis server run.py starts")
+        cmd += ["--broker", redis_url]
     return [*cmd, *spec.flags]
 
 
@@ -112,13 +152,53 @@ def family(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
+def ticks_cpu(pid: int) -> float:
+    """utime + stime of the process (all its threads, exited ones too), in 10 ms ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def exact_cpu(pid: int) -> float:
+    """Time on CPU of the process's live threads, in ns (``/proc/PID/task/*/schedstat``)."""
     total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just exited
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def cpu_by_process(pid: int, exact: bool = True) -> dict[int, float]:
+    """CPU seconds of ``pid`` and each live descendant.
+
+    ``exact``: from schedstat (nanoseconds; a thread that exits takes its time with it,
+    and neither realtime nor redis-server ends threads while broadcasting), or
+    utime + stime where schedstat is missing or ``exact`` is false.
+    """
+    found = {}
     for p in family(pid):
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
+            found[p] = exact_cpu(p) if exact and HAS_SCHEDSTAT else ticks_cpu(p)
+    return found
+
+
+def cpu_seconds(pid: int, exact: bool = True) -> float:
+    return sum(cpu_by_process(pid, exact).values())
+
+
+def open_fds(pid: int) -> int | None:
+    with contextlib.suppress(OSError):
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    return None
+
+
+def listeners(port: int) -> int:
+    """Sockets in LISTEN on 127.0.0.1:``port`` (one per worker with SO_REUSEPORT)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    return sum(1 for line in lines if line.split()[1:2] == [want] and line.split()[3] == "0A")
 
 
 def machine_busy() -> float:
@@ -127,12 +207,13 @@ def machine_busy() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK  # minus idle and iowait
 
 
-def uvloop_loaded(pid: int) -> bool | None:
-    """Whether uvloop's extension module is mapped into ``pid`` (None: cannot tell)."""
-    try:
-        return "/uvloop/" in Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return None
+def uvloop_loaded(pid: int) -> list[bool]:
+    """For ``pid`` and each descendant it could read: is uvloop's extension mapped in?"""
+    found = []
+    for p in family(pid):
+        with contextlib.suppress(OSError):
+            found.append("/uvloop/" in Path(f"/proc/{p}/maps").read_text())
+    return found
 
 
 def rss_kb(pid: int) -> int:
@@ -182,15 +263,150 @@ def started(cmd: list[str], **kw: Any) -> Iterator[subprocess.Popen[str]]:
         stop(proc)
 
 
-def wait_listening(port: int, proc: subprocess.Popen[Any], limit: float = 20.0) -> None:
+def wait_listening(
+    port: int, proc: subprocess.Popen[Any], limit: float = 20.0, sockets: int = 1
+) -> None:
+    """Until the port takes connections and ``sockets`` listen on it (one per worker)."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before listening")
         with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.5):
-            return
+            if sockets <= 1 or listeners(port) >= sockets:
+                return
         time.sleep(0.1)
-    raise RuntimeError(f"server not listening on {port} after {limit}s")
+    raise RuntimeError(f"server not listening on {port} ({sockets} socket(s)) after {limit}s")
+
+
+# Redis ----------------------------------------------------------------------------
+
+
+def redis_command(port: int, *args: str, timeout: float = 5.0) -> bytes:
+    """One command to the Redis on 127.0.0.1:``port``: its reply (simple or bulk)."""
+    request = f"*{len(args)}\r\n".encode()
+    for arg in args:
+        data = arg.encode()
+        request += b"$%d\r\n%s\r\n" % (len(data), data)
+    with socket.create_connection((HOST, port), timeout) as sock:
+        sock.sendall(request)
+        reply = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError(f"redis closed the connection after {reply[:80]!r}")
+            reply += chunk
+            head, sep, rest = reply.partition(b"\r\n")
+            if not sep:
+                continue
+            if head[:1] == b"-":
+                raise OSError(f"redis answered {head.decode(errors='replace')}")
+            if head[:1] != b"$":
+                return head[1:]
+            size = int(head[1:])
+            if size < 0:
+                return b""
+            if len(rest) >= size + 2:
+                return rest[:size]
+
+
+def redis_info(port: int) -> dict[str, str]:
+    """``INFO`` as a flat dict (``{}`` if Redis does not answer)."""
+    try:
+        text = redis_command(port, "INFO", "all").decode(errors="replace")
+    except OSError:
+        return {}
+    info = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not key.startswith("#"):
+            info[key] = value
+    return info
+
+
+REDIS_COUNTERS = (
+    "total_error_replies",
+    "rejected_connections",
+    "total_connections_received",
+    "total_commands_processed",
+)
+
+
+def redis_counters(port: int) -> dict[str, int]:
+    """The INFO counters that would show trouble, and the work done."""
+    info = redis_info(port)
+    return {k: int(info[k]) for k in REDIS_COUNTERS if k in info and info[k].isdigit()}
+
+
+HANDSHAKE_PROBE = """
+import asyncio, sys
+from redis.asyncio import Redis
+
+async def main() -> None:
+    client = Redis.from_url(sys.argv[1])
+    await client.ping()
+    await client.aclose()
+
+asyncio.run(main())
+"""
+
+
+def handshake_errors(port: int) -> int | None:
+    """Error replies one redis-py connection gets while it connects (None: unknown).
+
+    redis-py tries commands at connect that an older Redis refuses, and ignores the
+    refusals (redis-py 8 on Redis 7.0: ``CLIENT SETINFO`` twice, ``CLIENT
+    MAINT_NOTIFICATIONS``); they are told apart from real errors by this count.
+    """
+    before = redis_counters(port).get("total_error_replies")
+    cmd = [sys.executable, "-c", HANDSHAKE_PROBE, f"redis://{HOST}:{port}/0"]
+    try:
+        subprocess.run(cmd, capture_output=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    after = redis_counters(port).get("total_error_replies")
+    return after - before if after is not None and before is not None else None
+
+
+@dataclass
+class RedisServer:
+    proc: subprocess.Popen[str]
+    port: int
+    version: str
+    handshake_errors: int | None  # error replies a redis-py client gets per connection
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+
+@contextlib.contextmanager
+def redis_server(logdir: Path) -> Iterator[RedisServer]:
+    """Debian's redis-server on a free loopback port, pinned to CPU 0, no persistence."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server not found (apt-get install redis-server)")
+    port = free_port()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir,
+        (logdir / "redis.log").open("w") as log,
+    ):
+        cmd = [*pinned(0), exe, "--bind", HOST, "--port", str(port), "--save", ""]
+        cmd += ["--appendonly", "no", "--dir", workdir, "--daemonize", "no"]
+        with started(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL) as proc:
+            deadline = time.monotonic() + 10
+            while True:
+                if proc.poll() is not None:
+                    code = proc.returncode
+                    raise RuntimeError(f"redis-server exited with {code}; see {log.name}")
+                with contextlib.suppress(OSError):
+                    if redis_command(port, "PING", timeout=1) == b"PONG":
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server not answering on {port} after 10 s")
+                time.sleep(0.1)
+            version = redis_info(port).get("redis_version", "?")
+            print(f"--> redis-server {version} on {HOST}:{port}", file=sys.stderr, flush=True)
+            yield RedisServer(proc, port, version, handshake_errors(port))
 
 
 class Reader:
@@ -235,12 +451,26 @@ def measure(
     messages: int,
     size: int,
     slow: int,
+    redis: RedisServer | None = None,
 ) -> dict[str, Any]:
-    """One server process and one loadgen run: loadgen's JSON plus server samples."""
+    """One server (its processes) and one loadgen run: loadgen's JSON plus server samples.
+
+    With ``redis``, the server's CPU figures include redis-server's (also reported
+    on their own), and Redis is emptied first so no count is left from a row before.
+    """
+    spec = SERVERS[server]
+    if spec.redis and redis is None:
+        raise RuntimeError(f"{server} needs the Redis server (none running)")
+    redis = redis if spec.redis else None
     port = free_port()
     bind = f"{HOST}:{port}"
+    command = server_command(server, bind, redis.url if redis else None)
     # Per row: the working tree may change while a run goes on (baselines do not use it).
-    code = git_state()[0] if SERVERS[server].program == "realtime" else None
+    code = git_state()[0] if spec.program == "realtime" else None
+    counters0: dict[str, int] = {}
+    if redis is not None:
+        redis_command(redis.port, "FLUSHALL")
+        counters0 = redis_counters(redis.port)  # from before the server starts
     print(f"--> {tag}: {clients} clients, {messages} x {size} B", file=sys.stderr, flush=True)
     loadgen = [
         sys.executable,
@@ -254,7 +484,7 @@ def measure(
         f"--timeout={opts.timeout}",
         f"--deadline={opts.deadline}",
         "--wait-stdin",
-        *SERVERS[server].loadgen,
+        *spec.loadgen,
     ]
     with contextlib.ExitStack() as stack:
         slog = stack.enter_context((opts.logdir / f"{tag}.server.log").open("w"))
@@ -267,9 +497,9 @@ def measure(
                 reader.thread.join(5)
 
         srv = stack.enter_context(
-            started([*pinned(0), *server_command(server, bind)], stdout=slog, stderr=slog, cwd=ROOT)
+            started([*pinned(0), *command], stdout=slog, stderr=slog, cwd=ROOT)
         )
-        wait_listening(port, srv)
+        wait_listening(port, srv, sockets=spec.workers)
         time.sleep(0.5)
         rss_idle = rss_kb(srv.pid)
         pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
@@ -284,14 +514,24 @@ def measure(
             return srv.poll() is None
 
         err.wait("connected", 300.0 + 2 * opts.timeout, alive)
-        cpu0, rss_connected = cpu_seconds(srv.pid), rss_kb(srv.pid)
+        procs0, rss_connected = cpu_by_process(srv.pid), rss_kb(srv.pid)
+        ticks0 = cpu_seconds(srv.pid, exact=False)
+        fds = {pid: open_fds(pid) for pid in procs0}
         uvloop = uvloop_loaded(srv.pid)
+        redis0 = cpu_seconds(redis.proc.pid) if redis else 0.0
+        redis_ticks0 = cpu_seconds(redis.proc.pid, exact=False) if redis else 0.0
         busy0, wall0 = machine_busy(), time.monotonic()
         gen.stdin.write("go\n")
         gen.stdin.flush()
         err.wait("broadcast_done", opts.deadline + 2 * opts.timeout + 30, alive)
-        cpu1, rss_after = cpu_seconds(srv.pid), rss_kb(srv.pid)
+        procs1, rss_after = cpu_by_process(srv.pid), rss_kb(srv.pid)
+        ticks1 = cpu_seconds(srv.pid, exact=False)
+        redis1 = cpu_seconds(redis.proc.pid) if redis else 0.0
+        redis_ticks1 = cpu_seconds(redis.proc.pid, exact=False) if redis else 0.0
         busy, wall = machine_busy() - busy0, time.monotonic() - wall0
+        counters1 = redis_counters(redis.port) if redis else {}
+        if redis is not None and redis.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {redis.proc.returncode} during the run")
         gen.stdin.write("go\n")
         gen.stdin.close()
         gen.wait(60)
@@ -300,20 +540,53 @@ def measure(
             raise RuntimeError(f"loadgen exited with {gen.returncode}; see {llog.name}")
         result: dict[str, Any] = json.loads("".join(out.lines))
     deliveries, connected = result["deliveries"], result["connected"]
+    # Processes present at both samples (a worker replaced meanwhile would show in notes).
+    by_process = {pid: procs1[pid] - procs0[pid] for pid in procs0 if pid in procs1}
+    tree_cpu, redis_cpu = sum(by_process.values()), redis1 - redis0
+    server_cpu = tree_cpu + redis_cpu
+    log_lines = Path(slog.name).read_text(errors="replace").splitlines()
+    redis_delta = {k: counters1.get(k, 0) - v for k, v in counters0.items()}
+    redis_unexplained = None
+    if redis is not None and redis.handshake_errors is not None and redis_delta:
+        # Connections made meanwhile, less the one that read counters1.
+        made = max(0, redis_delta.get("total_connections_received", 0) - 1)
+        errors = redis_delta.get("total_error_replies", 0)
+        redis_unexplained = max(0, errors - made * redis.handshake_errors)
     result.update(
         server=server,
         realtime_state=code,
-        server_command=server_command(server, bind),
-        loadgen_flags=list(SERVERS[server].loadgen),
-        server_uvloop_loaded=uvloop,
-        server_cpu_s=round(cpu1 - cpu0, 3),
-        server_cpu_us_per_delivery=(cpu1 - cpu0) * 1e6 / deliveries if deliveries else None,
+        server_command=command,
+        loadgen_flags=list(spec.loadgen),
+        server_uvloop_by_process=uvloop,
+        server_uvloop_loaded=any(uvloop) if uvloop else None,
+        server_processes={"connected": len(procs0), "after": len(procs1)},
+        server_fds_by_process=[fds[pid] for pid in procs0],
+        server_cpu_by_process_s=[round(v, 3) for v in by_process.values()],
+        cpu_clock="schedstat ns" if HAS_SCHEDSTAT else "utime+stime ticks",
+        server_tree_cpu_s=round(tree_cpu, 4),
+        redis_cpu_s=round(redis_cpu, 4) if redis else None,
+        # The same in utime + stime (10 ms ticks, exited threads included), as a check.
+        ticks_cpu_s={
+            "server": round(ticks1 - ticks0, 3),
+            "redis": round(redis_ticks1 - redis_ticks0, 3) if redis else None,
+        },
+        # The server's processes and, with the Redis broker, redis-server.
+        server_cpu_s=round(server_cpu, 4),
+        server_cpu_us_per_delivery=server_cpu * 1e6 / deliveries if deliveries else None,
+        redis_cpu_us_per_delivery=(redis_cpu * 1e6 / deliveries if redis and deliveries else None),
+        # From FLUSHALL to the end of the broadcasts (the server's start-up included).
+        redis_counters=redis_delta,
+        redis_unexplained_errors=redis_unexplained,
+        broker_log_lines=sum(
+            1 for line in log_lines if any(w in line.lower() for w in BROKER_WORDS)
+        ),
+        server_log_lines=len(log_lines),
         rss_kb={"idle": rss_idle, "connected": rss_connected, "after": rss_after},
         kb_per_connection=(rss_connected - rss_idle) / connected if connected else None,
         rss_growth_mb=(rss_after - rss_connected) / 1024,
         loadgen_bound=(result.get("loadgen_cpu_share") or 0) >= LOADGEN_BOUND,
         # CPU used by anything else on the machine while broadcasting: noise in the figures.
-        other_cpu_share=round((busy - (cpu1 - cpu0) - result["loadgen_cpu_s"]) / wall, 3),
+        other_cpu_share=round((busy - server_cpu - result["loadgen_cpu_s"]) / wall, 3),
     )
     return result
 
@@ -373,17 +646,38 @@ def notes(r: dict[str, Any]) -> str:
     warm = r.get("warmup", {})
     if warm and warm.get("server_count") != warm.get("expected"):
         found.append(f"server counted {warm.get('server_count')}")
-    # realtime's default loop is uvloop where installed; --loop asyncio must not load it.
-    loop = r.get("server_uvloop_loaded")
     spec = SERVERS.get(r.get("server", ""))
-    realtime = spec is not None and spec.program == "realtime"
-    if realtime and loop is not None and spec and loop != ("--loop" not in spec.flags):
-        found.append("uvloop loaded" if loop else "uvloop not loaded")
+    if spec is not None and spec.program == "realtime":
+        # realtime's default loop is asyncio: uvloop must be mapped into none of its
+        # processes, unless --loop uvloop asks for it, and then into all of them.
+        loops: list[bool] = r.get("server_uvloop_by_process") or []
+        odd = sum(1 for loaded in loops if loaded != spec.wants_uvloop)
+        if odd:
+            what = "uvloop not loaded" if spec.wants_uvloop else "uvloop loaded"
+            found.append(what + (f" in {odd} of {len(loops)} processes" if len(loops) > 1 else ""))
+        procs = r.get("server_processes") or {}
+        want = spec.workers + 1 if spec.workers > 1 else 1
+        if procs and (procs.get("connected") != want or procs.get("after") != want):
+            seen = f"{procs.get('connected')} then {procs.get('after')}"
+            found.append(f"{seen} processes, not {want}")
+    if spec is not None and spec.redis:
+        counters = r.get("redis_counters") or {}
+        unexplained = r.get("redis_unexplained_errors")
+        if unexplained is None and counters.get("total_error_replies"):
+            found.append(f"redis error replies {counters['total_error_replies']}")
+        elif unexplained:
+            found.append(f"redis error replies {unexplained} (besides connection handshakes)")
+        if counters.get("rejected_connections"):
+            found.append(f"redis rejected_connections {counters['rejected_connections']}")
+        if r.get("broker_log_lines"):
+            found.append(f"{r['broker_log_lines']} broker lines in the server log")
     deflate = r.get("deflate") or {}
     if deflate.get("offered") or deflate.get("negotiated"):
         found.append(f"deflate negotiated by {deflate['negotiated']:,} of {deflate['of']:,}")
     if r.get("busy_attempts"):
         found.append(f"run {len(r['busy_attempts']) + 1} (earlier machine busy)")
+    if (r.get("rounds") or 1) > 1:
+        found.append(f"round {r['round']} of {r['rounds']}")
     return "; ".join(found)
 
 
@@ -473,6 +767,93 @@ def pays_rows(ok: dict[tuple[str, int], dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def multi_tables(results: list[dict[str, Any]]) -> str:
+    """The multi-process scenario: its rows, each against the memory row, the Redis hop."""
+    header = ["server", "clients", "workers", "broker", "conn/s", "p50 ms", "p99 ms"]
+    header += ["deliveries/s", "lost", "ooo", "CPU µs/delivery", "of which redis", "KB/conn"]
+    header += ["loadgen CPU", "notes"]
+    rows = []
+    for r in results:
+        spec = SERVERS[r["server"]]
+        broker = "redis" if spec.redis else "memory"
+        if "error" in r:
+            rows.append(
+                [r["server"], fmt(r["clients"]), fmt(spec.workers), broker]
+                + ["-"] * 10
+                + [f"error: {r['error']}"]
+            )
+            continue
+        rows.append(
+            [
+                r["server"],
+                fmt(r["clients"]),
+                fmt(spec.workers),
+                broker,
+                fmt(r["connect_rate"], 0),
+                fmt(r["latency_ms"]["p50"], 2),
+                fmt(r["latency_ms"]["p99"], 2),
+                fmt(r["deliveries_per_s"], 0),
+                fmt(r["lost"]),
+                fmt(r["out_of_order"]),
+                fmt(r["server_cpu_us_per_delivery"], 1),
+                fmt(r.get("redis_cpu_us_per_delivery"), 2),
+                fmt(r["kb_per_connection"], 1),
+                f"{r['loadgen_cpu_share']:.0%}" if r.get("loadgen_cpu_share") is not None else "-",
+                notes(r),
+            ]
+        )
+    out = ["### Several processes (Redis)", "", table(header, rows)]
+    ok = {(r["server"], r["clients"], r.get("round", 1)): r for r in results if "error" not in r}
+    versus_rows = []
+    hops: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
+    for (name, n, k), mine in sorted(ok.items(), key=lambda i: (i[0][1], i[0][2], i[0][0])):
+        memory = ok.get((MULTI[0], n, k))
+        if name == MULTI[0] or memory is None:
+            continue
+        label = name + (f", round {k}" if (mine.get("rounds") or 1) > 1 else "")
+        versus_rows.append(
+            [
+                fmt(n),
+                label,
+                SERVERS[name].what,
+                versus(mine["server_cpu_us_per_delivery"], memory["server_cpu_us_per_delivery"], 1),
+                versus(mine["latency_ms"]["p50"], memory["latency_ms"]["p50"], 2),
+                versus(mine["latency_ms"]["p99"], memory["latency_ms"]["p99"], 2),
+                versus(mine["deliveries_per_s"], memory["deliveries_per_s"], 0),
+                versus(mine["kb_per_connection"], memory["kb_per_connection"], 1),
+            ]
+        )
+        pairs = [
+            (mine["latency_ms"]["p50"], memory["latency_ms"]["p50"]),
+            (mine["latency_ms"]["p99"], memory["latency_ms"]["p99"]),
+            (mine["http_ms"]["p50"], memory["http_ms"]["p50"]),
+        ]
+        if all(a is not None and b is not None for a, b in pairs):
+            p50, p99, http = (a - b for a, b in pairs)
+            hops.setdefault((n, name), []).append((p50, p99, http))
+    if versus_rows:
+        header = ["clients", "row", "what differs", "CPU µs/delivery", "p50 ms", "p99 ms"]
+        header += ["deliveries/s", "KB/conn"]
+        out += ["", "### Several processes vs one with the memory broker (row vs realtime)", ""]
+        out.append(table(header, versus_rows))
+    if hops:
+        header = ["clients", "row", "rounds", "added p50 ms", "added p99 ms"]
+        header += ["added send.py p50 ms"]
+        hop_rows = []
+        for (n, name), diffs in sorted(hops.items(), key=lambda i: (i[0][0], MULTI.index(i[0][1]))):
+            cells = [fmt(n), name, fmt(len(diffs))]
+            for i in range(3):
+                values = [d[i] for d in diffs]
+                text = f"{statistics.median(values):+.2f}"
+                if len(values) > 1:
+                    text += " (" + ", ".join(f"{v:+.2f}" for v in values) + ")"
+                cells.append(text)
+            hop_rows.append(cells)
+        out += ["", "### Redis hop (row's fan-out latency - realtime's, same round)", ""]
+        out.append(table(header, hop_rows))
+    return "\n".join(out)
+
+
 def slow_table(results: list[dict[str, Any]]) -> str:
     base = next((r for r in results if r.get("slow") == 0 and "error" not in r), None)
     header = ["slow clients", "healthy lost", "healthy ooo", "healthy p50 ms", "healthy p99 ms"]
@@ -512,11 +893,32 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--servers",
-        default=",".join(SERVERS),
+        default=",".join(FANOUT),
         help="comma-separated subset of (default all):\n"
-        + "\n".join(f"  {s.name}: {s.what}" for s in SERVERS.values()),
+        + "\n".join(f"  {SERVERS[name].name}: {SERVERS[name].what}" for name in FANOUT),
     )
     p.add_argument("--skip-slow", action="store_true", help="skip the slow-client scenario")
+    p.add_argument(
+        "--skip-redis",
+        action="store_true",
+        help="skip the multi-process scenario (redis-server, " + ", ".join(MULTI[1:]) + ")",
+    )
+    p.add_argument(
+        "--redis-clients",
+        help="client counts of the multi-process scenario (default 10000; quick 1000)",
+    )
+    p.add_argument(
+        "--hop-clients",
+        type=int,
+        default=100,
+        help="small client count where the Redis hop shows (default 100; 0: none)",
+    )
+    p.add_argument(
+        "--hop-rounds",
+        type=int,
+        default=3,
+        help="rounds of the multi-process rows at --hop-clients, interleaved (default 3)",
+    )
     p.add_argument("--slow-messages", type=int, help="slow scenario broadcasts (default 1500)")
     p.add_argument("--timeout", type=float, default=10.0, help="per broadcast, seconds")
     p.add_argument("--deadline", type=float, default=300.0, help="per broadcast phase, seconds")
@@ -530,12 +932,17 @@ def parse_args() -> argparse.Namespace:
     opts.clients = [
         int(n) for n in (opts.clients or ("1000" if opts.quick else "1000,5000,10000")).split(",")
     ]
+    opts.redis_clients = [
+        int(n) for n in (opts.redis_clients or ("1000" if opts.quick else "10000")).split(",")
+    ]
     opts.messages = opts.messages or (20 if opts.quick else 100)
     opts.slow_messages = opts.slow_messages or 1500
     opts.servers = [s for s in opts.servers.split(",") if s]
-    unknown = set(opts.servers) - set(SERVERS)
-    if unknown or not all(n > 0 for n in opts.clients) or opts.busy_retries < 0:
-        p.error(f"unknown server(s) {sorted(unknown)}, bad --clients or bad --busy-retries")
+    unknown = set(opts.servers) - set(FANOUT)
+    counts = opts.clients + opts.redis_clients
+    bad = opts.busy_retries < 0 or opts.hop_clients < 0 or opts.hop_rounds < 1
+    if unknown or not all(n > 0 for n in counts) or bad:
+        p.error(f"unknown server(s) {sorted(unknown)}, bad client counts or bad --busy-retries")
     return opts
 
 
@@ -549,7 +956,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by both children
-    if hard < max(opts.clients) + 200:
+    if hard < max([*opts.clients, *opts.redis_clients]) + 200:
         print(f"warning: open-file limit {hard} is below the client count", file=sys.stderr)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(exist_ok=True)
@@ -564,11 +971,16 @@ def main() -> int:
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "fanout": [],
+        "multi": [],
         "slow": [],
     }
 
-    def run(section: str, server: str, clients: int, **kw: Any) -> None:
+    def run(
+        section: str, server: str, clients: int, rounds: tuple[int, int] = (1, 1), **kw: Any
+    ) -> None:
         tag = f"{server}-{clients}" + (f"-slow{kw['slow']}" if section == "slow" else "")
+        if section == "multi":
+            tag = f"multi-{tag}" + (f"-round{rounds[0]}" if rounds[1] > 1 else "")
         busy: list[dict[str, Any]] = []  # earlier attempts that other processes disturbed
         for attempt in range(opts.busy_retries + 1):
             try:
@@ -591,6 +1003,8 @@ def main() -> int:
             time.sleep(5)
         if busy:
             result["busy_attempts"] = busy
+        if section == "multi":
+            result["round"], result["rounds"] = rounds
         report[section].append(result)
         path.write_text(json.dumps(report, indent=2))
 
@@ -599,6 +1013,22 @@ def main() -> int:
         for clients in opts.clients:
             for server in opts.servers:
                 run("fanout", server, clients, messages=opts.messages, size=opts.size, slow=0)
+        if not opts.skip_redis and "realtime" in opts.servers:
+            try:
+                with redis_server(opts.logdir) as redis:
+                    report["redis_version"] = redis.version
+                    report["redis_handshake_errors"] = redis.handshake_errors
+                    kw = {"messages": opts.messages, "size": opts.size, "slow": 0}
+                    hop = [opts.hop_clients] if opts.hop_clients else []
+                    for clients in hop + opts.redis_clients:
+                        n = opts.hop_rounds if clients in hop else 1
+                        for k in range(1, n + 1):  # interleaved: each round runs every row
+                            for server in MULTI:
+                                run("multi", server, clients, (k, n), redis=redis, **kw)
+                    report["redis_log"] = str((opts.logdir / "redis.log").relative_to(ROOT))
+            except (RuntimeError, OSError) as exc:
+                report["redis_error"] = str(exc)
+                print(f"    multi-process scenario not run: {exc}", file=sys.stderr)
         if not opts.skip_slow and "realtime" in opts.servers:
             for slow in (0, 5):
                 run("slow", "realtime", 100, messages=opts.slow_messages, size=6 * 1024, slow=slow)
@@ -606,12 +1036,18 @@ def main() -> int:
         interrupted = True
         print("interrupted: every server and loadgen started was stopped", file=sys.stderr)
     text = f"realtime at {report['realtime']}; {opts.messages} x {opts.size} B per fan-out run\n\n"
-    rows = report["fanout"] + report["slow"]
+    rows = report["fanout"] + report["multi"] + report["slow"]
     states = Counter(r["realtime_state"] for r in rows if r.get("realtime_state"))
     if len(states) > 1:
         drift = ", ".join(f"{state} ({n} rows)" for state, n in states.items())
         text += f"WARNING: the realtime code changed during this run; rows ran at {drift}\n\n"
     text += main_tables(report["fanout"]) if report["fanout"] else ""
+    if report["multi"]:
+        version = report.get("redis_version", "?")
+        text += f"\n\nredis-server {version}, on CPU 0 with the server; CPU includes it\n\n"
+        text += multi_tables(report["multi"])
+    elif report.get("redis_error"):
+        text += f"\n\nmulti-process scenario not run: {report['redis_error']}"
     if report["slow"]:
         text += "\n\n" + slow_table(report["slow"])
     print(text)
