@@ -49,7 +49,8 @@ IDLE_PING = 5.0
 #: the sequence is compared with Redis's.
 SETTLE = 0.5
 
-#: KEYS: epoch, sequence, channel. ARGV: kind+body, a new epoch if none, MAGIC.
+#: KEYS: epoch, sequence, channel, nodes. ARGV: kind+body, a new epoch if none, MAGIC.
+#: Returns {receivers, the nodes hash flattened}: one round trip per broadcast.
 PUBLISH_SCRIPT = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -62,7 +63,7 @@ if receivers == 0 then
   -- Nobody heard it and the caller is told it failed: it must leave no gap.
   redis.call('DECR', KEYS[2])
 end
-return receivers
+return {receivers, redis.call('HGETALL', KEYS[4])}
 """
 
 
@@ -202,14 +203,12 @@ class RedisBroker(Broker):
     async def publish(self, channel: str, data: str | bytes) -> int:
         if self._publisher is None or self._script is None:
             raise BrokerUnavailable("the broker is not running")
-        keys = [self.epoch_key, self.seq_key(channel), self.key(channel)]
+        keys = [self.epoch_key, self.seq_key(channel), self.key(channel), self.nodes_key]
         args = [encode(data), uuid.uuid4().hex[:8].encode(), MAGIC]
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._publisher.pipeline(transaction=False) as pipe:
-                    await self._script(keys=keys, args=args, client=pipe)
-                    pipe.hgetall(self.nodes_key)
-                    receivers, nodes = await pipe.execute()
+                # EVALSHA, loading the script only when Redis says it does not know it.
+                receivers, flat = await self._script(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(
                 f"broker {self.describe()} is unavailable ({type(exc).__name__}: {exc}); "
@@ -219,7 +218,7 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(
                 "no server process is subscribed to the broker right now; message not sent"
             )
-        return self._count(nodes)
+        return self._count(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def _count(self, nodes: Mapping[bytes, bytes]) -> int:
         """This process's clients now, plus every other live process's last report."""
