@@ -22,7 +22,8 @@ def broadcast(message: str | bytes) -> int:
     when the broker cannot take it: then no client got it.
     """
     if isinstance(message, str):
-        size = len(message.encode())
+        # ASCII is one byte a character (an O(1) check): no encoding just to measure.
+        size = len(message) if message.isascii() else len(message.encode())
     elif isinstance(message, bytes | bytearray | memoryview):
         message = bytes(message)
         size = len(message)
