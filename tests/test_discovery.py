@@ -61,6 +61,14 @@ def env_with(site: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
+def realtime(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The ``realtime`` command, with the fake distribution on its path."""
+    return subprocess.run(
+        [sys.executable, "-m", "realtime", *args],
+        env=env_with(site), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
 def test_a_third_party_plugin_is_discovered_and_its_function_runs_in_scripts(
     site: Path, app_dir: Path
 ) -> None:
@@ -79,10 +87,8 @@ def test_a_third_party_plugin_is_discovered_and_its_function_runs_in_scripts(
 
 def test_realtime_plugins_lists_plugins_routes_and_functions(site: Path) -> None:
     make_distribution(site, "shouting", "realtime_shouting", PLUGIN_SOURCE)
-    listing = subprocess.run(
-        [sys.executable, "-m", "realtime", "plugins", "--json"],
-        env=env_with(site), capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    listing = realtime(site, "plugins", "--json")
+    assert listing.returncode == 0, listing.stderr
     plugins = {entry["name"]: entry for entry in json.loads(listing.stdout)}
     assert plugins["shouting"]["distribution"] == "shouting"
     assert plugins["shouting"]["functions"] == ["shout"]
@@ -93,19 +99,13 @@ def test_realtime_plugins_lists_plugins_routes_and_functions(site: Path) -> None
         {"path": "/ws", "kind": "ASGIRoute", "scopes": ["websocket"]}
     ]
     assert plugins["broadcast"]["functions"] == ["broadcast"]
-    text = subprocess.run(
-        [sys.executable, "-m", "realtime", "plugins"],
-        env=env_with(site), capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    text = realtime(site, "plugins").stdout
     assert "shouting" in text and "shout()" in text and "/ws" in text
 
 
 def test_a_plugin_that_fails_to_import_stops_start_up_naming_it(site: Path, app_dir: Path) -> None:
     make_distribution(site, "broken", "realtime_broken", "import this_module_does_not_exist\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "realtime", "run", "--app", str(app_dir), "--bind", "127.0.0.1:1"],
-        env=env_with(site), capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    result = realtime(site, "run", "--app", str(app_dir), "--bind", "127.0.0.1:1")
     assert result.returncode != 0
     assert "plugin 'broken'" in result.stderr
     assert "this_module_does_not_exist" in result.stderr
@@ -119,10 +119,7 @@ def test_a_plugin_claiming_a_taken_function_stops_start_up_naming_both(
         "@hookimpl\ndef register_functions():\n    return {'broadcast': print}\n"
     )
     make_distribution(site, "impostor", "realtime_impostor", source)
-    result = subprocess.run(
-        [sys.executable, "-m", "realtime", "run", "--app", str(app_dir), "--bind", "127.0.0.1:1"],
-        env=env_with(site), capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    result = realtime(site, "run", "--app", str(app_dir), "--bind", "127.0.0.1:1")
     assert result.returncode != 0
     assert "function 'broadcast' is claimed by both plugin" in result.stderr
     assert "'impostor'" in result.stderr and "plugin 'broadcast'" in result.stderr
@@ -135,10 +132,7 @@ def test_a_plugin_that_fails_to_start_stops_the_server(site: Path, app_dir: Path
     )
     make_distribution(site, "faulty", "realtime_faulty", source)
     bind = f"127.0.0.1:{Server(app_dir).port}"
-    result = subprocess.run(
-        [sys.executable, "-m", "realtime", "run", "--app", str(app_dir), "--bind", bind],
-        env=env_with(site), capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    result = realtime(site, "run", "--app", str(app_dir), "--bind", bind)
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line == "realtime: plugin 'faulty' failed to start: RuntimeError: no database here"

@@ -122,6 +122,8 @@ class Host:
         self.app_dir = Path(self.settings["app"])
         self.debug: bool = self.settings["debug"]
         self.functions: dict[str, Callable[..., Any]] = {}
+        #: Which plugin registered each function, for conflicts and ``realtime plugins``.
+        self.function_owner: dict[str, str] = {}
         self.routes: list[tuple[str, AnyRoute]] = []
         self.compile_cache = CompileCache()
         self.executor: ThreadPoolExecutor | None = None
@@ -149,7 +151,7 @@ class Host:
                         )
                     route_owner[key] = plugin
                 self.routes.append((plugin, route))
-        function_owner: dict[str, str] = {}
+        function_owner = self.function_owner
         for plugin, functions in self.plugins.call_each("register_functions", host=self):
             for name, function in dict(functions).items():
                 if not name.isidentifier() or name in RESERVED_NAMES:
@@ -163,7 +165,6 @@ class Host:
                     raise PluginError(f"plugin {plugin!r}: function {name!r} is not callable")
                 function_owner[name] = plugin
                 self.functions[name] = function
-        self.function_owner = function_owner
 
     def validate(self) -> None:
         """Let every plugin refuse the configuration before anything is served."""

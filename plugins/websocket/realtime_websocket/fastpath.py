@@ -66,12 +66,13 @@ class Wire:
     stream: Any  # hypercorn.protocol.ws_stream.WSStream
 
     def open(self) -> bool:
-        """True while data frames may still be sent (no close frame either way yet)."""
-        connection = getattr(self.stream, "connection", None)
+        """True while data frames may still be sent (no close frame either way yet).
+
+        Called per client per broadcast; the pool holds a client only after the
+        handshake, when the stream's wsproto connection exists.
+        """
         return (
-            connection is not None
-            and connection.state is ConnectionState.OPEN
-            and not self.transport.is_closing()
+            self.stream.connection.state is ConnectionState.OPEN and not self.transport.is_closing()
         )
 
     async def drain(self) -> None:

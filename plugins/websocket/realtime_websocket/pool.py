@@ -270,10 +270,11 @@ class Pool:
         """Queue ``data`` for every client; call on the loop. Returns how many it was queued for."""
         if self._loop is None:
             raise PoolClosed("the websocket pool is not running")
-        text = isinstance(data, str)
-        payload = data.encode() if isinstance(data, str) else data
-        message = Message(next(self._message_ids), data, encode_frame(payload, text), self.channel)
-        frame = message.frame
+        if isinstance(data, str):
+            frame = encode_frame(data.encode(), text=True)
+        else:
+            frame = encode_frame(data, text=False)
+        message = Message(next(self._message_ids), data, frame, self.channel)
         direct_limit = self.direct_limit
         self.stats.messages += 1
         queued = 0
