@@ -17,6 +17,7 @@ from realtime import (
     create_app,
     get_host,
     hookimpl,
+    hookspec,
 )
 from realtime.plugins import Plugins
 
@@ -221,3 +222,65 @@ def test_bundled_plugins_load_through_entry_points() -> None:
 def test_plugins_can_be_disabled(tmp_path: Path) -> None:
     app = create_app(tmp_path, disabled=["broadcast"])
     assert "broadcast" not in get_host(app).functions
+
+
+def test_a_wrapper_on_a_host_hook_is_refused_naming_the_plugin(tmp_path: Path) -> None:
+    def startup() -> Any:
+        yield
+
+    module = types.ModuleType("wrapping")
+    module.startup = hookimpl(wrapper=True)(startup)  # type: ignore[attr-defined]
+    with pytest.raises(PluginError, match=r"'wrapping' is invalid: startup is a wrapper"):
+        create_app(tmp_path, plugins=[module], load_entrypoints=False)
+
+
+class AuthSpecs:
+    """Hooks a plugin declares for others: the first answer decides."""
+
+    @hookspec(firstresult=True)
+    def authorize(self, user: str) -> bool | None:  # type: ignore[empty-body]
+        """Whether ``user`` may do it; ``None`` to leave it to the next plugin."""
+
+
+def test_plugins_declare_hooks_of_their_own_called_through_pluggy(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def deny_mallory(user: str) -> bool | None:
+        calls.append(f"deny_mallory({user})")
+        return False if user == "mallory" else None
+
+    def allow_everyone(user: str) -> bool:
+        calls.append(f"allow_everyone({user})")
+        return True
+
+    def timing(user: str) -> Any:
+        calls.append("wrapper before")
+        result = yield
+        calls.append(f"wrapper after: {result}")
+        return result
+
+    # The implementing plugins load before the one that declares the hook.
+    last = plugin("last", authorize=allow_everyone)
+    first = plugin("first")
+    first.authorize = hookimpl(tryfirst=True)(deny_mallory)  # type: ignore[attr-defined]
+    wrapping = plugin("wrapping")
+    wrapping.authorize = hookimpl(wrapper=True)(timing)  # type: ignore[attr-defined]
+    declares = plugin("declares", register_hookspecs=lambda: AuthSpecs)
+    app = create_app(tmp_path, plugins=[last, first, wrapping, declares], load_entrypoints=False)
+    host = get_host(app)
+    assert host.hook.authorize(user="mallory") is False
+    assert calls == ["wrapper before", "deny_mallory(mallory)", "wrapper after: False"]
+    calls.clear()
+    assert host.hook.authorize(user="alice") is True
+    assert calls == [
+        "wrapper before",
+        "deny_mallory(alice)",
+        "allow_everyone(alice)",
+        "wrapper after: True",
+    ]
+
+
+def test_an_implementation_of_a_hook_nobody_declares_names_the_plugin(tmp_path: Path) -> None:
+    stray = plugin("stray", authorize=lambda user: True)
+    with pytest.raises(PluginError, match=r"'stray' is invalid.*authorize"):
+        create_app(tmp_path, plugins=[stray], load_entrypoints=False)

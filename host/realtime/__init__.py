@@ -1,7 +1,7 @@
 """realtime: a Quart host that runs drop-in Python scripts and loads plugins by entry point."""
 
 from .errors import HTTPError, PluginError
-from .hookspecs import hookimpl
+from .hookspecs import hookimpl, hookspec
 from .host import Host, create_app, current_host, get_host
 from .options import Option
 from .routes import ASGIRoute, Route, WebSocketRoute
@@ -21,4 +21,5 @@ __all__ = [
     "current_host",
     "get_host",
     "hookimpl",
+    "hookspec",
 ]

@@ -24,6 +24,15 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
+def register_hookspecs() -> object:
+    """A module or class of ``@realtime.hookspec`` functions: hooks other plugins implement.
+
+    Call them with ``host.hook.NAME(...)`` (pluggy's own calling, so ``firstresult`` and
+    wrappers work there).
+    """
+
+
+@hookspec
 def register_options() -> list[Option]:  # type: ignore[empty-body]
     """Settings the plugin reads; each becomes a ``--flag`` and a ``REALTIME_*`` variable."""
 
@@ -46,6 +55,15 @@ def validate(host: Host) -> None:
 @hookspec
 def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
     """Adjust the Hypercorn config before serving (ping interval, timeouts...)."""
+
+
+@hookspec
+def health(host: Host) -> str | None:
+    """Why this process should get no new clients (say, its broker subscription is dead).
+
+    ``None`` when healthy. ``/-/health`` answers 503 with every reason given, so a load
+    balancer stops sending clients to a process that cannot serve them.
+    """
 
 
 @hookspec

@@ -21,6 +21,12 @@ from .errors import PluginError
 
 ENTRY_POINT_GROUP = "realtime.plugins"
 DISABLE_ENV = "REALTIME_DISABLE_PLUGINS"
+#: Hooks the host calls itself, one implementation at a time.
+HOST_HOOKS = frozenset(
+    name
+    for name in dir(hookspecs)
+    if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec")
+)
 
 T = TypeVar("T")
 
@@ -93,6 +99,8 @@ class Plugins:
         for obj in extra:
             name = getattr(obj, "__name__", None) or type(obj).__name__
             errors.extend(plugins._register(obj, name, None, None))
+        if not errors:
+            errors.extend(plugins._add_plugin_hookspecs())
         if errors:
             raise PluginError("\n".join(errors))
         return plugins
@@ -102,13 +110,53 @@ class Plugins:
             return [f"plugin {name!r} is registered twice"]
         try:
             self.manager.register(obj, name=name)
-            self.manager.check_pending()
         except (pluggy.PluginValidationError, ValueError) as exc:
             if self.manager.is_registered(obj):
                 self.manager.unregister(obj)
             return [f"plugin {name!r} is invalid: {exc}"]
+        for impl in self.manager.get_hookcallers(obj) or ():
+            if impl.name not in HOST_HOOKS:
+                continue
+            for hookimpl in impl.get_hookimpls():
+                if hookimpl.plugin is obj and (hookimpl.wrapper or hookimpl.hookwrapper):
+                    self.manager.unregister(obj)
+                    return [
+                        f"plugin {name!r} is invalid: {impl.name} is a wrapper, and the "
+                        "host calls its own hooks one implementation at a time (so it can "
+                        "name the plugin that fails); wrappers work on plugin-defined hooks"
+                    ]
         self._dists[name] = (dist, version)
         return []
+
+    def _add_plugin_hookspecs(self) -> list[str]:
+        """Let plugins declare hooks of their own, then check every implementation.
+
+        Done once every plugin is registered, so a plugin may implement a hook that
+        another one declares, whatever their load order.
+        """
+        errors: list[str] = []
+        for plugin, call in self.bound("register_hookspecs"):
+            try:
+                specs = call()
+                if specs is not None:
+                    self.manager.add_hookspecs(specs)
+            except Exception as exc:
+                errors.append(f"plugin {plugin!r} failed in register_hookspecs: {exc}")
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = self.manager.get_name(exc.plugin) or repr(exc.plugin)
+            errors.append(f"plugin {name!r} is invalid: {exc}")
+        return errors
+
+    @property
+    def hook(self) -> pluggy.HookRelay:
+        """Hooks called through pluggy itself: ``firstresult`` and wrappers work here.
+
+        For hooks plugins declare (``register_hookspecs``), e.g. an authorisation hook
+        where the first plugin to answer decides.
+        """
+        return self.manager.hook
 
     def bound(self, hook: str, **kwargs: Any) -> list[tuple[str, Callable[[], Any]]]:
         """``hook``'s implementations in load order (``tryfirst`` ones first, ``trylast`` ones
