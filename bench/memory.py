@@ -53,7 +53,7 @@ def free_port() -> int:
 
 async def measure(clients: int, top: int) -> None:
     app = create_app(tempfile.mkdtemp())
-    config = server_config(app, access_log=False)
+    config = server_config(app)
     port = free_port()
     config.bind = [f"127.0.0.1:{port}"]
     stop = asyncio.Event()

@@ -129,6 +129,8 @@ def server_command(name: str, bind: str, redis_url: str | None = None) -> list[s
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "realtime"]
         app = str(ROOT / "app")
         cmd += ["run", "--bind", bind, "--app", app, "--log-level", "warning"]
+        # The load generator opens thousands of clients from a few loopback addresses.
+        cmd += ["--max-connections-per-ip", "0"]
     else:
         cmd = [sys.executable, str(BENCH / "servers" / f"{spec.program}.py"), "--bind", bind]
     if spec.redis:

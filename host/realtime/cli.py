@@ -14,6 +14,7 @@ from hypercorn.config import Config as ServerConfig
 
 from .errors import PluginError
 from .host import all_options, build_app, get_host
+from .limits import raise_open_file_limit
 from .options import Option
 from .plugins import DISABLE_ENV, Plugins
 from .routes import route_kinds
@@ -65,17 +66,6 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
             title = "host options" if owner == "host" else f"plugin {owner!r}"
             groups[owner] = run.add_argument_group(title)
         _add_option(groups[owner], option)  # type: ignore[arg-type]
-    run.add_argument(
-        "--log-level",
-        default=os.environ.get("REALTIME_LOG_LEVEL", "info"),
-        help="debug, info, warning or error (env REALTIME_LOG_LEVEL; default: info)",
-    )
-    run.add_argument(
-        "--access-log",
-        action=argparse.BooleanOptionalAction,
-        default=os.environ.get("REALTIME_ACCESS_LOG", "") not in ("", "0", "false"),
-        help="log every request (env REALTIME_ACCESS_LOG)",
-    )
     listing = commands.add_parser("plugins", help="list discovered plugins, routes and functions")
     listing.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -92,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = {
         name: value
         for name, value in vars(args).items()
-        if name not in ("command", "json", "log_level", "access_log") and value is not None
+        if name not in ("command", "json") and value is not None
     }
     if args.command == "plugins":
         given.pop("app", None)
@@ -103,10 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "plugins":
         return list_plugins(app, as_json=args.json)
+    settings = get_host(app).settings
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings["log_level"].upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return run(app, access_log=args.access_log)
+    return run(app)
 
 
 def list_plugins(app: Any, *, as_json: bool) -> int:
@@ -144,31 +136,33 @@ def list_plugins(app: Any, *, as_json: bool) -> int:
     return 0
 
 
-def server_config(app: Any, *, access_log: bool) -> ServerConfig:
+def server_config(app: Any) -> ServerConfig:
     host = get_host(app)
     config = ServerConfig()
     config.bind = [host.settings["bind"]]
     config.graceful_timeout = host.settings["shutdown_timeout"]
     # Through the logging module, so one configuration formats everything.
     config.errorlog = logging.getLogger("hypercorn.error")
-    if access_log:
+    if host.settings["access_log"]:
         config.accesslog = logging.getLogger("hypercorn.access")
     host.plugins.call_each("configure_server", config=config, settings=host.settings)
     return config
 
 
-def run(app: Any, *, access_log: bool = False) -> int:
+def run(app: Any) -> int:
     host = get_host(app)
     if not host.app_dir.is_dir():
         print(f"realtime: app directory {str(host.app_dir)!r} does not exist", file=sys.stderr)
         return 2
-    config = server_config(app, access_log=access_log)
+    config = server_config(app)
     try:
         factory = loop_factory(host.settings["loop"])
     except ImportError:
         print("realtime: --loop uvloop needs the uvloop package", file=sys.stderr)
         return 2
     workers: int = host.settings["workers"]
+    open_files = raise_open_file_limit()
+    log.info("open-file limit: %d", open_files)
     log.info(
         "serving %s on http://%s (%s loop, %d worker%s)",
         host.app_dir.resolve(),

@@ -13,7 +13,6 @@ import logging
 import os
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from quart import Quart, Response, request, send_file
 from werkzeug.datastructures import Headers, MultiDict
 
 from .errors import HTTPError, PluginError
+from .executor import ScriptThreads
+from .limits import ConnectionLimits
 from .options import Option, resolve
 from .plugins import Plugins, await_me_maybe
 from .proxy import ForwardedHeadersMiddleware
@@ -50,6 +51,7 @@ log = logging.getLogger("realtime")
 
 EXTENSION_KEY = "realtime"
 DEFAULT_APP_DIR = "app"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Settings of the host itself; plugins add theirs through ``register_options``.
 HOST_OPTIONS = (
@@ -70,10 +72,26 @@ HOST_OPTIONS = (
         choices=("asyncio", "uvloop"),
     ),
     Option("debug", False, "put tracebacks in 500 responses", type=bool),
+    Option("log_level", "info", "least severe log records shown", choices=LOG_LEVELS),
+    Option("access_log", False, "log every request", type=bool),
     Option(
         "forwarded_allow_ips",
         "127.0.0.1,::1",
         "comma-separated peers whose X-Forwarded-* headers are trusted ('*' for any)",
+    ),
+    Option(
+        "max_connections",
+        0,
+        "WebSocket connections this process holds at most; past it a handshake gets 503 "
+        "(0: 90% of the open-file limit, which is raised to its hard limit at start)",
+        type=int,
+    ),
+    Option(
+        "max_connections_per_ip",
+        1000,
+        "WebSocket connections one client address may hold; past it a handshake gets 429 "
+        "(behind Caddy, the browser's address; 0: no limit)",
+        type=int,
     ),
     Option("max_body_size", 1024 * 1024, "largest request body a script accepts, bytes", type=int),
     Option(
@@ -118,6 +136,8 @@ class Host:
     def __init__(self, app: Quart, plugins: Plugins, settings: Mapping[str, Any]) -> None:
         self.app = app
         self.plugins = plugins
+        #: Plugin-declared hooks, called through pluggy (``host.hook.authorize(...)``).
+        self.hook = plugins.hook
         self.settings: Mapping[str, Any] = dict(settings)
         self.app_dir = Path(self.settings["app"])
         self.debug: bool = self.settings["debug"]
@@ -126,7 +146,7 @@ class Host:
         self.function_owner: dict[str, str] = {}
         self.routes: list[tuple[str, AnyRoute]] = []
         self.compile_cache = CompileCache()
-        self.executor: ThreadPoolExecutor | None = None
+        self.executor: ScriptThreads | None = None
         self._started: list[str] = []
         self.draining = False
         #: Why start-up failed, for the command line to say in one line.
@@ -210,9 +230,7 @@ class Host:
     # Lifecycle (Caddy's provision / cleanup) --------------------------------
 
     async def startup(self) -> None:
-        self.executor = ThreadPoolExecutor(
-            max_workers=self.settings["threads"], thread_name_prefix="realtime-script"
-        )
+        self.executor = ScriptThreads(self.settings["threads"])
         token = _current.set(self)
         try:
             for plugin, call in self.plugins.bound("startup", host=self):
@@ -229,8 +247,19 @@ class Host:
             _current.reset(token)
 
     async def health(self) -> tuple[str, int]:
-        """For load balancers: 503 once stopping, so no new clients are sent here."""
-        return ("draining\n", 503) if self.draining else ("ok\n", 200)
+        """For load balancers: 503 once stopping, or while a plugin reports a problem."""
+        if self.draining:
+            return "draining\n", 503
+        problems = []
+        for plugin, call in self.plugins.bound("health", host=self):
+            try:
+                reason = call()
+            except Exception as exc:
+                log.exception("plugin %r failed in health", plugin)
+                reason = f"health check failed: {type(exc).__name__}"
+            if reason:
+                problems.append(f"{plugin}: {reason}\n")
+        return ("".join(problems), 503) if problems else ("ok\n", 200)
 
     async def drain(self) -> None:
         """Before the server stops: finish running scripts, let plugins close connections.
@@ -400,6 +429,11 @@ def build_app(plugins: Plugins, given: Mapping[str, Any], environ: Mapping[str, 
     host.collect()
     host.validate()
     host.install()
+    app.asgi_app = ConnectionLimits(  # type: ignore[method-assign]
+        app.asgi_app,
+        total=settings["max_connections"],
+        per_address=settings["max_connections_per_ip"],
+    )
     trusted = [ip.strip() for ip in settings["forwarded_allow_ips"].split(",") if ip.strip()]
     app.asgi_app = ForwardedHeadersMiddleware(app.asgi_app, trusted)  # type: ignore[method-assign]
     return app

@@ -1,4 +1,10 @@
-"""Trust ``X-Forwarded-*`` headers only from the proxy in front (Caddy), never from clients."""
+"""Trust ``X-Forwarded-*`` headers only from the proxy in front (Caddy), never from clients.
+
+The proxy speaks HTTP/1.1 to the host. Cleartext HTTP/2 (an ``Upgrade: h2c`` or a
+prior-knowledge preface) is refused: through a proxy that relays the upgrade, it
+becomes a tunnel in which a client writes requests the proxy never saw, with any
+``X-Forwarded-For`` it likes, arriving from the trusted proxy's address.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+H2C_REFUSED = b"HTTP/2 over cleartext (h2c) is not served here; use HTTP/1.1\n"
 
 
 class ForwardedHeadersMiddleware:
@@ -28,8 +36,18 @@ class ForwardedHeadersMiddleware:
         return any(address in network for network in self.networks)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if scope.get("http_version", "1.1").startswith("2") and scope.get("scheme") in (
+            "http",
+            "ws",
+        ):
+            await _refuse(kind, send)
+            return
         client = scope.get("client")
-        if scope["type"] in ("http", "websocket") and client and self._trusted(client[0]):
+        if client and self._trusted(client[0]):
             headers = dict(scope["headers"])
             forwarded_for = headers.get(b"x-forwarded-for")
             if forwarded_for:
@@ -39,6 +57,15 @@ class ForwardedHeadersMiddleware:
             proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").strip().lower()
             if proto in ("http", "https"):
                 secure = proto == "https"
-                scheme = ("wss" if secure else "ws") if scope["type"] == "websocket" else proto
+                scheme = ("wss" if secure else "ws") if kind == "websocket" else proto
                 scope = dict(scope, scheme=scheme)
         await self.app(scope, receive, send)
+
+
+async def _refuse(kind: str, send: Any) -> None:
+    if kind == "websocket":
+        await send({"type": "websocket.close", "code": 1002})  # a 403 before the handshake
+        return
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": H2C_REFUSED})

@@ -19,6 +19,7 @@ from hypercorn.utils import LifespanFailureError, wrap_app
 
 from .errors import PluginError
 from .host import get_host
+from .limits import LogThrottle, throttled_exception_handler
 
 log = logging.getLogger("realtime")
 
@@ -68,6 +69,8 @@ async def _serve(app: Any, config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    # Out of file descriptors, asyncio reports every refused accept: one line per interval.
+    loop.set_exception_handler(throttled_exception_handler(LogThrottle()))
 
     async def shutdown_trigger() -> None:
         await stop.wait()

@@ -1,0 +1,155 @@
+"""Bounds on what one client, or all of them, may hold: connections and log lines.
+
+Every WebSocket holds a file descriptor for its whole life. With a soft limit of
+1,024 open files (a common default), one client opening a thousand WebSockets left
+nothing for new requests, and asyncio logged thousands of "out of system resource"
+records a second. So: raise the soft limit to the hard one, cap long-lived
+connections per client address and in total (below the limit, so HTTP, Redis and
+files keep some), and log each such condition at most once in a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+log = logging.getLogger("realtime")
+
+#: Share of the open-file limit long-lived connections may take when the total cap is
+#: automatic; the rest stays for HTTP requests, the broker, scripts' files.
+AUTO_SHARE = 0.9
+#: Seconds between two log records of one throttled condition.
+LOG_INTERVAL = 10.0
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    return soft
+
+
+class LogThrottle:
+    """Lets a recurring condition be logged once per ``interval``, counting what it held back."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """``None`` to stay quiet; else how many records of ``key`` were held back."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        if len(self._last) > 1000:  # keys name conditions, not clients; but be sure
+            self._last.clear()
+            self._held.clear()
+        self._last[key] = now
+        return self._held.pop(key, 0)
+
+    def suffix(self, held: int) -> str:
+        return f" ({held} more like this in the last {self.interval:.0f} s)" if held else ""
+
+
+def throttled_exception_handler(
+    throttle: LogThrottle,
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """The loop's exception handler, one record per kind of failure per interval.
+
+    asyncio reports "socket.accept() out of system resource" for every refused accept.
+    """
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", "unhandled exception in the event loop"))
+        held = throttle.allow(f"{message}:{type(context.get('exception')).__name__}")
+        if held is None:
+            return
+        loop.default_exception_handler(dict(context, message=message + throttle.suffix(held)))
+
+    return handle
+
+
+class ConnectionLimits:
+    """Refuses a WebSocket handshake past the per-address or the total cap.
+
+    Counts ASGI ``websocket`` scopes (the connections that stay), keyed by the client
+    address the proxy middleware established, so behind Caddy it is the browser's.
+    A refused handshake gets an HTTP status (429 per address, 503 in total) when the
+    server supports ASGI's WebSocket denial responses, a 403 otherwise.
+    """
+
+    def __init__(self, app: ASGIApp, *, total: int, per_address: int) -> None:
+        self.app = app
+        self.total = total
+        self.per_address = per_address
+        self.open = 0
+        self.by_address: dict[str, int] = {}
+        self.refused = 0
+        self._throttle = LogThrottle()
+
+    def limit(self) -> int:
+        """The total cap; 0 in the settings means a share of the open-file limit."""
+        if self.total <= 0:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft == resource.RLIM_INFINITY:
+                soft = 1 << 20
+            self.total = max(1, int(soft * AUTO_SHARE))
+        return self.total
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        held = self.by_address.get(address, 0)
+        if self.per_address and held >= self.per_address:
+            await self._refuse(
+                scope, send, 429, f"too many connections from {address} (limit {self.per_address})"
+            )
+            return
+        if self.open >= self.limit():
+            await self._refuse(scope, send, 503, f"server full ({self.total} connections)")
+            return
+        self.open += 1
+        self.by_address[address] = held + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.open -= 1
+            left = self.by_address[address] - 1
+            if left:
+                self.by_address[address] = left
+            else:
+                del self.by_address[address]
+
+    async def _refuse(self, scope: Any, send: Any, status: int, reason: str) -> None:
+        self.refused += 1
+        held = self._throttle.allow(str(status))
+        if held is not None:
+            log.warning("refused a WebSocket: %s%s", reason, self._throttle.suffix(held))
+        if "websocket.http.response" in scope.get("extensions", {}):
+            headers = [(b"content-type", b"text/plain; charset=utf-8")]
+            if status == 503:
+                headers.append((b"retry-after", b"5"))
+            await send(
+                {"type": "websocket.http.response.start", "status": status, "headers": headers}
+            )
+            await send({"type": "websocket.http.response.body", "body": f"{reason}\n".encode()})
+        else:
+            await send({"type": "websocket.close", "code": 1013})
