@@ -173,3 +173,15 @@ def test_sigterm_exits_within_the_shutdown_timeout_while_a_script_runs_on(
         request.wait()
         with contextlib.suppress(Exception):
             server.stop()
+
+
+def test_run_help_lists_every_option() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    for flag in ("--max-connections", "--max-connections-per-ip", "--log-level", "--access-log"):
+        assert flag in result.stdout

@@ -24,7 +24,8 @@ log = logging.getLogger("realtime")
 
 
 def _add_option(parser: argparse.ArgumentParser, option: Option) -> None:
-    help_text = f"{option.help} (env {option.env}; default: {option.default})"
+    # argparse formats help with %: a literal one ("90% of") must be doubled.
+    help_text = f"{option.help} (env {option.env}; default: {option.default})".replace("%", "%%")
     if option.type is bool:
         parser.add_argument(
             option.flag,

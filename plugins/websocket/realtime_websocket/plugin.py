@@ -13,7 +13,14 @@ from realtime import ASGIRoute, Host, Option, hookimpl
 from realtime_broker import DEFAULT_CHANNEL, get_broker
 
 from .connection import ASGIConnection, Receive, Send
-from .pool import CLOSE_MISSED, OVERFLOW_POLICIES, Pool, PoolClosed
+from .pool import (
+    CLOSE_MISSED,
+    MAX_INCOMING_RATE,
+    MAX_INCOMING_SIZE,
+    OVERFLOW_POLICIES,
+    Pool,
+    PoolClosed,
+)
 from .state import EXTENSION_KEY, get_pool
 
 log = logging.getLogger("realtime.websocket")
@@ -63,11 +70,27 @@ def register_options() -> list[Option]:
         ),
         Option(
             "max_incoming_size",
-            64 * 1024,
-            "largest message a client may send (it is read and discarded), bytes",
+            MAX_INCOMING_SIZE,
+            "largest message a client may send, bytes (UTF-8 for text, inflated if "
+            "compressed); past it the client is closed with 1009 and dropped",
+            type=int,
+        ),
+        Option(
+            "max_incoming_rate",
+            MAX_INCOMING_RATE,
+            "frames a client may send per second, pings included, in bursts of as many; "
+            "past it the client is closed with 1008 and dropped (0: no limit)",
             type=int,
         ),
     ]
+
+
+@hookimpl
+def validate(host: Host) -> None:
+    if host.settings["max_incoming_size"] <= 0:
+        raise ValueError("--max-incoming-size must be positive")
+    if host.settings["max_incoming_rate"] < 0:
+        raise ValueError("--max-incoming-rate must be 0 (no limit) or positive")
 
 
 @hookimpl
@@ -104,6 +127,8 @@ def startup(host: Host) -> None:
         overflow=host.settings["overflow_policy"],
         fast_path=host.settings["fast_path"],
         compression=host.settings["compression"],
+        max_incoming_size=host.settings["max_incoming_size"],
+        max_incoming_rate=host.settings["max_incoming_rate"],
     )
     pool.start()
     host.app.extensions[EXTENSION_KEY] = pool

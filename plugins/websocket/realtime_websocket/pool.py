@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from .connection import ConnectionGone
-from .fastpath import Wire, attach, encode_frame
+from .fastpath import IncomingLimits, Wire, attach, decline_compression, encode_frame, guard
 
 log = logging.getLogger("realtime.websocket")
 
@@ -40,6 +40,12 @@ CLOSE_GOING_AWAY = 1001
 TRANSPORT_HIGH_WATER = 64 * 1024
 #: How long a close frame may take to reach a client before the socket is dropped.
 CLOSE_TIMEOUT = 1.0
+#: Largest message a client may send, bytes (UTF-8 for text, inflated if compressed).
+MAX_INCOMING_SIZE = 64 * 1024
+#: Frames a client may send per second, pings included, and in one burst. A chat
+#: client sends a few a second at most (messages, typing notices, a pong per ping);
+#: an answered ping costs about 20 µs here, so a hundred a second is 0.2% of a core.
+MAX_INCOMING_RATE = 100
 
 
 class PoolClosed(RuntimeError):
@@ -112,6 +118,8 @@ class Pool:
         fast_path: bool = True,
         compression: bool = False,
         channel: str = "default",
+        max_incoming_size: int = MAX_INCOMING_SIZE,
+        max_incoming_rate: int = MAX_INCOMING_RATE,
     ) -> None:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(
@@ -128,6 +136,10 @@ class Pool:
         self.fast_path = fast_path
         self.compression = compression
         self.channel = channel
+        #: What each client may send; checked under Hypercorn by :func:`.fastpath.guard`.
+        self.incoming = IncomingLimits(
+            max_incoming_size, max_incoming_rate, close_timeout=CLOSE_TIMEOUT
+        )
         self.stats = PoolStats()
         self._clients: dict[int, Client] = {}
         self._ids = itertools.count(1)
@@ -185,21 +197,29 @@ class Pool:
     # Connections --------------------------------------------------------------
 
     async def serve(self, connection: Connection) -> None:
-        """Run one client from accept to disconnect. What it sends is read and discarded."""
+        """Run one client from accept to disconnect. What it sends is read and discarded.
+
+        Under Hypercorn a guard bounds what it may send (:class:`.fastpath.IncomingLimits`).
+        """
         if not self.running:
             await connection.close(1013, "server not ready")
             return
         asgi_send = getattr(connection, "asgi_send", None)
-        wire = (
-            attach(asgi_send, decline_compression=not self.compression)
-            if self.fast_path and asgi_send is not None
-            else None
-        )
+        wire = None
+        if asgi_send is not None:
+            if not self.compression:
+                decline_compression(asgi_send)  # in both fan-out modes
+            if self.fast_path:
+                wire = attach(asgi_send, decline_compression=not self.compression)
         try:
             await connection.accept()
         except ConnectionGone:
             return
+        if wire is not None and not wire.bind():
+            wire = None  # the peer left during the handshake: nothing to write to
         client = Client(next(self._ids), connection, wire)
+        if asgi_send is not None:
+            guard(asgi_send, self.incoming, client.id)  # what the client sends, in every mode
         log.debug("client %d connected (%s)", client.id, "fast path" if wire else "plain path")
         self._clients[client.id] = client
         self.stats.connected = len(self._clients)
