@@ -58,7 +58,7 @@ def register_options() -> list[Option]:
             "fast_path",
             True,
             "write each broadcast's frame straight to every socket that keeps up "
-            "(--no-fast-path: Quart's websocket.send for every client)",
+            "(--no-fast-path: an ASGI websocket.send for every client)",
             type=bool,
         ),
         Option(
