@@ -24,8 +24,9 @@ log = logging.getLogger("realtime")
 
 
 def _add_option(parser: argparse.ArgumentParser, option: Option) -> None:
+    default = "(secret)" if option.secret else option.default
     # argparse formats help with %: a literal one ("90% of") must be doubled.
-    help_text = f"{option.help} (env {option.env}; default: {option.default})".replace("%", "%%")
+    help_text = f"{option.help} (env {option.env}; default: {default})".replace("%", "%%")
     if option.type is bool:
         parser.add_argument(
             option.flag,
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "plugins":
         given.pop("app", None)
     try:
-        app = build_app(plugins, given, os.environ)
+        app = build_app(plugins, given, os.environ, look_in_cwd=True)
     except PluginError as exc:
         print(f"realtime: {exc}", file=sys.stderr)
         return 2
@@ -162,6 +163,10 @@ def run(app: Any) -> int:
         print("realtime: --loop uvloop needs the uvloop package", file=sys.stderr)
         return 2
     workers: int = host.settings["workers"]
+    if host.settings["config"]:
+        log.info(
+            "settings from %s (flags and REALTIME_* variables override it)", host.settings["config"]
+        )
     open_files = raise_open_file_limit()
     log.info("open-file limit: %d", open_files)
     log.info(

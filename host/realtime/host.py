@@ -23,7 +23,8 @@ from werkzeug.http import parse_range_header
 from .errors import HTTPError, PluginError
 from .executor import ScriptThreads
 from .limits import ConnectionLimits
-from .options import Option, resolve
+from .options import Option, config_path, read_config, resolve
+from .origins import OriginCheck
 from .plugins import Plugins, await_me_maybe
 from .proxy import ForwardedHeadersMiddleware
 from .routes import (
@@ -58,6 +59,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Settings of the host itself; plugins add theirs through ``register_options``.
 HOST_OPTIONS = (
     Option("bind", "127.0.0.1:8000", "HOST:PORT to listen on (Caddy proxies to the default)"),
+    Option(
+        "config",
+        "",
+        "TOML file of settings, one key per option (default: ./realtime.toml if present); "
+        "flags and environment variables override it",
+    ),
     Option("app", DEFAULT_APP_DIR, "directory of drop-in scripts and static files"),
     Option("threads", 8, "worker threads that run drop-in scripts", type=int),
     Option(
@@ -80,6 +87,12 @@ HOST_OPTIONS = (
         "forwarded_allow_ips",
         "127.0.0.1,::1",
         "comma-separated peers whose X-Forwarded-* headers are trusted ('*' for any)",
+    ),
+    Option(
+        "allowed_origins",
+        "",
+        "comma-separated origin globs whose pages may open WebSockets here, besides this "
+        "host's own (https://*.example.com); handshakes without Origin always pass",
     ),
     Option(
         "max_connections",
@@ -488,10 +501,26 @@ def all_options(plugins: Plugins) -> list[tuple[str, Option]]:
     return options
 
 
-def build_app(plugins: Plugins, given: Mapping[str, Any], environ: Mapping[str, str]) -> Quart:
+def build_app(
+    plugins: Plugins,
+    given: Mapping[str, Any],
+    environ: Mapping[str, str],
+    *,
+    look_in_cwd: bool = False,
+) -> Quart:
+    """The app for resolved settings: flag or code, then environment, then file, then default.
+
+    The file is ``given["config"]``, else ``REALTIME_CONFIG``, else (``look_in_cwd``, as
+    the command line does) ``realtime.toml`` in the working directory if present.
+    """
     options = [option for _, option in all_options(plugins)]
     try:
-        settings = resolve(options, given, environ)
+        path = config_path(given.get("config"), environ, look_in_cwd=look_in_cwd)
+        file = read_config(path) if path is not None else {}
+        if "config" in file:
+            raise ValueError(f"config file {str(path)!r} may not name another config file")
+        settings = resolve(options, given, environ, file, source=f"config file {str(path)!r}")
+        settings["config"] = str(path) if path is not None else ""
     except ValueError as exc:
         raise PluginError(str(exc)) from None
     app = Quart("realtime", static_folder=None)
@@ -507,6 +536,7 @@ def build_app(plugins: Plugins, given: Mapping[str, Any], environ: Mapping[str, 
         total=settings["max_connections"],
         per_address=settings["max_connections_per_ip"],
     )
+    app.asgi_app = OriginCheck(app.asgi_app, settings["allowed_origins"].split(","))  # type: ignore[method-assign]
     trusted = [ip.strip() for ip in settings["forwarded_allow_ips"].split(",") if ip.strip()]
     app.asgi_app = ForwardedHeadersMiddleware(app.asgi_app, trusted)  # type: ignore[method-assign]
     return app

@@ -1,12 +1,18 @@
-"""Settings declared by the host and by plugins, read from flags, environment and code."""
+"""Settings declared by the host and by plugins: flags, environment, a TOML file, defaults."""
 
 from __future__ import annotations
 
+import os
+import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "REALTIME_"
+#: Read from the working directory when neither ``--config`` nor its variable names a file.
+CONFIG_FILE = "realtime.toml"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
 
 def parse_bool(value: str | bool) -> bool:
@@ -20,6 +26,15 @@ def parse_bool(value: str | bool) -> bool:
     raise ValueError(f"expected a boolean, got {value!r}")
 
 
+#: What a value that is not a string must already be, by option type (TOML: 8 for int).
+_TYPED: Mapping[object, tuple[type, ...]] = {
+    str: (str,),
+    bool: (bool,),
+    int: (int,),
+    float: (int, float),
+}
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: ``name`` becomes ``--name-with-dashes`` and ``REALTIME_NAME``."""
@@ -29,6 +44,8 @@ class Option:
     help: str
     type: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
+    #: Never shown: not in ``--help`` defaults, not in logs or listings.
+    secret: bool = False
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -43,8 +60,17 @@ class Option:
         return ENV_PREFIX + self.name.upper()
 
     def convert(self, raw: Any) -> Any:
+        """A flag's or variable's string, or a value already typed (from TOML or code)."""
         if not isinstance(raw, str):
             value = raw
+            expected = _TYPED.get(self.type)
+            if expected is not None and (
+                not isinstance(value, expected)
+                or (self.type is not bool and isinstance(value, bool))
+            ):
+                raise ValueError(f"expected {self.type.__name__}, got {value!r}")
+            if self.type is float:
+                value = float(value)
         elif self.type is bool:
             value = parse_bool(raw)
         else:
@@ -54,27 +80,65 @@ class Option:
         return value
 
 
+def config_path(
+    given: str | os.PathLike[str] | None, environ: Mapping[str, str], *, look_in_cwd: bool
+) -> Path | None:
+    """The settings file: ``--config``, else ``REALTIME_CONFIG``, else ``./realtime.toml``.
+
+    A named file must exist; the one in the working directory is read only if present
+    (and only for the command line, not for ``create_app``).
+    """
+    named = given or environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        return path
+    default = Path(CONFIG_FILE)
+    return default if look_in_cwd and default.is_file() else None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The file's settings, keyed by option name (``max_connections = 100``)."""
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"config file {str(path)!r} cannot be read: {exc}") from None
+
+
 def resolve(
     options: Iterable[Option],
     given: Mapping[str, Any],
     environ: Mapping[str, str],
+    file: Mapping[str, Any] | None = None,
+    source: str = "config file",
 ) -> dict[str, Any]:
-    """Apply precedence: explicit value, then environment variable, then default."""
+    """Apply precedence: explicit value (flag or code), environment, the file, default."""
     known = {option.name: option for option in options}
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+    file = file or {}
+    unknown = sorted(set(file) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown setting(s): {', '.join(unknown)}")
     settings: dict[str, Any] = {}
     for name, option in known.items():
         if given.get(name) is not None:
-            raw = given[name]
+            raw, where = given[name], f"{option.flag} / {option.env}"
         elif option.env in environ:
-            raw = environ[option.env]
+            raw, where = environ[option.env], option.env
+        elif name in file:
+            raw, where = file[name], f"{name} in {source}"
         else:
             settings[name] = option.default
             continue
         try:
             settings[name] = option.convert(raw)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"bad value for {option.flag} / {option.env}: {exc}") from None
+            why = "the value does not parse" if option.secret else str(exc)  # never echo a secret
+            raise ValueError(f"bad value for {where}: {why}") from None
     return settings

@@ -1,0 +1,85 @@
+"""Which web pages may open a WebSocket here: the ``Origin`` check, before the upgrade.
+
+Browsers send cookies with a cross-site WebSocket handshake and do not apply the
+same-origin policy to it, so without this check any page a user visits could open
+a connection in the user's name (cross-site WebSocket hijacking). A handshake with
+no ``Origin`` (a server-side client) passes; so does one from the page's own host,
+and one whose origin matches a glob of ``--allowed-origins``. Any other gets 403.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from .limits import LogThrottle
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+log = logging.getLogger("realtime")
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _netloc(scheme: str, host: str) -> str:
+    """``host[:port]`` lower-cased, without the scheme's default port."""
+    host = host.strip().lower()
+    default = DEFAULT_PORTS.get(scheme)
+    if default is not None and host.endswith(f":{default}") and not host.endswith("]"):
+        host = host[: -len(f":{default}")]
+    return host
+
+
+class OriginCheck:
+    """Refuses WebSocket handshakes from origins that are neither this host nor allowed."""
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+        self.app = app
+        self.allowed = [glob.strip().lower().rstrip("/") for glob in allowed if glob.strip()]
+        self.refused = 0
+        self._throttle = LogThrottle()
+
+    def permits(self, origin: str, host: str, scheme: str) -> bool:
+        origin = origin.strip().lower()
+        if any(fnmatch.fnmatchcase(origin, glob) for glob in self.allowed):
+            return True
+        try:
+            parts = urlsplit(origin)
+        except ValueError:
+            return False
+        if not parts.scheme or not parts.netloc:
+            return False  # "null" (sandboxed frames, file: pages) or garbage
+        return _netloc(parts.scheme, parts.netloc) == _netloc(scheme, host)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        origin = host = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value.decode("latin-1")
+            elif name == b"host":
+                host = value.decode("latin-1")
+        if origin is None or self.permits(origin, host or "", scope.get("scheme", "ws")):
+            await self.app(scope, receive, send)
+            return
+        self.refused += 1
+        held = self._throttle.allow("origin")
+        if held is not None:
+            log.warning(
+                "refused a WebSocket from origin %r (not %s and not in --allowed-origins)%s",
+                origin[:200],
+                host,
+                self._throttle.suffix(held),
+            )
+        if "websocket.http.response" in scope.get("extensions", {}):
+            headers = [(b"content-type", b"text/plain; charset=utf-8")]
+            await send({"type": "websocket.http.response.start", "status": 403, "headers": headers})
+            body = b"this origin may not open a WebSocket here (see --allowed-origins)\n"
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008})

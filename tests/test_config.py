@@ -1,0 +1,106 @@
+"""realtime.toml: one key per option, below flags and environment variables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from realtime import Option, PluginError, create_app, get_host, hookimpl
+from realtime.options import resolve
+
+from .conftest import free_port, wait_for_http
+
+
+def settings_of(tmp_path: Path, toml: str, environ: dict[str, str] | None = None, **given: object):
+    path = tmp_path / "settings.toml"
+    path.write_text(toml)
+    app = create_app(tmp_path, settings={"config": str(path), **given}, environ=environ or {})
+    return get_host(app).settings
+
+
+def test_the_file_sets_options_and_flags_and_environment_win(tmp_path: Path) -> None:
+    toml = 'threads = 3\nmax_connections_per_ip = 7\nlog_level = "warning"\ndebug = true\n'
+    settings = settings_of(tmp_path, toml)
+    assert (settings["threads"], settings["max_connections_per_ip"]) == (3, 7)
+    assert settings["log_level"] == "warning" and settings["debug"] is True
+    environ = {"REALTIME_THREADS": "4", "REALTIME_DEBUG": "off"}
+    settings = settings_of(tmp_path, toml, environ, max_connections_per_ip=9)
+    assert (settings["threads"], settings["max_connections_per_ip"]) == (4, 9)
+    assert settings["debug"] is False
+    assert settings["config"].endswith("settings.toml")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("thread = 3\n", "unknown setting(s): thread"),
+        ('threads = "three"\n', "threads in config file"),
+        ("threads = true\n", "expected int, got True"),
+        ("debug = 1\n", "expected bool, got 1"),
+        ('log_level = "loud"\n', "--log-level must be one of"),
+        ("threads = [\n", "is not valid TOML"),
+        ('config = "other.toml"\n', "may not name another config file"),
+    ],
+)
+def test_a_bad_file_stops_start_up_naming_the_key(tmp_path: Path, toml: str, message: str) -> None:
+    with pytest.raises(PluginError) as error:
+        settings_of(tmp_path, toml)
+    assert message in str(error.value)
+    assert "settings.toml" in str(error.value) or "TOML" in str(error.value)
+
+
+def test_a_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(PluginError, match="does not exist"):
+        create_app(tmp_path, settings={"config": str(tmp_path / "missing.toml")}, environ={})
+    with pytest.raises(PluginError, match="does not exist"):
+        create_app(tmp_path, environ={"REALTIME_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_plugin_options_come_from_the_file_too(tmp_path: Path) -> None:
+    module = type(sys)("shouting")
+    module.register_options = hookimpl(  # type: ignore[attr-defined]
+        lambda: [Option("shout_suffix", "!", "appended to every shout")]
+    )
+    path = tmp_path / "realtime.toml"
+    path.write_text('shout_suffix = "?!"\n')
+    app = create_app(
+        tmp_path,
+        settings={"config": str(path)},
+        plugins=[module],
+        load_entrypoints=False,
+        environ={},
+    )
+    assert get_host(app).settings["shout_suffix"] == "?!"
+
+
+def test_a_secret_that_does_not_parse_is_not_echoed() -> None:
+    option = Option("token_ttl", 0, "seconds", type=int, secret=True)
+    with pytest.raises(ValueError, match="REALTIME_TOKEN_TTL") as error:
+        resolve([option], {}, {"REALTIME_TOKEN_TTL": "hunter2"})
+    assert "hunter2" not in str(error.value)
+
+
+def test_the_command_reads_realtime_toml_in_its_working_directory(
+    tmp_path: Path, app_dir: Path
+) -> None:
+    port = free_port()
+    (tmp_path / "realtime.toml").write_text(
+        f'bind = "127.0.0.1:{port}"\napp = "{app_dir}"\nthreads = 2\n'
+    )
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "realtime", "run"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/", process=process)
+        assert "settings from realtime.toml" in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -1,0 +1,66 @@
+"""The Origin check: a foreign page gets 403 before the upgrade, directly and through Caddy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from .conftest import Server, caddy_process, free_port, wait_for_http
+
+
+@pytest.fixture
+def host(app_dir: Path) -> Iterator[Server]:
+    server = Server(
+        app_dir, "--allowed-origins", "https://*.example.com,http://trusted.test"
+    ).start()
+    yield server
+    server.stop()
+
+
+async def status_for(url: str, origin: str | None) -> int:
+    """101 when the handshake is accepted, else the HTTP status it got."""
+    try:
+        async with connect(url, origin=origin, open_timeout=5):  # type: ignore[arg-type]
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [
+        (None, 101),  # a server-side client sends no Origin
+        ("http://127.0.0.1:{port}", 101),  # the page's own host
+        ("https://app.example.com", 101),
+        ("http://trusted.test", 101),
+        ("https://evil.test", 403),
+        ("http://127.0.0.1:1", 403),  # same address, another port: another origin
+        ("https://example.com.evil.test", 403),
+        ("null", 403),
+    ],
+)
+async def test_origins(host: Server, origin: str | None, status: int) -> None:
+    if origin is not None:
+        origin = origin.format(port=host.port)
+    assert await status_for(host.ws_url, origin) == status
+
+
+async def test_a_foreign_origin_through_caddy_gets_403_and_no_upgrade(
+    host: Server, tmp_path: Path
+) -> None:
+    port = free_port()
+    caddy = caddy_process(host.port, port, tmp_path / "caddy.log")
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/", process=caddy)
+        url = f"ws://127.0.0.1:{port}/ws"
+        assert await status_for(url, "https://evil.test") == 403
+        assert await status_for(url, f"http://127.0.0.1:{port}") == 101
+        assert await status_for(url, None) == 101
+    finally:
+        caddy.terminate()
+        caddy.wait(10)
+    assert host.log.count("refused a WebSocket from origin") == 1
