@@ -3,6 +3,7 @@
 from .errors import HTTPError, PluginError
 from .hookspecs import hookimpl, hookspec
 from .host import Host, create_app, current_host, get_host
+from .limits import LogThrottle
 from .options import Option
 from .routes import ASGIRoute, Route, WebSocketRoute
 from .scripts import ScriptRequest, ScriptResponse
@@ -11,6 +12,7 @@ __all__ = [
     "ASGIRoute",
     "HTTPError",
     "Host",
+    "LogThrottle",
     "Option",
     "PluginError",
     "Route",

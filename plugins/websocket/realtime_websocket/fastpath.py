@@ -40,6 +40,8 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
 from wsproto.utilities import LocalProtocolError
 
+from realtime import LogThrottle
+
 try:  # Only the names; nothing here runs at import.
     from hypercorn.asyncio.tcp_server import TCPServer
     from hypercorn.protocol.h11 import H11Protocol
@@ -56,8 +58,6 @@ FIN = 0x80
 CLOSE_POLICY_VIOLATION = 1008
 #: RFC 6455 "message too big".
 CLOSE_TOO_BIG = 1009
-#: Seconds between two warnings about refused clients (the rest are counted).
-LOG_INTERVAL = 10.0
 
 
 def encode_frame(payload: bytes, text: bool) -> bytes:
@@ -189,8 +189,7 @@ class IncomingLimits:
     """
 
     __slots__ = (
-        "_held",
-        "_quiet_until",
+        "_log",
         "burst",
         "close_timeout",
         "interval",
@@ -218,24 +217,19 @@ class IncomingLimits:
         self.window = (self.burst + 0.5) * self.interval
         #: Clients refused so far.
         self.refused = 0
-        self._quiet_until = 0.0
-        self._held = 0
+        self._log = LogThrottle()
 
     def report(self, client: int, what: str, code: int) -> None:
-        """One warning per refused client; at most one per :data:`LOG_INTERVAL` overall.
+        """One warning per refused client, at most one per interval overall.
 
         An attacker that reconnects as fast as it is refused gets a line now and
         then with the count of the others, not a line each.
         """
         self.refused += 1
-        now = time.monotonic()
-        if now < self._quiet_until:
-            self._held += 1
-            return
-        self._quiet_until = now + LOG_INTERVAL
-        held, self._held = self._held, 0
-        more = f" ({held} more client(s) refused in the meantime)" if held else ""
-        log.warning("client %d sent %s: closed with %d%s", client, what, code, more)
+        held = self._log.allow("refused")
+        if held is not None:
+            more = f" ({held} more client(s) refused in the meantime)" if held else ""
+            log.warning("client %d sent %s: closed with %d%s", client, what, code, more)
 
 
 class BoundedDeflate(PerMessageDeflate):
