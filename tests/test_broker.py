@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from realtime import PluginError, create_app, get_host
-from realtime_broker import DEFAULT_CHANNEL, MemoryBroker, get_broker
-from realtime_broker.redis import MAGIC, Envelope, RedisBroker, Sequence, decode, encode
+from realtime_broker import DEFAULT_CHANNEL, BrokerUnavailable, MemoryBroker, get_broker
+from realtime_broker.redis import (
+    MAGIC,
+    NEW_EPOCH,
+    Envelope,
+    Place,
+    RedisBroker,
+    Sequence,
+    Tally,
+    Truth,
+    Verdict,
+    decode,
+    encode,
+)
 
 
 def test_the_default_broker_is_memory(tmp_path: Path) -> None:
@@ -89,28 +103,170 @@ def test_the_redis_envelope_round_trips(data: str | bytes) -> None:
         b"realtime/1 ep x t123",
         b"realtime/1 ep 3 x123",
         b"realtime/1 ep 3 t\xff",
+        # Bounded before anything is converted: int() of 4,301 digits raises in Python.
+        b"realtime/1 ab12cd34 " + b"9" * 5000 + b" thello",
+        b"realtime/1 ab12cd34 " + b"1" * 20 + b" thello",  # beyond Redis's 64-bit counter
+        b"realtime/1 ab12cd34 -3 thello",
+        b"realtime/1 ab12cd34 +3 thello",
+        b"realtime/1 " + b"e" * 33 + b" 3 thello",  # not an epoch realtime makes
+        b"realtime/1 ab.cd 3 thello",
+        b"realtime/1 ab12cd34 \xd9\xa3 thello",  # a digit, but not an ASCII one
     ],
 )
 def test_payloads_realtime_did_not_publish_are_recognised(raw: bytes) -> None:
     assert decode(raw) is None
 
 
-def test_a_gap_in_the_sequence_is_counted_as_missed() -> None:
+async def test_a_loop_that_does_not_take_a_broadcast_in_time_is_a_503_and_sends_nothing() -> None:
+    broker = MemoryBroker("memory://", {})
+    received: list[str | bytes] = []
+    broker.subscribe(DEFAULT_CHANNEL, lambda data: received.append(data) or 1)
+    await broker.start()
+    broker.handoff_timeout = 0.2
+
+    def script() -> BaseException | int:
+        try:
+            return broker.publish_sync(DEFAULT_CHANNEL, "late")
+        except Exception as exc:
+            return exc
+
+    thread = asyncio.get_running_loop().run_in_executor(None, script)
+    time.sleep(0.6)  # the loop is busy (blocked) for longer than the hand-off allows
+    outcome = await thread
+    assert isinstance(outcome, BrokerUnavailable), outcome
+    assert outcome.status == 503
+    await asyncio.sleep(0.05)  # the withdrawn hand-off has run by now: it delivered nothing
+    assert received == []
+    await broker.close()
+
+
+E1, E2 = b"e1e1e1e1", b"e2e2e2e2"
+
+
+def delivered(sequence: Sequence, epoch: bytes, *numbers: int) -> None:
+    for n in numbers:
+        sequence.delivered("c", epoch, n, hash(f"message {n}"))
+
+
+def test_only_the_next_number_is_delivered_without_asking_redis() -> None:
     sequence = Sequence()
-    assert sequence.advance("c", b"e1", 5) == (0, True)  # where this process came in
-    assert sequence.advance("c", b"e1", 6) == (0, True)
-    assert sequence.advance("c", b"e1", 9) == (2, True)  # 7 and 8 never arrived
-    assert sequence.advance("c", b"e2", 3) == (2, True)  # Redis restarted: 1 and 2 missed
-    assert sequence.advance("c", b"e2", 4) == (0, True)
+    assert sequence.place("c", E1, 1) is Place.OFF  # nothing known yet
+    delivered(sequence, E1, 5)
+    assert sequence.place("c", E1, 6) is Place.NEXT
+    assert sequence.place("c", E1, 9) is Place.OFF  # a gap, or a forged jump
+    assert sequence.place("c", E1, 10**12) is Place.OFF
+    assert sequence.place("c", E2, 6) is Place.OFF  # another epoch
+    assert sequence.place("c", E1, 5) is Place.AGAIN  # delivered a moment ago
+    assert sequence.place("c", E1, 2) is Place.OFF  # never seen here
+
+
+def test_when_redis_has_no_epoch_the_first_number_of_any_new_one_is_next() -> None:
+    sequence = Sequence()
+    assert sequence.check("c", None, None) == 0  # a fresh Redis with nothing published
+    assert sequence.position["c"] == (NEW_EPOCH, 0)
+    assert sequence.place("c", E1, 1) is Place.NEXT
+    assert sequence.place("c", E1, 2) is Place.OFF
+    delivered(sequence, E1, 1)
+    assert sequence.place("c", E1, 2) is Place.NEXT
+
+
+def test_a_number_beyond_redis_counter_is_not_believed() -> None:
+    sequence = Sequence()
+    delivered(sequence, E1, 5)
+    truth = Truth(E1, {"c": 6})
+    assert sequence.judge("c", E1, 10**12, truth, []) == (Verdict.BEYOND, 0)
+    assert sequence.judge("c", E1, 7, truth, []) == (Verdict.BEYOND, 0)
+    assert sequence.judge("c", E2, 1, truth, []) == (Verdict.FOREIGN_EPOCH, 0)
+    assert sequence.judge("c", E1, 3, Truth(None, {"c": None}), []) == (Verdict.FOREIGN_EPOCH, 0)
+    assert sequence.position["c"] == (E1, 5)  # none of it moved this process
+
+
+def test_a_gap_redis_vouches_for_is_missed_unless_the_numbers_before_it_come_after() -> None:
+    sequence = Sequence()
+    delivered(sequence, E1, 5)
+    truth = Truth(E1, {"c": 9})
+    assert sequence.judge("c", E1, 8, truth, []) == (Verdict.ACCEPT, 2)  # 6 and 7 missed
+    # Redis delivers in order: an 8 ahead of 6 was not stamped by Redis.
+    later = [("c", Envelope(E1, 6, "x")), ("c", Envelope(E1, 7, "y"))]
+    assert sequence.judge("c", E1, 8, truth, later) == (Verdict.OUT_OF_ORDER, 0)
+    assert sequence.judge("c", E1, 8, truth, [("other", Envelope(E1, 6, "x"))])[0] is Verdict.ACCEPT
+
+
+def test_a_new_epoch_redis_vouches_for_counts_what_it_numbered_before() -> None:
+    sequence = Sequence()
+    delivered(sequence, E1, 5)
+    assert sequence.judge("c", E2, 3, Truth(E2, {"c": 3}), []) == (Verdict.ACCEPT, 2)
+
+
+def test_numbers_redis_had_issued_when_last_asked_are_stale() -> None:
+    sequence = Sequence()
+    truth = Truth(E1, {"c": 50})
+    sequence.confirm(truth)  # a check whose barrier completed: up to 50 all arrived
+    delivered(sequence, E1, 50)
+    assert sequence.place("c", E1, 3) is Place.OFF  # not among the recent numbers here
+    assert sequence.judge("c", E1, 3, truth, []) == (Verdict.STALE, 0)
+    # The counter's key was evicted or reset: Redis numbers from 1 again.
+    assert sequence.judge("c", E1, 2, Truth(E1, {"c": 2}), []) == (Verdict.RENUMBERED, 1)
+    assert sequence.check("c", E1, 2) == 2  # and if none of the new numbers arrived
+    assert sequence.position["c"] == (E1, 2)
+
+
+def test_a_burst_of_forged_next_numbers_cannot_make_genuine_broadcasts_stale() -> None:
+    sequence = Sequence()
+    sequence.confirm(Truth(E1, {"c": 10}))
+    delivered(sequence, E1, 10)
+    for n in range(11, 11 + 3000):  # each one the next number: delivered unasked
+        assert sequence.place("c", E1, n) is Place.NEXT
+        sequence.delivered("c", E1, n, hash("forged"))
+    # The genuine 11 is behind this process now, and beyond what it remembers...
+    assert sequence.place("c", E1, 11) is Place.OFF
+    # ...but Redis issued it after it was last asked: new, so delivered.
+    truth = Truth(E1, {"c": 11})
+    assert sequence.judge("c", E1, 11, truth, []) == (Verdict.BEHIND, 0)
+    assert sequence.check("c", E1, 11) == 0  # and nobody is told they missed anything
+    sequence.confirm(truth)
+    assert sequence.judge("c", E1, 11, truth, []) == (Verdict.STALE, 0)  # a replay now
+
+
+def test_a_second_different_message_under_a_delivered_number_is_delivered_too() -> None:
+    # A forger who wins the race to the next number must not make the genuine one stale.
+    sequence = Sequence()
+    delivered(sequence, E1, 5)
+    sequence.delivered("c", E1, 6, hash("forged"))
+    assert sequence.place("c", E1, 6) is Place.AGAIN
+    assert sequence.again("c", 6, hash("genuine"))
+    sequence.delivered("c", E1, 6, hash("genuine"))
+    assert not sequence.again("c", 6, hash("genuine"))  # an exact replay is not
+    assert sequence.position["c"] == (E1, 6)
+    assert sequence.place("c", E1, 7) is Place.NEXT
 
 
 def test_after_resubscribing_what_redis_numbered_but_never_arrived_is_missed() -> None:
     sequence = Sequence()
-    sequence.advance("c", b"e1", 10)
-    assert sequence.check("c", b"e1", 10) == 0  # nothing published meanwhile
-    assert sequence.check("c", b"e1", 13) == 3
-    # Those three were counted; if they show up late they are not delivered.
-    assert sequence.advance("c", b"e1", 12) == (0, False)
-    assert sequence.advance("c", b"e1", 14) == (0, True)
-    assert sequence.check("c", b"e9", 2) == 2  # a new epoch with two messages in it
-    assert sequence.check("c", None, None) == 0  # a fresh Redis with nothing published
+    delivered(sequence, E1, 10)
+    assert sequence.check("c", E1, 10) == 0  # nothing published meanwhile
+    assert sequence.check("c", E1, 13) == 3
+    assert sequence.place("c", E1, 12) is Place.OFF  # counted as missed: never delivered late
+    assert sequence.place("c", E1, 14) is Place.NEXT
+    assert sequence.check("c", E2, 2) == 2  # a new epoch with two messages in it
+    assert sequence.check("c", None, None) == 0  # Redis restarted empty: nothing to compare
+
+
+def test_dropped_messages_are_counted_and_logged_without_flooding(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("test.tally")
+    tally = Tally(logger, every=0.2)
+    with caplog.at_level(logging.WARNING, logger="test.tally"):
+        for _ in range(1000):
+            tally.add("bad", "ignored message(s) that were bad")
+        assert len(caplog.records) == 1  # the first, at once
+        tally.flush()
+        assert len(caplog.records) == 1
+        time.sleep(0.25)
+        tally.flush()
+    assert tally.counts["bad"] == 1000
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignored message(s) that were bad: 1 since the last report, 1 in all",
+        "ignored message(s) that were bad: 999 since the last report, 1000 in all",
+    ]

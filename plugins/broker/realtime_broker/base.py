@@ -50,6 +50,8 @@ class Broker(ABC):
         self.loss_handlers: list[LossHandler] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        #: Seconds a script's thread waits for the loop to take its broadcast.
+        self.handoff_timeout = HANDOFF_TIMEOUT
 
     def subscribe(self, channel: str, deliver: Deliver, count: Counter | None = None) -> None:
         """Register ``deliver`` for ``channel``.
@@ -93,7 +95,7 @@ class Broker(ABC):
             raise RuntimeError("on the event loop, use 'await broker.publish(...)'")
         future = asyncio.run_coroutine_threadsafe(self.publish(channel, data), loop)
         try:
-            return future.result(timeout=HANDOFF_TIMEOUT)
+            return future.result(timeout=self.handoff_timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise BrokerUnavailable("the server did not take the message in time") from None
@@ -106,6 +108,13 @@ class Broker(ABC):
         reported by each process). Raises :class:`BrokerUnavailable` within the
         broker's timeout when the message could not be handed over.
         """
+
+    def problem(self) -> str | None:
+        """Why this process should get no new clients (for ``/-/health``); ``None`` if none.
+
+        A broker that reaches only its own process has nothing that can fail apart from it.
+        """
+        return None
 
     def describe(self) -> str:
         """The URL without credentials, for logs and errors."""

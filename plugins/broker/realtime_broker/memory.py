@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from .base import HANDOFF_TIMEOUT, Broker, BrokerUnavailable
+from .base import Broker, BrokerUnavailable
 
 
 class MemoryBroker(Broker):
@@ -16,7 +16,12 @@ class MemoryBroker(Broker):
         return self.deliver_locally(channel, data)
 
     def publish_sync(self, channel: str, data: str | bytes) -> int:
-        """From a worker thread: hand over to the loop in FIFO order, wait for the count."""
+        """From a worker thread: hand over to the loop in FIFO order, wait for the count.
+
+        A loop too busy to take it within ``handoff_timeout`` is the broker being
+        unavailable (503, like the other brokers), not the script being slow; the
+        hand-off is then withdrawn, so nothing is delivered after the caller was told so.
+        """
         loop = self.loop
         if loop is None:
             raise BrokerUnavailable("the broker is not running")
@@ -25,6 +30,8 @@ class MemoryBroker(Broker):
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
 
         def handoff() -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # the script gave up waiting and was told nothing was sent
             try:
                 future.set_result(self.deliver_locally(channel, data))
             except BaseException as exc:
@@ -34,4 +41,15 @@ class MemoryBroker(Broker):
             loop.call_soon_threadsafe(handoff)
         except RuntimeError:
             raise BrokerUnavailable("the broker is not running") from None
-        return future.result(timeout=HANDOFF_TIMEOUT)
+        try:
+            return future.result(timeout=self.handoff_timeout)
+        except concurrent.futures.TimeoutError:
+            if future.cancel():
+                raise BrokerUnavailable(
+                    "the server did not take the message in time; message not sent"
+                ) from None
+        # The loop took it just now: delivery runs without awaiting anything.
+        try:
+            return future.result(timeout=self.handoff_timeout)
+        except concurrent.futures.TimeoutError:
+            raise BrokerUnavailable("the server did not finish delivering in time") from None

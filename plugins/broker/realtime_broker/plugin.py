@@ -6,6 +6,7 @@ import logging
 
 from realtime import Host, Option, hookimpl
 
+from .base import Broker
 from .state import EXTENSION_KEY, create_broker, get_broker
 
 log = logging.getLogger("realtime.broker")
@@ -46,3 +47,10 @@ async def shutdown(host: Host) -> None:
     broker = host.app.extensions.pop(EXTENSION_KEY, None)
     if broker is not None:
         await broker.close()
+
+
+@hookimpl
+def health(host: Host) -> str | None:
+    """The broker's problem, if any: a process that hears no broadcasts should get no clients."""
+    broker = host.app.extensions.get(EXTENSION_KEY)
+    return broker.problem() if isinstance(broker, Broker) else None

@@ -1,0 +1,112 @@
+"""Redis ACLs for production, as the README recommends them, against redis-server 7.
+
+realtime gets a user limited to its own keys and channels and to the commands it runs;
+nobody else may publish on its channels. ``/-/health`` reports a process whose
+subscription is refused, and recovers by itself once Redis allows it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from websockets.asyncio.client import connect
+
+from .conftest import RedisServer, Server
+
+#: The README's line, word for word (the password aside).
+REALTIME_USER = (
+    "realtime on >s3cret resetkeys ~realtime:* resetchannels &realtime:* -@all "
+    "+evalsha +script|load +get +mget +set +incr +decr +publish +subscribe +ping "
+    "+hset +hgetall +hdel +select"
+)
+ADMIN = ("--user", "admin", "--pass", "adminpw", "--no-auth-warning")
+
+
+@pytest.fixture
+def locked_down(redis_server: RedisServer) -> RedisServer:
+    """Redis with realtime's user, an admin, another application's user, and no default."""
+    redis_server.cli("ACL", "SETUSER", "admin", "on", ">adminpw", "~*", "&*", "+@all")
+    redis_server.cli("ACL", "SETUSER", *REALTIME_USER.split())
+    # Another application on the same Redis: every key and command, but no channels.
+    redis_server.cli("ACL", "SETUSER", "other", "on", ">otherpw", "~*", "resetchannels", "+@all")
+    redis_server.cli("ACL", "SETUSER", "default", "off")
+    return redis_server
+
+
+def admin(redis_server: RedisServer, *args: str) -> str:
+    return redis_server.cli(*ADMIN, *args)
+
+
+async def health(server: Server) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return await http.get(f"{server.url}/-/health", headers={"Connection": "close"})
+
+
+async def send(server: Server, message: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return await http.get(f"{server.url}/send.py", params={"message": message})
+
+
+async def test_realtime_works_with_the_recommended_acl_and_others_cannot_publish(
+    app_dir: Path, locked_down: RedisServer
+) -> None:
+    url = f"redis://realtime:s3cret@127.0.0.1:{locked_down.port}/0"
+    server = Server(app_dir, "--workers", "2", "--broker", url).start()
+    try:
+        pages = [await connect(server.ws_url) for _ in range(4)]
+        assert (await send(server, "one")).status_code == 200
+        # Every subscription cut: each worker resubscribes and compares with Redis
+        # (MGET, and a PING through the subscription) under the same user.
+        admin(locked_down, "CLIENT", "KILL", "TYPE", "pubsub")
+        deadline = time.monotonic() + 10
+        while server.log.count("resubscribed to redis") < 2:
+            assert time.monotonic() < deadline, server.log
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.2)  # every worker's count reported again
+        response = await send(server, "two")
+        assert response.text.strip() == "Sent to 4 clients."
+        for ws in pages:
+            assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(2)] == ["one", "two"]
+            await ws.close()
+        assert (await health(server)).status_code == 200
+        other = redis.Redis(port=locked_down.port, username="other", password="otherpw")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            other.publish("realtime:channel:default", "realtime/1 abcd1234 99 tforged")
+        other.close()
+        assert "NOPERM" not in server.log and "no permissions" not in server.log
+    finally:
+        server.stop()
+
+
+async def test_health_reports_a_refused_subscription_and_recovers(
+    app_dir: Path, locked_down: RedisServer
+) -> None:
+    url = f"redis://realtime:s3cret@127.0.0.1:{locked_down.port}/0"
+    server = Server(app_dir, "--broker", url).start()
+    try:
+        assert (await health(server)).text == "ok\n"
+        # Taking a user's channels away disconnects its subscribers (Redis 7), and
+        # every resubscription is refused from then on.
+        admin(locked_down, "ACL", "SETUSER", "realtime", "resetchannels")
+        deadline = time.monotonic() + 5
+        while (response := await health(server)).status_code == 200:
+            assert time.monotonic() < deadline, "health never reported the lost subscription"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)  # attempts keep being refused meanwhile
+        response = await health(server)
+        assert response.status_code == 503
+        assert response.text.startswith("broker: not subscribed to the redis broker for ")
+        admin(locked_down, "ACL", "SETUSER", "realtime", "&realtime:*")
+        deadline = time.monotonic() + 5
+        while (response := await health(server)).status_code != 200:
+            assert time.monotonic() < deadline, response.text
+            await asyncio.sleep(0.1)
+        assert (await send(server, "back")).status_code == 200
+        assert "cannot subscribe to redis yet (NoPermissionError" in server.log
+    finally:
+        server.stop()
