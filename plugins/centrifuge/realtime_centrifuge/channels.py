@@ -1,0 +1,296 @@
+"""Channel namespaces and who may subscribe or publish: Centrifugo v6's rules.
+
+The configuration has Centrifugo's layout and option names (``[channel]`` in
+realtime.toml), so a Centrifugo configuration's channel section carries over. Nothing
+is open by default: every ``allow_*`` option is off. Options Centrifugo has and we do
+not (proxies, ``channel_regex``...) are refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+from .codes import ERROR_BAD_REQUEST, ERROR_PERMISSION_DENIED, ERROR_UNKNOWN_CHANNEL, Error
+
+#: Centrifugo's namespace name pattern.
+_NAMESPACE_NAME = re.compile(r"[-a-zA-Z0-9_.]{2,}")
+#: One term of a Go duration ("1h30m", "1.5s", "300ms").
+_DURATION_TERM = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS: Mapping[str, float] = MappingProxyType(
+    {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+     "h": 3600.0}
+)  # fmt: skip
+
+#: What a hook answered: True allows, False refuses (103), an Error refuses with it,
+#: None leaves the decision to the namespace's options.
+HookAnswer = bool | Error | None
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration string such as ``"300s"`` or ``"1h30m"``; ``"0"`` is 0."""
+    if text == "0":
+        return 0.0
+    if not text:
+        raise ValueError("a duration cannot be empty")
+    position, seconds = 0, 0.0
+    while position < len(text):
+        match = _DURATION_TERM.match(text, position)
+        if match is None:
+            raise ValueError(f"{text!r} is not a duration such as '300s' or '1h30m'")
+        seconds += float(match[1]) * _UNIT_SECONDS[match[2]]
+        position = match.end()
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceOptions:
+    """Options of one namespace, with Centrifugo's names; all off by default.
+
+    ``presence``, ``join_leave``, history and recovery options are accepted and kept
+    for when those features exist; the session answers 108 for them meanwhile.
+    """
+
+    allow_subscribe_for_client: bool = False
+    allow_subscribe_for_anonymous: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_client: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_user_limited_channels: bool = False
+    allow_presence_for_subscriber: bool = False
+    allow_presence_for_client: bool = False
+    allow_presence_for_anonymous: bool = False
+    allow_history_for_subscriber: bool = False
+    allow_history_for_client: bool = False
+    allow_history_for_anonymous: bool = False
+    presence: bool = False
+    join_leave: bool = False
+    force_push_join_leave: bool = False
+    history_size: int = 0
+    #: Seconds; configured as a Go duration string ("300s"), as in Centrifugo.
+    history_ttl: float = 0.0
+    force_recovery: bool = False
+    force_positioning: bool = False
+    allow_recovery: bool = False
+    allow_positioning: bool = False
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], where: str) -> NamespaceOptions:
+        """Options from a configuration table; ``where`` names it in errors."""
+        if not isinstance(options, Mapping):
+            raise ValueError(f"{where} must be a table of options")
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in options.items():
+            if key not in known:
+                raise ValueError(f"{where}: unknown option {key!r}")
+            if key == "history_size":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"{where}: history_size must be an integer >= 0")
+            elif key == "history_ttl":
+                if not isinstance(value, str):
+                    raise ValueError(f"{where}: history_ttl must be a duration such as '300s'")
+                try:
+                    value = parse_duration(value)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: history_ttl: {exc}") from None
+            elif not isinstance(value, bool):
+                raise ValueError(f"{where}: {key} must be true or false")
+            values[key] = value
+        return cls(**values)
+
+
+def _no_namespaces() -> Mapping[str, NamespaceOptions]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRules:
+    """Namespaces and channel-name conventions; the decisions follow Centrifugo's order."""
+
+    without_namespace: NamespaceOptions = NamespaceOptions()
+    namespaces: Mapping[str, NamespaceOptions] = field(default_factory=_no_namespaces)
+    max_channel_length: int = 255
+    namespace_boundary: str = ":"
+    user_boundary: str = "#"
+    user_separator: str = ","
+    private_prefix: str = "$"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ChannelRules:
+        """Rules from the ``[channel]`` table (Centrifugo v6 layout); ValueError if wrong.
+
+        Keys: ``without_namespace`` (a table), ``namespaces`` (an array of tables, each
+        with a ``name``), ``max_length`` and the four name conventions.
+        """
+        if not isinstance(config, Mapping):
+            raise ValueError("channel must be a table")
+        settings: dict[str, Any] = {}
+        namespaces: dict[str, NamespaceOptions] = {}
+        for key, value in config.items():
+            if key == "without_namespace":
+                settings[key] = NamespaceOptions.from_config(value, "channel.without_namespace")
+            elif key == "namespaces":
+                if not isinstance(value, list | tuple):
+                    raise ValueError("channel.namespaces must be an array of tables")
+                for index, table in enumerate(value):
+                    name, options = _namespace(table, index)
+                    if name in namespaces:
+                        raise ValueError(f"channel.namespaces: namespace {name!r} is repeated")
+                    namespaces[name] = options
+            elif key == "max_length":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError("channel.max_length must be an integer >= 1")
+                settings["max_channel_length"] = value
+            elif key in ("namespace_boundary", "user_boundary", "user_separator",
+                         "private_prefix"):  # fmt: skip
+                if not isinstance(value, str) or not value:
+                    raise ValueError(f"channel.{key} must be a non-empty string")
+                settings[key] = value
+            else:
+                raise ValueError(f"channel: unknown option {key!r}")
+        return cls(namespaces=MappingProxyType(namespaces), **settings)
+
+    def namespace_name(self, channel: str) -> str:
+        """The text before the first boundary, private prefix aside; ``""`` if none."""
+        name = channel.removeprefix(self.private_prefix)
+        head, boundary, _ = name.partition(self.namespace_boundary)
+        return head if boundary else ""
+
+    def namespace_of(self, channel: str) -> NamespaceOptions | None:
+        """The channel's options; None for an unknown namespace (error 102)."""
+        name = self.namespace_name(channel)
+        return self.without_namespace if name == "" else self.namespaces.get(name)
+
+    def is_private(self, channel: str) -> bool:
+        """``$`` channels need a subscription token whatever the options say."""
+        return channel.startswith(self.private_prefix)
+
+    def is_user_limited(self, channel: str) -> bool:
+        """A ``#`` channel in a namespace that allows user-limited channels.
+
+        Where the namespace does not allow them, ``#`` is an ordinary character.
+        """
+        options = self.namespace_of(channel)
+        return (
+            options is not None
+            and options.allow_user_limited_channels
+            and self.user_boundary in channel
+        )
+
+    def allowed_users(self, channel: str) -> tuple[str, ...]:
+        """Users named after the last ``#``: ``dialog:#42,43`` -> ("42", "43")."""
+        if self.user_boundary not in channel:
+            return ()
+        return tuple(channel.rsplit(self.user_boundary, 1)[1].split(self.user_separator))
+
+    def validate_name(self, channel: str) -> Error | None:
+        """107 for an empty name or one over ``max_channel_length`` bytes (as Go).
+
+        The session closes with 3501 on an empty channel before asking.
+        """
+        if not channel or len(channel.encode("utf-8", "surrogatepass")) > self.max_channel_length:
+            return ERROR_BAD_REQUEST
+        return None
+
+    def check_channel(self, channel: str) -> Error | None:
+        """Name, then namespace (102), then characters: without ``channel_regex``
+        Centrifugo takes ASCII names only (107)."""
+        if error := self.validate_name(channel):
+            return error
+        if self.namespace_of(channel) is None:
+            return ERROR_UNKNOWN_CHANNEL
+        if not channel.isascii():
+            return ERROR_BAD_REQUEST
+        return None
+
+    def _subscribe_gate(self, user: str, channel: str, has_valid_token: bool) -> Error | bool:
+        """Steps before the hook: an Error refuses, True allows, False asks further."""
+        if error := self.check_channel(channel):
+            return error
+        if has_valid_token:
+            return True
+        if self.is_private(channel):
+            return ERROR_PERMISSION_DENIED
+        if self.is_user_limited(channel):
+            # Decided here: the hook is not asked about user-limited channels, and an
+            # anonymous user is never listed.
+            if user and user in self.allowed_users(channel):
+                return True
+            return ERROR_PERMISSION_DENIED
+        return False
+
+    def subscribe_asks_hook(self, user: str, channel: str, has_valid_token: bool) -> bool:
+        """Whether ``can_subscribe`` would consult the hook: ask it only then."""
+        return self._subscribe_gate(user, channel, has_valid_token) is False
+
+    def can_subscribe(
+        self, user: str, channel: str, has_valid_token: bool, hook: HookAnswer = None
+    ) -> Error | None:
+        """None if ``user`` may subscribe, else the Error to answer.
+
+        Order, first match decides: unknown namespace 102; bad name 107; a valid
+        subscription token allows; private channel 103; user-limited channel: the user
+        is listed or 103; the hook's answer; ``allow_subscribe_for_client`` (and
+        ``allow_subscribe_for_anonymous`` for ``user == ""``); otherwise 103.
+        """
+        gate = self._subscribe_gate(user, channel, has_valid_token)
+        if gate is True:
+            return None
+        if isinstance(gate, Error):
+            return gate
+        if hook is not None:
+            return _answer(hook)
+        options = self.namespace_of(channel)
+        assert options is not None  # the gate refused unknown namespaces
+        if options.allow_subscribe_for_client and (user or options.allow_subscribe_for_anonymous):
+            return None
+        return ERROR_PERMISSION_DENIED
+
+    def can_publish(
+        self, user: str, channel: str, subscribed: bool, hook: HookAnswer = None
+    ) -> Error | None:
+        """None if ``user`` may publish, else the Error to answer.
+
+        Order: unknown namespace 102; bad name 107; the hook's answer;
+        ``allow_publish_for_client``; ``allow_publish_for_subscriber`` when subscribed
+        (both need a user or ``allow_publish_for_anonymous``); otherwise 103.
+        """
+        if error := self.check_channel(channel):
+            return error
+        if hook is not None:
+            return _answer(hook)
+        options = self.namespace_of(channel)
+        assert options is not None
+        if user or options.allow_publish_for_anonymous:
+            if options.allow_publish_for_client:
+                return None
+            if options.allow_publish_for_subscriber and subscribed:
+                return None
+        return ERROR_PERMISSION_DENIED
+
+
+def _answer(hook: bool | Error) -> Error | None:
+    if isinstance(hook, Error):
+        return hook
+    if hook is True:
+        return None
+    if hook is False:
+        return ERROR_PERMISSION_DENIED
+    raise TypeError(f"a hook must answer True, False, an Error or None, not {hook!r}")
+
+
+def _namespace(table: Any, index: int) -> tuple[str, NamespaceOptions]:
+    where = f"channel.namespaces[{index}]"
+    if not isinstance(table, Mapping):
+        raise ValueError(f"{where} must be a table")
+    options = dict(table)
+    name = options.pop("name", None)
+    if not isinstance(name, str) or not _NAMESPACE_NAME.fullmatch(name):
+        raise ValueError(
+            f"{where}: name {name!r} must match [-a-zA-Z0-9_.]{{2,}} (as in Centrifugo)"
+        )
+    return name, NamespaceOptions.from_config(options, f"channel.namespaces[{index}] ({name})")

@@ -1,0 +1,663 @@
+"""One client connection's protocol state, with no transport and no broker.
+
+The transport feeds each text frame to :meth:`Session.handle_frame` (one call at a
+time) and sends back the lines it returns, joined by ``\\n`` into one frame; a
+:class:`DisconnectError` means: send its ``replies``, then close with its code and
+reason. Timers are the transport's too: sleep until :meth:`Session.next_deadline`,
+then call :meth:`Session.tick`. Everything the session does outside itself (join a
+channel, publish, ask an application hook) goes through a :class:`Backend`.
+
+Semantics follow centrifugal/centrifuge ``client.go`` and Centrifugo's
+``internal/client/handler.go``; where this code deliberately differs, the
+docstring says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .channels import ChannelRules, HookAnswer
+from .codec import Command, decode_commands, encode_error, encode_push, encode_reply
+from .codes import (
+    DISCONNECT_BAD_REQUEST,
+    DISCONNECT_CHANNEL_LIMIT,
+    DISCONNECT_CONNECTION_EXPIRED,
+    DISCONNECT_INSUFFICIENT_STATE,
+    DISCONNECT_INVALID_TOKEN,
+    DISCONNECT_NO_PONG,
+    ERROR_ALREADY_SUBSCRIBED,
+    ERROR_BAD_REQUEST,
+    ERROR_EXPIRED,
+    ERROR_INTERNAL,
+    ERROR_LIMIT_EXCEEDED,
+    ERROR_NOT_AVAILABLE,
+    ERROR_PERMISSION_DENIED,
+    ERROR_TOKEN_EXPIRED,
+    ERROR_UNKNOWN_CHANNEL,
+    UNSUBSCRIBE_EXPIRED,
+    Disconnect,
+    DisconnectError,
+    Error,
+)
+from .tokens import (
+    ExpiredConnection,
+    SubscriptionClaims,
+    TokenExpired,
+    TokenInvalid,
+    TokenMismatch,
+    TokenVerifier,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Longest expiry honoured, as in Go (longer is most likely a bug; use none instead).
+MAX_TTL_SECONDS = 365 * 24 * 3600
+
+Result = Mapping[str, Any] | Error
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectAuth:
+    """An ``authorize_connect`` hook's admission of a client that sent no token."""
+
+    user: str
+    #: ``conn_info`` shown to other clients with this client's publications.
+    info: Any = None
+    #: Unix time the client must refresh by (with a connection token); None: never.
+    expire_at: int | None = None
+    #: Server-side subscriptions, granted without further checks.
+    channels: tuple[str, ...] = ()
+    #: Sent to the client in the connect result.
+    data: Any = None
+    #: For hooks only, never sent.
+    meta: Any = None
+
+
+class Backend(Protocol):
+    """What a session needs from outside; one per connection.
+
+    The ``authorize_*`` methods are application hooks (pluggy, first result wins):
+    None means no opinion. Any method may raise :class:`Error` (answered to the
+    client) or :class:`DisconnectError` (the connection is closed).
+    """
+
+    async def authorize_connect(
+        self, *, client: str, data: Any, name: str, version: str, headers: Mapping[str, str]
+    ) -> ConnectAuth | Error | None:
+        """Admit a client without a token (Centrifugo's connect proxy)."""
+
+    async def authorize_subscribe(
+        self, *, client: str, user: str, meta: Any, channel: str, data: Any
+    ) -> HookAnswer:
+        """Decide a subscription no token or user-limited channel decided."""
+
+    async def authorize_publish(
+        self, *, client: str, user: str, meta: Any, channel: str, data: Any
+    ) -> HookAnswer:
+        """Decide a publication before the namespace's options do."""
+
+    async def rpc(self, *, client: str, user: str, meta: Any, method: str, data: Any) -> Any:
+        """The ``data`` of the rpc result; raise ``Error(104)`` if no one has ``method``."""
+
+    async def on_send(self, *, client: str, user: str, meta: Any, data: Any) -> None:
+        """An asynchronous message from the client (no reply); may be ignored."""
+
+    async def subscribe(self, channel: str) -> None:
+        """Start delivering ``channel``'s publications to this connection."""
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel``'s publications to this connection."""
+
+    async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
+        """Publish ``data`` to ``channel``'s subscribers; ``info`` is the publisher."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """Limits and timers; the defaults are Centrifugo's."""
+
+    #: Subscriptions per connection: the next subscribe gets 106, more server-side
+    #: subscriptions at connect close with 3505.
+    max_channels: int = 128
+    #: Commands per frame (3501 beyond): centrifuge-js sends its pending subscribes
+    #: together, so this must exceed ``max_channels``.
+    max_commands: int = 256
+    #: Seconds between server pings ``{}``; 0: none. Sent to clients in whole seconds.
+    ping_interval: float = 25.0
+    #: Seconds a client has to answer a ping (3012 "no pong" after); 0: no pongs.
+    pong_timeout: float = 10.0
+    #: Grace after a connection's expiry for its refresh to arrive (then 3005).
+    expired_close_delay: float = 25.0
+    #: Grace after a subscription's expiry for its sub_refresh (then unsubscribe 2501).
+    expired_sub_close_delay: float = 25.0
+    #: Connect without a token as an anonymous user when no hook answers.
+    allow_anonymous_connect_without_token: bool = False
+    #: Server version, sent in connect results if set.
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.max_channels < 1 or self.max_commands < 1:
+            raise ValueError("max_channels and max_commands must be at least 1")
+        if self.ping_interval != 0 and self.ping_interval < 1:
+            raise ValueError("ping_interval is 0 or at least 1 s: clients get whole seconds")
+        if min(self.pong_timeout, self.expired_close_delay, self.expired_sub_close_delay) < 0:
+            raise ValueError("timeouts cannot be negative")
+
+
+@dataclass(slots=True)
+class _Subscription:
+    #: "client" (subscribe command), "token" (connection token) or "server" (other
+    #: server-side subscriptions).
+    source: str
+    expire_at: float | None = None
+    info: Any = None
+
+
+class Session:
+    """The protocol state of one connection."""
+
+    def __init__(
+        self,
+        rules: ChannelRules,
+        verifier: TokenVerifier,
+        backend: Backend,
+        *,
+        options: SessionOptions | None = None,
+        client_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.rules = rules
+        self.verifier = verifier
+        self.backend = backend
+        self.options = options or SessionOptions()
+        self.client_id = client_id or str(uuid.uuid4())
+        #: Unix time, the tokens' clock; the transport converts deadlines with it.
+        self.clock = clock
+        self._rand = rand
+        self.user = ""
+        #: ``conn_info`` of this client.
+        self.info: Any = None
+        self.meta: Any = None
+        self._connected = False
+        self._rejected = False
+        self._expire_at: float | None = None
+        self._subs: dict[str, _Subscription] = {}
+        self._next_ping: float | None = None
+        self._last_ping: float | None = None
+        self._pong_deadline: float | None = None
+        self._handlers: Mapping[str, Callable[[Command], Awaitable[Result]]] = {
+            "connect": self._connect,
+            "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
+            "publish": self._publish,
+            "presence": self._unavailable,
+            "presence_stats": self._unavailable,
+            "history": self._unavailable,
+            "rpc": self._rpc,
+            "send": self._send,
+            "refresh": self._refresh,
+            "sub_refresh": self._sub_refresh,
+        }
+
+    @property
+    def connected(self) -> bool:
+        """True once connect succeeded; the transport enforces the connect timeout."""
+        return self._connected
+
+    @property
+    def rejected(self) -> bool:
+        """Connect was refused with an error reply (or the session closed).
+
+        Go then stops reading and gives the client 5 s to close; any further frame
+        closes it with 3501.
+        """
+        return self._rejected
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """Channels this connection is subscribed to."""
+        return frozenset(self._subs)
+
+    @property
+    def expire_at(self) -> float | None:
+        """Unix time the connection must be refreshed by; None: never."""
+        return self._expire_at
+
+    # -- frames ---------------------------------------------------------------------
+
+    async def handle_frame(self, text: str) -> list[str]:
+        """Run a frame's commands in order; the reply lines to send, in order.
+
+        Raises DisconnectError (carrying the replies of the commands before) when the
+        connection must close. After a refused connect the rest of the frame is
+        skipped, as Go stops reading then.
+        """
+        if self._rejected:
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        commands = decode_commands(text, self.options.max_commands)
+        replies: list[str] = []
+        for command in commands:
+            try:
+                reply = await self._dispatch(command)
+            except DisconnectError as exc:
+                raise DisconnectError(exc.disconnect, [*replies, *exc.replies]) from None
+            if reply is not None:
+                replies.append(reply)
+            if self._rejected:
+                break
+        return replies
+
+    async def _dispatch(self, command: Command) -> str | None:
+        if not self._connected and command.method != "connect":
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        if command.method == "":
+            self._pong()
+            return None
+        result: Result
+        try:
+            result = await self._handlers[command.method](command)
+        except Error as exc:
+            result = exc
+        except DisconnectError:
+            raise
+        except Exception:
+            logger.exception("%s failed for client %s", command.method, self.client_id)
+            result = ERROR_INTERNAL
+        if command.method == "send":
+            return None
+        if isinstance(result, Error):
+            if command.method == "connect":
+                self._rejected = True
+            return encode_error(command.id, result)
+        return encode_reply(command.id, command.method, result)
+
+    def _pong(self) -> None:
+        if self._last_ping is None:
+            # Go: a pong nobody asked for is a client bug.
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        self._last_ping = self._pong_deadline = None
+
+    def _channel(self, command: Command) -> str:
+        """The command's channel; Go closes with 3501 when it is empty."""
+        channel = command.get_str("channel")
+        if not channel:
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        return channel
+
+    def _client_info(self, channel: str) -> dict[str, Any]:
+        sub = self._subs.get(channel)
+        return {
+            "user": self.user,
+            "client": self.client_id,
+            "conn_info": self.info,
+            "chan_info": sub.info if sub else None,
+        }
+
+    def _unknown_channel(self, channels: Mapping[str, Any]) -> Error | None:
+        """102 if a server-side subscription is in an unknown namespace."""
+        for channel in channels:
+            if self.rules.namespace_of(channel) is None:
+                return ERROR_UNKNOWN_CHANNEL
+        return None
+
+    async def _may_subscribe(
+        self, user: str, meta: Any, channel: str, has_token: bool, data: Any
+    ) -> Error | None:
+        """The rules' decision, with the hook's answer where the rules ask for it."""
+        answer: HookAnswer = None
+        if self.rules.subscribe_asks_hook(user, channel, has_token):
+            answer = await self.backend.authorize_subscribe(
+                client=self.client_id, user=user, meta=meta, channel=channel, data=data
+            )
+        return self.rules.can_subscribe(user, channel, has_token, answer)
+
+    @staticmethod
+    def _ttl(expire_at: float | None, now: float) -> int:
+        return 0 if expire_at is None else max(int(expire_at - now), 0)
+
+    # -- commands ---------------------------------------------------------------------
+
+    async def _connect(self, command: Command) -> Result:
+        """Token, else the hook, else anonymous if allowed, else 3501 (as Go)."""
+        if self._connected:
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        now = self.clock()
+        token = command.get_str("token")
+        subs: dict[str, _Subscription] = {}
+        sub_data: dict[str, Any] = {}
+        user, data = "", None
+        expire_at: int | None = None
+        info: Any = None
+        meta: Any = None
+        honour_requested = True  # the client's own list of server-side subscriptions
+        if token:
+            try:
+                claims = self.verifier.verify_connection(token, now)
+            except TokenExpired:
+                return ERROR_TOKEN_EXPIRED
+            except ExpiredConnection as exc:
+                return self._unknown_channel(exc.claims.subscriptions) or ERROR_EXPIRED
+            except TokenInvalid:
+                raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
+            user, info, meta, expire_at = claims.user, claims.info, claims.meta, claims.expire_at
+            for channel, grant in claims.subscriptions.items():
+                subs[channel] = _Subscription("token", info=grant.info)
+                sub_data[channel] = grant.data
+        else:
+            answer = await self.backend.authorize_connect(
+                client=self.client_id,
+                data=command.params.get("data"),
+                name=command.get_str("name"),
+                version=command.get_str("version"),
+                headers=command.get_map("headers"),
+            )
+            if isinstance(answer, Error):
+                return answer
+            if isinstance(answer, ConnectAuth):
+                user, info, meta, data = answer.user, answer.info, answer.meta, answer.data
+                expire_at = answer.expire_at
+                subs = {channel: _Subscription("server") for channel in answer.channels if channel}
+                honour_requested = False  # as Centrifugo after its connect proxy
+            elif answer is not None:
+                raise TypeError(f"authorize_connect answered {answer!r}")
+            elif self.options.allow_anonymous_connect_without_token:
+                user = ""
+            else:
+                raise DisconnectError(DISCONNECT_BAD_REQUEST)  # Go: no credentials
+            if expire_at is not None and expire_at <= now:
+                return ERROR_EXPIRED
+        if error := self._unknown_channel(subs):
+            return error
+        if honour_requested:
+            # What centrifuge-js asks to keep from its last connection: granted where a
+            # subscribe without token would be, silently skipped elsewhere (as Centrifugo).
+            for channel in command.get_map("subs"):
+                if not channel or channel in subs:
+                    continue
+                if self.rules.namespace_of(channel) is None:
+                    raise DisconnectError(DISCONNECT_BAD_REQUEST)
+                if await self._may_subscribe(user, meta, channel, False, None) is None:
+                    subs[channel] = _Subscription("server")
+        if len(subs) > self.options.max_channels:
+            raise DisconnectError(DISCONNECT_CHANNEL_LIMIT)
+        if expire_at is not None:
+            expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS)
+        try:
+            for channel, sub in subs.items():
+                await self.backend.subscribe(channel)
+                self._subs[channel] = sub
+        except Exception:
+            await self._drop_all()
+            raise
+        self._connected = True
+        self.user, self.info, self.meta, self._expire_at = user, info, meta, expire_at
+        interval = self.options.ping_interval
+        if interval > 0:
+            # The first ping at a random point in [interval/2, interval], as Go does,
+            # so clients that reconnected together do not ping together.
+            self._next_ping = now + interval * (0.5 + 0.5 * self._rand())
+        return {
+            "client": self.client_id,
+            "version": self.options.version,
+            "expires": expire_at is not None,
+            "ttl": self._ttl(expire_at, now),
+            "data": data,
+            "subs": {channel: {"data": sub_data.get(channel)} for channel in subs},
+            "ping": int(interval),
+            "pong": interval > 0 and self.options.pong_timeout > 0,
+        }
+
+    async def _subscribe(self, command: Command) -> Result:
+        """Go's checks (name, 105, 106), then Centrifugo's decision order."""
+        channel = self._channel(command)
+        if command.get_int("type"):
+            return ERROR_NOT_AVAILABLE  # map and shared-poll subscriptions
+        if command.get_str("delta") not in ("", "fossil"):
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        if error := self.rules.validate_name(channel):
+            return error
+        if channel in self._subs:
+            return ERROR_ALREADY_SUBSCRIBED
+        if len(self._subs) >= self.options.max_channels:
+            return ERROR_LIMIT_EXCEEDED
+        if error := self.rules.check_channel(channel):
+            return error
+        now = self.clock()
+        claims: SubscriptionClaims | None = None
+        if token := command.get_str("token"):
+            try:
+                claims = self.verifier.verify_subscription(
+                    token, self.user, channel, self.client_id, now
+                )
+            except TokenExpired:
+                return ERROR_TOKEN_EXPIRED
+            except TokenMismatch:
+                raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
+            except TokenInvalid:
+                return ERROR_PERMISSION_DENIED
+        has_token, data = claims is not None, command.params.get("data")
+        if error := await self._may_subscribe(self.user, self.meta, channel, has_token, data):
+            return error
+        expire_at = claims.expire_at if claims else None
+        if expire_at is not None:
+            if expire_at <= now:
+                return ERROR_EXPIRED
+            expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS)
+        await self.backend.subscribe(channel)
+        self._subs[channel] = _Subscription(
+            "client", expire_at=expire_at, info=claims.info if claims else None
+        )
+        return {
+            "expires": expire_at is not None,
+            "ttl": self._ttl(expire_at, now),
+            "data": claims.data if claims else None,
+        }
+
+    async def _unsubscribe(self, command: Command) -> Result:
+        """``{}`` even when not subscribed: clients reconnect on any unsubscribe error."""
+        channel = self._channel(command)
+        if self._subs.pop(channel, None) is not None:
+            await self.backend.unsubscribe(channel)
+        return {}
+
+    async def _publish(self, command: Command) -> Result:
+        channel = self._channel(command)
+        if command.get_int("type"):
+            return ERROR_NOT_AVAILABLE  # map publications
+        if error := self.rules.validate_name(channel):
+            return error  # Go does not check the length here; nobody could read it
+        if "data" not in command.params:
+            return ERROR_BAD_REQUEST  # Centrifugo refuses empty publications
+        if error := self.rules.check_channel(channel):
+            return error
+        data = command.params["data"]
+        answer = await self.backend.authorize_publish(
+            client=self.client_id, user=self.user, meta=self.meta, channel=channel, data=data
+        )
+        if error := self.rules.can_publish(self.user, channel, channel in self._subs, answer):
+            return error
+        await self.backend.publish(channel, data, self._client_info(channel))
+        return {}
+
+    async def _unavailable(self, command: Command) -> Result:
+        """presence, presence_stats, history: 108 until they exist."""
+        channel = self._channel(command)
+        return self.rules.check_channel(channel) or ERROR_NOT_AVAILABLE
+
+    async def _rpc(self, command: Command) -> Result:
+        result = await self.backend.rpc(
+            client=self.client_id,
+            user=self.user,
+            meta=self.meta,
+            method=command.get_str("method"),
+            data=command.params.get("data"),
+        )
+        return {"data": result}
+
+    async def _send(self, command: Command) -> Result:
+        """Handed to the backend; Go closes with 3508 when no one listens, we don't."""
+        await self.backend.on_send(
+            client=self.client_id, user=self.user, meta=self.meta, data=command.params.get("data")
+        )
+        return {}
+
+    async def _refresh(self, command: Command) -> Result:
+        """A new connection token: Centrifugo's OnRefresh, then Go's expiry update."""
+        token = command.get_str("token")
+        if not token:
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        now = self.clock()
+        expired = False
+        try:
+            claims = self.verifier.verify_connection(token, now)
+        except TokenExpired:
+            raise DisconnectError(DISCONNECT_CONNECTION_EXPIRED) from None
+        except ExpiredConnection as exc:
+            claims, expired = exc.claims, True
+        except TokenInvalid:
+            raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
+        if claims.user != self.user:
+            raise DisconnectError(DISCONNECT_INVALID_TOKEN)
+        granted = claims.subscriptions
+        if error := self._unknown_channel(granted):
+            return error
+        from_token = {ch for ch, sub in self._subs.items() if sub.source == "token"}
+        if any(ch not in self._subs for ch in granted) or any(
+            ch not in granted for ch in from_token
+        ):
+            # Centrifugo: reconnect to take the token's new server-side subscriptions.
+            raise DisconnectError(DISCONNECT_INSUFFICIENT_STATE)
+        if expired:
+            return ERROR_EXPIRED
+        expire_at = claims.expire_at
+        if expire_at is not None:
+            expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS)
+        # A token without expiry ends the expiry (Go keeps the old one: a bug).
+        self._expire_at = expire_at
+        if claims.info is not None:
+            self.info = claims.info
+        if claims.meta is not None:
+            self.meta = claims.meta
+        return {
+            "client": self.client_id,  # centrifuge-js takes it from here when expires
+            "version": self.options.version,
+            "expires": expire_at is not None,
+            "ttl": self._ttl(expire_at, now),
+        }
+
+    async def _sub_refresh(self, command: Command) -> Result:
+        """A new subscription token for a client-side subscription."""
+        channel = self._channel(command)
+        sub = self._subs.get(channel)
+        if sub is None:
+            return ERROR_PERMISSION_DENIED
+        if sub.source != "client":
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)  # Go: server-side refresh expected
+        token = command.get_str("token")
+        if not token:
+            return ERROR_BAD_REQUEST
+        now = self.clock()
+        try:
+            claims = self.verifier.verify_subscription(
+                token, self.user, channel, self.client_id, now
+            )
+        except TokenExpired:
+            # Go's SubRefreshReply.Expired: "connection will be closed with
+            # DisconnectExpired" (its code path drops it; we keep the contract).
+            raise DisconnectError(DISCONNECT_CONNECTION_EXPIRED) from None
+        except TokenInvalid:
+            raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
+        expire_at: float | None = claims.expire_at
+        if expire_at is not None:
+            if expire_at < now:
+                return ERROR_EXPIRED
+            expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS)
+        sub.expire_at, sub.info = expire_at, claims.info
+        return {"expires": expire_at is not None, "ttl": self._ttl(expire_at, now)}
+
+    # -- timers ---------------------------------------------------------------------
+
+    def ping_due(self, now: float) -> str | None:
+        """``"{}"`` when a ping is due (and marks it sent), else None.
+
+        Pings go out on their timer whatever the traffic: centrifuge-python only
+        counts pings as a sign of life.
+        """
+        if not self._connected or self._next_ping is None or now < self._next_ping:
+            return None
+        self._last_ping = now
+        self._next_ping = now + self.options.ping_interval
+        if self.options.pong_timeout > 0:
+            self._pong_deadline = now + self.options.pong_timeout
+        return "{}"
+
+    def pong_overdue(self, now: float) -> Disconnect | None:
+        """3012 "no pong" once a ping went unanswered for ``pong_timeout``."""
+        if self._pong_deadline is not None and now >= self._pong_deadline:
+            return DISCONNECT_NO_PONG
+        return None
+
+    def expired(self, now: float) -> Disconnect | None:
+        """3005 once the connection expired and no refresh came within the grace."""
+        if (
+            self._connected
+            and self._expire_at is not None
+            and now >= self._expire_at + self.options.expired_close_delay
+        ):
+            return DISCONNECT_CONNECTION_EXPIRED
+        return None
+
+    async def expire_subscriptions(self, now: float) -> list[str]:
+        """Unsubscribe pushes (2501, the client subscribes again) for expired subscriptions."""
+        pushes = []
+        delay = self.options.expired_sub_close_delay
+        for channel, sub in list(self._subs.items()):
+            if sub.expire_at is not None and now >= sub.expire_at + delay:
+                del self._subs[channel]
+                await self.backend.unsubscribe(channel)
+                body = {"code": UNSUBSCRIBE_EXPIRED.code, "reason": UNSUBSCRIBE_EXPIRED.reason}
+                pushes.append(encode_push(channel, "unsubscribe", body))
+        return pushes
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has something to do (Unix time); None: never."""
+        if not self._connected:
+            return None
+        deadlines = [self._next_ping, self._pong_deadline]
+        if self._expire_at is not None:
+            deadlines.append(self._expire_at + self.options.expired_close_delay)
+        delay = self.options.expired_sub_close_delay
+        deadlines.extend(
+            sub.expire_at + delay for sub in self._subs.values() if sub.expire_at is not None
+        )
+        return min((d for d in deadlines if d is not None), default=None)
+
+    async def tick(self, now: float) -> list[str]:
+        """Run what is due: lines to send, or DisconnectError (3012, 3005)."""
+        if disconnect := self.pong_overdue(now) or self.expired(now):
+            raise DisconnectError(disconnect)
+        lines = await self.expire_subscriptions(now)
+        if ping := self.ping_due(now):
+            lines.append(ping)
+        return lines
+
+    async def close(self) -> None:
+        """The connection is gone: leave every channel; later frames get 3501."""
+        self._connected, self._rejected = False, True
+        self._next_ping = self._last_ping = self._pong_deadline = None
+        await self._drop_all()
+
+    async def _drop_all(self) -> None:
+        channels, self._subs = list(self._subs), {}
+        for channel in channels:
+            try:
+                await self.backend.unsubscribe(channel)
+            except Exception:
+                logger.exception("unsubscribing client %s from %s", self.client_id, channel)
