@@ -25,7 +25,7 @@ from hypercorn.asyncio import serve
 
 from realtime import create_app, get_host
 from realtime.cli import server_config
-from realtime_websocket import get_pool
+from realtime_hub import get_hub
 
 CLIENT = """
 import base64, os, socket, sys, time
@@ -59,7 +59,7 @@ async def measure(clients: int, top: int) -> None:
     stop = asyncio.Event()
     server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     await asyncio.sleep(0.5)
-    pool = get_pool(get_host(app))
+    pool = get_hub(get_host(app))
     gc.collect()
     tracemalloc.start(1)
     before = tracemalloc.take_snapshot()

@@ -21,8 +21,8 @@ from .conftest import RedisServer, Server
 #: The README's line, word for word (the password aside).
 REALTIME_USER = (
     "realtime on >s3cret resetkeys ~realtime:* resetchannels &realtime:* -@all "
-    "+evalsha +script|load +get +mget +set +incr +decr +publish +subscribe +ping "
-    "+hset +hgetall +hdel +select"
+    "+evalsha +script|load +hget +hmget +hset +hincrby +hgetall +hdel +del +expire "
+    "+publish +subscribe +unsubscribe +ping +select"
 )
 ADMIN = ("--user", "admin", "--pass", "adminpw", "--no-auth-warning")
 
@@ -45,6 +45,16 @@ def admin(redis_server: RedisServer, *args: str) -> str:
 async def health(server: Server) -> httpx.Response:
     async with httpx.AsyncClient(timeout=10) as http:
         return await http.get(f"{server.url}/-/health", headers={"Connection": "close"})
+
+
+async def until_sent(server: Server, message: str) -> str:
+    """Broadcast until the page's subscription is up (503 before), and say to how many."""
+    deadline = time.monotonic() + 5
+    while (response := await send(server, message)).status_code == 503:
+        assert time.monotonic() < deadline, response.text
+        await asyncio.sleep(0.05)
+    assert response.status_code == 200, response.text
+    return response.text.strip()
 
 
 async def send(server: Server, message: str) -> httpx.Response:
@@ -89,6 +99,10 @@ async def test_health_reports_a_refused_subscription_and_recovers(
     url = f"redis://realtime:s3cret@127.0.0.1:{locked_down.port}/0"
     server = Server(app_dir, "--broker", url).start()
     try:
+        # A process listens to a channel only while it has clients there: a page.
+        page = await connect(server.ws_url)
+        assert await until_sent(server, "hello") == "Sent to 1 client."
+        assert await asyncio.wait_for(page.recv(), 5) == "hello"
         assert (await health(server)).text == "ok\n"
         # Taking a user's channels away disconnects its subscribers (Redis 7), and
         # every resubscription is refused from then on.
@@ -107,6 +121,8 @@ async def test_health_reports_a_refused_subscription_and_recovers(
             assert time.monotonic() < deadline, response.text
             await asyncio.sleep(0.1)
         assert (await send(server, "back")).status_code == 200
+        assert await asyncio.wait_for(page.recv(), 5) == "back"  # nothing missed meanwhile
+        await page.close()
         assert "cannot subscribe to redis yet (NoPermissionError" in server.log
     finally:
         server.stop()

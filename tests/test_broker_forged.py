@@ -22,6 +22,7 @@ from realtime_broker.redis import MAGIC
 from .conftest import RedisServer, Server
 
 CHANNEL = "realtime:channel:default"
+META = "realtime:{ch:default}:meta"
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ async def expect(pages: list[ClientConnection], *messages: str | bytes) -> None:
 
 def numbering(raw: redis.Redis) -> tuple[bytes, int]:
     """Redis's epoch and counter, as a forger who can read keys would see them."""
-    epoch, seq = raw.mget("realtime:epoch", "realtime:seq:default")
+    epoch, seq = raw.hmget(META, ["epoch", "seq"])
     assert isinstance(epoch, bytes) and isinstance(seq, bytes)
     return epoch, int(seq)
 
@@ -125,10 +126,10 @@ async def test_a_forged_jump_ahead_of_the_broadcast_in_flight_is_not_believed(
     pipe.publish(CHANNEL, MAGIC + epoch + b" %d tforged" % (counter + 2))
     for n in range(3):  # what the publish script does, the same moment
         pipe.eval(
-            "local s = redis.call('INCR', KEYS[1]) "
+            "local s = redis.call('HINCRBY', KEYS[1], 'seq', 1) "
             "return redis.call('PUBLISH', KEYS[2], ARGV[1] .. s .. ARGV[2])",
             2,
-            "realtime:seq:default",
+            META,
             CHANNEL,
             MAGIC + epoch + b" ",
             f" tours {n}",

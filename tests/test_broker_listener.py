@@ -37,7 +37,7 @@ class Flaky(RedisBroker):
         self.failures: list[BaseException] = []
         self.received: list[str | bytes] = []
         self.losses: list[tuple[str, int]] = []
-        self.subscribe(DEFAULT_CHANNEL, lambda data: self.received.append(data) or 1)
+        self.subscribe(DEFAULT_CHANNEL, lambda pub: self.received.append(pub.data) or 1)
         self.on_loss(lambda channel, missed: self.losses.append((channel, missed)))
 
     async def _read(self, pubsub: PubSub, wait: float | None) -> dict[str, Any] | None:

@@ -19,9 +19,9 @@ from .conftest import RedisServer, Server, caddy_process, free_port, wait_for_ht
 #: A drop-in script reporting which process answered and how many clients it holds.
 WHOAMI = """\
 import os
-from realtime_websocket import get_pool
+from realtime_hub import get_hub
 from realtime import current_host
-print(os.getpid(), len(get_pool(current_host())))
+print(os.getpid(), len(get_hub(current_host())))
 """
 
 

@@ -18,7 +18,8 @@ from quart import Quart
 from websockets.asyncio.client import connect
 
 from realtime import create_app, get_host
-from realtime_websocket import Pool, get_pool
+from realtime_broker import Publication
+from realtime_hub import Hub, get_hub
 
 from .conftest import Server, free_port
 
@@ -60,8 +61,12 @@ async def served(
         yield app, port
 
 
-def pool_of(app: Quart) -> Pool:
-    return get_pool(get_host(app))
+def hub_of(app: Quart) -> Hub:
+    return get_hub(get_host(app))
+
+
+def publish(hub: Hub, data: str | bytes) -> int:
+    return hub.publish("default", Publication(data))
 
 
 async def test_fast_path_attaches_to_hypercorn_and_declines_compression(
@@ -72,12 +77,12 @@ async def test_fast_path_attaches_to_hypercorn_and_declines_compression(
     async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
         assert ws.response is not None
         assert "Sec-WebSocket-Extensions" not in ws.response.headers
-        pool = pool_of(app)
+        pool = hub_of(app)
         await settle(lambda: len(pool) == 1)
         client = next(iter(pool))
         assert client.wire is not None
-        assert pool.publish("héllo") == 1
-        assert pool.publish(b"\x00\xff" * 40_000) == 1  # 64-bit length frame
+        assert publish(pool, "héllo") == 1
+        assert publish(pool, b"\x00\xff" * 40_000) == 1  # 64-bit length frame
         assert await ws.recv() == "héllo"
         assert await ws.recv() == b"\x00\xff" * 40_000
 
@@ -93,12 +98,12 @@ async def test_with_compression_on_it_is_negotiated_and_each_client_encodes_its_
     ):
         assert deflating.response is not None
         assert "permessage-deflate" in deflating.response.headers["Sec-WebSocket-Extensions"]
-        pool = pool_of(app)
+        pool = hub_of(app)
         await settle(lambda: len(pool) == 2)
         wires = sorted(client.wire is not None for client in pool)
         assert wires == [False, True]  # only the one without an offer shares frames
         text = "compressible " * 2000
-        assert pool.publish(text) == 2
+        assert publish(pool, text) == 2
         assert await deflating.recv() == text
         assert await plain.recv() == text
 
@@ -155,15 +160,15 @@ async def test_clients_that_stop_reading_hold_nobody_back(
         srv.stop()
 
 
-async def test_two_hosts_in_one_process_share_no_pool(tmp_path: Path) -> None:
+async def test_two_hosts_in_one_process_share_no_hub(tmp_path: Path) -> None:
     first, second = create_app(tmp_path), create_app(tmp_path)
     async with hypercorn(first) as port_one, hypercorn(second) as port_two:
-        pool_one, pool_two = pool_of(first), pool_of(second)
+        pool_one, pool_two = hub_of(first), hub_of(second)
         assert pool_one is not pool_two
         async with connect(f"ws://127.0.0.1:{port_one}/ws") as ws:
             await settle(lambda: len(pool_one) == 1)
             assert len(pool_two) == 0
-            assert pool_two.publish("only second") == 0
-            assert pool_one.publish("only first") == 1
+            assert publish(pool_two, "only second") == 0
+            assert publish(pool_one, "only first") == 1
             assert await ws.recv() == "only first"
         assert port_one != port_two

@@ -324,7 +324,7 @@ def test_the_limits_must_make_sense(app_dir: Path) -> None:
 
 
 def test_outside_hypercorn_the_guard_stands_aside() -> None:
-    from realtime_websocket.fastpath import IncomingLimits, decline_compression, guard
+    from realtime_hub.fastpath import IncomingLimits, decline_compression, guard
 
     async def send(message: object) -> None:
         pass

@@ -1,16 +1,27 @@
-"""The broker plugin's public API: publish to every process's clients, or subscribe."""
+"""The broker plugin's public API: publish to every process's subscribers, or subscribe."""
 
-from .base import DEFAULT_CHANNEL, Broker, BrokerUnavailable, Counter, Deliver, LossHandler
+from .base import (
+    DEFAULT_CHANNEL,
+    MAX_INFO_SIZE,
+    Broker,
+    BrokerUnavailable,
+    Counter,
+    Deliver,
+    LossHandler,
+    Publication,
+)
 from .memory import MemoryBroker
 from .state import get_broker
 
 __all__ = [
     "DEFAULT_CHANNEL",
+    "MAX_INFO_SIZE",
     "Broker",
     "BrokerUnavailable",
     "Counter",
     "Deliver",
     "LossHandler",
     "MemoryBroker",
+    "Publication",
     "get_broker",
 ]

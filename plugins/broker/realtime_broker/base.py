@@ -1,33 +1,64 @@
-"""What a broker is: the bus between ``broadcast()`` and every process's clients.
+"""What a broker is: the bus between publishers and every process's subscribers.
 
-``broadcast()`` publishes to the broker; every process subscribed to it hands the
-message to its own clients. All deliveries come back through the broker, the
+``broadcast()`` publishes to the broker; every process subscribed to the channel hands
+the publication to its own clients. All deliveries come back through the broker, the
 publishing process's included, so every client sees the broker's one order.
+
+Subscriptions are per channel and may come and go at any time on the loop: a
+distributed broker listens to a channel only while this process has a subscriber for
+it, so a process receives only what its own clients want.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from realtime import HTTPError
 
-#: Called with a message on the subscribing process's loop; returns how many
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message on one channel, made once and shared by every subscriber.
+
+    ``data`` is text (``str``) or binary (``bytes``). ``json`` says that ``data`` is
+    the text of a JSON document, so JSON protocols embed it as a value rather than a
+    string; raw WebSocket clients get it as a text frame all the same. ``info`` is
+    the publisher (a Centrifuge ClientInfo as JSON text), or ``None``.
+
+    ``epoch`` and ``offset`` are filled by the broker on delivery: where the
+    publication stands in the channel's numbering (Redis's epoch and sequence number;
+    ``""`` and 0 with ``memory://``). What a publisher sets there is ignored.
+    """
+
+    data: str | bytes
+    json: bool = False
+    info: str | None = None
+    epoch: str = ""
+    offset: int = 0
+
+
+#: Called with a publication on the subscribing process's loop; returns how many
 #: clients it was queued for there.
-Deliver = Callable[[str | bytes], int]
+Deliver = Callable[[Publication], int]
 #: How many clients a subscriber holds in this process, for counts across processes.
 Counter = Callable[[], int]
-#: Told that this process missed ``missed`` messages on ``channel`` (a distributed
-#: broker's subscription was down while others published).
+#: Told that this process missed ``missed`` publications on ``channel`` (a distributed
+#: broker's subscription was down while others published on it).
 LossHandler = Callable[[str, int], None]
 #: The channel ``broadcast()`` publishes on and ``/ws`` clients listen to.
 DEFAULT_CHANNEL = "default"
 #: How long a script's thread waits for the loop to take its broadcast, seconds.
 HANDOFF_TIMEOUT = 10.0
+#: The largest publisher ``info``, bytes of UTF-8: it travels in every copy of a
+#: publication, and a distributed broker bounds what it accepts from the wire.
+MAX_INFO_SIZE = 16 * 1024
 
 
 class BrokerUnavailable(HTTPError):
@@ -36,8 +67,33 @@ class BrokerUnavailable(HTTPError):
     status = 503
 
 
+def as_publication(data: str | bytes | Publication) -> Publication:
+    """What a publisher passed, as the publication subscribers get (before numbering).
+
+    Refuses what no broker could carry the same way: JSON that is not text, an
+    ``info`` over :data:`MAX_INFO_SIZE`. Checked by every broker alike, so what works
+    with ``memory://`` works with ``redis://``.
+    """
+    if not isinstance(data, Publication):
+        return Publication(data)
+    if data.json and not isinstance(data.data, str):
+        raise TypeError("a JSON publication's data is the document's text (str), not bytes")
+    info = data.info
+    # At most 4 bytes a character: most infos need no encoding just to be measured.
+    if info is not None and len(info) * 4 > MAX_INFO_SIZE and len(info.encode()) > MAX_INFO_SIZE:
+        raise ValueError(f"the publisher info is over {MAX_INFO_SIZE} bytes; not sent")
+    if data.epoch or data.offset:
+        data = dataclasses.replace(data, epoch="", offset=0)  # the broker numbers it
+    return data
+
+
 class Broker(ABC):
-    """One per process. Subclasses are found by URL scheme under ``realtime.brokers``."""
+    """One per process. Subclasses are found by URL scheme under ``realtime.brokers``.
+
+    Subscriptions are reference-counted per channel: the first :meth:`subscribe` to a
+    channel calls :meth:`_listen_to`, the last :meth:`unsubscribe` :meth:`_stop_listening`
+    (a distributed broker SUBSCRIBEs and UNSUBSCRIBEs there).
+    """
 
     #: False for brokers that only reach their own process (refused with --workers > 1).
     distributed: ClassVar[bool] = True
@@ -45,8 +101,10 @@ class Broker(ABC):
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         self.url = url
         self.settings = settings
+        #: Each channel this process listens to, with its delivers in subscription order.
         self.subscribers: dict[str, list[Deliver]] = {}
         self.counters: list[Counter] = []
+        self._counted: list[tuple[str, Deliver, Counter]] = []
         self.loss_handlers: list[LossHandler] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -54,25 +112,91 @@ class Broker(ABC):
         self.handoff_timeout = HANDOFF_TIMEOUT
 
     def subscribe(self, channel: str, deliver: Deliver, count: Counter | None = None) -> None:
-        """Register ``deliver`` for ``channel``.
+        """Deliver ``channel``'s publications to ``deliver``, on the loop, from now on.
 
-        Plugins subscribe in their ``startup`` hook; the broker plugin's own ``startup``
-        runs after every other plugin's (``trylast``), so they are all known by then.
+        Callable before :meth:`start` (plugins subscribe in their ``startup`` hook, and
+        the broker plugin's own ``startup`` runs last) or at any time on the loop. A
+        distributed broker needs a moment to listen to a new channel: await
+        :meth:`ready` before relying on it. ``count`` reports how many clients
+        ``deliver`` serves here, for :meth:`publish`'s count.
+
+        Subscribe once per channel and fan out yourself, as the WebSocket pool does:
+        adding or removing one deliver costs as many as the channel already has here.
         """
-        self.subscribers.setdefault(channel, []).append(deliver)
+        channel.encode()  # a name Redis cannot carry fails here, not in the background
+        delivers = self.subscribers.get(channel)
+        if delivers is None:
+            self.subscribers[channel] = [deliver]
+            self._listen_to(channel)
+        else:
+            # A new list, not an append: a delivery running now keeps its own.
+            self.subscribers[channel] = [*delivers, deliver]
         if count is not None:
+            self._counted.append((channel, deliver, count))
             self.counters.append(count)
 
+    def unsubscribe(self, channel: str, deliver: Deliver) -> None:
+        """Stop delivering to ``deliver`` (compared with ``==``, as ``list.remove`` does).
+
+        Like ``set.discard``: what is not subscribed is ignored. Once a channel has no
+        deliver left, this process stops listening to it and forgets where it stood in
+        its numbering: publications made until the next subscription are nobody's
+        loss here.
+        """
+        delivers = self.subscribers.get(channel)
+        if delivers is None or deliver not in delivers:
+            return
+        remaining = list(delivers)
+        remaining.remove(deliver)
+        for i, (name, counted, count) in enumerate(self._counted):
+            if name == channel and counted == deliver:
+                del self._counted[i]
+                self.counters.remove(count)
+                break
+        if remaining:
+            self.subscribers[channel] = remaining
+        else:
+            del self.subscribers[channel]
+            self._stop_listening(channel)
+
+    def channels(self) -> dict[str, int]:
+        """The channels this process listens to, each with its number of local delivers."""
+        return {channel: len(delivers) for channel, delivers in self.subscribers.items()}
+
+    async def ready(self, channel: str) -> None:
+        """Wait until publications made on ``channel`` from now on reach this process.
+
+        Returns at once with a broker that reaches only its own process. A distributed
+        broker returns once its server confirmed the subscription, and raises
+        :class:`BrokerUnavailable` if that takes longer than its timeout. Raises
+        ``ValueError`` if this process has no subscriber for ``channel``.
+        """
+        if channel not in self.subscribers:
+            raise ValueError(f"this process is not subscribed to channel {channel!r}")
+
+    def _listen_to(self, channel: str) -> None:  # noqa: B027 (optional: not abstract)
+        """The first subscriber for ``channel`` arrived (a hook for distributed brokers)."""
+
+    def _stop_listening(self, channel: str) -> None:  # noqa: B027 (optional: not abstract)
+        """The last subscriber for ``channel`` left (a hook for distributed brokers)."""
+
     def on_loss(self, handler: LossHandler) -> None:
-        """Be told when this process missed messages, so its clients can be told too."""
+        """Be told when this process missed publications, so its clients can be told too."""
         self.loss_handlers.append(handler)
 
     def report_loss(self, channel: str, missed: int) -> None:
         for handler in self.loss_handlers:
             handler(channel, missed)
 
-    def deliver_locally(self, channel: str, data: str | bytes) -> int:
-        return sum(deliver(data) for deliver in self.subscribers.get(channel, ()))
+    def deliver_locally(self, channel: str, publication: Publication) -> int:
+        delivers = self.subscribers.get(channel)
+        if not delivers:
+            return 0
+        if len(delivers) == 1:
+            return delivers[0](publication)
+        # The list is never changed in place (see subscribe): unsubscribing during a
+        # delivery neither skips nor repeats anyone.
+        return sum(deliver(publication) for deliver in delivers)
 
     async def start(self) -> None:
         """Connect and subscribe, on the serving loop. Subclasses call this first."""
@@ -86,7 +210,7 @@ class Broker(ABC):
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self._loop_thread
 
-    def publish_sync(self, channel: str, data: str | bytes) -> int:
+    def publish_sync(self, channel: str, data: str | bytes | Publication) -> int:
         """:meth:`publish` for a script's worker thread: waits for the result."""
         loop = self.loop
         if loop is None:
@@ -101,12 +225,15 @@ class Broker(ABC):
             raise BrokerUnavailable("the server did not take the message in time") from None
 
     @abstractmethod
-    async def publish(self, channel: str, data: str | bytes) -> int:
-        """Send ``data`` to every subscriber of ``channel``.
+    async def publish(self, channel: str, data: str | bytes | Publication) -> int:
+        """Send ``data`` to every subscriber of ``channel``, as one :class:`Publication`.
 
-        Returns how many clients it was queued for (for distributed brokers, as last
-        reported by each process). Raises :class:`BrokerUnavailable` within the
-        broker's timeout when the message could not be handed over.
+        ``str`` and ``bytes`` are shorthand for ``Publication(data)``. Returns how many
+        clients it was queued for (for distributed brokers, as last reported by each
+        process: the sum of the ``count`` callbacks given to :meth:`subscribe`, whatever
+        their channel). Raises :class:`BrokerUnavailable` within the broker's timeout
+        when the message could not be handed over, and ``TypeError`` or ``ValueError``
+        for a publication no broker can carry (see :func:`as_publication`).
         """
 
     def problem(self) -> str | None:

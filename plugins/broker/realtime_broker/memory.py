@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from .base import Broker, BrokerUnavailable
+from .base import Broker, BrokerUnavailable, Publication, as_publication
 
 
 class MemoryBroker(Broker):
-    """Delivers on the loop, synchronously: no task and no extra hop per broadcast."""
+    """Delivers on the loop, synchronously: no task and no extra hop per broadcast.
+
+    Subscribing takes effect at once (:meth:`ready` returns at once); publications
+    carry no numbering (``epoch`` ``""``, ``offset`` 0) and nothing can be missed.
+    """
 
     distributed = False
 
-    async def publish(self, channel: str, data: str | bytes) -> int:
-        return self.deliver_locally(channel, data)
+    async def publish(self, channel: str, data: str | bytes | Publication) -> int:
+        return self.deliver_locally(channel, as_publication(data))
 
-    def publish_sync(self, channel: str, data: str | bytes) -> int:
+    def publish_sync(self, channel: str, data: str | bytes | Publication) -> int:
         """From a worker thread: hand over to the loop in FIFO order, wait for the count.
 
         A loop too busy to take it within ``handoff_timeout`` is the broker being
@@ -25,15 +29,16 @@ class MemoryBroker(Broker):
         loop = self.loop
         if loop is None:
             raise BrokerUnavailable("the broker is not running")
+        publication = as_publication(data)
         if self.on_loop_thread():
-            return self.deliver_locally(channel, data)
+            return self.deliver_locally(channel, publication)
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
 
         def handoff() -> None:
             if not future.set_running_or_notify_cancel():
                 return  # the script gave up waiting and was told nothing was sent
             try:
-                future.set_result(self.deliver_locally(channel, data))
+                future.set_result(self.deliver_locally(channel, publication))
             except BaseException as exc:
                 future.set_exception(exc)
 

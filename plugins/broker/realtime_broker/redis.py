@@ -1,13 +1,18 @@
 """Redis pub/sub as the bus between processes and machines (redis-py's asyncio client).
 
-Every process subscribes to the channel and delivers what it receives to its own
-clients, the publishing process included, so all clients see Redis's one order.
+A process SUBSCRIBEs to a channel's Redis channel while it has a local subscriber for
+it, and UNSUBSCRIBEs when the last one leaves (reference-counted, never a pattern), so
+it receives only what its own clients want. It delivers what it receives to them, the
+publishing process included, so all clients see Redis's one order.
 
-Pub/sub forgets what a disconnected subscriber missed, so each message carries a
-sequence number, stamped by Redis itself (a Lua script: INCR then PUBLISH, atomic)
-under an epoch that changes when Redis loses its data. A process that finds numbers
-it never received tells its subscribers (the WebSocket pool then closes its clients
-with 1012, so they reconnect knowing they missed something): nothing is lost silently.
+Pub/sub forgets what a disconnected subscriber missed, so each publication carries a
+sequence number, stamped by Redis itself (a Lua script: HINCRBY then PUBLISH, atomic)
+under an epoch that changes when Redis loses the channel's numbering; each channel is
+numbered on its own. A process that finds numbers it never received tells its
+subscribers which channel it was (the WebSocket pool then closes that channel's
+clients with 1012, so they reconnect knowing they missed something): nothing is lost
+silently. A process that stops listening to a channel forgets where it stood in it: a
+later subscription starts afresh, and what was published meanwhile is nobody's loss.
 
 Anyone allowed to PUBLISH on the channel can send something that looks like an
 envelope, so an envelope is believed without a question only when it carries the next
@@ -20,6 +25,22 @@ the log, and dropped; one message never stops the subscription.
 
 Each process also reports its client count to a hash every second while it is
 subscribed, which is how ``broadcast()`` answers "how many clients" cluster-wide.
+
+Names (``NAME`` is the channel's name as given, any characters; ``realtime`` is
+``--broker-prefix``):
+
+- ``realtime:channel:NAME``: the Pub/Sub channel (the name it had with one channel).
+- ``realtime:{ch:NAME}:meta``: a hash, the channel's numbering (``epoch``, ``seq``).
+  The ``{ch:NAME}`` hash tag puts everything of one channel in one Redis Cluster slot
+  (its history will join it). A publication creates it; it expires ``META_TTL``
+  (30 days) after its first publication, renewed every 64th.
+- ``realtime:nodes``: a hash, each process's client count.
+
+Neither a name nor the fixed text around it can make two channels' names meet. The
+publish script touches the channel's hash and ``realtime:nodes``: under Redis Cluster
+those are two slots, so the count would have to move out of the script (classic
+PUBLISH reaches every node of a cluster; sharded pub/sub would rename the channel to
+carry its hash tag).
 """
 
 from __future__ import annotations
@@ -35,8 +56,7 @@ import socket
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Coroutine, Iterable, Mapping
 from itertools import islice
 from typing import Any
 
@@ -46,22 +66,29 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .base import Broker, BrokerUnavailable
+from .base import MAX_INFO_SIZE, Broker, BrokerUnavailable, Publication, as_publication
 
 log = logging.getLogger("realtime.broker")
 
-#: What every payload starts with; anything else on the channel is not ours.
-MAGIC = b"realtime/1 "
-TEXT, BINARY = b"t", b"b"
+#: What every payload starts with; anything else on the channel is not ours. Version
+#: 2 added JSON and the publisher's info: version 1 processes ignore version 2's
+#: messages as not theirs, and the other way round (their numbering keys differ too).
+MAGIC = b"realtime/2 "
+#: Kinds of body: text, binary, JSON text; in capitals when the publisher's info
+#: comes first, as ``<length> <info>``.
+TEXT, BINARY, JSON = b"t", b"b", b"j"
+WITH_INFO = {b"T": TEXT, b"B": BINARY, b"J": JSON}
 #: What an epoch looks like (realtime makes 8 hex digits; a short token, nothing else).
 EPOCH = re.compile(rb"[0-9A-Za-z]{1,32}")
 EPOCH_MAX = 32
 #: Where a process stands when Redis has no epoch yet: the next number in any new one is next.
-NEW_EPOCH = b""
+NEW_EPOCH = ""
 #: Redis counts in a signed 64-bit integer: a sequence number has at most 19 digits.
 SEQ_DIGITS = 19
-#: The envelope around a message at its largest: magic, epoch, sequence, spaces, kind.
-ENVELOPE_OVERHEAD = len(MAGIC) + EPOCH_MAX + 1 + SEQ_DIGITS + 1 + len(TEXT)
+INFO_DIGITS = len(str(MAX_INFO_SIZE))
+#: The envelope around a body at its largest, info aside: magic, epoch, sequence,
+#: spaces, kind, the info's length and a space.
+ENVELOPE_OVERHEAD = len(MAGIC) + EPOCH_MAX + 1 + SEQ_DIGITS + 1 + 1 + INFO_DIGITS + 1
 #: The broadcast plugin's default ``max_message_size``, for when it is not loaded.
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024
 #: A process that has not reported for this long is left out of client counts.
@@ -71,6 +98,8 @@ HEARTBEAT = 1.0
 #: subscription and one publishing connection, not thousands: there is no herd to
 #: protect Redis from, so the cap is what bounds how late Redis's return is noticed.
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 1.0
+#: How many times close() cancels a task that goes on anyway (see close).
+CLOSE_ROUNDS = 5
 #: How often an idle subscription is pinged (and must answer), so a dead one is noticed.
 IDLE_PING = 5.0
 #: How many recently delivered sequence numbers each channel remembers...
@@ -82,58 +111,119 @@ BATCH = 1024
 #: Seconds between two log lines about the same kind of dropped message (as the host's LogThrottle).
 REPORT_EVERY = 10.0
 
-#: KEYS: epoch, sequence, channel, nodes. ARGV: kind+body, a new epoch if none, MAGIC.
-#: Returns {receivers, the nodes hash flattened}: one round trip per broadcast.
+#: How long a channel's numbering lives, seconds, renewed by every 64th publication
+#: (the first included). Channels come and go (a room, a conversation): their hashes
+#: must not pile up for ever. A process still listening when it expires follows the
+#: next epoch without a loss.
+META_TTL = 30 * 24 * 3600
+
+#: KEYS: the channel's numbering hash, nodes. ARGV: kind+body, a new epoch if the
+#: channel has none, MAGIC, the Pub/Sub channel (not a key), "1" if the publishing
+#: process listens to the channel, META_TTL. Returns {receivers, the nodes hash
+#: flattened}: one round trip per publication.
 PUBLISH_SCRIPT = """
-local epoch = redis.call('GET', KEYS[1])
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[2]
-  redis.call('SET', KEYS[1], epoch)
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
-local seq = redis.call('INCR', KEYS[2])
-local receivers = redis.call('PUBLISH', KEYS[3], ARGV[3] .. epoch .. ' ' .. seq .. ' ' .. ARGV[1])
-if receivers == 0 then
-  -- Nobody heard it and the caller is told it failed: it must leave no gap.
-  redis.call('DECR', KEYS[2])
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local receivers = redis.call('PUBLISH', ARGV[4], ARGV[3] .. epoch .. ' ' .. seq .. ' ' .. ARGV[1])
+if receivers == 0 and ARGV[5] == '1' then
+  -- The publisher listens, yet nobody heard it: its own subscription is down, and it
+  -- is told the publication failed, so it must leave no gap (nor a new key).
+  if seq == 1 then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('HINCRBY', KEYS[1], 'seq', -1)
+  end
+elseif seq % 64 == 1 then
+  -- Heard, or by nobody listening right now: numbered either way, so that a process
+  -- whose subscription was down finds the gap. Kept alive now and then (every time
+  -- would cost Redis a sixth more per publication).
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
 end
-return {receivers, redis.call('HGETALL', KEYS[4])}
+return {receivers, redis.call('HGETALL', KEYS[2])}
 """
 
 
-def encode(data: str | bytes) -> bytes:
-    """The part the publisher sends; Redis prefixes magic, epoch and sequence."""
-    if isinstance(data, str):
-        return TEXT + data.encode()
-    return BINARY + data
+def encode(publication: Publication, limit: int | None = None) -> bytes:
+    """The part the publisher sends; Redis prefixes magic, epoch and sequence.
 
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    epoch: bytes
-    seq: int
-    data: str | bytes
-
-
-def decode(raw: bytes) -> Envelope | None:
-    """The message, or ``None`` when the payload was not published by realtime.
-
-    Never raises: the epoch and sequence are bounded before anything is converted.
+    Raises ``ValueError`` when the body is over ``limit`` bytes: every process would
+    drop it on receipt.
     """
+    data = publication.data
+    if isinstance(data, str):
+        body = data.encode()
+        kind = JSON if publication.json else TEXT
+    else:
+        body = data
+        kind = BINARY
+    if limit is not None and len(body) > limit:
+        raise ValueError(f"the publication is {len(body)} bytes, over the {limit}-byte limit")
+    if publication.info is None:
+        return kind + body
+    info = publication.info.encode()
+    return b"%s%d %s%s" % (kind.upper(), len(info), info, body)
+
+
+class Drop(enum.Enum):
+    """Why a payload on a channel is not a publication (the value goes in the log)."""
+
+    FOREIGN = "that realtime did not publish"
+    OVERSIZED = "over the size limit"
+
+
+def decode(raw: bytes, limit: int | None = None) -> Publication | Drop:
+    """The publication, numbered, or why the payload is dropped.
+
+    Never raises: the epoch, sequence and info's length are bounded before anything is
+    converted. A body over ``limit`` bytes, or an info over ``MAX_INFO_SIZE``, is
+    :attr:`Drop.OVERSIZED`.
+    """
+    start = len(MAGIC)
     if not raw.startswith(MAGIC):
-        return None
-    parts = raw[len(MAGIC) :].split(b" ", 2)
-    if len(parts) != 3 or not parts[2]:
-        return None
-    epoch, seq, rest = parts
-    if not EPOCH.fullmatch(epoch) or not (0 < len(seq) <= SEQ_DIGITS and seq.isdigit()):
-        return None
-    kind, body = rest[:1], rest[1:]
-    if kind == TEXT:
+        return Drop.FOREIGN
+    space = raw.find(b" ", start, start + EPOCH_MAX + 1)
+    epoch = raw[start:space]
+    if space < 0 or not EPOCH.fullmatch(epoch):
+        return Drop.FOREIGN
+    start = space + 1
+    space = raw.find(b" ", start, start + SEQ_DIGITS + 1)
+    seq = raw[start:space]
+    if space <= start or not seq.isdigit():  # ASCII digits only, for bytes
+        return Drop.FOREIGN
+    kind = raw[space + 1 : space + 2]
+    start = space + 2
+    info: str | None = None
+    if kind in WITH_INFO:
+        kind = WITH_INFO[kind]
+        space = raw.find(b" ", start, start + INFO_DIGITS + 1)
+        length = raw[start:space]
+        if space <= start or not length.isdigit():
+            return Drop.FOREIGN
+        if int(length) > MAX_INFO_SIZE:
+            return Drop.OVERSIZED
+        start = space + 1 + int(length)
+        if start > len(raw):
+            return Drop.FOREIGN
         try:
-            return Envelope(epoch, int(seq), body.decode())
+            info = raw[space + 1 : start].decode()
         except UnicodeDecodeError:
-            return None
-    return Envelope(epoch, int(seq), body) if kind == BINARY else None
+            return Drop.FOREIGN
+    if limit is not None and len(raw) - start > limit:
+        return Drop.OVERSIZED
+    body = raw[start:]
+    if kind == BINARY:
+        return Publication(body, False, info, epoch.decode(), int(seq))
+    if kind != TEXT and kind != JSON:
+        return Drop.FOREIGN
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return Drop.FOREIGN
+    return Publication(text, kind == JSON, info, epoch.decode(), int(seq))
 
 
 def parse_counter(value: Any) -> int | None:
@@ -143,12 +233,8 @@ def parse_counter(value: Any) -> int | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Truth:
-    """Redis's word at one moment: its epoch and each channel's counter."""
-
-    epoch: bytes | None
-    counters: Mapping[str, int | None]
+#: Redis's word at one moment: each channel's epoch and counter (``None``: it has none).
+Truth = Mapping[str, tuple[str | None, int | None]]
 
 
 class Place(enum.Enum):
@@ -173,13 +259,23 @@ class Verdict(enum.Enum):
 
 DELIVER = {Verdict.ACCEPT, Verdict.BEHIND, Verdict.RENUMBERED}
 
-#: Messages received in order and not handled yet: (channel, envelope).
-Queue = deque[tuple[str, Envelope]]
+
+class Mark(enum.Enum):
+    """Redis confirmed a SUBSCRIBE or an UNSUBSCRIBE: queued in order with the messages,
+    since what arrived before it was heard under the other state."""
+
+    SUBSCRIBED = "subscribe"
+    UNSUBSCRIBED = "unsubscribe"
 
 
-def digest(data: str | bytes) -> int:
+#: Messages and confirmations received in order and not handled yet.
+Queue = deque[tuple[str, Publication | Mark]]
+
+
+def digest(publication: Publication) -> int:
     """Tells two messages under one number apart (salted per process: not predictable)."""
-    return hash((isinstance(data, str), data))
+    data = publication.data
+    return hash((isinstance(data, str), publication.json, data, publication.info))
 
 
 class Sequence:
@@ -189,14 +285,14 @@ class Sequence:
     """
 
     def __init__(self) -> None:
-        self.position: dict[str, tuple[bytes, int]] = {}
+        self.position: dict[str, tuple[str, int]] = {}
         #: Redis's counter at the last check whose barrier completed: every message it
         #: had numbered by then has been handled, so a number up to it is not new.
-        self.confirmed: dict[str, tuple[bytes, int]] = {}
+        self.confirmed: dict[str, tuple[str, int]] = {}
         self._recent: dict[str, dict[int, list[int]]] = {}
         self._order: dict[str, deque[int]] = {}
 
-    def place(self, channel: str, epoch: bytes, seq: int) -> Place:
+    def place(self, channel: str, epoch: str, seq: int) -> Place:
         known = self.position.get(channel)
         if known is None or known[0] not in (epoch, NEW_EPOCH):
             return Place.OFF
@@ -209,7 +305,7 @@ class Sequence:
         return Place.OFF
 
     def delivered(
-        self, channel: str, epoch: bytes, seq: int, mark: int, *, renumbered: bool = False
+        self, channel: str, epoch: str, seq: int, mark: int, *, renumbered: bool = False
     ) -> None:
         """Move to ``seq`` (unless behind) and remember what it carried."""
         known = self.position.get(channel)
@@ -242,17 +338,17 @@ class Sequence:
     def judge(
         self,
         channel: str,
-        epoch: bytes,
+        epoch: str,
         seq: int,
         truth: Truth,
-        later: Iterable[tuple[str, Envelope]],
+        later: Iterable[tuple[str, Publication | Mark]],
     ) -> tuple[Verdict, int]:
         """A message that looked off, received before ``truth`` was asked for and before a
         barrier proved that everything Redis had numbered by then has arrived (``later``
         holds what arrived after it): deliver it or not, and how many were missed.
         """
-        counter = truth.counters.get(channel)
-        if truth.epoch is None or counter is None or epoch != truth.epoch:
+        current, counter = truth.get(channel, (None, None))
+        if current is None or counter is None or epoch != current:
             return Verdict.FOREIGN_EPOCH, 0
         if seq > counter:
             # Redis had not issued this number when the message was already here.
@@ -273,17 +369,20 @@ class Sequence:
         else:
             verdict = Verdict.ACCEPT
             base = known[1] if known[0] in (epoch, NEW_EPOCH) else 0
-        if any(c == channel and e.epoch == epoch and base < e.seq < seq for c, e in later):
-            # Redis delivers in order: had this been stamped by Redis, the numbers before
-            # it would have come first.
-            return Verdict.OUT_OF_ORDER, 0
+        for c, e in later:
+            ahead = isinstance(e, Publication) and e.epoch == epoch and base < e.offset < seq
+            if c == channel and ahead:
+                # Redis delivers in order: had this been stamped by Redis, the numbers
+                # before it would have come first.
+                return Verdict.OUT_OF_ORDER, 0
         return verdict, seq - base - 1
 
-    def check(self, channel: str, epoch: bytes | None, current: int | None) -> int:
+    def check(self, channel: str, epoch: str | None, current: int | None) -> int:
         """Once everything Redis numbered up to ``current`` has arrived: how many never did."""
         if epoch is None:
-            # Redis has no epoch (new, restarted empty or flushed): the next broadcast
-            # starts one, numbered after the counter, with nothing before it to miss.
+            # Redis has no epoch for the channel (nothing heard was ever published on
+            # it, or Redis lost it): the next publication starts one, numbered after
+            # the counter, with nothing before it to miss.
             self.position[channel] = (NEW_EPOCH, current or 0)
             self._forget(channel)
             return 0
@@ -307,13 +406,21 @@ class Sequence:
         self.position[channel] = (epoch, current)
         return missed
 
-    def confirm(self, truth: Truth) -> None:
-        """Record Redis's word once everything it had numbered then has been handled."""
-        for channel, counter in truth.counters.items():
-            if truth.epoch is not None and counter is not None:
-                self.confirmed[channel] = (truth.epoch, counter)
+    def confirm(self, truth: Truth, channels: Collection[str]) -> None:
+        """Record Redis's word on ``channels`` once everything it had numbered then has
+        been handled."""
+        for channel in channels:
+            epoch, counter = truth.get(channel, (None, None))
+            if epoch is not None and counter is not None:
+                self.confirmed[channel] = (epoch, counter)
 
-    def _checked(self, channel: str, epoch: bytes) -> int | None:
+    def drop(self, channel: str) -> None:
+        """Forget ``channel`` altogether: this process stopped listening to it."""
+        self.position.pop(channel, None)
+        self.confirmed.pop(channel, None)
+        self._forget(channel)
+
+    def _checked(self, channel: str, epoch: str) -> int | None:
         confirmed = self.confirmed.get(channel)
         return confirmed[1] if confirmed is not None and confirmed[0] == epoch else None
 
@@ -359,7 +466,12 @@ class Tally:
 
 
 class RedisBroker(Broker):
-    """``redis://[user:password@]host:port/db`` (or ``rediss://``)."""
+    """``redis://[user:password@]host:port/db`` (or ``rediss://``).
+
+    :meth:`ready` returns once Redis confirmed the channel's subscription and this
+    process knows where the channel's numbering stands: from then on, every
+    publication on it reaches this process, or its loss is reported.
+    """
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         super().__init__(url, settings)
@@ -369,7 +481,7 @@ class RedisBroker(Broker):
         self.max_message_size = limit if isinstance(limit, int) else DEFAULT_MAX_MESSAGE_SIZE
         self.node = ""  # set in start(): workers are forked after this object is made
         self.nodes_key = f"{self.prefix}:nodes"
-        self.epoch_key = f"{self.prefix}:epoch"
+        self._channel_prefix = f"{self.prefix}:channel:".encode()
         self.sequence = Sequence()
         self.missed = 0
         self.subscription_losses = 0
@@ -384,6 +496,17 @@ class RedisBroker(Broker):
         self._down_since = time.monotonic()
         #: When Redis last answered this process (a command, or a ping while unsubscribed).
         self._redis_answered = time.monotonic()
+        #: The subscription's connection while it is up: where SUBSCRIBEs go.
+        self._pubsub: PubSub | None = None
+        #: Channels to SUBSCRIBE (True) or UNSUBSCRIBE (False) on it, not sent yet.
+        self._changes: dict[str, bool] = {}
+        self._flush_task: asyncio.Task[None] | None = None
+        #: Channels Redis confirmed on this connection (and has not unsubscribed since)...
+        self._live: set[str] = set()
+        #: ...of which those whose numbering this process has not looked up yet.
+        self._fresh: set[str] = set()
+        #: Per channel subscribed here: set once Redis confirmed it and it is looked up.
+        self._ready: dict[str, asyncio.Event] = {}
 
     @property
     def foreign(self) -> int:
@@ -391,10 +514,12 @@ class RedisBroker(Broker):
         return self.tally.counts["foreign"]
 
     def key(self, channel: str) -> str:
+        """The Pub/Sub channel carrying ``channel``'s publications."""
         return f"{self.prefix}:channel:{channel}"
 
-    def seq_key(self, channel: str) -> str:
-        return f"{self.prefix}:seq:{channel}"
+    def meta_key(self, channel: str) -> str:
+        """The hash numbering ``channel``'s publications (``epoch``, ``seq``)."""
+        return f"{self.prefix}:{{ch:{channel}}}:meta"
 
     def _client(self, retries: int, **options: Any) -> Redis:
         """A client without redis-py's default retries: ten, with backoff, they would
@@ -408,6 +533,8 @@ class RedisBroker(Broker):
         )
 
     async def start(self) -> None:
+        if self._listener is not None:
+            raise RuntimeError("this broker is already started")
         await super().start()
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # One immediate retry on a new connection: after an outage the pooled one is
@@ -420,7 +547,8 @@ class RedisBroker(Broker):
         self._listener = self._spawn(self._listen(), "redis listener")
         self._spawn(self._heartbeat(), "redis heartbeat")
         try:
-            await asyncio.wait_for(self._subscribed.wait(), self.timeout * 3)
+            async with asyncio.timeout(self.timeout * 3):
+                await self._subscribed.wait()
         except TimeoutError:
             log.warning(
                 "redis at %s is not answering; serving anyway, broadcasts fail with 503 "
@@ -431,10 +559,20 @@ class RedisBroker(Broker):
     async def close(self) -> None:
         await super().close()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        # Whatever they ended with was logged when they ended (see _spawn).
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._flush_task is not None:
+            tasks.append(self._flush_task)
+        # Whatever they ended with was logged when they ended (see _spawn). Cancelled
+        # again if need be: redis-py (8.1) sometimes lets a command finish normally
+        # although its task was cancelled meanwhile, and the task would go on for ever.
+        for _ in range(CLOSE_ROUNDS):
+            pending = [task for task in tasks if not task.done()]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=self.timeout)
+        if stuck := [task.get_name() for task in tasks if not task.done()]:
+            log.error("redis broker tasks did not stop: %s", ", ".join(stuck))
         self._listener = None
         if self._publisher is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
@@ -463,11 +601,13 @@ class RedisBroker(Broker):
             return f"not subscribed to the redis broker for {now - self._down_since:.1f} s"
         return None
 
-    async def publish(self, channel: str, data: str | bytes) -> int:
+    async def publish(self, channel: str, data: str | bytes | Publication) -> int:
         if self._publisher is None or self._script is None:
             raise BrokerUnavailable("the broker is not running")
-        keys = [self.epoch_key, self.seq_key(channel), self.key(channel), self.nodes_key]
-        args = [encode(data), uuid.uuid4().hex[:8].encode(), MAGIC]
+        payload = encode(as_publication(data), self.max_message_size)
+        listening = channel in self.subscribers
+        keys = [self.meta_key(channel), self.nodes_key]
+        args = [payload, os.urandom(4).hex(), MAGIC, self.key(channel), int(listening), META_TTL]
         try:
             async with asyncio.timeout(self.timeout):
                 # EVALSHA, loading the script only when Redis says it does not know it.
@@ -478,9 +618,15 @@ class RedisBroker(Broker):
                 "message not sent"
             ) from exc
         if not receivers:
-            raise BrokerUnavailable(
-                "no server process is subscribed to the broker right now; message not sent"
-            )
+            if listening:
+                # This process listens to the channel, so its own subscription is down:
+                # its clients did not get it either, and Redis left no gap for it.
+                raise BrokerUnavailable(
+                    "no server process is subscribed to the broker right now; message not sent"
+                )
+            # Nobody listens right now; a process whose subscription is down finds the
+            # gap when it is back, and tells its clients.
+            return 0
         return self._count(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def _count(self, nodes: Mapping[bytes, bytes]) -> int:
@@ -496,6 +642,85 @@ class RedisBroker(Broker):
                 if now - float(seen) < NODE_TTL:
                     total += int(count)
         return total
+
+    # Subscriptions ----------------------------------------------------------------
+
+    async def ready(self, channel: str) -> None:
+        event = self._ready.get(channel)
+        if event is None:
+            raise ValueError(f"this process is not subscribed to channel {channel!r}")
+        if not event.is_set():
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await event.wait()
+            except TimeoutError:
+                raise BrokerUnavailable(
+                    f"redis did not confirm the subscription to {channel!r} in time"
+                ) from None
+            if self._ready.get(channel) is not event:
+                raise ValueError(f"channel {channel!r} was unsubscribed meanwhile")
+
+    def _listen_to(self, channel: str) -> None:
+        self._ready[channel] = asyncio.Event()
+        self._request(channel, True)
+
+    def _stop_listening(self, channel: str) -> None:
+        event = self._ready.pop(channel, None)
+        if event is not None:
+            event.set()  # its waiters find it gone
+        # Whatever arrives for it from now on is dropped unseen (see _step), and a
+        # later subscription starts afresh: nobody here missed anything meanwhile.
+        self.sequence.drop(channel)
+        self._fresh.discard(channel)
+        self._request(channel, False)
+
+    def _request(self, channel: str, wanted: bool) -> None:
+        """Have Redis (un)subscribe ``channel`` soon, in the order asked, batched.
+
+        Only the last wish per channel is sent: one given up and wanted again is
+        SUBSCRIBEd again, which Redis confirms again, and the listener starts afresh.
+        """
+        self._changes[channel] = wanted
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_task is None and self._changes and self._pubsub is not None:
+            self._flush_task = asyncio.get_running_loop().create_task(
+                self._flush(), name="redis subscriptions"
+            )
+
+    async def _flush(self) -> None:
+        """Send the subscription changes asked for, on the listener's connection.
+
+        Only on a connection that is up: redis-py would otherwise connect again behind
+        the listener's back. Whatever is not sent is not lost: the listener subscribes
+        to every channel wanted at that moment whenever it connects. The confirmations
+        come back through the listener, in order with the messages.
+        """
+        pubsub = self._pubsub
+        try:
+            while self._changes:
+                pubsub = self._pubsub
+                connection = pubsub.connection if pubsub is not None else None
+                if connection is None or not connection.is_connected:
+                    return
+                changes, self._changes = self._changes, {}
+                stop = [self.key(c) for c, wanted in changes.items() if not wanted]
+                start = [self.key(c) for c, wanted in changes.items() if wanted]
+                if stop:
+                    await connection.send_command("UNSUBSCRIBE", *stop, check_health=False)
+                if start:
+                    await connection.send_command("SUBSCRIBE", *start, check_health=False)
+        except (RedisError, OSError) as exc:
+            # The connection is failing: its listener notices and subscribes afresh.
+            log.debug("sending subscriptions failed: %s", exc)
+        except Exception:
+            self.tally.add("flush", "sending subscriptions to redis failed", exc_info=True)
+        finally:
+            self._flush_task = None
+            if self._pubsub is not pubsub:
+                # The listener connected again meanwhile: what was asked since is its.
+                self._schedule_flush()
 
     # Background tasks -----------------------------------------------------------
 
@@ -522,15 +747,20 @@ class RedisBroker(Broker):
     async def _listen(self) -> None:
         """Subscribe and handle messages; on any failure, reconnect with backoff and jitter."""
         assert self._subscribed is not None
-        keys = {self.key(channel): channel for channel in self.subscribers}
         delay = BACKOFF_MIN
         while True:
             client = self._client(0)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub()
             queue: Queue = deque()
             try:
-                await pubsub.subscribe(*keys)
-                await self._serve(pubsub, keys, queue)
+                await pubsub.connect()  # type: ignore[no-untyped-call]
+                # Every channel wanted now, in one SUBSCRIBE; later changes go through
+                # _flush, on this connection, after it.
+                self._changes.clear()
+                self._pubsub = pubsub
+                if self.subscribers:
+                    await pubsub.execute_command("SUBSCRIBE", *map(self.key, self.subscribers))
+                await self._serve(pubsub, queue)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -553,6 +783,12 @@ class RedisBroker(Broker):
                     self.subscription_losses += 1
                     delay = BACKOFF_MIN  # it worked until now: retry soon
             finally:
+                # Positions stay: the next connection compares them with Redis.
+                self._pubsub = None
+                self._live.clear()
+                self._fresh.clear()
+                for event in self._ready.values():
+                    event.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 with contextlib.suppress(Exception):
@@ -561,10 +797,13 @@ class RedisBroker(Broker):
             await asyncio.sleep(random.uniform(BACKOFF_MIN, delay))
             delay = min(delay * 2, BACKOFF_MAX)
 
-    async def _serve(self, pubsub: PubSub, keys: Mapping[str, str], queue: Queue) -> None:
+    async def _serve(self, pubsub: PubSub, queue: Queue) -> None:
         """One subscription's life: catch up with Redis, then handle messages in order."""
         assert self._subscribed is not None
-        await self._settle(pubsub, keys, queue)
+        # Redis answers in order: past the PONG, every channel asked for at connect is
+        # confirmed, and the first _settle looks them all up.
+        await self._barrier(pubsub, queue)
+        await self._settle(pubsub, queue)
         if self.subscription_losses:
             log.info("resubscribed to redis at %s", self.describe())
         self._subscribed.set()
@@ -574,14 +813,16 @@ class RedisBroker(Broker):
             message = await self._read(pubsub, IDLE_PING)
             if message is None:
                 # Idle: the subscription must answer a PING, or it is dead.
-                await self._barrier(pubsub, keys, queue)
+                await self._barrier(pubsub, queue)
             else:
-                self._enqueue(keys, message, queue)
+                self._enqueue(message, queue)
             while queue:
                 if self._step(*queue[0]):
                     queue.popleft()
                 else:
-                    await self._settle(pubsub, keys, queue)
+                    await self._settle(pubsub, queue)
+            if self._fresh:
+                await self._settle(pubsub, queue)
 
     def _salvage(self, queue: Queue) -> None:
         """The subscription failed with messages received but not handled: deliver those
@@ -590,8 +831,11 @@ class RedisBroker(Broker):
         """
         while queue and self._step(*queue[0]):
             queue.popleft()
-        for channel, _ in queue:
-            self._drop("unverified", self.key(channel), "Redis could not be asked about")
+        for channel, item in queue:
+            if item is Mark.UNSUBSCRIBED:
+                self.sequence.drop(channel)  # what it heard before that means nothing now
+            elif isinstance(item, Publication) and channel in self.subscribers:
+                self._drop("unverified", self.key(channel), "Redis could not be asked about")
         queue.clear()
 
     async def _read(self, pubsub: PubSub, wait: float | None) -> dict[str, Any] | None:
@@ -599,24 +843,52 @@ class RedisBroker(Broker):
         message: dict[str, Any] | None = await pubsub.get_message(timeout=wait)
         return message
 
-    def _enqueue(self, keys: Mapping[str, str], message: Mapping[str, Any], queue: Queue) -> None:
-        """Queue a message from the subscription, or count and drop it."""
-        if message.get("type") != "message":
-            return  # a PONG no barrier waits for
+    def _enqueue(self, message: Mapping[str, Any], queue: Queue) -> None:
+        """Queue a message or a confirmation from the subscription, or count and drop it."""
+        kind = message.get("type")
         try:
-            name = _text(message.get("channel"))
-            channel = keys.get(name)
-            raw = message.get("data")
-            if channel is None or not isinstance(raw, bytes):
-                self._drop("foreign", name, "that realtime did not publish")
-            elif len(raw) > self.max_message_size + ENVELOPE_OVERHEAD:
-                self._drop("oversized", name, f"over the {self.max_message_size}-byte size limit")
-            elif (envelope := decode(raw)) is None:
-                self._drop("foreign", name, "that realtime did not publish")
-            else:
-                queue.append((channel, envelope))
+            if kind == "message":
+                self._enqueue_message(message, queue)
+            elif kind in ("subscribe", "unsubscribe"):
+                channel = self._channel_of(message.get("channel"))
+                if channel is not None:
+                    queue.append((channel, Mark(kind)))
+            # Anything else is a PONG no barrier waits for.
         except Exception:
             self.tally.add("failed", "handling a message from redis failed", exc_info=True)
+
+    def _enqueue_message(self, message: Mapping[str, Any], queue: Queue) -> None:
+        name = message.get("channel")
+        channel = self._channel_of(name)
+        raw = message.get("data")
+        if channel is None or not isinstance(raw, bytes):
+            self._drop("foreign", _text(name), Drop.FOREIGN.value)
+        elif channel not in self.subscribers:
+            return  # unsubscribed here since: nobody wants it, and its numbering is forgotten
+        elif len(raw) > self.max_message_size + MAX_INFO_SIZE + ENVELOPE_OVERHEAD:
+            self._oversized(channel)
+        else:
+            publication = decode(raw, self.max_message_size)
+            if publication is Drop.FOREIGN:
+                self._drop("foreign", self.key(channel), Drop.FOREIGN.value)
+            elif publication is Drop.OVERSIZED:
+                self._oversized(channel)
+            else:
+                queue.append((channel, publication))
+
+    def _channel_of(self, name: Any) -> str | None:
+        """The channel whose Pub/Sub channel is ``name``, or ``None`` if it is none of ours."""
+        if not isinstance(name, bytes) or not name.startswith(self._channel_prefix):
+            return None
+        try:
+            return name[len(self._channel_prefix) :].decode()
+        except UnicodeDecodeError:
+            return None
+
+    def _oversized(self, channel: str) -> None:
+        # The body's limit, or MAX_INFO_SIZE for the info (not said: a forger's choice).
+        limit = self.max_message_size
+        self._drop("oversized", self.key(channel), f"over the {limit}-byte size limit")
 
     def _drop(self, kind: str, name: str, why: str) -> None:
         self.tally.add(kind, f"ignored message(s) on redis channel {name} {why}")
@@ -624,36 +896,42 @@ class RedisBroker(Broker):
     def _step(
         self,
         channel: str,
-        envelope: Envelope,
+        item: Publication | Mark,
         truth: Truth | None = None,
-        later: Iterable[tuple[str, Envelope]] = (),
+        later: Iterable[tuple[str, Publication | Mark]] = (),
     ) -> bool:
-        """Handle one queued message; ``False`` when it needs Redis's word first.
+        """Handle one queued item; ``False`` when it needs Redis's word first.
 
         Whatever goes wrong with one message is counted and logged, never fatal.
         """
+        if isinstance(item, Mark):
+            self._confirmed(channel, item)
+            return True
+        if channel not in self.subscribers:
+            return True  # unsubscribed here since it arrived: nobody wants it
+        publication = item
         try:
-            place = self.sequence.place(channel, envelope.epoch, envelope.seq)
+            place = self.sequence.place(channel, publication.epoch, publication.offset)
             if place is Place.NEXT:
-                self._deliver(channel, envelope, digest(envelope.data))
+                self._deliver(channel, publication, digest(publication))
                 return True
             if place is Place.AGAIN:
-                mark = digest(envelope.data)
-                if self.sequence.again(channel, envelope.seq, mark):
+                mark = digest(publication)
+                if self.sequence.again(channel, publication.offset, mark):
                     self.tally.add(
                         "second",
                         f"delivered message(s) on redis channel {self.key(channel)} under a "
                         "sequence number that already carried another one: someone else "
                         "publishes on the channel",
                     )
-                    self._deliver(channel, envelope, mark)
+                    self._deliver(channel, publication, mark)
                 else:
                     self._drop("replayed", self.key(channel), "repeating one already delivered")
                 return True
             if truth is None:
                 return False
             verdict, missed = self.sequence.judge(
-                channel, envelope.epoch, envelope.seq, truth, later
+                channel, publication.epoch, publication.offset, truth, later
             )
             if verdict not in DELIVER:
                 self._drop(verdict.name.lower(), self.key(channel), verdict.value)
@@ -674,64 +952,113 @@ class RedisBroker(Broker):
             if missed:
                 self._lost(channel, missed)
             renumbered = verdict is Verdict.RENUMBERED
-            self._deliver(channel, envelope, digest(envelope.data), renumbered=renumbered)
+            self._deliver(channel, publication, digest(publication), renumbered=renumbered)
         except Exception:
             self.tally.add("failed", "handling a message from redis failed", exc_info=True)
         return True
 
-    async def _settle(self, pubsub: PubSub, keys: Mapping[str, str], queue: Queue) -> None:
-        """Ask Redis, then handle the queue (whose head looked off) in that light.
+    def _confirmed(self, channel: str, mark: Mark) -> None:
+        """Redis (un)subscribed ``channel``: what arrives from here on is heard under it."""
+        if mark is Mark.UNSUBSCRIBED:
+            self._live.discard(channel)
+            self._fresh.discard(channel)
+            self.sequence.drop(channel)  # a later SUBSCRIBE starts afresh
+            event = self._ready.get(channel)
+            if event is not None:
+                event.clear()  # subscribed here again: its SUBSCRIBE follows
+            return
+        if channel in self._live:
+            # Confirmed again without an UNSUBSCRIBE in between: the channel was given
+            # up here and wanted again before Redis was told. Start afresh all the same.
+            self.sequence.drop(channel)
+        self._live.add(channel)
+        if channel in self.subscribers:
+            self._fresh.add(channel)
 
-        Each round: take what has already arrived, ask Redis for its epoch and counters,
-        then PING through the subscription and read up to the PONG. Every message taken
-        before the question was here before Redis answered, so one numbered beyond the
-        counter was not stamped by Redis. Redis delivers in order, so after the PONG
-        everything it numbered up to the counter has arrived: numbers that did not were
-        missed (while unsubscribed), and a message that came before lower numbers was
-        not Redis's either. A message that arrived after the question and looks off
-        waits for the next round. One round costs two round trips, covers up to BATCH
-        messages, and happens only when something looks off (and once per subscription).
+    async def _settle(self, pubsub: PubSub, queue: Queue) -> None:
+        """Ask Redis, then handle the queue (whose head looked off, or which confirmed a
+        subscription) in that light; look up every channel newly subscribed.
+
+        Each round: take what has already arrived, ask Redis for the epoch and counter of
+        each channel concerned, then PING through the subscription and read up to the
+        PONG. Every message taken before the question was here before Redis answered, so
+        one numbered beyond the counter was not stamped by Redis. Redis delivers in
+        order, so after the PONG everything it numbered up to the counter has arrived:
+        numbers that did not were missed (while unsubscribed), and a message that came
+        before lower numbers was not Redis's either. A channel is looked up only once
+        its confirmation had arrived before the question (then every later publication
+        on it reaches this process); a message that arrived after the question and
+        looks off, or a later confirmation, waits for the next round. One round costs
+        two round trips, covers up to BATCH messages, and happens only when something
+        looks off or a channel was subscribed.
         """
         while True:
             while len(queue) < BATCH and (message := await self._read(pubsub, 0.0)) is not None:
-                self._enqueue(keys, message, queue)
+                self._enqueue(message, queue)
             covered = len(queue)
-            truth = await self._truth()
-            await self._barrier(pubsub, keys, queue)
+            confirmed = set(self._fresh)
+            asked = set(self._fresh)
+            for channel, item in islice(queue, covered):
+                asked.add(channel)
+                if item is Mark.SUBSCRIBED:
+                    confirmed.add(channel)
+            truth = await self._truth(asked)
+            await self._barrier(pubsub, queue)
             index = 0
             while queue:
-                channel, envelope = queue[0]
+                channel, item = queue[0]
                 if index < covered:
-                    self._step(channel, envelope, truth, islice(queue, 1, None))
-                elif not self._step(channel, envelope):
+                    self._step(channel, item, truth, islice(queue, 1, None))
+                elif not self._step(channel, item):
                     break
                 queue.popleft()
                 index += 1
             else:
-                for channel in self.subscribers:
-                    missed = self.sequence.check(channel, truth.epoch, truth.counters.get(channel))
+                settled = [
+                    channel
+                    for channel in asked
+                    if channel in self._live
+                    and channel in self.subscribers
+                    and (channel not in self._fresh or channel in confirmed)
+                ]
+                for channel in settled:
+                    missed = self.sequence.check(channel, *truth.get(channel, (None, None)))
                     if missed:
                         self._lost(channel, missed)
                 # Only now has everything Redis had numbered been handled (not before a
                 # round that stopped early: what it left queued is judged by the next).
-                self.sequence.confirm(truth)
-                return
+                self.sequence.confirm(truth, settled)
+                for channel in settled:
+                    self._fresh.discard(channel)
+                    event = self._ready.get(channel)
+                    if event is not None:
+                        event.set()
+                if not self._fresh:
+                    return
 
-    async def _truth(self) -> Truth:
-        """Redis's epoch and counters (one MGET on the publishing connection)."""
+    async def _truth(self, channels: Collection[str]) -> Truth:
+        """Redis's epoch and counter for each of ``channels`` (one pipelined round trip)."""
         assert self._publisher is not None
-        channels = list(self.subscribers)
+        if not channels:
+            return {}
+        names = list(channels)
         async with asyncio.timeout(self.timeout):
-            values = await self._publisher.mget([self.epoch_key, *map(self.seq_key, channels)])
-        epoch = values[0] if isinstance(values[0], bytes) and EPOCH.fullmatch(values[0]) else None
-        counters = {c: parse_counter(v) for c, v in zip(channels, values[1:], strict=True)}
-        return Truth(epoch, counters)
+            pipe = self._publisher.pipeline(transaction=False)
+            for channel in names:
+                pipe.hmget(self.meta_key(channel), ["epoch", "seq"])
+            replies = await pipe.execute()
+        truth: dict[str, tuple[str | None, int | None]] = {}
+        for channel, (epoch, seq) in zip(names, replies, strict=True):
+            valid = isinstance(epoch, bytes) and EPOCH.fullmatch(epoch)
+            truth[channel] = (epoch.decode() if valid else None, parse_counter(seq))
+        return truth
 
-    async def _barrier(self, pubsub: PubSub, keys: Mapping[str, str], queue: Queue) -> None:
+    async def _barrier(self, pubsub: PubSub, queue: Queue) -> None:
         """PING through the subscription and queue what arrives until its PONG.
 
-        Redis answers in order, so everything it published before the PING has then
-        arrived. No PONG within the time allowed means the connection is dead.
+        Redis answers in order, so everything it published, and every subscription it
+        confirmed, before the PING has then arrived. No PONG within the time allowed
+        means the connection is dead.
         """
         token = uuid.uuid4().hex.encode()
         await pubsub.ping(token)
@@ -742,14 +1069,16 @@ class RedisBroker(Broker):
                     continue
                 if message.get("type") == "pong" and message.get("data") == token:
                     return
-                self._enqueue(keys, message, queue)
+                self._enqueue(message, queue)
 
     def _deliver(
-        self, channel: str, envelope: Envelope, mark: int, *, renumbered: bool = False
+        self, channel: str, publication: Publication, mark: int, *, renumbered: bool = False
     ) -> None:
-        self.sequence.delivered(channel, envelope.epoch, envelope.seq, mark, renumbered=renumbered)
+        self.sequence.delivered(
+            channel, publication.epoch, publication.offset, mark, renumbered=renumbered
+        )
         try:
-            self.deliver_locally(channel, envelope.data)
+            self.deliver_locally(channel, publication)
         except Exception:
             log.exception("delivering a broadcast failed")
 
@@ -792,8 +1121,11 @@ class RedisBroker(Broker):
                 pass  # the listener logs connection trouble; reports resume when it is back
             except Exception:
                 self.tally.add("heartbeat", "reporting the client count failed", exc_info=True)
+            # Not wait_for: in Python 3.11 it can swallow the cancellation close() sends
+            # when the event is set at the same moment, and close() then waits for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT)
+                async with asyncio.timeout(HEARTBEAT):
+                    await self._beat_now.wait()
 
     async def _forget_stale_nodes(self) -> None:
         assert self._publisher is not None

@@ -1,23 +1,5 @@
-"""The WebSocket plugin's public API: other plugins reach the pool only through this."""
+"""The raw WebSocket plugin: ``/ws``, every publication of one channel as it was published."""
 
-from .pool import (
-    CLOSE_GOING_AWAY,
-    CLOSE_MISSED,
-    CLOSE_OVERFLOW,
-    Message,
-    Pool,
-    PoolClosed,
-    PoolStats,
-)
-from .state import get_pool
+from .plugin import RawFormat
 
-__all__ = [
-    "CLOSE_GOING_AWAY",
-    "CLOSE_MISSED",
-    "CLOSE_OVERFLOW",
-    "Message",
-    "Pool",
-    "PoolClosed",
-    "PoolStats",
-    "get_pool",
-]
+__all__ = ["RawFormat"]

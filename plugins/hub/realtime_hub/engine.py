@@ -1,10 +1,14 @@
-"""The pool of connected WebSocket clients, and fan-out that never waits on a client.
+"""The fan-out engine: connections, the channels they are in, and delivery that never waits.
 
-``publish`` encodes a broadcast once and hands it to every client without awaiting
-anything: straight onto the connection's transport when it is keeping up (the fast
-path, :mod:`.fastpath`), or into the client's bounded backlog otherwise, which a
-short-lived sender task drains. A client that stops reading fills only its own
-backlog; then the overflow policy decides what happens to it.
+Protocol-neutral: a wire protocol (the raw ``/ws``, the Centrifuge protocol) brings
+its :class:`Format`, which says what a publication looks like on its connections,
+and the engine encodes each publication once per format present in the channel,
+then hands the same frame to every subscriber: straight onto the connection's
+transport when it is keeping up (the fast path, :mod:`.fastpath`), or into the
+connection's bounded backlog otherwise, which a short-lived sender task drains. A
+client that stops reading fills only its own backlog; then the overflow policy
+decides what happens to it. The cost of a publication follows the channel's
+subscribers, never the number of connected clients.
 """
 
 from __future__ import annotations
@@ -13,15 +17,15 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .connection import ConnectionGone
 from .fastpath import IncomingLimits, Wire, attach, decline_compression, encode_frame, guard
 
-log = logging.getLogger("realtime.websocket")
+log = logging.getLogger("realtime.hub")
 
 OverflowPolicy = Literal["close", "drop-oldest"]
 OVERFLOW_POLICIES: tuple[OverflowPolicy, ...] = ("close", "drop-oldest")
@@ -48,12 +52,28 @@ MAX_INCOMING_SIZE = 64 * 1024
 MAX_INCOMING_RATE = 100
 
 
-class PoolClosed(RuntimeError):
-    """The pool is not serving (not started yet, or shut down)."""
+class HubClosed(RuntimeError):
+    """The hub is not serving (not started yet, or shut down)."""
+
+
+class Format(Protocol):
+    """How a publication looks on one wire protocol's connections.
+
+    One object per protocol, shared by all its connections: the engine groups a
+    channel's subscribers by format and encodes a publication once per format.
+    """
+
+    def encode(self, channel: str, publication: Any) -> str | bytes:
+        """The WebSocket message (text for ``str``, binary for ``bytes``)."""
+        ...
+
+    def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
+        """This process missed ``count`` publications on ``channel``: tell ``client``."""
+        ...
 
 
 class Connection(Protocol):
-    """What the pool needs of a connection (:class:`.connection.ASGIConnection`).
+    """What the hub needs of a connection (:class:`.connection.ASGIConnection`).
 
     ``receive`` raises :class:`.connection.ConnectionGone` (or the task is cancelled)
     when the client leaves. A connection may carry ``asgi_send``, for the fast path.
@@ -67,23 +87,27 @@ class Connection(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One broadcast; ``channel`` and ``id`` let history and routing be added later.
+    """One outgoing message: a publication in one format, or a reply to one client.
 
-    ``frame`` is the encoded WebSocket frame, shared by every fast-path client.
+    ``frame`` is the encoded WebSocket frame, shared by every fast-path subscriber.
     """
 
-    id: int
     data: str | bytes
     frame: bytes
-    channel: str = "default"
 
     @property
     def size(self) -> int:
         return len(self.frame)
 
 
+def _message(data: str | bytes) -> Message:
+    if isinstance(data, str):
+        return Message(data, encode_frame(data.encode(), text=True))
+    return Message(data, encode_frame(data, text=False))
+
+
 @dataclass
-class PoolStats:
+class HubStats:
     connected: int = 0
     messages: int = 0
     deliveries: int = 0
@@ -99,6 +123,10 @@ class Client:
     id: int
     connection: Connection
     wire: Wire | None
+    #: Channels this client is in (usually one or a few: a list is smaller than a set).
+    channels: list[str] = field(default_factory=list)
+    #: What the protocol keeps on the connection (a Centrifuge session, say).
+    state: Any = None
     #: Backlog, created only while the client lags (an empty deque costs 760 bytes).
     queue: deque[Message] | None = None
     queued_bytes: int = 0
@@ -107,8 +135,17 @@ class Client:
     overflow_logged: bool = False
 
 
-class Pool:
-    """Clients of one host. Lives in ``app.extensions``, so two hosts share nothing."""
+Channel = dict[Any, dict[int, Client]]
+"""A channel's subscribers, grouped by format: ``{format: {client id: client}}``."""
+
+
+class Hub:
+    """Connections and channels of one host. Lives in ``app.extensions``: hosts share nothing.
+
+    ``on_first(channel)`` and ``on_last(channel)`` are called when the first local
+    subscriber joins a channel and when the last one leaves: the plugin subscribes
+    the broker there, so a process hears only the channels its clients are in.
+    """
 
     def __init__(
         self,
@@ -117,7 +154,6 @@ class Pool:
         overflow: OverflowPolicy = "close",
         fast_path: bool = True,
         compression: bool = False,
-        channel: str = "default",
         max_incoming_size: int = MAX_INCOMING_SIZE,
         max_incoming_rate: int = MAX_INCOMING_RATE,
     ) -> None:
@@ -135,15 +171,18 @@ class Pool:
         self.overflow: OverflowPolicy = overflow
         self.fast_path = fast_path
         self.compression = compression
-        self.channel = channel
+        self.channels: dict[str, Channel] = {}
+        self.on_first: Callable[[str], None] | None = None
+        self.on_last: Callable[[str], None] | None = None
+        #: Waits until the broker hears ``channel`` (set by the plugin to ``broker.ready``).
+        self.confirm: Callable[[str], Awaitable[None]] | None = None
         #: What each client may send; checked under Hypercorn by :func:`.fastpath.guard`.
         self.incoming = IncomingLimits(
             max_incoming_size, max_incoming_rate, close_timeout=CLOSE_TIMEOUT
         )
-        self.stats = PoolStats()
+        self.stats = HubStats()
         self._clients: dict[int, Client] = {}
         self._ids = itertools.count(1)
-        self._message_ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -178,7 +217,7 @@ class Pool:
         await asyncio.gather(*(flush_then_close(c) for c in list(self._clients.values())))
 
     def disconnect_all(self, code: int, reason: str) -> int:
-        """Close every client now (they reconnect); the pool keeps serving."""
+        """Close every client now (they reconnect); the hub keeps serving."""
         clients = [client for client in self._clients.values() if not client.closing]
         for client in clients:
             self._spawn(self._close(client, code, reason))
@@ -196,14 +235,16 @@ class Pool:
 
     # Connections --------------------------------------------------------------
 
-    async def serve(self, connection: Connection) -> None:
-        """Run one client from accept to disconnect. What it sends is read and discarded.
+    async def connect(self, connection: Connection) -> Client | None:
+        """Accept a WebSocket and hold it; ``None`` if the client left during the handshake.
 
-        Under Hypercorn a guard bounds what it may send (:class:`.fastpath.IncomingLimits`).
+        Under Hypercorn the fast path is attached and a guard bounds what the client
+        may send (:class:`.fastpath.IncomingLimits`). The protocol then reads the
+        connection, and calls :meth:`forget` when it ends.
         """
         if not self.running:
             await connection.close(1013, "server not ready")
-            return
+            return None
         asgi_send = getattr(connection, "asgi_send", None)
         wire = None
         if asgi_send is not None:
@@ -214,7 +255,7 @@ class Pool:
         try:
             await connection.accept()
         except ConnectionGone:
-            return
+            return None
         if wire is not None and not wire.bind():
             wire = None  # the peer left during the handshake: nothing to write to
         client = Client(next(self._ids), connection, wire)
@@ -223,22 +264,72 @@ class Pool:
         log.debug("client %d connected (%s)", client.id, "fast path" if wire else "plain path")
         self._clients[client.id] = client
         self.stats.connected = len(self._clients)
-        try:
-            while True:
-                await connection.receive()
-        except ConnectionGone:
-            pass
-        finally:
-            self._forget(client)
+        return client
 
-    def _forget(self, client: Client) -> None:
+    def forget(self, client: Client) -> None:
+        """The connection ended (or is being closed): out of every channel, nothing queued."""
         client.closing = True
         client.queue = None
         client.queued_bytes = 0
         if client.sender is not None:
             client.sender.cancel()
+        for channel in client.channels[:]:
+            self.leave(channel, client)
         self._clients.pop(client.id, None)
         self.stats.connected = len(self._clients)
+
+    # Channels -----------------------------------------------------------------
+
+    def join(self, channel: str, client: Client, fmt: Format) -> None:
+        """Put ``client`` in ``channel``; publications reach it in ``fmt``."""
+        if client.closing or channel in client.channels:
+            return
+        members = self.channels.get(channel)
+        if members is None:
+            members = self.channels[channel] = {}
+            if self.on_first is not None:
+                self.on_first(channel)
+        members.setdefault(fmt, {})[client.id] = client
+        client.channels.append(channel)
+
+    def leave(self, channel: str, client: Client) -> None:
+        if channel not in client.channels:
+            return
+        client.channels.remove(channel)
+        members = self.channels.get(channel)
+        if members is None:
+            return
+        for fmt, clients in list(members.items()):
+            if clients.pop(client.id, None) is not None and not clients:
+                del members[fmt]
+        if not members:
+            del self.channels[channel]
+            if self.on_last is not None:
+                self.on_last(channel)
+
+    async def ready(self, channel: str) -> bool:
+        """Wait until publications on ``channel`` reach this process (after :meth:`join`).
+
+        With Redis that is one round trip; False if the broker could not confirm it
+        (Redis down: the client stays, and hears the channel once Redis is back).
+        """
+        if self.confirm is None:
+            return True
+        try:
+            await self.confirm(channel)
+        except Exception as exc:
+            log.debug("channel %r not confirmed by the broker: %r", channel, exc)
+            return False
+        return True
+
+    def subscribers(self, channel: str) -> int:
+        return sum(len(clients) for clients in self.channels.get(channel, {}).values())
+
+    def lost(self, channel: str, count: int) -> None:
+        """This process missed ``count`` publications on ``channel``: each format tells its own."""
+        for fmt, clients in list(self.channels.get(channel, {}).items()):
+            for client in list(clients.values()):
+                fmt.missed(self, client, channel, count)
 
     async def _drain_backlog(self, client: Client) -> None:
         """Send a client's backlog in order, then end: no task idles per client."""
@@ -275,7 +366,7 @@ class Pool:
                 client.queue = None  # caught up: back to the fast path, no backlog kept
 
     async def _close(self, client: Client, code: int, reason: str) -> None:
-        self._forget(client)
+        self.forget(client)
         try:
             # The close frame goes after whatever the transport still holds; a client
             # that has stopped reading never takes it, and is dropped after the timeout.
@@ -286,35 +377,61 @@ class Pool:
 
     # Fan-out ------------------------------------------------------------------
 
-    def publish(self, data: str | bytes) -> int:
-        """Queue ``data`` for every client; call on the loop. Returns how many it was queued for."""
+    def publish(self, channel: str, publication: Any) -> int:
+        """Queue ``publication`` for every subscriber of ``channel``; call on the loop.
+
+        Encoded once per format in the channel; returns how many clients it was queued for.
+        """
         if self._loop is None:
-            raise PoolClosed("the websocket pool is not running")
-        if isinstance(data, str):
-            frame = encode_frame(data.encode(), text=True)
-        else:
-            frame = encode_frame(data, text=False)
-        message = Message(next(self._message_ids), data, frame, self.channel)
-        direct_limit = self.direct_limit
+            raise HubClosed("the hub is not running")
+        members = self.channels.get(channel)
         self.stats.messages += 1
+        if not members:
+            return 0
+        direct_limit = self.direct_limit
         queued = 0
-        for client in self._clients.values():
-            if client.closing:
-                continue
-            wire = client.wire
-            if (
-                wire is not None
-                and not client.queue
-                and wire.transport.get_write_buffer_size() < direct_limit
-            ):
-                if wire.open():
-                    wire.transport.write(frame)
+        for fmt, clients in list(members.items()):
+            message = _message(fmt.encode(channel, publication))
+            frame = message.frame
+            for client in clients.values():
+                if client.closing:
+                    continue
+                wire = client.wire
+                if (
+                    wire is not None
+                    and not client.queue
+                    and wire.transport.get_write_buffer_size() < direct_limit
+                ):
+                    if wire.open():
+                        wire.transport.write(frame)
+                        queued += 1
+                    continue
+                if self._enqueue(client, message):
                     queued += 1
-                continue
-            if self._enqueue(client, message):
-                queued += 1
         self.stats.deliveries += queued
         return queued
+
+    def send(self, client: Client, data: str | bytes) -> bool:
+        """One message to one client (a reply), in order with its publications."""
+        if client.closing:
+            return False
+        message = _message(data)
+        wire = client.wire
+        if (
+            wire is not None
+            and not client.queue
+            and wire.transport.get_write_buffer_size() < self.direct_limit
+        ):
+            if not wire.open():
+                return False
+            wire.transport.write(message.frame)
+            return True
+        return self._enqueue(client, message)
+
+    def disconnect(self, client: Client, code: int, reason: str) -> None:
+        """Close one client: out of its channels now, the close frame after what it holds."""
+        if not client.closing:
+            self._spawn(self._close(client, code, reason))
 
     def _enqueue(self, client: Client, message: Message) -> bool:
         limit = self.backlog_limit if client.wire is not None else self.max_buffer

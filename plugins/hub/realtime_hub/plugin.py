@@ -1,0 +1,146 @@
+"""The hub plugin: the fan-out engine and its settings, bridged to the broker.
+
+A process subscribes a channel on the broker when its first local subscriber joins
+and unsubscribes when the last one leaves, so it receives only what its clients
+want; a loss the broker detects on a channel is told to that channel's clients only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from hypercorn.config import Config as ServerConfig
+
+from realtime import Host, Option, hookimpl
+from realtime_broker import Deliver, get_broker
+
+from .engine import MAX_INCOMING_RATE, MAX_INCOMING_SIZE, OVERFLOW_POLICIES, Hub
+from .state import EXTENSION_KEY
+
+
+@hookimpl
+def register_options() -> list[Option]:
+    return [
+        Option(
+            "ping_interval",
+            20.0,
+            "seconds between WebSocket keepalive pings (0 turns keepalive off)",
+            type=float,
+        ),
+        Option(
+            "pong_timeout",
+            20.0,
+            "seconds after a ping with nothing from the client before it is dropped",
+            type=float,
+        ),
+        Option(
+            "client_buffer",
+            1024 * 1024,
+            "bytes queued for one client before the overflow policy applies",
+            type=int,
+        ),
+        Option(
+            "overflow_policy",
+            "close",
+            "what to do with a client whose buffer overflows: close (code 1008) or drop-oldest",
+            choices=OVERFLOW_POLICIES,
+        ),
+        Option(
+            "fast_path",
+            True,
+            "write each publication's frame straight to every socket that keeps up "
+            "(--no-fast-path: an ASGI websocket.send for every client)",
+            type=bool,
+        ),
+        Option(
+            "compression",
+            False,
+            "accept permessage-deflate when clients offer it (costs memory and CPU per "
+            "connection and encodes every publication once per client)",
+            type=bool,
+        ),
+        Option(
+            "max_incoming_size",
+            MAX_INCOMING_SIZE,
+            "largest message a client may send, bytes (UTF-8 for text, inflated if "
+            "compressed); past it the client is closed with 1009 and dropped",
+            type=int,
+        ),
+        Option(
+            "max_incoming_rate",
+            MAX_INCOMING_RATE,
+            "frames a client may send per second, pings included, in bursts of as many; "
+            "past it the client is closed with 1008 and dropped (0: no limit)",
+            type=int,
+        ),
+    ]
+
+
+@hookimpl
+def validate(host: Host) -> None:
+    if host.settings["max_incoming_size"] <= 0:
+        raise ValueError("--max-incoming-size must be positive")
+    if host.settings["max_incoming_rate"] < 0:
+        raise ValueError("--max-incoming-rate must be 0 (no limit) or positive")
+
+
+@hookimpl
+def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
+    interval = settings["ping_interval"]
+    if interval > 0:
+        config.websocket_ping_interval = interval
+        # Hypercorn sends pings but never checks for pongs; a read timeout just
+        # longer than the ping interval drops a peer that has vanished silently,
+        # even behind Caddy. It also bounds a plain HTTP request, so it must
+        # outlast the host's script timeout.
+        pong_deadline = interval + settings["pong_timeout"]
+        config.read_timeout = math.ceil(max(pong_deadline, settings["script_timeout"] + 1))
+    config.websocket_max_message_size = settings["max_incoming_size"]
+
+
+@hookimpl(tryfirst=True)
+def startup(host: Host) -> None:
+    hub = Hub(
+        max_buffer=host.settings["client_buffer"],
+        overflow=host.settings["overflow_policy"],
+        fast_path=host.settings["fast_path"],
+        compression=host.settings["compression"],
+        max_incoming_size=host.settings["max_incoming_size"],
+        max_incoming_rate=host.settings["max_incoming_rate"],
+    )
+    hub.start()
+    host.app.extensions[EXTENSION_KEY] = hub
+    broker = get_broker(host)
+    delivering: dict[str, Deliver] = {}
+
+    def first(channel: str) -> None:
+        deliver = delivering[channel] = partial(hub.publish, channel)
+        broker.subscribe(channel, deliver)
+
+    def last(channel: str) -> None:
+        deliver = delivering.pop(channel, None)
+        if deliver is not None:
+            broker.unsubscribe(channel, deliver)
+
+    hub.on_first = first
+    hub.on_last = last
+    hub.confirm = broker.ready
+    broker.counters.append(hub.__len__)
+    broker.on_loss(hub.lost)
+
+
+@hookimpl
+async def drain(host: Host, grace: float) -> None:
+    hub = host.app.extensions.get(EXTENSION_KEY)
+    if isinstance(hub, Hub):
+        await hub.close(grace=grace)
+
+
+@hookimpl
+async def shutdown(host: Host) -> None:
+    hub = host.app.extensions.pop(EXTENSION_KEY, None)
+    if isinstance(hub, Hub):
+        await hub.close()
