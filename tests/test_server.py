@@ -145,11 +145,13 @@ async def test_raising_script_gives_500_and_the_server_keeps_serving(server: Ser
 
 async def test_broadcast_with_a_wrong_type_is_a_clear_error(server: Server) -> None:
     (server.app_dir / "wrong.py").write_text(
-        "try:\n    broadcast(42)\nexcept TypeError as exc:\n    print(exc)\n"
+        "try:\n    broadcast({1, 2})\nexcept TypeError as exc:\n    print(exc)\n"
     )
     async with httpx.AsyncClient() as http:
         response = await http.get(f"{server.url}/wrong.py")
-    assert response.text.strip() == "broadcast() takes str or bytes, got int"
+    assert response.text.strip() == (
+        "broadcast() takes str, bytes or a JSON value (dict, list, number, bool), got set"
+    )
 
 
 async def test_slow_script_does_not_stall_websocket_traffic(server: Server) -> None:

@@ -4,6 +4,6 @@ Scripts get ``broadcast`` in their namespace without an import; editors and lint
 can see it with ``from realtime_broadcast import broadcast``.
 """
 
-from .functions import MessageNotText, MessageTooLarge, broadcast
+from .functions import InvalidChannel, MessageNotText, MessageTooLarge, broadcast
 
-__all__ = ["MessageNotText", "MessageTooLarge", "broadcast"]
+__all__ = ["InvalidChannel", "MessageNotText", "MessageTooLarge", "broadcast"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from realtime import HTTPError, current_host
-from realtime_broker import DEFAULT_CHANNEL, get_broker
+from realtime_broker import DEFAULT_CHANNEL, Publication, get_broker
 
 SETTING = "max_message_size"
 
@@ -24,15 +27,46 @@ class MessageNotText(HTTPError, ValueError):
     status = 400
 
 
-def broadcast(message: str | bytes) -> int:
-    """Send ``message`` to every connected client: ``str`` as a text frame, ``bytes`` as binary.
+#: What ``broadcast()`` takes besides ``str`` and ``bytes``: JSON values, sent as JSON text.
+JSONValue = dict[str, Any] | list[Any] | int | float | bool
+#: Longest channel name, in bytes, as in the Centrifuge protocol.
+MAX_CHANNEL_LENGTH = 255
 
+
+class InvalidChannel(HTTPError, ValueError):
+    """The channel name is empty, too long or not text; nothing was sent."""
+
+    status = 400
+
+
+def broadcast(message: str | bytes | JSONValue, channel: str = DEFAULT_CHANNEL) -> int:
+    """Send ``message`` to every client in ``channel`` (``default``: what ``/ws`` listens to).
+
+    ``str`` goes as text and ``bytes`` as binary, exactly as given; a JSON value (dict,
+    list, number, bool) as its JSON text, which JSON protocols embed as a value.
     Returns the number of clients it was queued for (across every process, with a
     distributed broker); never waits on a client. Raises ``MessageTooLarge`` (413) over
-    ``max_message_size``, ``MessageNotText`` (400) for a lone surrogate, ``TypeError``
-    for anything but ``str`` or ``bytes``, and ``BrokerUnavailable`` (503) when the
-    broker cannot take it: in every case, no client got it.
+    ``max_message_size``, ``MessageNotText`` (400) for a lone surrogate,
+    ``InvalidChannel`` (400) for a bad channel name, ``TypeError`` for anything else,
+    and ``BrokerUnavailable`` (503) when the broker cannot take it: in every case, no
+    client got it.
     """
+    is_json = False
+    if isinstance(message, bytes | bytearray | memoryview):
+        message = bytes(message)
+    elif not isinstance(message, str):
+        if not isinstance(message, dict | list | int | float | bool):
+            raise TypeError(
+                "broadcast() takes str, bytes or a JSON value (dict, list, number, bool), "
+                f"got {type(message).__name__}"
+            )
+        try:
+            message = json.dumps(
+                message, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            )
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"broadcast() could not encode the value as JSON: {exc}") from None
+        is_json = True
     if isinstance(message, str):
         # ASCII is one byte a character (an O(1) check): no encoding just to measure.
         try:
@@ -41,13 +75,25 @@ def broadcast(message: str | bytes) -> int:
             raise MessageNotText(
                 f"message is not valid text (a lone surrogate at character {exc.start}); not sent"
             ) from None
-    elif isinstance(message, bytes | bytearray | memoryview):
-        message = bytes(message)
-        size = len(message)
     else:
-        raise TypeError(f"broadcast() takes str or bytes, got {type(message).__name__}")
+        size = len(message)
+    _check_channel(channel)
     host = current_host()
     limit: int = host.settings[SETTING]
     if size > limit:
         raise MessageTooLarge(f"message is {size} bytes, over the {limit}-byte limit; not sent")
-    return get_broker(host).publish_sync(DEFAULT_CHANNEL, message)
+    publication = Publication(message, json=True) if is_json else message
+    return get_broker(host).publish_sync(channel, publication)
+
+
+def _check_channel(channel: str) -> None:
+    if not isinstance(channel, str):
+        raise TypeError(f"broadcast()'s channel is a str, got {type(channel).__name__}")
+    try:
+        length = len(channel.encode())
+    except UnicodeEncodeError:
+        raise InvalidChannel("channel name is not valid text; not sent") from None
+    if not channel or length > MAX_CHANNEL_LENGTH or not channel.isprintable():
+        raise InvalidChannel(
+            f"channel name must be 1 to {MAX_CHANNEL_LENGTH} printable bytes; not sent"
+        )
