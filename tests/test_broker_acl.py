@@ -1,4 +1,4 @@
-"""Redis ACLs for production, as the README recommends them, against redis-server 7.
+"""Redis ACLs for production, as docs/operations.md recommends them, against redis-server 7.
 
 realtime gets a user limited to its own keys and channels and to the commands it runs;
 nobody else may publish on its channels. ``/-/health`` reports a process whose
@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from .conftest import RedisServer, Server
 
-#: The README's line, word for word (the password aside).
+#: The line in docs/operations.md, word for word (the password aside).
 REALTIME_USER = (
     "realtime on >s3cret resetkeys ~realtime:* resetchannels &realtime:* -@all "
     "+evalsha +script|load +hget +hmget +hset +hincrby +hgetall +hdel +del +expire "
@@ -73,7 +73,7 @@ async def test_realtime_works_with_the_recommended_acl_and_others_cannot_publish
         pages = [await connect(server.ws_url) for _ in range(16)]
         assert (await send(server, "one")).status_code == 200
         # Every subscription cut: each worker resubscribes and compares with Redis
-        # (MGET, and a PING through the subscription) under the same user.
+        # (HMGET, and a PING through the subscription) under the same user.
         admin(locked_down, "CLIENT", "KILL", "TYPE", "pubsub")
         deadline = time.monotonic() + 10
         while server.log.count("resubscribed to redis") < 2:

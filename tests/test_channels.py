@@ -81,6 +81,15 @@ async def test_raw_clients_may_not_listen_to_namespaced_or_private_channels(
     assert refused.value.response.status_code == 403
 
 
+async def test_a_query_string_over_ten_fields_is_refused(host: Server) -> None:
+    query = "&".join(f"x{i}=1" for i in range(11))
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(f"{host.ws_url}?{query}", open_timeout=5)
+    assert refused.value.response.status_code == 403
+    async with connect(f"{host.ws_url}?{query.rsplit('&', 2)[0]}") as ws:  # nine: fine
+        assert ws.response is not None
+
+
 async def test_a_bad_channel_name_is_a_400_and_nothing_is_sent(host: Server) -> None:
     async with connect(host.ws_url) as ws, httpx.AsyncClient() as http:
         params = {"channel": "x" * 256, "message": "m"}
