@@ -29,6 +29,7 @@ from .plugins import Plugins, await_me_maybe
 from .proxy import ForwardedHeadersMiddleware
 from .routes import (
     ALL_METHODS,
+    TEXT,
     AnyRoute,
     ASGIDispatcher,
     ASGIRoute,
@@ -368,7 +369,7 @@ class Host:
             body = f"Internal Server Error: {relative} raised {type(exc).__name__}\n"
             if self.debug:
                 body += "\n" + traceback.format_exc()
-            return Response(body, 500, content_type=_TEXT)
+            return Response(body, 500, content_type=TEXT)
 
         try:
             script = self.compile_cache.get(path)
@@ -404,11 +405,11 @@ class Host:
                     raise  # the script's own: handled below like any other exception
                 # A thread cannot be killed: the script runs on, but its client is not kept waiting.
                 log.error("script %s ran over %s s", relative, self.settings["script_timeout"])
-                return Response(f"{relative} did not finish in time\n", 504, content_type=_TEXT)
+                return Response(f"{relative} did not finish in time\n", 504, content_type=TEXT)
         except HTTPError as exc:
             level = logging.WARNING if exc.status >= 500 else logging.INFO
             log.log(level, "script %s answered %d: %s", relative, exc.status, exc)
-            return Response(f"{exc}\n", exc.status, content_type=_TEXT)
+            return Response(f"{exc}\n", exc.status, content_type=TEXT)
         except Exception as exc:
             return failed(exc)
         finally:
@@ -429,10 +430,10 @@ class Host:
         limit = self.settings["max_body_size"]
         too_large = f"request body is over the {limit}-byte limit\n"
         if request.content_length is not None and request.content_length > limit:
-            return Response(too_large, 413, content_type=_TEXT)
+            return Response(too_large, 413, content_type=TEXT)
         body = await request.get_data(cache=True, as_text=False, parse_form_data=False)
         if len(body) > limit:
-            return Response(too_large, 413, content_type=_TEXT)
+            return Response(too_large, 413, content_type=TEXT)
         return ScriptRequest(
             method=request.method,
             path=request.path,
@@ -448,9 +449,6 @@ class Host:
         )
 
 
-_TEXT = "text/plain; charset=utf-8"
-
-
 def _not_allowed(allow: str, head_status: int = 405) -> Response:
     """Answer a method nothing runs for: OPTIONS 204, HEAD ``head_status``, else 405.
 
@@ -462,7 +460,7 @@ def _not_allowed(allow: str, head_status: int = 405) -> Response:
         response = Response(None, status, headers={"Allow": allow})
         del response.headers["Content-Type"]
         return response
-    return Response("Method Not Allowed\n", 405, headers={"Allow": allow}, content_type=_TEXT)
+    return Response("Method Not Allowed\n", 405, headers={"Allow": allow}, content_type=TEXT)
 
 
 def create_app(

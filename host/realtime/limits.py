@@ -14,16 +14,18 @@ import asyncio
 import logging
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+from .routes import ASGIApp, deny_websocket
 
 log = logging.getLogger("realtime")
 
 #: Share of the open-file limit long-lived connections may take when the total cap is
 #: automatic; the rest stays for HTTP requests, the broker, scripts' files.
 AUTO_SHARE = 0.9
+#: What an unlimited open-file limit counts as.
+UNLIMITED_FILES = 1 << 20
 #: Seconds between two log records of one throttled condition.
 LOG_INTERVAL = 10.0
 
@@ -32,7 +34,7 @@ def raise_open_file_limit() -> int:
     """Raise the soft ``RLIMIT_NOFILE`` to the hard one; return the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, UNLIMITED_FILES)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
@@ -64,6 +66,12 @@ class LogThrottle:
 
     def suffix(self, held: int) -> str:
         return f" ({held} more like this in the last {self.interval:.0f} s)" if held else ""
+
+    def warn(self, logger: logging.Logger, key: str, message: str, *args: Any) -> None:
+        """``logger.warning(message, *args)`` unless ``key`` was logged within the interval."""
+        held = self.allow(key)
+        if held is not None:
+            logger.warning(message + "%s", *args, self.suffix(held))
 
 
 def throttled_exception_handler(
@@ -107,7 +115,7 @@ class ConnectionLimits:
         if self.total <= 0:
             soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
             if soft == resource.RLIM_INFINITY:
-                soft = 1 << 20
+                soft = UNLIMITED_FILES
             self.total = max(1, int(soft * AUTO_SHARE))
         return self.total
 
@@ -140,16 +148,6 @@ class ConnectionLimits:
 
     async def _refuse(self, scope: Any, send: Any, status: int, reason: str) -> None:
         self.refused += 1
-        held = self._throttle.allow(str(status))
-        if held is not None:
-            log.warning("refused a WebSocket: %s%s", reason, self._throttle.suffix(held))
-        if "websocket.http.response" in scope.get("extensions", {}):
-            headers = [(b"content-type", b"text/plain; charset=utf-8")]
-            if status == 503:
-                headers.append((b"retry-after", b"5"))
-            await send(
-                {"type": "websocket.http.response.start", "status": status, "headers": headers}
-            )
-            await send({"type": "websocket.http.response.body", "body": f"{reason}\n".encode()})
-        else:
-            await send({"type": "websocket.close", "code": 1013})
+        self._throttle.warn(log, str(status), "refused a WebSocket: %s", reason)
+        retry = ((b"retry-after", b"5"),) if status == 503 else ()
+        await deny_websocket(scope, send, status, reason, close_code=1013, headers=retry)

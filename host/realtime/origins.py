@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
 from .limits import LogThrottle
-
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+from .routes import ASGIApp, deny_websocket
 
 log = logging.getLogger("realtime")
 
@@ -68,18 +67,12 @@ class OriginCheck:
             await self.app(scope, receive, send)
             return
         self.refused += 1
-        held = self._throttle.allow("origin")
-        if held is not None:
-            log.warning(
-                "refused a WebSocket from origin %r (not %s and not in --allowed-origins)%s",
-                origin[:200],
-                host,
-                self._throttle.suffix(held),
-            )
-        if "websocket.http.response" in scope.get("extensions", {}):
-            headers = [(b"content-type", b"text/plain; charset=utf-8")]
-            await send({"type": "websocket.http.response.start", "status": 403, "headers": headers})
-            body = b"this origin may not open a WebSocket here (see --allowed-origins)\n"
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1008})
+        self._throttle.warn(
+            log,
+            "origin",
+            "refused a WebSocket from origin %r (not %s and not in --allowed-origins)",
+            origin[:200],
+            host,
+        )
+        body = "this origin may not open a WebSocket here (see --allowed-origins)"
+        await deny_websocket(scope, send, 403, body, close_code=1008)

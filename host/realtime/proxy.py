@@ -9,10 +9,10 @@ becomes a tunnel in which a client writes requests the proxy never saw, with any
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+from .routes import TEXT, ASGIApp
 
 H2C_REFUSED = b"HTTP/2 over cleartext (h2c) is not served here; use HTTP/1.1\n"
 
@@ -66,6 +66,6 @@ async def _refuse(kind: str, send: Any) -> None:
     if kind == "websocket":
         await send({"type": "websocket.close", "code": 1002})  # a 403 before the handshake
         return
-    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    headers = [(b"content-type", TEXT.encode())]
     await send({"type": "http.response.start", "status": 400, "headers": headers})
     await send({"type": "http.response.body", "body": H2C_REFUSED})

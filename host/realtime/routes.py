@@ -84,3 +84,31 @@ class ASGIDispatcher:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         app = self.table.get((scope["type"], scope.get("path")))
         await (app or self.fallback)(scope, receive, send)
+
+
+#: The content type of every short answer the host writes itself.
+TEXT = "text/plain; charset=utf-8"
+
+
+async def deny_websocket(
+    scope: Any,
+    send: Any,
+    status: int,
+    body: str,
+    *,
+    close_code: int,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    """Refuse a WebSocket handshake with an HTTP status, where the server can say one.
+
+    Servers with ASGI's denial-response extension (Hypercorn) send ``status`` and
+    ``body``; others get a close before accept, which they answer with 403.
+    """
+    if "websocket.http.response" in scope.get("extensions", {}):
+        start_headers = [(b"content-type", TEXT.encode()), *headers]
+        await send(
+            {"type": "websocket.http.response.start", "status": status, "headers": start_headers}
+        )
+        await send({"type": "websocket.http.response.body", "body": f"{body}\n".encode()})
+    else:
+        await send({"type": "websocket.close", "code": close_code})

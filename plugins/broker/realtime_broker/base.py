@@ -120,7 +120,7 @@ class Broker(ABC):
         :meth:`ready` before relying on it. ``count`` reports how many clients
         ``deliver`` serves here, for :meth:`publish`'s count.
 
-        Subscribe once per channel and fan out yourself, as the WebSocket pool does:
+        Subscribe once per channel and fan out yourself, as the hub does:
         adding or removing one deliver costs as many as the channel already has here.
         """
         channel.encode()  # a name Redis cannot carry fails here, not in the background
@@ -134,6 +134,14 @@ class Broker(ABC):
         if count is not None:
             self._counted.append((channel, deliver, count))
             self.counters.append(count)
+
+    def add_counter(self, count: Counter) -> None:
+        """Count ``count()`` clients of this process in :meth:`publish`'s answer.
+
+        For a plugin that serves many channels (the hub), rather than ``count=`` on
+        each subscription.
+        """
+        self.counters.append(count)
 
     def unsubscribe(self, channel: str, deliver: Deliver) -> None:
         """Stop delivering to ``deliver`` (compared with ``==``, as ``list.remove`` does).

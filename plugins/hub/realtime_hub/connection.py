@@ -1,4 +1,4 @@
-"""One WebSocket connection over plain ASGI: the few calls the pool makes, nothing more.
+"""One WebSocket connection over plain ASGI: the few calls the hub makes, nothing more.
 
 Quart's websocket object would add a request wrapper, a queue and two tasks to every
 connection; a broadcast server holding ten thousand of them cannot afford that.

@@ -216,13 +216,6 @@ class Hub:
 
         await asyncio.gather(*(flush_then_close(c) for c in list(self._clients.values())))
 
-    def disconnect_all(self, code: int, reason: str) -> int:
-        """Close every client now (they reconnect); the hub keeps serving."""
-        clients = [client for client in self._clients.values() if not client.closing]
-        for client in clients:
-            self._spawn(self._close(client, code, reason))
-        return len(clients)
-
     @property
     def running(self) -> bool:
         return self._loop is not None
@@ -390,7 +383,8 @@ class Hub:
             return 0
         direct_limit = self.direct_limit
         queued = 0
-        for fmt, clients in list(members.items()):
+        # Nothing below changes ``members`` synchronously (closes are tasks): no copy.
+        for fmt, clients in members.items():
             message = _message(fmt.encode(channel, publication))
             frame = message.frame
             for client in clients.values():

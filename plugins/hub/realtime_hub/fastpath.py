@@ -12,7 +12,7 @@ suite runs on 0.18.0, the fast-path, order and slow-client tests passed on 0.17.
 and a slow-client test failed on 0.16.0), WebSockets
 over HTTP/1.1 with the asyncio or uvloop worker. Where the objects below are not what
 this module expects (HTTP/2 WebSockets, trio, another server, another Hypercorn),
-:func:`attach` returns ``None`` and the pool sends through ASGI instead.
+:func:`attach` returns ``None`` and the hub sends through ASGI instead.
 
 It also guards what a client sends (:func:`guard`), in every mode: Hypercorn buffers a
 message before checking its size, keeps reading a client after refusing it with 1009,
@@ -49,7 +49,7 @@ try:  # Only the names; nothing here runs at import.
 except ImportError:  # pragma: no cover - a Hypercorn without these modules
     TCPServer = H11Protocol = WSStream = None  # type: ignore[assignment, misc]
 
-log = logging.getLogger("realtime.websocket")
+log = logging.getLogger("realtime.hub")
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
@@ -74,7 +74,7 @@ def encode_frame(payload: bytes, text: bool) -> bytes:
 
 
 class Transport(Protocol):
-    """What the pool needs of a transport; asyncio's and uvloop's both qualify."""
+    """What the hub needs of a transport; asyncio's and uvloop's both qualify."""
 
     def write(self, data: bytes) -> None: ...
     def get_write_buffer_size(self) -> int: ...
@@ -104,7 +104,7 @@ class Wire:
     def open(self) -> bool:
         """True while data frames may still be sent (no close frame either way yet).
 
-        Called per client per broadcast; the pool holds a client only after
+        Called per client per broadcast; the hub holds a client only after
         :meth:`bind`.
         """
         return self.connection.state is ConnectionState.OPEN and not self.transport.is_closing()
@@ -181,7 +181,7 @@ def attach(asgi_send: Any, *, decline_compression: bool) -> Wire | None:
 
 
 class IncomingLimits:
-    """What any one client may send. One per pool, shared by all its guards.
+    """What any one client may send. One per hub, shared by all its guards.
 
     ``rate`` frames a second (every kind: data, continuation, ping, pong, close),
     with bursts of up to ``burst`` frames at once; 0 turns the rate limit off.

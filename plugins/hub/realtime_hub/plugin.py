@@ -128,7 +128,7 @@ def startup(host: Host) -> None:
     hub.on_first = first
     hub.on_last = last
     hub.confirm = broker.ready
-    broker.counters.append(hub.__len__)
+    broker.add_counter(hub.__len__)
     broker.on_loss(hub.lost)
 
 

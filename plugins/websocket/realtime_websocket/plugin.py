@@ -8,7 +8,6 @@ where ``broadcast("...")`` publishes; ``/ws?channel=NAME`` to another one.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -19,14 +18,13 @@ from realtime_hub import (
     ASGIConnection,
     Client,
     ConnectionGone,
+    Format,
     Hub,
     HubClosed,
     Receive,
     Send,
     get_hub,
 )
-
-log = logging.getLogger("realtime.websocket")
 
 #: Longest channel name a raw client may ask for, as in the Centrifuge protocol.
 MAX_CHANNEL_LENGTH = 255
@@ -80,7 +78,7 @@ def channel_of(scope: Any) -> str | None:
 
 @hookimpl
 def register_routes(host: Host) -> list[ASGIRoute]:
-    raw = RawFormat()
+    raw: Format = RawFormat()
 
     async def websocket_endpoint(scope: Any, receive: Receive, send: Send) -> None:
         try:
