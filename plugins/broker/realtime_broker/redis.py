@@ -108,6 +108,8 @@ RECENT = 1024
 COPIES = 4
 #: Messages already received that one question to Redis covers at most.
 BATCH = 1024
+#: What a command raises when Redis cannot be reached (or answer in time).
+UNREACHABLE = (RedisError, OSError, TimeoutError)
 #: Most messages held while waiting for a barrier's PONG (the rest are dropped, counted).
 BARRIER_LIMIT = 16 * BATCH
 #: Seconds between two log lines about the same kind of dropped message (as the host's LogThrottle).
@@ -317,12 +319,15 @@ class Sequence:
             self.position[channel] = (epoch, seq)
         elif seq > known[1]:
             self.position[channel] = (epoch, seq)
-        recent = self._recent.setdefault(channel, {})
+        recent = self._recent.get(channel)
+        if recent is None:  # not setdefault: no empty dict and deque made per message
+            recent = self._recent[channel] = {}
+            self._order[channel] = deque()
         if seq in recent:
             recent[seq].append(mark)
             return
         recent[seq] = [mark]
-        order = self._order.setdefault(channel, deque())
+        order = self._order[channel]
         order.append(seq)
         if len(order) > RECENT:
             recent.pop(order.popleft(), None)
@@ -609,7 +614,7 @@ class RedisBroker(Broker):
             async with asyncio.timeout(self.timeout):
                 # EVALSHA, loading the script only when Redis says it does not know it.
                 receivers, flat = await self._script(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             raise BrokerUnavailable(
                 f"broker {self.describe()} is unavailable ({type(exc).__name__}: {exc}); "
                 "message not sent"
@@ -1121,7 +1126,7 @@ class RedisBroker(Broker):
                     self._redis_answered = time.monotonic()
                     if random.random() < 0.05:
                         await self._forget_stale_nodes()
-            except (RedisError, OSError, TimeoutError):
+            except UNREACHABLE:
                 pass  # the listener logs connection trouble; reports resume when it is back
             except Exception:
                 self.tally.add("heartbeat", "reporting the client count failed", exc_info=True)
