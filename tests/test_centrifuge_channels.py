@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from realtime_centrifuge.channels import (
+from realtime_centrifuge.codes import Error
+from realtime_hub.channels import (
     ChannelRules,
     HookAnswer,
     NamespaceOptions,
     parse_duration,
 )
-from realtime_centrifuge.codes import Error
 
 RULES = ChannelRules.from_config(
     {

@@ -72,8 +72,10 @@ async def test_json_values_reach_raw_clients_as_json_text(host: Server) -> None:
         assert json.loads(await recv(ws)) == value
 
 
-@pytest.mark.parametrize("channel", ["chat:room", "dm#42,43", "$secret", "", "x" * 256])
-async def test_raw_clients_may_not_listen_to_namespaced_or_private_channels(
+@pytest.mark.parametrize(
+    "channel", ["chat:room", "chat:#42,43", "nowhere:room", "$secret", "", "x" * 256, "a\tb"]
+)
+async def test_raw_clients_may_not_listen_where_anonymous_clients_may_not_subscribe(
     host: Server, channel: str
 ) -> None:
     with pytest.raises(InvalidStatus) as refused:

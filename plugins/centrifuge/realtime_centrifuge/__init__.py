@@ -3,7 +3,8 @@ and cent work unchanged: codes, the JSON codec, channel rules, JWTs and the
 per-connection session. Nothing here touches a socket or a broker.
 """
 
-from .channels import ChannelRules, HookAnswer, NamespaceOptions, parse_duration
+from realtime_hub.channels import ChannelRules, HookAnswer, NamespaceOptions, parse_duration
+
 from .codec import (
     METHODS,
     Command,

@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .channels import ChannelRules, HookAnswer
+from realtime_hub.channels import ChannelRules, HookAnswer
+
 from .codec import Command, decode_commands, encode_error, encode_push, encode_reply
 from .codes import (
     DISCONNECT_BAD_REQUEST,

@@ -6,6 +6,7 @@ they accept a connection with :meth:`Hub.connect`, put it in channels with
 publish through the broker (``realtime_broker``). They never know each other.
 """
 
+from .channels import ChannelRules, HookAnswer, NamespaceOptions, parse_duration
 from .connection import ASGIConnection, ConnectionGone, Receive, Send
 from .engine import (
     CLOSE_GOING_AWAY,
@@ -17,6 +18,7 @@ from .engine import (
     HubClosed,
     HubStats,
 )
+from .errors import Error
 from .state import get_hub
 
 __all__ = [
@@ -24,13 +26,18 @@ __all__ = [
     "CLOSE_MISSED",
     "CLOSE_OVERFLOW",
     "ASGIConnection",
+    "ChannelRules",
     "Client",
     "ConnectionGone",
+    "Error",
     "Format",
+    "HookAnswer",
     "Hub",
     "HubClosed",
     "HubStats",
+    "NamespaceOptions",
     "Receive",
     "Send",
     "get_hub",
+    "parse_duration",
 ]

@@ -22,6 +22,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from .channels import ChannelRules
 from .connection import ConnectionGone
 from .fastpath import IncomingLimits, Wire, attach, decline_compression, encode_frame, guard
 
@@ -156,6 +157,7 @@ class Hub:
         compression: bool = False,
         max_incoming_size: int = MAX_INCOMING_SIZE,
         max_incoming_rate: int = MAX_INCOMING_RATE,
+        rules: ChannelRules | None = None,
     ) -> None:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(
@@ -172,6 +174,8 @@ class Hub:
         self.fast_path = fast_path
         self.compression = compression
         self.channels: dict[str, Channel] = {}
+        #: Namespaces and who may subscribe or publish where, for every protocol.
+        self.rules = rules or ChannelRules.defaults()
         self.on_first: Callable[[str], None] | None = None
         self.on_last: Callable[[str], None] | None = None
         #: Waits until the broker hears ``channel`` (set by the plugin to ``broker.ready``).

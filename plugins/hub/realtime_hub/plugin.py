@@ -7,6 +7,7 @@ want; a loss the broker detects on a channel is told to that channel's clients o
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from functools import partial
@@ -17,13 +18,30 @@ from hypercorn.config import Config as ServerConfig
 from realtime import Host, Option, hookimpl
 from realtime_broker import Deliver, get_broker
 
+from .channels import ChannelRules
 from .engine import MAX_INCOMING_RATE, MAX_INCOMING_SIZE, OVERFLOW_POLICIES, Hub
 from .state import EXTENSION_KEY
+
+
+def channel_table(text: str) -> Any:
+    """``--channel`` or ``REALTIME_CHANNEL``: the ``[channel]`` table as JSON."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"expected the [channel] table as JSON: {exc}") from None
 
 
 @hookimpl
 def register_options() -> list[Option]:
     return [
+        Option(
+            "channel",
+            None,
+            "channel namespaces and permissions, Centrifugo's [channel] layout (a table in "
+            "realtime.toml, JSON here); unset: top-level channels readable by anyone, "
+            "chat:* for signed-in users (docs/channels.md)",
+            type=channel_table,
+        ),
         Option(
             "ping_interval",
             20.0,
@@ -79,8 +97,14 @@ def register_options() -> list[Option]:
     ]
 
 
+def channel_rules(settings: Mapping[str, Any]) -> ChannelRules:
+    table = settings["channel"]
+    return ChannelRules.defaults() if table is None else ChannelRules.from_config(table)
+
+
 @hookimpl
 def validate(host: Host) -> None:
+    channel_rules(host.settings)
     if host.settings["max_incoming_size"] <= 0:
         raise ValueError("--max-incoming-size must be positive")
     if host.settings["max_incoming_rate"] < 0:
@@ -110,6 +134,7 @@ def startup(host: Host) -> None:
         compression=host.settings["compression"],
         max_incoming_size=host.settings["max_incoming_size"],
         max_incoming_rate=host.settings["max_incoming_rate"],
+        rules=channel_rules(host.settings),
     )
     hub.start()
     host.app.extensions[EXTENSION_KEY] = hub

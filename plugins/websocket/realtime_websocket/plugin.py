@@ -3,7 +3,8 @@
 A raw client gets each publication of its channel as it was published (``str`` as a
 text frame, ``bytes`` as a binary one, a JSON value as its JSON text) and what it
 sends is read and discarded. ``/ws`` listens to the ``default`` channel, which is
-where ``broadcast("...")`` publishes; ``/ws?channel=NAME`` to another one.
+where ``broadcast("...")`` publishes; ``/ws?channel=NAME`` to another one that the
+channel rules let anonymous clients read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from realtime_broker import DEFAULT_CHANNEL
 from realtime_hub import (
     CLOSE_MISSED,
     ASGIConnection,
+    ChannelRules,
     Client,
     ConnectionGone,
     Format,
@@ -25,9 +27,6 @@ from realtime_hub import (
     Send,
     get_hub,
 )
-
-#: Longest channel name a raw client may ask for, as in the Centrifuge protocol.
-MAX_CHANNEL_LENGTH = 255
 
 
 class RawFormat:
@@ -47,11 +46,11 @@ def register_options() -> list[Option]:
     return [Option("ws_path", "/ws", "URL path of the raw WebSocket endpoint")]
 
 
-def channel_of(scope: Any) -> str | None:
+def channel_of(scope: Any, rules: ChannelRules) -> str | None:
     """The channel asked for in the query string (``default`` when none); None if refused.
 
-    Raw clients are anonymous: they may listen only to plain top-level names (no
-    namespace, no user-limited ``#``, no private ``$``), which are public.
+    Raw clients carry no credentials: they may listen where the rules let anonymous
+    clients subscribe without a token (by default, any top-level name).
     """
     try:
         query = parse_qs(
@@ -65,13 +64,7 @@ def channel_of(scope: Any) -> str | None:
     if not names:
         return DEFAULT_CHANNEL
     name: str = names[-1]
-    if (
-        not name
-        or len(name.encode()) > MAX_CHANNEL_LENGTH
-        or not name.isascii()
-        or not name.isprintable()
-        or any(mark in name for mark in ":#$")
-    ):
+    if rules.can_subscribe("", name, has_valid_token=False) is not None:
         return None
     return name
 
@@ -86,7 +79,7 @@ def register_routes(host: Host) -> list[ASGIRoute]:
         except HubClosed:
             await send({"type": "websocket.close", "code": 1013})
             return
-        channel = channel_of(scope)
+        channel = channel_of(scope, hub.rules)
         if channel is None:
             await send({"type": "websocket.close", "code": 1008})  # 403 before the upgrade
             return

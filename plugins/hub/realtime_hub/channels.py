@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from .codes import ERROR_BAD_REQUEST, ERROR_PERMISSION_DENIED, ERROR_UNKNOWN_CHANNEL, Error
+from .errors import ERROR_BAD_REQUEST, ERROR_PERMISSION_DENIED, ERROR_UNKNOWN_CHANNEL, Error
 
 #: Centrifugo's namespace name pattern.
 _NAMESPACE_NAME = re.compile(r"[-a-zA-Z0-9_.]{2,}")
@@ -120,6 +120,29 @@ class ChannelRules:
     private_prefix: str = "$"
 
     @classmethod
+    def defaults(cls) -> ChannelRules:
+        """The rules with no ``[channel]`` configured: what the demo pages need, no more.
+
+        Top-level channels (``default`` and any name without ``:``) are readable by
+        anyone, as every ``/ws`` client was before channels existed; nobody publishes
+        there but the server. In ``chat:*`` signed-in users (a connection token's
+        ``sub``) subscribe and post to rooms they are in. ``$`` channels need a
+        subscription token. A configured ``[channel]`` replaces all of it.
+        """
+        return cls(
+            without_namespace=NamespaceOptions(
+                allow_subscribe_for_client=True, allow_subscribe_for_anonymous=True
+            ),
+            namespaces=MappingProxyType(
+                {
+                    "chat": NamespaceOptions(
+                        allow_subscribe_for_client=True, allow_publish_for_subscriber=True
+                    )
+                }
+            ),
+        )
+
+    @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ChannelRules:
         """Rules from the ``[channel]`` table (Centrifugo v6 layout); ValueError if wrong.
 
@@ -203,8 +226,8 @@ class ChannelRules:
             return error
         if self.namespace_of(channel) is None:
             return ERROR_UNKNOWN_CHANNEL
-        if not channel.isascii():
-            return ERROR_BAD_REQUEST
+        if not channel.isascii() or not channel.isprintable():
+            return ERROR_BAD_REQUEST  # printable: internal channels use control characters
         return None
 
     def _subscribe_gate(self, user: str, channel: str, has_valid_token: bool) -> Error | bool:
