@@ -20,7 +20,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, ClassVar, Protocol
 
 from realtime_hub.channels import ChannelRules, HookAnswer
 
@@ -42,9 +43,11 @@ from .codes import (
     ERROR_TOKEN_EXPIRED,
     ERROR_UNKNOWN_CHANNEL,
     UNSUBSCRIBE_EXPIRED,
+    UNSUBSCRIBE_SERVER,
     Disconnect,
     DisconnectError,
     Error,
+    Unsubscribe,
 )
 from .tokens import (
     ExpiredConnection,
@@ -163,6 +166,23 @@ class _Subscription:
 class Session:
     """The protocol state of one connection."""
 
+    #: Each method's handler, by name: one table for every session, not one each.
+    _HANDLERS: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "connect": "_connect",
+            "subscribe": "_subscribe",
+            "unsubscribe": "_unsubscribe",
+            "publish": "_publish",
+            "presence": "_unavailable",
+            "presence_stats": "_unavailable",
+            "history": "_unavailable",
+            "rpc": "_rpc",
+            "send": "_send",
+            "refresh": "_refresh",
+            "sub_refresh": "_sub_refresh",
+        }
+    )
+
     def __init__(
         self,
         rules: ChannelRules,
@@ -193,19 +213,6 @@ class Session:
         self._next_ping: float | None = None
         self._last_ping: float | None = None
         self._pong_deadline: float | None = None
-        self._handlers: Mapping[str, Callable[[Command], Awaitable[Result]]] = {
-            "connect": self._connect,
-            "subscribe": self._subscribe,
-            "unsubscribe": self._unsubscribe,
-            "publish": self._publish,
-            "presence": self._unavailable,
-            "presence_stats": self._unavailable,
-            "history": self._unavailable,
-            "rpc": self._rpc,
-            "send": self._send,
-            "refresh": self._refresh,
-            "sub_refresh": self._sub_refresh,
-        }
 
     @property
     def connected(self) -> bool:
@@ -263,7 +270,9 @@ class Session:
             return None
         result: Result
         try:
-            result = await self._handlers[command.method](command)
+            handler: Callable[[Command], Awaitable[Result]]
+            handler = getattr(self, self._HANDLERS[command.method])
+            result = await handler(command)
         except Error as exc:
             result = exc
         except DisconnectError:
@@ -582,6 +591,43 @@ class Session:
             expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS)
         sub.expire_at, sub.info = expire_at, claims.info
         return {"expires": expire_at is not None, "ttl": self._ttl(expire_at, now)}
+
+    # -- the server's own changes -------------------------------------------------------
+
+    async def server_subscribe(
+        self, channel: str, *, info: Any = None, data: Any = None
+    ) -> str | None:
+        """Subscribe on the server's word (server API): the ``subscribe`` push to send.
+
+        None if not connected, already subscribed or at the channel limit (a server
+        asking for more than a client may hold is told nothing: it is logged).
+        """
+        if not self._connected or channel in self._subs:
+            return None
+        if len(self._subs) >= self.options.max_channels:
+            logger.warning("client %s is at its channel limit: not subscribed to %r",
+                           self.client_id, channel)  # fmt: skip
+            return None
+        self._subs[channel] = _Subscription("server", info=info)
+        try:
+            await self.backend.subscribe(channel)
+        except Exception:
+            self._subs.pop(channel, None)
+            raise
+        return encode_push(channel, "subscribe", {"data": data})
+
+    async def server_unsubscribe(
+        self, channel: str, reason: Unsubscribe = UNSUBSCRIBE_SERVER
+    ) -> str | None:
+        """Drop a subscription on the server's word: the ``unsubscribe`` push; None if none.
+
+        ``reason`` 2000 (server API) ends it for the client; 2500 and above make the SDK
+        subscribe again (insufficient state: this process missed publications).
+        """
+        if self._subs.pop(channel, None) is None:
+            return None
+        await self.backend.unsubscribe(channel)
+        return encode_push(channel, "unsubscribe", {"code": reason.code, "reason": reason.reason})
 
     # -- timers ---------------------------------------------------------------------
 

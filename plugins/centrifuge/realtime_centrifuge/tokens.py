@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -294,4 +294,81 @@ def _strict_json(value: Any, name: str) -> Any:
         json.dumps(value, allow_nan=False)
     except ValueError:
         raise TokenInvalid(f"{name} must be plain JSON") from None
+    return value
+
+
+class TokenSigner:
+    """Mints HS256 tokens for drop-in scripts (a login page), with the HMAC secret.
+
+    Only HMAC: with RSA or ECDSA the server holds public keys only, and tokens are
+    minted wherever the private key lives.
+    """
+
+    def __init__(self, hmac_secret: str) -> None:
+        if not hmac_secret:
+            raise ValueError("minting tokens needs an HMAC secret")
+        self._secret = hmac_secret
+
+    def __repr__(self) -> str:
+        return "TokenSigner(<secret>)"
+
+    def connection_token(
+        self,
+        user: str,
+        *,
+        now: float,
+        expire_in: float | None = 3600,
+        info: Any = None,
+        channels: Sequence[str] = (),
+    ) -> str:
+        claims: dict[str, Any] = {"sub": _checked_user(user), "iat": int(now)}
+        if expire_in is not None:
+            claims["exp"] = _expiry(now, expire_in)
+        if info is not None:
+            claims["info"] = _plain_json(info, "info")
+        if channels:
+            if isinstance(channels, str) or not all(isinstance(c, str) and c for c in channels):
+                raise TypeError("channels is a list of channel names")
+            claims["channels"] = list(channels)
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def subscription_token(
+        self,
+        user: str,
+        channel: str,
+        *,
+        now: float,
+        expire_in: float | None = 3600,
+        info: Any = None,
+        data: Any = None,
+    ) -> str:
+        if not isinstance(channel, str) or not channel:
+            raise TypeError("channel is a non-empty str")
+        claims: dict[str, Any] = {"sub": _checked_user(user), "channel": channel, "iat": int(now)}
+        if expire_in is not None:
+            claims["exp"] = _expiry(now, expire_in)
+        if info is not None:
+            claims["info"] = _plain_json(info, "info")
+        if data is not None:
+            claims["data"] = _plain_json(data, "data")
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+
+def _checked_user(user: Any) -> str:
+    if not isinstance(user, str):
+        raise TypeError(f'user is a str ("" for anonymous), got {type(user).__name__}')
+    return user
+
+
+def _expiry(now: float, expire_in: float) -> int:
+    if isinstance(expire_in, bool) or not _is_number(expire_in) or expire_in <= 0:
+        raise ValueError("expire_in is a positive number of seconds, or None for no expiry")
+    return int(now + expire_in)
+
+
+def _plain_json(value: Any, name: str) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a JSON value: {exc}") from None
     return value

@@ -319,6 +319,13 @@ class Hub:
             return False
         return True
 
+    def channel_counts(self) -> dict[str, int]:
+        """Subscribers of every channel with any, for the broker's cluster-wide view."""
+        return {
+            channel: sum(len(clients) for clients in members.values())
+            for channel, members in self.channels.items()
+        }
+
     def subscribers(self, channel: str) -> int:
         return sum(len(clients) for clients in self.channels.get(channel, {}).values())
 
@@ -430,6 +437,11 @@ class Hub:
         """Close one client: out of its channels now, the close frame after what it holds."""
         if not client.closing:
             self._spawn(self._close(client, code, reason))
+
+    async def close_client(self, client: Client, code: int, reason: str) -> None:
+        """:meth:`disconnect`, awaited: the close frame is on its way (or the socket dropped)."""
+        if not client.closing:
+            await self._close(client, code, reason)
 
     def _enqueue(self, client: Client, message: Message) -> bool:
         limit = self.backlog_limit if client.wire is not None else self.max_buffer

@@ -154,6 +154,7 @@ def startup(host: Host) -> None:
     hub.on_last = last
     hub.confirm = broker.ready
     broker.add_counter(hub.__len__)
+    broker.add_channel_counter(hub.channel_counts)
     broker.on_loss(hub.lost)
 
 

@@ -1,0 +1,236 @@
+"""One host's Centrifuge node: its settings, its connections by user, and the server API.
+
+What the server API asks of one user's connections (subscribe, unsubscribe,
+disconnect) may concern connections on other processes: it travels as a control
+message on the broker, on an internal channel no client can name, and every
+process applies it to its own connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import logging
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+
+from realtime import Host
+from realtime_broker import Broker, BrokerUnavailable, Publication
+from realtime_hub import ChannelRules, Client, Hub
+
+from .codec import RawJSON
+from .codes import ERROR_INTERNAL, Disconnect, Error
+from .session import Session, SessionOptions
+from .tokens import TokenSigner, TokenVerifier
+from .transport import CentrifugeFormat
+
+log = logging.getLogger("realtime.centrifuge")
+
+#: The broker channel control messages travel on. Clients cannot name it: channel
+#: names are printable, and this one starts with a control character.
+CONTROL_CHANNEL = "\x01centrifuge-control"
+#: Largest control message accepted from the broker, bytes.
+MAX_CONTROL_SIZE = 64 * 1024
+
+
+class Node:
+    """Per host (``app.extensions``): nothing here is shared between two apps."""
+
+    def __init__(
+        self,
+        host: Host,
+        hub: Hub,
+        broker: Broker,
+        *,
+        verifier: TokenVerifier,
+        signer: TokenSigner | None,
+        options: SessionOptions,
+        connect_timeout: float,
+        version: str = "",
+    ) -> None:
+        self.host = host
+        self.hub = hub
+        self.broker = broker
+        self.rules: ChannelRules = hub.rules
+        self.verifier = verifier
+        self.signer = signer
+        self.options = options
+        self.connect_timeout = connect_timeout
+        self.version = version
+        self.format = CentrifugeFormat(self)
+        #: Connected clients of each signed-in user, for the server API.
+        self.users: dict[str, list[Client]] = {}
+        self._hooks = {
+            name: bool(getattr(host.hook, name).get_hookimpls())
+            for name in ("authorize_connect", "authorize_subscribe", "authorize_publish")
+        }
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def hooked(self, name: str) -> bool:
+        """Whether any plugin implements ``name``: the handshake headers are built only then."""
+        return self._hooks.get(name, True)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("centrifuge task failed: %r", exc, exc_info=exc)
+
+    # Lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.broker.subscribe(CONTROL_CHANNEL, self._control)
+
+    async def close(self) -> None:
+        self.broker.unsubscribe(CONTROL_CHANNEL, self._control)
+        for task in list(self._tasks):
+            task.cancel()
+
+    def register(self, client: Client, session: Session) -> None:
+        if session.user:
+            self.users.setdefault(session.user, []).append(client)
+
+    def unregister(self, client: Client, session: Session) -> None:
+        clients = self.users.get(session.user)
+        if clients is not None and client in clients:
+            clients.remove(client)
+            if not clients:
+                del self.users[session.user]
+
+    # The server API ----------------------------------------------------------
+
+    async def publish(
+        self, channel: str, data: RawJSON, *, tags: Mapping[str, str] | None = None
+    ) -> Mapping[str, Any]:
+        try:
+            await self.broker.publish(channel, Publication(str(data), json=True))
+        except BrokerUnavailable:
+            raise Error(ERROR_INTERNAL.code) from None
+        return {}
+
+    async def subscribe(
+        self,
+        user: str,
+        channel: str,
+        *,
+        client: str = "",
+        info: RawJSON | None = None,
+        data: RawJSON | None = None,
+    ) -> None:
+        await self._send_control(
+            {
+                "op": "subscribe",
+                "user": user,
+                "client": client,
+                "channel": channel,
+                "info": _decoded(info),
+                "data": _decoded(data),
+            }
+        )
+
+    async def unsubscribe(self, user: str, channel: str, *, client: str = "") -> None:
+        await self._send_control(
+            {"op": "unsubscribe", "user": user, "client": client, "channel": channel}
+        )
+
+    async def disconnect(
+        self,
+        user: str,
+        *,
+        client: str = "",
+        code: int = 3503,
+        reason: str = "force disconnect",
+        whitelist: Sequence[str] = (),
+    ) -> None:
+        Disconnect(code, reason)  # ValueError here, not on every process
+        await self._send_control(
+            {
+                "op": "disconnect",
+                "user": user,
+                "client": client,
+                "code": code,
+                "reason": reason,
+                "whitelist": list(whitelist),
+            }
+        )
+
+    async def channels(self, pattern: str = "") -> Mapping[str, int]:
+        try:
+            counts = await self.broker.cluster_channels()
+        except BrokerUnavailable:
+            raise Error(ERROR_INTERNAL.code) from None
+        return {
+            channel: count
+            for channel, count in counts.items()
+            if channel != CONTROL_CHANNEL and (not pattern or fnmatch.fnmatchcase(channel, pattern))
+        }
+
+    async def info(self) -> Sequence[Mapping[str, Any]]:
+        try:
+            nodes = await self.broker.cluster_nodes()
+        except BrokerUnavailable:
+            raise Error(ERROR_INTERNAL.code) from None
+        return [{**node, "version": self.version} for node in nodes]
+
+    async def _send_control(self, message: Mapping[str, Any]) -> None:
+        text = json.dumps(message, separators=(",", ":"))
+        try:
+            await self.broker.publish(CONTROL_CHANNEL, Publication(text, json=True))
+        except BrokerUnavailable:
+            raise Error(ERROR_INTERNAL.code) from None
+
+    # Control messages, on every process ---------------------------------------
+
+    def _control(self, publication: Publication) -> int:
+        data = publication.data
+        if not isinstance(data, str) or len(data) > MAX_CONTROL_SIZE:
+            log.warning("control message refused: not text or over %d bytes", MAX_CONTROL_SIZE)
+            return 0
+        try:
+            message = json.loads(data)
+            op, user, client = message["op"], message["user"], message.get("client", "")
+            if not (isinstance(user, str) and isinstance(client, str)):
+                raise TypeError("user and client are strings")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            log.warning("control message refused: %r", exc)
+            return 0
+        targets = [
+            c
+            for c in self.users.get(user, ())
+            if isinstance(c.state, Session) and (not client or c.state.client_id == client)
+        ]
+        for target in targets:
+            self.spawn(self._apply(op, target, message))
+        return 0
+
+    async def _apply(self, op: str, client: Client, message: Mapping[str, Any]) -> None:
+        session = client.state
+        assert isinstance(session, Session)
+        if op == "disconnect":
+            if session.client_id not in message.get("whitelist", ()):
+                await self.hub.close_client(client, int(message["code"]), str(message["reason"]))
+            return
+        channel = message.get("channel")
+        if not isinstance(channel, str) or not channel:
+            return
+        push: str | None
+        if op == "subscribe":
+            push = await session.server_subscribe(
+                channel, info=message.get("info"), data=message.get("data")
+            )
+        elif op == "unsubscribe":
+            push = await session.server_unsubscribe(channel)
+        else:
+            log.warning("control message refused: unknown op %r", op)
+            return
+        if push is not None:
+            self.hub.send(client, push)
+
+
+def _decoded(value: RawJSON | None) -> Any:
+    return None if value is None else json.loads(value)

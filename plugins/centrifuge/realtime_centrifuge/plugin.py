@@ -1,0 +1,274 @@
+"""The Centrifuge protocol plugin: ``/connection/websocket``, its tokens and its hooks.
+
+Built on the hub (connections, channels, rules) and the broker's public API; it knows
+nothing of the raw ``/ws`` plugin, which serves the same channels beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from realtime import ASGIRoute, Host, Option, current_host, hookimpl
+from realtime_broker import get_broker
+from realtime_hub import get_hub
+
+from . import hooks
+from .node import Node
+from .session import SessionOptions
+from .tokens import TokenSigner, TokenVerifier
+from .transport import endpoint
+
+log = logging.getLogger("realtime.centrifuge")
+
+EXTENSION_KEY = "realtime_centrifuge.node"
+#: Where the made-up secret is kept between ``validate`` and ``startup``.
+SECRET_KEY = "realtime_centrifuge.secret"
+
+
+@hookimpl
+def register_hookspecs() -> object:
+    return hooks
+
+
+@hookimpl
+def register_options() -> list[Option]:
+    return [
+        Option(
+            "centrifuge_path",
+            "/connection/websocket",
+            "URL path of the Centrifuge protocol endpoint (centrifuge-js, centrifuge-python...)",
+        ),
+        Option(
+            "client_connect_timeout",
+            10.0,
+            "seconds a Centrifuge client has to send connect before it is closed (3502)",
+            type=float,
+        ),
+        Option(
+            "client_ping_interval",
+            25.0,
+            "seconds between the Centrifuge protocol's pings (0: none)",
+            type=float,
+        ),
+        Option(
+            "client_pong_timeout",
+            8.0,
+            "seconds a Centrifuge client has to answer a ping before it is closed (3012)",
+            type=float,
+        ),
+        Option(
+            "client_channel_limit",
+            128,
+            "channels one Centrifuge connection may subscribe to (error 106 past it)",
+            type=int,
+        ),
+        Option(
+            "allow_anonymous_connect_without_token",
+            False,
+            "let Centrifuge clients connect with no token and no hook's word, as user ''",
+            type=bool,
+        ),
+        Option(
+            "token_hmac_secret",
+            "",
+            "HMAC secret of connection and subscription tokens (HS256/384/512); unset and "
+            "no public key: one is made up at start-up, for a single process only",
+            secret=True,
+        ),
+        Option(
+            "token_rsa_public_key",
+            "",
+            "RSA public key (PEM, or a path to a PEM file) verifying RS256/384/512 tokens",
+        ),
+        Option(
+            "token_ecdsa_public_key",
+            "",
+            "ECDSA public key (PEM, or a path to a PEM file) verifying ES256/384/512 tokens",
+        ),
+        Option("token_audience", "", "required aud claim of every token (unset: not checked)"),
+        Option("token_issuer", "", "required iss claim of every token (unset: not checked)"),
+    ]
+
+
+def _pem(value: str, option: str) -> str:
+    """A key given inline or as a file path."""
+    if not value or value.lstrip().startswith("-----BEGIN"):
+        return value
+    try:
+        return Path(value).read_text()
+    except OSError as exc:
+        raise ValueError(f"--{option.replace('_', '-')}: cannot read {value!r}: {exc}") from None
+
+
+def _secret(host: Host) -> tuple[str, bool]:
+    """The HMAC secret and whether it was made up (no key of any kind configured)."""
+    settings = host.settings
+    configured: str = settings["token_hmac_secret"]
+    if configured:
+        return configured, False
+    if settings["token_rsa_public_key"] or settings["token_ecdsa_public_key"]:
+        return "", False
+    made_up = host.app.extensions.get(SECRET_KEY)
+    if not isinstance(made_up, str):
+        made_up = host.app.extensions[SECRET_KEY] = secrets.token_urlsafe(32)
+    return made_up, True
+
+
+def _verifier(host: Host) -> TokenVerifier:
+    settings = host.settings
+    secret, _ = _secret(host)
+    try:
+        return TokenVerifier(
+            hmac_secret=secret,
+            rsa_public_key=_pem(settings["token_rsa_public_key"], "token_rsa_public_key"),
+            ecdsa_public_key=_pem(settings["token_ecdsa_public_key"], "token_ecdsa_public_key"),
+            audience=settings["token_audience"],
+            issuer=settings["token_issuer"],
+        )
+    except ValueError as exc:
+        raise ValueError(f"token keys: {exc}") from None
+
+
+def _made_up_secret_refused(where: str) -> ValueError:
+    return ValueError(
+        f"no token key is configured, and a secret made up here would differ {where}, so "
+        "tokens minted by one process would fail on another: set token_hmac_secret "
+        "(REALTIME_TOKEN_HMAC_SECRET), the same everywhere"
+    )
+
+
+@hookimpl
+def validate(host: Host) -> None:
+    settings = host.settings
+    if settings["client_connect_timeout"] <= 0:
+        raise ValueError("--client-connect-timeout must be positive")
+    if settings["client_channel_limit"] < 1:
+        raise ValueError("--client-channel-limit must be at least 1")
+    _session_options(settings)
+    _verifier(host)
+    if _secret(host)[1] and settings.get("workers", 1) > 1:
+        raise _made_up_secret_refused(f"in each of the {settings['workers']} workers")
+
+
+def _session_options(settings: Mapping[str, Any]) -> SessionOptions:
+    limit: int = settings["client_channel_limit"]
+    try:
+        return SessionOptions(
+            max_channels=limit,
+            max_commands=max(256, 2 * limit),
+            ping_interval=settings["client_ping_interval"],
+            pong_timeout=settings["client_pong_timeout"],
+            allow_anonymous_connect_without_token=settings["allow_anonymous_connect_without_token"],
+            version=_version(),
+        )
+    except ValueError as exc:
+        raise ValueError(f"Centrifuge client options: {exc}") from None
+
+
+def _version() -> str:
+    try:
+        return version("realtime")
+    except PackageNotFoundError:
+        return ""
+
+
+def get_node(host: Host) -> Node:
+    """The host's node; LookupError before start-up or after shutdown."""
+    node = host.app.extensions.get(EXTENSION_KEY)
+    if not isinstance(node, Node):
+        raise LookupError("the centrifuge plugin is not running")
+    return node
+
+
+@hookimpl
+def register_routes(host: Host) -> list[ASGIRoute]:
+    app = endpoint(lambda: get_node(host))
+    return [ASGIRoute(host.settings["centrifuge_path"], app, scope_types=("websocket",))]
+
+
+@hookimpl
+def startup(host: Host) -> None:
+    broker = get_broker(host)
+    secret, made_up = _secret(host)
+    if made_up:
+        if broker.distributed:
+            raise _made_up_secret_refused(f"on every process sharing {broker.describe()}")
+        log.warning(
+            "no token key configured: made up an HMAC secret for this process "
+            "(tokens from connection_token() work here only; set token_hmac_secret)"
+        )
+    node = Node(
+        host,
+        get_hub(host),
+        broker,
+        verifier=_verifier(host),
+        signer=TokenSigner(secret) if secret else None,
+        options=_session_options(host.settings),
+        connect_timeout=host.settings["client_connect_timeout"],
+        version=_version(),
+    )
+    node.start()
+    host.app.extensions[EXTENSION_KEY] = node
+
+
+@hookimpl
+async def shutdown(host: Host) -> None:
+    node = host.app.extensions.pop(EXTENSION_KEY, None)
+    if isinstance(node, Node):
+        await node.close()
+
+
+# Native functions for drop-in scripts ------------------------------------------------
+
+
+def _signer() -> TokenSigner:
+    node = get_node(current_host())
+    if node.signer is None:
+        raise RuntimeError(
+            "tokens are minted with token_hmac_secret, and only public keys are configured: "
+            "mint them where the private key is"
+        )
+    return node.signer
+
+
+def connection_token(
+    user: str,
+    *,
+    expire_in: float | None = 3600,
+    info: Any = None,
+    channels: Sequence[str] = (),
+) -> str:
+    """A connection JWT for ``user`` ("" for anonymous), for a login script to hand out.
+
+    ``expire_in`` seconds (None: never; the SDK refreshes it through ``getToken``),
+    ``info`` shown to others with the user's publications, ``channels`` subscribed
+    by the server at connect.
+    """
+    return _signer().connection_token(
+        user, now=time.time(), expire_in=expire_in, info=info, channels=channels
+    )
+
+
+def subscription_token(
+    user: str,
+    channel: str,
+    *,
+    expire_in: float | None = 3600,
+    info: Any = None,
+    data: Any = None,
+) -> str:
+    """A subscription JWT letting ``user`` into ``channel`` (``$private`` ones included)."""
+    return _signer().subscription_token(
+        user, channel, now=time.time(), expire_in=expire_in, info=info, data=data
+    )
+
+
+@hookimpl
+def register_functions() -> Mapping[str, Callable[..., Any]]:
+    return {"connection_token": connection_token, "subscription_token": subscription_token}

@@ -1,0 +1,273 @@
+"""The Centrifuge protocol over the hub's WebSockets: one task per connection, no more.
+
+Each connection's task reads frames and hands them to its :class:`.session.Session`,
+sleeping on the session's next deadline (pings, expiry) in the same wait, so a
+connection costs no timer task. Publications reach it through the hub in
+:class:`CentrifugeFormat`, encoded once per publication for every Centrifuge client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from realtime_broker import BrokerUnavailable, Publication
+from realtime_hub import ASGIConnection, Client, ConnectionGone, Hub, Receive, Send
+
+from .codec import RawJSON, encode_json, encode_publication
+from .codes import (
+    DISCONNECT_BAD_REQUEST,
+    DISCONNECT_INAPPROPRIATE_PROTOCOL,
+    DISCONNECT_STALE,
+    ERROR_INTERNAL,
+    ERROR_METHOD_NOT_FOUND,
+    UNSUBSCRIBE_INSUFFICIENT_STATE,
+    DisconnectError,
+    Error,
+)
+from .session import ConnectAuth, Session
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("realtime.centrifuge")
+
+#: The protobuf codec's subprotocol: refused with a close that says so.
+PROTOBUF = "centrifuge-protobuf"
+#: After a refused connect the client has this long to close (as Go), seconds.
+REJECTED_GRACE = 5.0
+
+
+class CentrifugeFormat:
+    """Publications as ``pub`` pushes; one object serves every Centrifuge connection."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def encode(self, channel: str, publication: Any) -> str:
+        pub: Publication = publication
+        data: Any
+        if pub.json:
+            data = RawJSON(pub.data)
+        elif isinstance(pub.data, bytes):
+            # The JSON codec carries no bytes: binary broadcasts arrive as base64 text.
+            data = base64.b64encode(pub.data).decode("ascii")
+        else:
+            data = pub.data
+        info = RawJSON(pub.info) if pub.info else None
+        return encode_publication(channel, data, info)
+
+    def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
+        """Insufficient state for this channel only: the SDK subscribes again (2500)."""
+        session = client.state
+        if isinstance(session, Session):
+            self._node.spawn(_resubscribe(hub, client, session, channel))
+
+
+async def _resubscribe(hub: Hub, client: Client, session: Session, channel: str) -> None:
+    push = await session.server_unsubscribe(channel, UNSUBSCRIBE_INSUFFICIENT_STATE)
+    if push is not None:
+        hub.send(client, push)
+
+
+async def answer(call: Callable[[], Any]) -> Any:
+    """An implementation's answer, awaited when it is a coroutine."""
+    result = call()
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class ConnectionBackend:
+    """What one session reaches outside itself: hooks, the hub, the broker."""
+
+    __slots__ = ("client", "node", "scope")
+
+    def __init__(self, node: Node, client: Client, scope: Any) -> None:
+        self.node = node
+        self.client = client
+        self.scope = scope
+
+    async def _first(self, hook: str, **kwargs: Any) -> Any:
+        for _, call in self.node.host.plugins.bound(hook, host=self.node.host, **kwargs):
+            result = await answer(call)
+            if result is not None:
+                return result
+        return None
+
+    async def authorize_connect(
+        self, *, client: str, data: Any, name: str, version: str, headers: Mapping[str, str]
+    ) -> ConnectAuth | Error | None:
+        if not self.node.hooked("authorize_connect"):
+            return None
+        merged = {
+            key.decode("latin-1").lower(): value.decode("latin-1")
+            for key, value in self.scope.get("headers", ())
+        }
+        merged.update({key.lower(): value for key, value in headers.items()})
+        result: ConnectAuth | Error | None = await self._first(
+            "authorize_connect",
+            client=client,
+            data=data,
+            name=name,
+            version=version,
+            headers=merged,
+        )
+        return result
+
+    async def authorize_subscribe(
+        self, *, client: str, user: str, meta: Any, channel: str, data: Any
+    ) -> Any:
+        if not self.node.hooked("authorize_subscribe"):
+            return None
+        return await self._first(
+            "authorize_subscribe", client=client, user=user, meta=meta, channel=channel, data=data
+        )
+
+    async def authorize_publish(
+        self, *, client: str, user: str, meta: Any, channel: str, data: Any
+    ) -> Any:
+        if not self.node.hooked("authorize_publish"):
+            return None
+        return await self._first(
+            "authorize_publish", client=client, user=user, meta=meta, channel=channel, data=data
+        )
+
+    async def rpc(self, *, client: str, user: str, meta: Any, method: str, data: Any) -> Any:
+        result = await self._first(
+            "rpc", client=client, user=user, meta=meta, method=method, data=data
+        )
+        if result is None:
+            raise Error(ERROR_METHOD_NOT_FOUND.code)
+        return result
+
+    async def on_send(self, *, client: str, user: str, meta: Any, data: Any) -> None:
+        host = self.node.host
+        for _, call in host.plugins.bound(
+            "client_message", host=host, client=client, user=user, meta=meta, data=data
+        ):
+            await answer(call)
+
+    async def subscribe(self, channel: str) -> None:
+        hub = self.node.hub
+        hub.join(channel, self.client, self.node.format)
+        # Heard by this process before the reply goes: one Redis round trip.
+        await hub.ready(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.node.hub.leave(channel, self.client)
+
+    async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
+        # ClientInfo as the protocol sends it: empty fields left out (user, client kept).
+        info = {key: value for key, value in info.items() if value is not None}
+        publication = Publication(encode_json(data), json=True, info=encode_json(info))
+        try:
+            await self.node.broker.publish(channel, publication)
+        except BrokerUnavailable:
+            raise Error(ERROR_INTERNAL.code) from None  # temporary: the SDK retries
+        except ValueError as exc:  # the publisher's info over the broker's bound
+            raise Error(ERROR_INTERNAL.code, f"not published: {exc}"[:200], False) from None
+
+
+def wants_protobuf(scope: Any) -> bool:
+    """The protobuf codec, asked by subprotocol (SDKs) or query (Go's ``?format=``)."""
+    if PROTOBUF in (scope.get("subprotocols") or ()):
+        return True
+    with contextlib.suppress(ValueError):
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), max_num_fields=10)
+        return "protobuf" in [*query.get("format", ()), *query.get("cf_protocol", ())]
+    return False
+
+
+async def refuse_protobuf(scope: Any, receive: Receive, send: Send) -> None:
+    """Accept the subprotocol only to close at once with 3506 and a reason that says why.
+
+    Refusing the handshake instead would leave the SDK retrying a bare network error.
+    """
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    accept: dict[str, Any] = {"type": "websocket.accept"}
+    if PROTOBUF in (scope.get("subprotocols") or ()):
+        accept["subprotocol"] = PROTOBUF
+    await send(accept)
+    reason = "protobuf codec not supported: use JSON"
+    await send({"type": "websocket.close", "code": DISCONNECT_INAPPROPRIATE_PROTOCOL.code,
+                "reason": reason})  # fmt: skip
+
+
+async def serve_connection(node: Node, scope: Any, receive: Receive, send: Send) -> None:
+    """One Centrifuge connection, from the handshake to the last frame."""
+    hub = node.hub
+    if wants_protobuf(scope):
+        await refuse_protobuf(scope, receive, send)
+        return
+    connection = ASGIConnection(receive, send)
+    client = await hub.connect(connection)
+    if client is None:
+        return
+    session = Session(
+        node.rules, node.verifier, ConnectionBackend(node, client, scope), options=node.options
+    )
+    client.state = session
+    loop = asyncio.get_running_loop()
+    # A client must connect within the timeout (3502 "stale" otherwise).
+    connect_by = time.time() + node.connect_timeout
+    registered = False
+    try:
+        while True:
+            deadline = session.next_deadline() if session.connected else connect_by
+            try:
+                async with asyncio.timeout_at(
+                    None if deadline is None else loop.time() + (deadline - time.time())
+                ):
+                    data = await connection.receive()
+            except TimeoutError:
+                if not session.connected:
+                    raise DisconnectError(DISCONNECT_STALE) from None
+                lines = await session.tick(time.time())
+                if lines:
+                    hub.send(client, "\n".join(lines))
+                continue
+            if not isinstance(data, str):
+                raise DisconnectError(DISCONNECT_BAD_REQUEST)  # binary: not the JSON codec
+            lines = await session.handle_frame(data)
+            if lines:
+                hub.send(client, "\n".join(lines))
+            if session.rejected and not session.connected:
+                connect_by = min(connect_by, time.time() + REJECTED_GRACE)
+            if session.connected and not registered:
+                registered = True
+                node.register(client, session)
+    except DisconnectError as exc:
+        if exc.replies:
+            hub.send(client, "\n".join(exc.replies))
+        await hub.close_client(client, exc.disconnect.code, exc.disconnect.reason)
+    except ConnectionGone:
+        pass
+    finally:
+        if registered:
+            node.unregister(client, session)
+        await session.close()
+        hub.forget(client)
+
+
+def endpoint(node_of: Callable[[], Node]) -> Callable[[Any, Receive, Send], Awaitable[None]]:
+    """The ASGI app at ``--centrifuge-path``; ``node_of`` finds the running node."""
+
+    async def centrifuge_websocket(scope: Any, receive: Receive, send: Send) -> None:
+        try:
+            node = node_of()
+        except LookupError:
+            await send({"type": "websocket.close", "code": 1013})
+            return
+        await serve_connection(node, scope, receive, send)
+
+    return centrifuge_websocket
