@@ -19,6 +19,7 @@ from realtime import Host
 from realtime_broker import Broker, BrokerUnavailable, Publication
 from realtime_hub import ChannelRules, Client, Hub
 
+from .api import ServerAPI
 from .codec import RawJSON
 from .codes import ERROR_INTERNAL, Disconnect, Error
 from .session import Session, SessionOptions
@@ -45,9 +46,13 @@ class Node:
         *,
         verifier: TokenVerifier,
         signer: TokenSigner | None,
+        signer_missing: str = "",
         options: SessionOptions,
         connect_timeout: float,
         version: str = "",
+        api_key: str = "",
+        max_body_size: int = 1024 * 1024,
+        max_message_size: int = 64 * 1024,
     ) -> None:
         self.host = host
         self.hub = hub
@@ -55,6 +60,8 @@ class Node:
         self.rules: ChannelRules = hub.rules
         self.verifier = verifier
         self.signer = signer
+        #: Why scripts cannot mint tokens here, when ``signer`` is None.
+        self.signer_missing = signer_missing
         self.options = options
         self.connect_timeout = connect_timeout
         self.version = version
@@ -66,6 +73,14 @@ class Node:
             for name in ("authorize_connect", "authorize_subscribe", "authorize_publish")
         }
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The server HTTP API (off without a key), an ASGI app.
+        self.api = ServerAPI(
+            self,
+            self.rules,
+            api_key,
+            max_body_size=max_body_size,
+            max_message_size=max_message_size,
+        )
 
     def hooked(self, name: str) -> bool:
         """Whether any plugin implements ``name``: the handshake headers are built only then."""
@@ -216,20 +231,25 @@ class Node:
                 await self.hub.close_client(client, int(message["code"]), str(message["reason"]))
             return
         channel = message.get("channel")
-        if not isinstance(channel, str) or not channel:
+        if not isinstance(channel, str):
             return
-        push: str | None
-        if op == "subscribe":
-            push = await session.server_subscribe(
-                channel, info=message.get("info"), data=message.get("data")
-            )
+        pushes: list[str | None]
+        if op == "subscribe" and channel:
+            pushes = [
+                await session.server_subscribe(
+                    channel, info=message.get("info"), data=message.get("data")
+                )
+            ]
         elif op == "unsubscribe":
-            push = await session.server_unsubscribe(channel)
+            # An empty channel is every channel, as in Centrifugo.
+            channels = [channel] if channel else sorted(session.channels)
+            pushes = [await session.server_unsubscribe(name) for name in channels]
         else:
-            log.warning("control message refused: unknown op %r", op)
+            log.warning("control message refused: %r", op)
             return
-        if push is not None:
-            self.hub.send(client, push)
+        lines = [push for push in pushes if push is not None]
+        if lines:
+            self.hub.send(client, "\n".join(lines))
 
 
 def _decoded(value: RawJSON | None) -> Any:

@@ -16,9 +16,10 @@ from typing import Any
 
 from realtime import ASGIRoute, Host, Option, current_host, hookimpl
 from realtime_broker import get_broker
-from realtime_hub import get_hub
+from realtime_hub import Receive, Send, get_hub
 
 from . import hooks
+from .api import ServerAPI, send_text
 from .node import Node
 from .session import SessionOptions
 from .tokens import TokenSigner, TokenVerifier
@@ -27,8 +28,6 @@ from .transport import endpoint
 log = logging.getLogger("realtime.centrifuge")
 
 EXTENSION_KEY = "realtime_centrifuge.node"
-#: Where the made-up secret is kept between ``validate`` and ``startup``.
-SECRET_KEY = "realtime_centrifuge.secret"
 
 
 @hookimpl
@@ -93,6 +92,14 @@ def register_options() -> list[Option]:
         ),
         Option("token_audience", "", "required aud claim of every token (unset: not checked)"),
         Option("token_issuer", "", "required iss claim of every token (unset: not checked)"),
+        Option(
+            "api_key",
+            "",
+            "key of the server HTTP API (X-API-Key or 'Authorization: apikey KEY'); "
+            "unset: the API is off",
+            secret=True,
+        ),
+        Option("api_path", "/api", "URL prefix of the server HTTP API: POST {api_path}/publish..."),
     ]
 
 
@@ -106,23 +113,14 @@ def _pem(value: str, option: str) -> str:
         raise ValueError(f"--{option.replace('_', '-')}: cannot read {value!r}: {exc}") from None
 
 
-def _secret(host: Host) -> tuple[str, bool]:
-    """The HMAC secret and whether it was made up (no key of any kind configured)."""
-    settings = host.settings
-    configured: str = settings["token_hmac_secret"]
-    if configured:
-        return configured, False
-    if settings["token_rsa_public_key"] or settings["token_ecdsa_public_key"]:
-        return "", False
-    made_up = host.app.extensions.get(SECRET_KEY)
-    if not isinstance(made_up, str):
-        made_up = host.app.extensions[SECRET_KEY] = secrets.token_urlsafe(32)
-    return made_up, True
+def _configured_keys(settings: Mapping[str, Any]) -> bool:
+    return any(
+        settings[name]
+        for name in ("token_hmac_secret", "token_rsa_public_key", "token_ecdsa_public_key")
+    )
 
 
-def _verifier(host: Host) -> TokenVerifier:
-    settings = host.settings
-    secret, _ = _secret(host)
+def _verifier(settings: Mapping[str, Any], secret: str) -> TokenVerifier:
     try:
         return TokenVerifier(
             hmac_secret=secret,
@@ -135,12 +133,12 @@ def _verifier(host: Host) -> TokenVerifier:
         raise ValueError(f"token keys: {exc}") from None
 
 
-def _made_up_secret_refused(where: str) -> ValueError:
-    return ValueError(
-        f"no token key is configured, and a secret made up here would differ {where}, so "
-        "tokens minted by one process would fail on another: set token_hmac_secret "
-        "(REALTIME_TOKEN_HMAC_SECRET), the same everywhere"
-    )
+#: Why tokens are refused when several processes share the broker and no key is set.
+SHARED_WITHOUT_SECRET = (
+    "no token key is configured, and this process shares its broker with others: a "
+    "secret made up here would differ on each of them, so tokens minted by one would fail "
+    "on the next. Set token_hmac_secret (REALTIME_TOKEN_HMAC_SECRET), the same everywhere"
+)
 
 
 @hookimpl
@@ -151,9 +149,7 @@ def validate(host: Host) -> None:
     if settings["client_channel_limit"] < 1:
         raise ValueError("--client-channel-limit must be at least 1")
     _session_options(settings)
-    _verifier(host)
-    if _secret(host)[1] and settings.get("workers", 1) > 1:
-        raise _made_up_secret_refused(f"in each of the {settings['workers']} workers")
+    _verifier(settings, settings["token_hmac_secret"])
 
 
 def _session_options(settings: Mapping[str, Any]) -> SessionOptions:
@@ -188,30 +184,55 @@ def get_node(host: Host) -> Node:
 
 @hookimpl
 def register_routes(host: Host) -> list[ASGIRoute]:
-    app = endpoint(lambda: get_node(host))
-    return [ASGIRoute(host.settings["centrifuge_path"], app, scope_types=("websocket",))]
+    websocket = endpoint(lambda: get_node(host))
+
+    async def server_api(scope: Any, receive: Receive, send: Send) -> None:
+        try:
+            node = get_node(host)
+        except LookupError:
+            await send_text(send, 503, "the server is starting or stopping")
+            return
+        await node.api(scope, receive, send)
+
+    prefix = host.settings["api_path"].rstrip("/")
+    return [
+        ASGIRoute(host.settings["centrifuge_path"], websocket, scope_types=("websocket",)),
+        *(ASGIRoute(f"{prefix}/{name}", server_api, ("http",)) for name in ServerAPI.METHODS),
+    ]
 
 
 @hookimpl
 def startup(host: Host) -> None:
+    settings = host.settings
     broker = get_broker(host)
-    secret, made_up = _secret(host)
-    if made_up:
-        if broker.distributed:
-            raise _made_up_secret_refused(f"on every process sharing {broker.describe()}")
-        log.warning(
-            "no token key configured: made up an HMAC secret for this process "
-            "(tokens from connection_token() work here only; set token_hmac_secret)"
-        )
+    secret: str = settings["token_hmac_secret"]
+    refusal = ""
+    if not _configured_keys(settings):
+        if broker.distributed or settings.get("workers", 1) > 1:
+            # Refused where it would bite, not at start-up: the raw /ws needs no token.
+            refusal = SHARED_WITHOUT_SECRET
+            log.warning("Centrifuge connection tokens are refused: %s", refusal)
+        else:
+            secret = secrets.token_urlsafe(32)
+            log.warning(
+                "no token key configured: made up an HMAC secret for this process "
+                "(tokens from connection_token() work here only; set token_hmac_secret)"
+            )
     node = Node(
         host,
         get_hub(host),
         broker,
-        verifier=_verifier(host),
+        verifier=_verifier(settings, secret),
         signer=TokenSigner(secret) if secret else None,
+        signer_missing=refusal
+        or "tokens are minted with token_hmac_secret, and only public keys are configured: "
+        "mint them where the private key is",
         options=_session_options(host.settings),
         connect_timeout=host.settings["client_connect_timeout"],
         version=_version(),
+        api_key=host.settings["api_key"],
+        max_body_size=host.settings["max_body_size"],
+        max_message_size=host.settings.get("max_message_size", 64 * 1024),
     )
     node.start()
     host.app.extensions[EXTENSION_KEY] = node
@@ -230,10 +251,7 @@ async def shutdown(host: Host) -> None:
 def _signer() -> TokenSigner:
     node = get_node(current_host())
     if node.signer is None:
-        raise RuntimeError(
-            "tokens are minted with token_hmac_secret, and only public keys are configured: "
-            "mint them where the private key is"
-        )
+        raise RuntimeError(node.signer_missing)
     return node.signer
 
 
