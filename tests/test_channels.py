@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -127,3 +129,40 @@ async def test_over_redis_each_process_hears_only_its_clients_channels(
     finally:
         one.stop()
         two.stop()
+
+
+def test_a_channel_table_in_the_config_file_replaces_the_default_rules(
+    app_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "realtime.toml"
+    config.write_text(
+        "[channel.without_namespace]\n"
+        "allow_subscribe_for_client = true  # signed-in users only: raw clients are not\n"
+        "[[channel.namespaces]]\n"
+        'name = "public"\n'
+        "allow_subscribe_for_client = true\n"
+        "allow_subscribe_for_anonymous = true\n"
+    )
+    server = Server(app_dir, "--config", str(config)).start()
+    try:
+
+        async def check() -> None:
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(server.ws_url, open_timeout=5)
+            assert refused.value.response.status_code == 403
+            async with connect(f"{server.ws_url}?channel=public:news") as ws:
+                assert ws.response is not None
+
+        asyncio.run(check())
+    finally:
+        server.stop()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[channel.without_namespace]\nallow_everything = true\n")
+    refused = subprocess.run(
+        [sys.executable, "-m", "realtime", "run", "--config", str(bad), "--app", str(app_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode != 0
+    assert "channel.without_namespace: unknown option 'allow_everything'" in refused.stderr

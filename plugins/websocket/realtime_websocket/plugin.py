@@ -61,9 +61,7 @@ def channel_of(scope: Any, rules: ChannelRules) -> str | None:
     except ValueError:
         return None
     names = query.get("channel")
-    if not names:
-        return DEFAULT_CHANNEL
-    name: str = names[-1]
+    name: str = names[-1] if names else DEFAULT_CHANNEL
     if rules.can_subscribe("", name, has_valid_token=False) is not None:
         return None
     return name
