@@ -14,7 +14,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import os
+import socket
 import threading
+import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +53,9 @@ class Publication:
 Deliver = Callable[[Publication], int]
 #: How many clients a subscriber holds in this process, for counts across processes.
 Counter = Callable[[], int]
+#: This process's subscribers per channel (channels with none may be left out), for
+#: the cluster-wide view of the server API's ``channels`` and ``info``.
+ChannelCounter = Callable[[], Mapping[str, int]]
 #: Told that this process missed ``missed`` publications on ``channel`` (a distributed
 #: broker's subscription was down while others published on it).
 LossHandler = Callable[[str, int], None]
@@ -104,12 +111,24 @@ class Broker(ABC):
         #: Each channel this process listens to, with its delivers in subscription order.
         self.subscribers: dict[str, list[Deliver]] = {}
         self.counters: list[Counter] = []
+        self.channel_counters: list[ChannelCounter] = []
         self._counted: list[tuple[str, Deliver, Counter]] = []
         self.loss_handlers: list[LossHandler] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         #: Seconds a script's thread waits for the loop to take its broadcast.
         self.handoff_timeout = HANDOFF_TIMEOUT
+        self._new_identity()
+
+    def _new_identity(self) -> None:
+        """Who this process is in :meth:`cluster_nodes`: made again by :meth:`start`,
+        since workers are forked after the broker is made (each needs its own)."""
+        #: A random id per process start (Centrifugo's NodeResult ``uid``).
+        self.uid = str(uuid.uuid4())
+        #: A readable name: host and process id.
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        #: Wall-clock start, so other processes can tell this one's uptime.
+        self.started = time.time()
 
     def subscribe(self, channel: str, deliver: Deliver, count: Counter | None = None) -> None:
         """Deliver ``channel``'s publications to ``deliver``, on the loop, from now on.
@@ -142,6 +161,55 @@ class Broker(ABC):
         each subscription.
         """
         self.counters.append(count)
+
+    def add_channel_counter(self, count: ChannelCounter) -> None:
+        """Report ``count()`` (subscribers per channel, in this process) cluster-wide.
+
+        For :meth:`cluster_channels` and :meth:`cluster_nodes`; a distributed broker
+        calls it about once a second, so it should be a cheap view (the hub's).
+        """
+        self.channel_counters.append(count)
+
+    def local_channels(self) -> dict[str, int]:
+        """Subscribers per channel in this process, summed over the channel counters.
+
+        Unlike :meth:`channels` (delivers, one per plugin), these are clients; only
+        channels with at least one are listed.
+        """
+        counters = self.channel_counters
+        if len(counters) == 1:
+            return {channel: n for channel, n in counters[0]().items() if n > 0}
+        merged: dict[str, int] = {}
+        for counter in counters:
+            for channel, n in counter().items():
+                if n > 0:
+                    merged[channel] = merged.get(channel, 0) + n
+        return merged
+
+    def local_node(self, channels: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """This process as a Centrifugo NodeResult (``channels``: its map, if at hand)."""
+        if channels is None:
+            channels = self.local_channels()
+        return {
+            "uid": self.uid,
+            "name": self.name,
+            "num_clients": sum(counter() for counter in self.counters),
+            "num_channels": len(channels),
+            "num_subs": sum(channels.values()),
+            "uptime": max(0, int(time.time() - self.started)),
+        }
+
+    async def cluster_channels(self) -> dict[str, int]:
+        """Every channel with subscribers anywhere, with their number across processes.
+
+        This process's own with a broker that reaches only it; a distributed broker
+        raises :class:`BrokerUnavailable` within its timeout when it cannot tell.
+        """
+        return self.local_channels()
+
+    async def cluster_nodes(self) -> list[dict[str, Any]]:
+        """One :meth:`local_node` entry per live process (just this one here)."""
+        return [self.local_node()]
 
     def unsubscribe(self, channel: str, deliver: Deliver) -> None:
         """Stop delivering to ``deliver`` (compared with ``==``, as ``list.remove`` does).
@@ -210,6 +278,7 @@ class Broker(ABC):
         """Connect and subscribe, on the serving loop. Subclasses call this first."""
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._new_identity()
 
     async def close(self) -> None:
         """Disconnect; must work even if :meth:`start` failed."""

@@ -35,6 +35,11 @@ Names (``NAME`` is the channel's name as given, any characters; ``realtime`` is
   (its history will join it). A publication creates it; it expires ``META_TTL``
   (30 days) after its first publication, renewed every 64th.
 - ``realtime:nodes``: a hash, each process's client count.
+- ``realtime:{node:NODE}:channels``: a hash, the subscribers per channel of one
+  process (``NODE`` as in ``realtime:nodes``), and ``realtime:{node:NODE}:info``,
+  its ``uid``, ``name``, ``started``, ``channels`` and ``subs``: for the server API's
+  cluster-wide ``channels`` and ``info``. Both expire ``NODE_KEYS_TTL`` after the last
+  write; a process deletes them when it closes.
 
 Neither a name nor the fixed text around it can make two channels' names meet. The
 publish script touches the channel's hash and ``realtime:nodes``: under Redis Cluster
@@ -56,7 +61,7 @@ import socket
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Collection, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Mapping
 from itertools import islice
 from typing import Any
 
@@ -120,6 +125,44 @@ REPORT_EVERY = 10.0
 #: must not pile up for ever. A process still listening when it expires follows the
 #: next epoch without a loss.
 META_TTL = 30 * 24 * 3600
+
+#: How long a process's channel map and info outlive its last write, seconds. Only
+#: GC: readers already skip processes whose client count is older than NODE_TTL.
+NODE_KEYS_TTL = 10
+#: An unchanged map is only renewed (EXPIRE), once this many seconds passed.
+NODE_KEYS_RENEW = NODE_KEYS_TTL / 2
+#: Most channel map fields written per heartbeat: a larger change (the first write of
+#: a huge map) goes out over several heartbeats, so Redis is never held for long.
+MAP_FIELDS_PER_BEAT = 10_000
+#: Fields per HSET or HDEL inside the map script (Lua's unpack has a stack limit).
+MAP_CHUNK = 1000
+
+#: KEYS: a process's channel map, its info. ARGV: the TTL, "1" to start the map afresh,
+#: "1" if the map must already exist (else nothing is written and 0 returned: Redis
+#: lost it), the number of info items, of items to set, then the info's field/value
+#: pairs, the map's, and the channels to remove. One EVALSHA: atomic, whatever its size.
+CHANNELS_SCRIPT = f"""
+local ttl = ARGV[1]
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1])
+elseif ARGV[3] == '1' and redis.call('EXPIRE', KEYS[1], ttl) == 0 then
+  return 0
+end
+local first = 6
+local last = first + tonumber(ARGV[4]) - 1
+redis.call('HSET', KEYS[2], unpack(ARGV, first, last))
+first = last + 1
+last = first + tonumber(ARGV[5]) - 1
+for i = first, last, {2 * MAP_CHUNK} do
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + {2 * MAP_CHUNK - 1}, last)))
+end
+for i = last + 1, #ARGV, {MAP_CHUNK} do
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + {MAP_CHUNK - 1}, #ARGV)))
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return 1
+"""
 
 #: KEYS: the channel's numbering hash, nodes. ARGV: kind+body, a new epoch if the
 #: channel has none, MAGIC, the Pub/Sub channel (not a key), "1" if the publishing
@@ -495,6 +538,14 @@ class RedisBroker(Broker):
         #: Dropped messages and listener errors by kind, logged without flooding.
         self.tally = Tally(log)
         self._script: Any = None
+        self._channels_script: Any = None
+        #: What this process's channel map in Redis holds, as far as it knows (``None``:
+        #: unknown, so the next heartbeat starts it afresh)...
+        self._published: dict[str, int] | None = None
+        #: ...and when it (or its TTL) was last written, monotonic seconds.
+        self._published_at = 0.0
+        #: Counts the times the map was forgotten because Redis may have lost it.
+        self._map_resets = 0
         self._publisher: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncio.Task[None] | None = None
@@ -523,6 +574,14 @@ class RedisBroker(Broker):
         """The hash numbering ``channel``'s publications (``epoch``, ``seq``)."""
         return f"{self.prefix}:{{ch:{channel}}}:meta"
 
+    def channels_key(self, node: str) -> str:
+        """The hash of ``node``'s subscribers per channel."""
+        return f"{self.prefix}:{{node:{node}}}:channels"
+
+    def info_key(self, node: str) -> str:
+        """The hash describing ``node`` for :meth:`cluster_nodes`."""
+        return f"{self.prefix}:{{node:{node}}}:info"
+
     def _client(self, retries: int, **options: Any) -> Redis:
         """A client without redis-py's default retries: ten, with backoff, they would
         stretch a failing call past ``broker_timeout`` and renew a lost subscription
@@ -543,6 +602,8 @@ class RedisBroker(Broker):
         # stale, and without it the first broadcast after Redis is back would fail.
         self._publisher = self._client(1, socket_timeout=self.timeout)
         self._script = self._publisher.register_script(PUBLISH_SCRIPT)
+        self._channels_script = self._publisher.register_script(CHANNELS_SCRIPT)
+        self._published = None
         self._subscribed = asyncio.Event()
         self._beat_now = asyncio.Event()
         self._down_since = time.monotonic()
@@ -579,7 +640,11 @@ class RedisBroker(Broker):
         if self._publisher is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(self.timeout):
-                    await self._publisher.hdel(self.nodes_key, self.node)
+                    pipe = self._publisher.pipeline(transaction=False)
+                    pipe.hdel(self.nodes_key, self.node)
+                    pipe.delete(self.channels_key(self.node), self.info_key(self.node))
+                    await pipe.execute()
+            self._published = None
             await self._publisher.aclose()
             self._publisher = None
 
@@ -633,17 +698,154 @@ class RedisBroker(Broker):
 
     def _count(self, nodes: Mapping[bytes, bytes]) -> int:
         """This process's clients now, plus every other live process's last report."""
-        now = time.time()
         total = sum(counter() for counter in self.counters)
+        return total + sum(self._others(nodes).values())
+
+    def _others(self, nodes: Mapping[bytes, bytes]) -> dict[str, int]:
+        """Every other process that reported within NODE_TTL, with its client count."""
+        now = time.time()
         me = self.node.encode()
+        live: dict[str, int] = {}
         for node, value in nodes.items():
             if node == me:
                 continue
             with contextlib.suppress(ValueError):
                 count, seen = value.split()
                 if now - float(seen) < NODE_TTL:
-                    total += int(count)
+                    live[node.decode(errors="replace")] = int(count)
+        return live
+
+    # The cluster-wide view --------------------------------------------------------
+
+    async def cluster_channels(self) -> dict[str, int]:
+        """This process's channels now, plus every other live process's last map.
+
+        Two round trips (the nodes hash, then every live map in one pipeline); the cost
+        grows with the number of (process, channel) pairs in the cluster.
+        """
+        total = self.local_channels()
+        async with self._asking("the cluster's channels"):
+            others = await self._read_nodes()
+            maps = await self._read_each(self.channels_key(node) for node in others)
+        for channels in maps:
+            for name, value in channels.items():
+                n = parse_counter(value)
+                if n:
+                    channel = name.decode(errors="replace")
+                    total[channel] = total.get(channel, 0) + n
         return total
+
+    async def cluster_nodes(self) -> list[dict[str, Any]]:
+        """This process now, and every other live process as it last reported.
+
+        A process that reports its client count but no info (an older version, or
+        one that just started) is listed under its node name with zeros.
+        """
+        async with self._asking("the cluster's nodes"):
+            others = await self._read_nodes()
+            infos = await self._read_each(self.info_key(node) for node in others)
+        now = time.time()
+        result = [self.local_node()]
+        for (node, clients), info in zip(others.items(), infos, strict=True):
+            fields = {key.decode(errors="replace"): value for key, value in info.items()}
+            try:
+                started = float(fields.get("started", b""))
+            except ValueError:
+                started = now
+            result.append(
+                {
+                    "uid": _text(fields.get("uid", node)),
+                    "name": _text(fields.get("name", node)),
+                    "num_clients": clients,
+                    "num_channels": parse_counter(fields.get("channels")) or 0,
+                    "num_subs": parse_counter(fields.get("subs")) or 0,
+                    "uptime": max(0, int(now - started)),
+                }
+            )
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _asking(self, what: str) -> AsyncIterator[None]:
+        """Within the broker's timeout, or :class:`BrokerUnavailable` (503)."""
+        if self._publisher is None:
+            raise BrokerUnavailable("the broker is not running")
+        try:
+            async with asyncio.timeout(self.timeout):
+                yield
+        except UNREACHABLE as exc:
+            raise BrokerUnavailable(
+                f"broker {self.describe()} is unavailable ({type(exc).__name__}: {exc}); "
+                f"cannot tell {what}"
+            ) from exc
+
+    async def _read_nodes(self) -> dict[str, int]:
+        assert self._publisher is not None
+        nodes: Any = await self._publisher.hgetall(self.nodes_key)  # bytes: no decoding
+        return self._others(nodes)
+
+    async def _read_each(self, keys: Iterable[str]) -> list[dict[bytes, bytes]]:
+        """HGETALL of each of ``keys``, in one round trip."""
+        assert self._publisher is not None
+        pipe = self._publisher.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        replies: list[dict[bytes, bytes]] = await pipe.execute()
+        return replies
+
+    async def _report_channels(self) -> None:
+        """Bring this process's channel map and info in Redis up to date (heartbeat).
+
+        Sends nothing while the map is unchanged, but an EXPIRE-only renewal every
+        NODE_KEYS_RENEW seconds. A change goes out as one EVALSHA holding only what
+        changed (at most MAP_FIELDS_PER_BEAT fields; the rest next heartbeat), so an
+        idle process with 10,000 channels costs Redis nothing per second.
+        """
+        assert self._channels_script is not None
+        base, resets = self._published, self._map_resets
+        current = self.local_channels()
+        if base is None:
+            changed, removed = list(current.items()), []
+        else:
+            changed = [(c, n) for c, n in current.items() if base.get(c) != n]
+            removed = [c for c in base if c not in current]
+            due = time.monotonic() - self._published_at >= NODE_KEYS_RENEW
+            if not changed and not removed and not due:
+                return
+        changed = changed[:MAP_FIELDS_PER_BEAT]
+        removed = removed[: MAP_FIELDS_PER_BEAT - len(changed)]
+        target = dict(base or {})
+        target.update(changed)
+        for channel in removed:
+            del target[channel]
+        info: dict[str, str | int] = {
+            "uid": self.uid,
+            "name": self.name,
+            "started": f"{self.started:.3f}",
+            "channels": len(target),
+            "subs": sum(target.values()),
+        }
+        items: list[str | int] = [f for pair in info.items() for f in pair]
+        items += [f for pair in changed for f in pair]
+        head = [NODE_KEYS_TTL, int(base is None), int(bool(base)), 2 * len(info), 2 * len(changed)]
+        keys = [self.channels_key(self.node), self.info_key(self.node)]
+        try:
+            async with asyncio.timeout(self.timeout):
+                written = await self._channels_script(keys=keys, args=[*head, *items, *removed])
+        except BaseException:
+            self._published = None  # what Redis holds now is anyone's guess
+            raise
+        if self._map_resets != resets:
+            return  # forgotten meanwhile (Redis came back): written afresh next time
+        if not written:
+            self._published = None  # Redis lost it (restarted, evicted): afresh next time
+            self._beat_now_set()
+            return
+        self._published = target
+        self._published_at = time.monotonic()
+
+    def _beat_now_set(self) -> None:
+        if self._beat_now is not None:
+            self._beat_now.set()
 
     # Subscriptions ----------------------------------------------------------------
 
@@ -811,8 +1013,10 @@ class RedisBroker(Broker):
         if self.subscription_losses:
             log.info("resubscribed to redis at %s", self.describe())
         self._subscribed.set()
-        if self._beat_now is not None:
-            self._beat_now.set()  # a restarted Redis has no counts yet
+        # A restarted Redis has no counts yet, and maybe an old channel map.
+        self._published = None
+        self._map_resets += 1
+        self._beat_now_set()
         while True:
             message = await self._read(pubsub, IDLE_PING)
             if message is None:
@@ -1126,6 +1330,7 @@ class RedisBroker(Broker):
                     self._redis_answered = time.monotonic()
                     if random.random() < 0.05:
                         await self._forget_stale_nodes()
+                await self._report_channels()
             except UNREACHABLE:
                 pass  # the listener logs connection trouble; reports resume when it is back
             except Exception:
