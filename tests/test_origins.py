@@ -56,11 +56,13 @@ async def test_a_foreign_origin_through_caddy_gets_403_and_no_upgrade(
     caddy = caddy_process(host.port, port, tmp_path / "caddy.log")
     try:
         wait_for_http(f"http://127.0.0.1:{port}/", process=caddy)
-        url = f"ws://127.0.0.1:{port}/ws"
-        assert await status_for(url, "https://evil.test") == 403
-        assert await status_for(url, f"http://127.0.0.1:{port}") == 101
-        assert await status_for(url, None) == 101
+        for path in ("/ws", "/connection/websocket"):
+            url = f"ws://127.0.0.1:{port}{path}"
+            assert await status_for(url, "https://evil.test") == 403
+            assert await status_for(url, f"http://127.0.0.1:{port}") == 101
+            assert await status_for(url, None) == 101
     finally:
         caddy.terminate()
         caddy.wait(10)
+    # Logged once per 10 s, with a count of the rest.
     assert host.log.count("refused a WebSocket from origin") == 1
