@@ -166,6 +166,13 @@ class _Subscription:
 class Session:
     """The protocol state of one connection."""
 
+    # Ten thousand connections hold one each: no per-instance __dict__.
+    __slots__ = (
+        "_connected", "_expire_at", "_last_ping", "_next_ping", "_pong_deadline", "_rand",
+        "_rejected", "_subs", "backend", "client_id", "clock", "info", "meta", "options",
+        "rules", "user", "verifier",
+    )  # fmt: skip
+
     #: Each method's handler, by name: one table for every session, not one each.
     _HANDLERS: ClassVar[Mapping[str, str]] = MappingProxyType(
         {
