@@ -802,3 +802,21 @@ async def test_close_leaves_every_channel() -> None:
 async def test_client_id_defaults_to_uuid4() -> None:
     session = Session(RULES, TokenVerifier(), FakeBackend())
     assert len(session.client_id) == 36 and session.client_id[14] == "4"
+
+
+@pytest.mark.parametrize(("fraction", "ttl"), [(0.0, 60), (0.2, 60), (0.99, 60)])
+async def test_ttl_counts_whole_seconds_as_go_and_is_never_left_out(
+    fraction: float, ttl: int
+) -> None:
+    session, _, clock = make()
+    clock.now = T0 + fraction
+    (reply,) = await send(session, {"id": 1, "connect": {"token": token(sub="1", exp=T0 + 60)}})
+    assert reply["connect"]["ttl"] == ttl
+    # Under a second left: still 1, never 0 (an omitted ttl breaks centrifuge-python).
+    clock.now = T0 + 59.7
+    (reply,) = await send(session, {"id": 2, "refresh": {"token": token(sub="1", exp=T0 + 60)}})
+    assert reply["refresh"] == {
+        "client": session.client_id,
+        "expires": True,
+        "ttl": 1,
+    }

@@ -337,7 +337,9 @@ class Session:
 
     @staticmethod
     def _ttl(expire_at: float | None, now: float) -> int:
-        return 0 if expire_at is None else max(int(expire_at - now), 0)
+        """Whole seconds left, as Go counts them (``exp - now.Unix()``): never 0 while
+        ``expires`` is true, or the field is left out and centrifuge-python fails."""
+        return 0 if expire_at is None else max(int(expire_at) - int(now), 1)
 
     # -- commands ---------------------------------------------------------------------
 
