@@ -82,6 +82,12 @@ class Recorder:
         self.calls.append(("disconnect", user, client, code, reason, list(whitelist)))
         self._maybe_raise()
 
+    async def refresh(
+        self, user: str, *, client: str = "", expired: bool = False, expire_at: int = 0
+    ) -> None:
+        self.calls.append(("refresh", user, client, expired, expire_at))
+        self._maybe_raise()
+
     async def channels(self, pattern: str = "") -> Mapping[str, int]:
         self.calls.append(("channels", pattern))
         self._maybe_raise()
@@ -586,6 +592,18 @@ async def test_disconnect_errors(
     body = await call(http, "disconnect", request_body)
     assert body["error"]["code"] == 107
     assert backend.calls == []
+
+
+async def test_refresh(http: httpx.AsyncClient, backend: Recorder) -> None:
+    assert await call(http, "refresh", {"user": "u", "expire_at": 1900000000}) == {"result": {}}
+    await call(http, "refresh", {"user": "u", "client": "c", "expired": True})
+    assert backend.calls == [
+        ("refresh", "u", "", False, 1900000000),
+        ("refresh", "u", "c", True, 0),
+    ]
+    for bad in ({}, {"user": "u", "expire_at": -1}, {"user": "u", "info": {"a": 1}}):
+        assert (await call(http, "refresh", bad))["error"]["code"] == 107
+    assert len(backend.calls) == 2
 
 
 # -- channels, info ------------------------------------------------------------------

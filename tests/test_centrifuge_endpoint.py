@@ -350,11 +350,18 @@ async def test_the_server_api_acts_on_a_users_connections(server: tuple[Quart, i
         "reason": "server unsubscribe",
     }
     assert dict(await node.channels()) == {}
+    await node.refresh("alice", expire_at=int(time.time()) + 100)
+    push = (await alice.push())["push"]
+    assert push["refresh"]["expires"] is True and 98 <= push["refresh"]["ttl"] <= 100
+    assert "channel" not in push
+    await node.refresh("alice")  # expire_at 0: never
+    assert (await alice.push())["push"] == {"refresh": {}}
     await node.disconnect("alice", code=4500, reason="bye")
     assert await alice.closed() == (4500, "bye")
     assert (await other.call("subscribe", channel="still"))["subscribe"] == {}
     assert dict(await node.channels()) == {"still": 1}
-    await other.ws.close()
+    await node.refresh("bob", expired=True)
+    assert await other.closed() == (3005, "connection expired")
 
 
 def hooks_plugin() -> types.ModuleType:

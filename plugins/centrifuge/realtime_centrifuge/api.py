@@ -30,11 +30,11 @@ from .codes import Disconnect, Error
 log = logging.getLogger(__name__)
 
 #: Methods this server runs.
-SUPPORTED = ("publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "channels", "info")
+SUPPORTED = ("publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "refresh",
+             "channels", "info")  # fmt: skip
 #: Centrifugo's other open-source methods: answered with 104, so an SDK gets an API
 #: error naming the method instead of a bare 404.
-NOT_IMPLEMENTED = ("batch", "presence", "presence_stats", "history", "history_remove", "rpc",
-                   "refresh")  # fmt: skip
+NOT_IMPLEMENTED = ("batch", "presence", "presence_stats", "history", "history_remove", "rpc")
 #: Broadcast publishes to this many channels at a time.
 BROADCAST_CONCURRENCY = 64
 #: What a request gets while no key is set.
@@ -85,6 +85,12 @@ class APIBackend(Protocol):
         """Close the connections of ``user`` but those in ``whitelist``."""
         ...
 
+    async def refresh(
+        self, user: str, *, client: str = "", expired: bool = False, expire_at: int = 0
+    ) -> None:
+        """Set when ``user``'s connections expire (``expire_at``, 0: never), or expire them now."""
+        ...
+
     async def channels(self, pattern: str = "") -> Mapping[str, int]:
         """Active channels of the cluster -> number of subscribed connections."""
         ...
@@ -128,6 +134,7 @@ class ServerAPI:
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
             "disconnect": self._disconnect,
+            "refresh": self._refresh,
             "channels": self._channels,
             "info": self._info,
         }
@@ -366,6 +373,20 @@ class ServerAPI:
             )
         else:
             await self.backend.disconnect(user, client=client, whitelist=whitelist)
+        return {}
+
+    async def _refresh(self, params: Params) -> Mapping[str, Any]:
+        user = _get(params, "user", str)
+        if not user:
+            raise Error(107, "bad request: user is required")
+        client = _get(params, "client", str)
+        _refuse(params, "session", str, "connections have no session id: use client")
+        _refuse(params, "info", dict, "connection info is set by tokens here")
+        expired = _get(params, "expired", bool)
+        expire_at = _get(params, "expire_at", int)
+        if expire_at < 0:
+            raise Error(107, "bad request: expire_at must be a Unix time or 0")
+        await self.backend.refresh(user, client=client, expired=expired, expire_at=expire_at)
         return {}
 
     async def _channels(self, params: Params) -> Mapping[str, Any]:

@@ -21,7 +21,7 @@ from realtime_hub import ChannelRules, Client, Hub
 
 from .api import ServerAPI
 from .codec import RawJSON
-from .codes import ERROR_INTERNAL, Disconnect, Error
+from .codes import ERROR_INTERNAL, Disconnect, DisconnectError, Error
 from .session import Session, SessionOptions
 from .tokens import TokenSigner, TokenVerifier
 from .transport import CentrifugeFormat
@@ -174,6 +174,19 @@ class Node:
             }
         )
 
+    async def refresh(
+        self, user: str, *, client: str = "", expired: bool = False, expire_at: int = 0
+    ) -> None:
+        await self._send_control(
+            {
+                "op": "refresh",
+                "user": user,
+                "client": client,
+                "expired": expired,
+                "expire_at": expire_at,
+            }
+        )
+
     async def channels(self, pattern: str = "") -> Mapping[str, int]:
         try:
             counts = await self.broker.cluster_channels()
@@ -229,6 +242,17 @@ class Node:
         if op == "disconnect":
             if session.client_id not in message.get("whitelist", ()):
                 await self.hub.close_client(client, int(message["code"]), str(message["reason"]))
+            return
+        if op == "refresh":
+            try:
+                push = session.server_refresh(
+                    bool(message.get("expired")), int(message.get("expire_at") or 0)
+                )
+            except DisconnectError as exc:
+                await self.hub.close_client(client, exc.disconnect.code, exc.disconnect.reason)
+                return
+            if push is not None:
+                self.hub.send(client, push)
             return
         channel = message.get("channel")
         if not isinstance(channel, str):

@@ -625,6 +625,22 @@ class Session:
             raise
         return encode_push(channel, "subscribe", {"data": data})
 
+    def server_refresh(self, expired: bool, expire_at: int) -> str | None:
+        """The server sets this connection's expiry (server API ``refresh``).
+
+        ``expired`` closes it now with 3005 (the SDK reconnects with a new token);
+        ``expire_at`` in the future re-arms the expiry, 0 ends it. The ``refresh`` push
+        tells the client; None if not connected.
+        """
+        if not self._connected:
+            return None
+        now = self.clock()
+        if expired or (expire_at and expire_at <= now):
+            raise DisconnectError(DISCONNECT_CONNECTION_EXPIRED)
+        self._expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS) if expire_at else None
+        body = {"expires": self._expire_at is not None, "ttl": self._ttl(self._expire_at, now)}
+        return encode_push("", "refresh", body)
+
     async def server_unsubscribe(
         self, channel: str, reason: Unsubscribe = UNSUBSCRIBE_SERVER
     ) -> str | None:
