@@ -308,7 +308,14 @@ class PyClient:
         return events
 
     async def close(self) -> None:
+        # disconnect() sends the close frame from a task it does not wait for; the
+        # test's loop may end first and leave the socket to the garbage collector.
+        # Wait for that connection (the SDK's own attribute) to finish closing.
+        connection = getattr(self.client, "_conn", None)
         await self.client.disconnect()
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.wait_closed(), 5)
         # A connection the SDK gave up on mid-way (an exception in a handler) leaves
         # its socket to the garbage collector: collect now, so the ResourceWarning
         # lands on the test that caused it rather than a later one.

@@ -80,7 +80,7 @@ def h2_response(
 
 
 def test_prior_knowledge_h2c_with_forged_headers_is_refused(host: Server) -> None:
-    with socket.create_connection(("127.0.0.1", host.port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", host.port), timeout=15) as sock:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         conn.initiate_connection()
         sock.sendall(conn.data_to_send())
@@ -90,7 +90,7 @@ def test_prior_knowledge_h2c_with_forged_headers_is_refused(host: Server) -> Non
 
 
 def test_an_h2c_upgrade_straight_to_the_host_serves_nothing_inside(host: Server) -> None:
-    with socket.create_connection(("127.0.0.1", host.port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", host.port), timeout=15) as sock:
         sock.sendall(UPGRADE_REQUEST)
         head = read_head(sock)
         if head.startswith(b"HTTP/1.1 101"):
