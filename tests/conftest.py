@@ -146,12 +146,36 @@ def caddy_process(
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def start_caddy(
+    upstream_port: int,
+    log_path: Path,
+    config: str = "Caddyfile",
+    extra_env: Mapping[str, str] | None = None,
+    attempts: int = 5,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Caddy serving on a free port, and that port.
+
+    The Caddyfile listens on every address, and a port free on 127.0.0.1 may still be
+    held on another loopback address (sockets in TIME_WAIT after a load run from
+    127.0.0.2-4): on "address already in use" another port is tried.
+    """
+    for attempt in range(attempts):
+        port = free_port()
+        process = caddy_process(upstream_port, port, log_path, config, extra_env)
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/", process=process)
+            return process, port
+        except RuntimeError:
+            in_use = "address already in use" in log_path.read_text(errors="replace")
+            if not in_use or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def caddy(server: Server, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    process = caddy_process(server.port, port, tmp_path / "caddy.log")
+    process, port = start_caddy(server.port, tmp_path / "caddy.log")
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/", process=process)
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()

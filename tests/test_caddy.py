@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
+import socket
+import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 
+from . import conftest
 from .conftest import Server
 
 
@@ -56,3 +61,24 @@ async def test_an_untrusted_peer_cannot_set_forwarded_headers(app_dir: Path) -> 
         assert response.text.strip() == "127.0.0.1"
     finally:
         srv.stop()
+
+
+def test_a_port_held_on_another_loopback_address_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a load run from 127.0.0.2-4 a port free on 127.0.0.1 may be held there."""
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    with upstream, socket.socket() as held:
+        held.bind(("127.0.0.2", 0))
+        held.listen()
+        ports = iter([held.getsockname()[1], conftest.free_port()])
+        monkeypatch.setattr(conftest, "free_port", lambda: next(ports))
+        process, port = conftest.start_caddy(upstream.server_port, tmp_path / "caddy.log")
+        try:
+            assert port != held.getsockname()[1]
+            assert "address already in use" in (tmp_path / "caddy.log").read_text()
+        finally:
+            process.terminate()
+            process.wait(10)
+            upstream.shutdown()

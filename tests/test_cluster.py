@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import RedisServer, Server, caddy_process, free_port, wait_for_http
+from .conftest import RedisServer, Server, start_caddy
 
 #: A drop-in script reporting which process answered and how many clients it holds.
 WHOAMI = """\
@@ -200,16 +200,13 @@ async def test_two_hosts_behind_caddy_share_one_redis(
     cluster_app: Path, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     hosts = [Server(cluster_app, "--broker", redis_server.url).start() for _ in range(2)]
-    caddy_port = free_port()
-    caddy = caddy_process(
+    caddy, caddy_port = start_caddy(
         hosts[0].port,
-        caddy_port,
         tmp_path / "caddy-cluster.log",
         config="deploy/Caddyfile.cluster",
         extra_env={"REALTIME_UPSTREAM_2": f"127.0.0.1:{hosts[1].port}"},
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{caddy_port}/", process=caddy)
         behind = await clients(f"ws://127.0.0.1:{caddy_port}/ws", 8)
         direct = [await connect(host.ws_url) for host in hosts]
         counts = [next(iter((await local_counts(h.url, 1)).values())) for h in hosts]

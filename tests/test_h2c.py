@@ -11,7 +11,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from .conftest import Server, caddy_process, free_port, wait_for_http
+from .conftest import Server, start_caddy
 
 UPGRADE_REQUEST = (
     b"GET /who.py HTTP/1.1\r\n"
@@ -108,10 +108,8 @@ def test_an_h2c_upgrade_straight_to_the_host_serves_nothing_inside(host: Server)
 
 
 def test_caddy_refuses_upgrades_other_than_websocket(host: Server, tmp_path: Path) -> None:
-    port = free_port()
-    caddy = caddy_process(host.port, port, tmp_path / "caddy.log")
+    caddy, port = start_caddy(host.port, tmp_path / "caddy.log")
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/", process=caddy)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(UPGRADE_REQUEST)
             head = read_head(sock)

@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from .conftest import Server, caddy_process, free_port, wait_for_http
+from .conftest import Server, start_caddy
 
 
 @pytest.fixture
@@ -52,10 +52,8 @@ async def test_origins(host: Server, origin: str | None, status: int) -> None:
 async def test_a_foreign_origin_through_caddy_gets_403_and_no_upgrade(
     host: Server, tmp_path: Path
 ) -> None:
-    port = free_port()
-    caddy = caddy_process(host.port, port, tmp_path / "caddy.log")
+    caddy, port = start_caddy(host.port, tmp_path / "caddy.log")
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/", process=caddy)
         for path in ("/ws", "/connection/websocket"):
             url = f"ws://127.0.0.1:{port}{path}"
             assert await status_for(url, "https://evil.test") == 403
