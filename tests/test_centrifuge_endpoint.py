@@ -299,21 +299,33 @@ async def test_protobuf_is_refused_with_a_close_that_says_so(server: tuple[Quart
     assert code == 3506 and "protobuf" in reason and "JSON" in reason
 
 
-async def test_raw_and_centrifuge_clients_of_one_channel_get_the_same_publication(
-    server: tuple[Quart, int],
+async def test_a_scripts_broadcast_reaches_raw_and_centrifuge_clients_of_the_channel(
+    server: tuple[Quart, int], tmp_path: Path
 ) -> None:
-    app, port = server
+    _, port = server
+    (tmp_path / "to.py").write_text(
+        "import json\n"
+        "value = request.values['value']\n"
+        "data = value.encode() if request.values.get('binary') else json.loads(value)\n"
+        "print(broadcast(data, channel='news'))\n"
+    )
     sdk = await connected(port)
     await sdk.call("subscribe", channel="news")
-    async with connect(f"ws://127.0.0.1:{port}/ws?channel=news") as raw:
+    async with (
+        connect(f"ws://127.0.0.1:{port}/ws?channel=news") as raw,
+        connect(f"ws://127.0.0.1:{port}/ws") as elsewhere,
+        httpx.AsyncClient() as http,
+    ):
         await asyncio.sleep(0.05)
-        count = await get_broker(get_host(app)).publish("news", Publication('{"n":1}', json=True))
-        assert count == 2
+        sent = await http.get(f"http://127.0.0.1:{port}/to.py", params={"value": '{"n": 1}'})
+        assert sent.text.strip() == "2"
         assert json.loads(await asyncio.wait_for(raw.recv(), 5)) == {"n": 1}
-        assert (await sdk.push())["push"]["pub"]["data"] == {"n": 1}
-        await get_broker(get_host(app)).publish("news", Publication(b"\x00\x01"))
-        assert await asyncio.wait_for(raw.recv(), 5) == b"\x00\x01"
-        assert (await sdk.push())["push"]["pub"]["data"] == "AAE="  # base64 for JSON clients
+        assert (await sdk.push())["push"] == {"channel": "news", "pub": {"data": {"n": 1}}}
+        await http.get(f"http://127.0.0.1:{port}/to.py", params={"value": "x", "binary": "1"})
+        assert await asyncio.wait_for(raw.recv(), 5) == b"x"
+        assert (await sdk.push())["push"]["pub"]["data"] == "eA=="  # base64 for JSON clients
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(elsewhere.recv(), 0.3)  # the default channel heard none
     await sdk.ws.close()
 
 
