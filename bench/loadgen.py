@@ -16,6 +16,19 @@ per connection, or one per message if the server said ``server_no_context_takeov
 with ``00 00 ff ff`` appended to each message's payload. Uncompressed frames are taken
 as they are. The JSON's ``deflate`` object says how many clients negotiated it.
 
+With ``--protocol centrifuge`` every client speaks the Centrifuge client protocol v2
+(JSON codec) instead: after the upgrade it sends one text frame, ``{"id":1,"connect":
+{"token":...}}`` and ``{"id":2,"subscribe":{"channel":...}}`` joined by a newline, and
+counts as connected once both replies came. Publications are then ``pub`` pushes; the
+load generator takes the string in ``"data"`` and handles it as the raw clients do the
+whole message. It answers the protocol's ``{}`` pings with ``{}``.
+
+With ``--channels C`` client i joins channel ``bench<i % C>`` (``/ws?channel=`` for raw
+clients, a subscription for Centrifuge ones), and publication k goes to channel
+``bench<(k - 1) % C>`` through the server HTTP API (``--publish-api KEY``: ``POST
+--send-url`` with ``{"channel": ..., "data": "<message>"}``); its latency is until the
+last client of that channel got it. The warm-up then publishes once to every channel.
+
 With ``--wait-stdin`` it prints ``@phase connected`` and ``@phase broadcast_done`` on
 stderr and waits for a line on stdin after each, so a caller can sample the server.
 
@@ -82,6 +95,28 @@ def client_frame(opcode: int, payload: bytes = b"") -> bytes:
     return struct.pack("!BB", 0x80 | opcode, 0x80 | len(masked)) + key + masked
 
 
+def client_text(payload: bytes) -> bytes:
+    """A masked client text frame of any length up to 64 KiB."""
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x81, 0x80 | size)
+    elif size < 65536:
+        head = struct.pack("!BBH", 0x81, 0x80 | 126, size)
+    else:
+        raise ValueError("client frames above 64 KiB are not needed here")
+    key = os.urandom(4)
+    mask = (key * (size // 4 + 1))[:size]
+    return head + key + (int.from_bytes(payload) ^ int.from_bytes(mask)).to_bytes(size)
+
+
+#: The Centrifuge protocol's ping (a server frame) and its pong (the client's answer).
+CENTRIFUGE_PING = b"{}"
+CENTRIFUGE_PONG = client_text(b"{}")
+#: What precedes a publication's data in a ``pub`` push.
+DATA_KEY = b'"data":'
+PUSH = b'{"push":'
+
+
 def response_extensions(head: bytes) -> list[tuple[str, dict[str, str | None]]]:
     """The extensions a handshake response accepted: ``[(name, {param: value})]``."""
     found: list[tuple[str, dict[str, str | None]]] = []
@@ -139,6 +174,7 @@ class Client(asyncio.Protocol):
     __slots__ = (
         "accept",
         "buf",
+        "channel",
         "counted",
         "deflate",
         "ended",
@@ -150,6 +186,7 @@ class Client(asyncio.Protocol):
         "ooo",
         "open",
         "received",
+        "replies",
         "request",
         "reset_context",
         "run",
@@ -157,9 +194,13 @@ class Client(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, run: Run, slow: bool, request: bytes, accept: bytes) -> None:
+    def __init__(
+        self, run: Run, slow: bool, request: bytes, accept: bytes, channel: int = 0
+    ) -> None:
         self.run = run
         self.slow = slow
+        self.channel = channel  # index into Run.channel_names
+        self.replies = 0  # Centrifuge command replies received (connect, subscribe)
         self.request = request
         self.accept = accept
         self.transport: asyncio.Transport | None = None
@@ -217,7 +258,12 @@ class Client(asyncio.Protocol):
             if self.deflate:
                 self.run.deflate_accepted(head)
             self.open = True
-            self.handshake.set_result(None)
+            if self.run.centrifuge:
+                # Connected once the connect and subscribe replies came (centrifuge_line).
+                assert self.transport is not None
+                self.transport.write(self.run.connect_frame(self.channel))
+            else:
+                self.handshake.set_result(None)
         if self.buf:
             self.buf += data
             data = bytes(self.buf)
@@ -296,9 +342,24 @@ class Client(asyncio.Protocol):
         return data
 
     def message(self, payload: bytes, now: int) -> None:
-        if payload[:1] != b"m":
-            self.run.warm_received(self, payload)
-            return
+        """A message: ``m<seq>.<t0 ns>.xxx`` is measured, ``w<k>`` is a warm-up."""
+        if payload[:1] != b"m":  # the raw clients' publications go straight on
+            if self.run.centrifuge:
+                if payload[:8] != PUSH or b"\n" in payload:  # replies, pings, batches
+                    for line in payload.split(b"\n"):
+                        self.centrifuge_line(line, now)
+                    return
+                at = payload.find(DATA_KEY)  # a pub push, the common case: inlined
+                if at < 0 or payload[at + 7 : at + 8] != b'"':
+                    self.run.other_pushes[payload[:80].decode(errors="replace")] += 1
+                    return
+                start = at + 8
+                payload = payload[start : payload.find(b'"', start)]
+            elif payload[:1] == b'"':  # a JSON string (published through the server API)
+                payload = payload[1:-1]
+            if payload[:1] != b"m":
+                self.run.warm_received(self, payload)
+                return
         dot = payload.find(b".", 1)
         seq = int(payload[1:dot])
         self.received += 1
@@ -309,6 +370,39 @@ class Client(asyncio.Protocol):
         else:
             self.last = seq
         self.run.delivered(seq, payload, dot, now)
+
+    def centrifuge_line(self, line: bytes, now: int) -> None:
+        """One Centrifuge reply or push (a frame may hold several, joined by newlines)."""
+        if line[:8] == PUSH:
+            at = line.find(DATA_KEY)
+            if at < 0 or line[at + 7 : at + 8] != b'"':
+                self.run.other_pushes[line[:80].decode(errors="replace")] += 1
+                return
+            start = at + 8
+            data = line[start : line.find(b'"', start)]
+            if data[:1] == b"m":
+                self.message(data, now)
+            else:
+                self.run.warm_received(self, data)
+        elif line == CENTRIFUGE_PING:
+            self.run.pings += 1
+            if self.transport is not None:
+                self.transport.write(CENTRIFUGE_PONG)
+        else:
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                self.fail(f"bad Centrifuge frame {line[:80]!r}")
+                return
+            if "error" in reply:
+                self.fail(f"Centrifuge error {reply['error']}")
+                return
+            if reply.get("id") in (1, 2) and ("connect" in reply or "subscribe" in reply):
+                self.replies += 1
+                if self.replies == 2 and not self.handshake.done():
+                    self.handshake.set_result(None)
+            else:
+                self.run.other_pushes[line[:80].decode(errors="replace")] += 1
 
     def goodbye(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -324,6 +418,7 @@ class Broadcast:
     done: asyncio.Future[None]
     count: int = 0
     last: int = 0  # arrival of the latest delivery, ns
+    channel: int = 0  # index into Run.channel_names
 
 
 class Run:
@@ -337,6 +432,13 @@ class Run:
         self.clients: list[Client] = []
         self.broadcasts: dict[int, Broadcast] = {}
         self.healthy_open = 0
+        self.centrifuge = args.protocol == "centrifuge"
+        self.channel_names = (
+            [f"bench{j}" for j in range(args.channels)] if args.channels else [args.channel]
+        )
+        self.channel_open = [0] * len(self.channel_names)  # healthy clients per channel
+        self.pings = 0  # Centrifuge pings answered
+        self.other_pushes: Counter[str] = Counter()  # unexpected Centrifuge frames
         self.delivered_total = 0
         self.delivery_ns = 0
         self.warm: Counter[int] = Counter()
@@ -388,15 +490,24 @@ class Run:
                 self.slow_ended.set()
             return
         self.healthy_open -= 1
+        self.channel_open[client.channel] -= 1
         if self.broadcasting:
             self.closed_early[client.ended or "?"] += 1
         for seq, b in self.broadcasts.items():  # it will not receive what it has not yet
-            if seq > client.last and not b.done.done():
+            if b.channel == client.channel and seq > client.last and not b.done.done():
                 b.target -= 1
                 if b.count >= b.target:
                     b.done.set_result(None)
 
     # Connecting ---------------------------------------------------------------
+
+    def connect_frame(self, channel: int) -> bytes:
+        """A Centrifuge client's first frame: connect, then subscribe, in one."""
+        connect: dict[str, Any] = {"token": self.args.token} if self.args.token else {}
+        name = self.channel_names[channel]
+        commands = [{"id": 1, "connect": connect}, {"id": 2, "subscribe": {"channel": name}}]
+        text = "\n".join(json.dumps(c, separators=(",", ":")) for c in commands)
+        return client_text(text.encode())
 
     async def connect_one(self, index: int, slow: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -404,8 +515,12 @@ class Run:
         key = base64.b64encode(os.urandom(16))
         accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
         offer = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if self.args.offer_deflate else ""
+        channel = index % len(self.channel_names)
+        path = self.path
+        if self.args.channels and not self.centrifuge:  # raw: the channel is in the URL
+            path += ("&" if "?" in path else "?") + f"channel={self.channel_names[channel]}"
         request = (
-            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
             f"{offer}\r\n"
@@ -422,7 +537,7 @@ class Run:
             sock.close()
             raise
         _, client = await loop.create_connection(
-            lambda: Client(self, slow, request, accept), sock=sock
+            lambda: Client(self, slow, request, accept, channel), sock=sock
         )
         try:
             await client.handshake
@@ -439,6 +554,7 @@ class Run:
             self.slow_open += 1
         else:
             self.healthy_open += 1
+            self.channel_open[channel] += 1
 
     async def connect_all(self) -> dict[str, Any]:
         n, slow = self.args.clients, self.args.slow
@@ -481,13 +597,22 @@ class Run:
 
     # HTTP ---------------------------------------------------------------------
 
-    async def http_get(self, message: str) -> tuple[int, bytes]:
+    async def http_get(self, message: str, channel: int = 0) -> tuple[int, bytes]:
+        """Publish ``message``: ``GET --send-url?message=``, or the server API's publish."""
         reader, writer = await asyncio.open_connection(self.send_host, self.send_port)
         try:
-            writer.write(
-                f"GET {self.send_path}?message={message} HTTP/1.1\r\n"
-                f"Host: {self.send_host}:{self.send_port}\r\nConnection: close\r\n\r\n".encode()
-            )
+            host = f"Host: {self.send_host}:{self.send_port}\r\nConnection: close\r\n"
+            if self.args.publish_api:
+                data = json.dumps({"channel": self.channel_names[channel], "data": message})
+                writer.write(
+                    f"POST {self.send_path} HTTP/1.1\r\n{host}"
+                    f"X-API-Key: {self.args.publish_api}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n{data}".encode()
+                )
+            else:
+                writer.write(
+                    f"GET {self.send_path}?message={message} HTTP/1.1\r\n{host}\r\n".encode()
+                )
             head = await reader.readuntil(b"\r\n\r\n")
             match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
             body = await (reader.readexactly(int(match[1])) if match else reader.read(1 << 20))
@@ -504,6 +629,8 @@ class Run:
         warm-up broadcast reached everyone but the count is short, wait
         ``--count-wait`` seconds before the next one, until ``--warmup-deadline``.
         """
+        if self.args.publish_api:
+            return await self.warmup_channels()
         expected = len(self.clients)
         server_count, complete, rounds = -1, False, 0
         counts: list[int] = []  # every count the server answered, in order
@@ -538,6 +665,45 @@ class Run:
             "counts": counts[-20:],
         }
 
+    async def warmup_channels(self) -> dict[str, Any]:
+        """Through the server API (which answers no count): once to every channel.
+
+        A channel whose clients did not all get it is tried again, until
+        ``--warmup-deadline``.
+        """
+        t0 = time.monotonic()
+        deadline = t0 + self.args.warmup_deadline
+        pending = list(range(len(self.channel_names)))
+        k, errors = 0, Counter[str]()
+        while pending and time.monotonic() < deadline:
+            missed = []
+            for channel in pending:
+                k += 1
+                self.warm_target = self.channel_open[channel]
+                future = self.warm_done[k] = asyncio.get_running_loop().create_future()
+                if self.warm_target == 0:
+                    future.set_result(None)
+                try:
+                    status, _ = await asyncio.wait_for(
+                        self.http_get(f"w{k}", channel), self.args.timeout
+                    )
+                    if status != 200:
+                        errors[str(status)] += 1
+                    await asyncio.wait_for(future, self.args.timeout)
+                except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+                    errors[type(exc).__name__] += 1
+                    missed.append(channel)
+            pending = missed
+        return {
+            "server_count": None,  # the API does not say how many it reached
+            "expected": len(self.clients),
+            "complete": not pending,
+            "channels_incomplete": len(pending),
+            "rounds": k,
+            "errors": dict(errors),
+            "seconds": round(time.monotonic() - t0, 3),
+        }
+
     # Broadcasting -------------------------------------------------------------
 
     async def broadcast_one(self, seq: int, stats: dict[str, Any]) -> None:
@@ -545,20 +711,26 @@ class Run:
         t0 = now_ns()
         prefix = f"m{seq}.{t0}."
         message = prefix + "x" * max(0, self.args.size - len(prefix))
-        b = self.broadcasts[seq] = Broadcast(t0, self.healthy_open, loop.create_future())
+        channel = (seq - 1) % len(self.channel_names)
+        target = self.channel_open[channel]
+        b = self.broadcasts[seq] = Broadcast(t0, target, loop.create_future(), channel=channel)
         if b.target <= 0:
             b.done.set_result(None)
-        http = asyncio.ensure_future(asyncio.wait_for(self.http_get(message), self.args.timeout))
+        http = asyncio.ensure_future(
+            asyncio.wait_for(self.http_get(message, channel), self.args.timeout)
+        )
         try:
             await asyncio.wait_for(asyncio.shield(b.done), self.args.timeout)
             stats["latency"].append((b.last - t0) / 1e6 if b.count else 0.0)
         except TimeoutError:
             stats["incomplete"] += 1
         try:
-            status, _ = await http
+            status, body = await http
             stats["http_ms"].append((now_ns() - t0) / 1e6)
             if status != 200:
                 stats["http_errors"][str(status)] += 1
+            elif self.args.publish_api and b'"error"' in body:  # the API's errors are 200s
+                stats["http_errors"][body[:80].decode(errors="replace")] += 1
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             stats["http_errors"][type(exc).__name__] += 1
 
@@ -615,13 +787,18 @@ class Run:
             "deliveries": self.delivered_total,
             "broadcast_wall_s": round(wall, 3),
             "deliveries_per_s": round(self.delivered_total / wall, 1) if wall > 0 else None,
-            "lost": sum(max(0, issued - c.received) for c in healthy),
+            "lost": sum(max(0, self.issued_to(c.channel, issued) - c.received) for c in healthy),
             "out_of_order": sum(c.ooo for c in healthy),
             "healthy_clients": len(healthy),
             "healthy_closed_during_run": dict(self.closed_early),
             "loadgen_cpu_s": round(cpu, 3),
             "loadgen_cpu_share": round(cpu / wall, 3) if wall > 0 else None,
         }
+
+    def issued_to(self, channel: int, issued: int) -> int:
+        """Publications of the first ``issued`` that went to ``channel`` (round robin)."""
+        count = len(self.channel_names)
+        return issued // count + (1 if channel < issued % count else 0)
 
     async def drain_slow(self) -> dict[str, Any]:
         """Let the slow clients read again and see how the server left them."""
@@ -649,7 +826,7 @@ async def phase(name: str, wait: bool, limit: float) -> None:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     run = Run(args)
-    keys = ("clients", "messages", "size", "sources", "slow", "rate")
+    keys = ("clients", "messages", "size", "sources", "slow", "rate", "protocol", "channels")
     result: dict[str, Any] = {key: getattr(args, key) for key in keys}
     cpu0 = cpu_time()
     try:
@@ -663,6 +840,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if args.slow:
             result["slow_clients"] = await run.drain_slow()
         result["deflate"] = run.deflate_report()
+        result["centrifuge"] = {
+            "pings_answered": run.pings,
+            "other_frames": dict(run.other_pushes.most_common(5)),
+        }
     finally:
         for c in run.clients:
             c.goodbye()
@@ -706,6 +887,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="offer permessage-deflate as Chromium does; inflate RSV1 frames if accepted",
     )
+    p.add_argument(
+        "--protocol",
+        choices=("raw", "centrifuge"),
+        default="raw",
+        help="raw: every message is a publication; centrifuge: connect + subscribe, pub pushes",
+    )
+    p.add_argument("--token", default="", help="Centrifuge connection token (none: anonymous)")
+    p.add_argument("--channel", default="default", help="channel a Centrifuge client subscribes to")
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=0,
+        help="C > 0: client i joins bench<i %% C>, publication k goes to bench<(k-1) %% C>",
+    )
+    p.add_argument(
+        "--publish-api",
+        default="",
+        metavar="KEY",
+        help="publish with the server API (POST --send-url, X-API-Key KEY), not GET",
+    )
     p.add_argument("--wait-stdin", action="store_true", help="wait for a line after phases")
     p.add_argument("--stdin-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -713,6 +914,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--sources must be 1..254")
     if not 0 <= args.slow <= args.clients or args.clients < 1 or args.messages < 0:
         p.error("need --clients >= 1, 0 <= --slow <= --clients, --messages >= 0")
+    if args.channels < 0 or (args.channels and not args.publish_api):
+        p.error("--channels needs --publish-api (send.py publishes to one channel only)")
     return args
 
 

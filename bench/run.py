@@ -10,6 +10,12 @@ Besides the two baselines, realtime runs with one of its choices changed at a ti
 (``realtime-uvloop``, ``realtime-plain``, ``realtime-deflate``) and with clients
 that offer permessage-deflate (``realtime+offer``), so one run shows what each pays.
 
+The ``realtime-centrifuge`` row is the same server with Centrifuge-protocol clients
+(``/connection/websocket``, connect with a token + subscribe), set against the raw
+``realtime`` row of the same run in the "Centrifuge protocol vs raw /ws" table. The
+channels scenario puts 10,000 clients in 1,000 channels of 10 and publishes to one
+channel at a time, against a server holding only 10 clients (``--channels 0`` skips it).
+
 Then the multi-process scenario: it starts ``redis-server`` on a free loopback port
 (pinned to CPU 0 with the server) and runs realtime with the memory broker, with the
 Redis broker, and with two workers on the Redis broker: three interleaved rounds at
@@ -20,7 +26,10 @@ See bench/README.md for what each column means.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import queue
@@ -50,6 +59,28 @@ OTHER_BUSY = 0.15
 HAS_SCHEDSTAT = Path("/proc/self/schedstat").exists()
 #: Log lines of a Redis-broker server that mention these are counted in its notes.
 BROKER_WORDS = ("redis", "broker")
+#: HMAC secret the Centrifuge rows start the server with (32 bytes: no short-key warning).
+TOKEN_SECRET = "bench-secret-0123456789abcdef0123"
+#: Server API key of the channels scenario (it publishes with POST /api/publish).
+API_KEY = "bench-api-key"
+
+
+def hs256_token(secret: str, claims: dict[str, Any]) -> str:
+    """A JWT signed with HS256, as PyJWT's ``jwt.encode(claims, secret, "HS256")``."""
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    def part(value: dict[str, Any]) -> bytes:
+        return b64(json.dumps(value, separators=(",", ":")).encode())
+
+    signing = part({"alg": "HS256", "typ": "JWT"}) + b"." + part(claims)
+    signature = hmac.new(secret.encode(), signing, hashlib.sha256).digest()
+    return (signing + b"." + b64(signature)).decode()
+
+
+#: One connection token every Centrifuge client of a run reuses.
+TOKEN = hs256_token(TOKEN_SECRET, {"sub": "bench-user"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +94,7 @@ class Server:
     loadgen: tuple[str, ...] = ()  # added to loadgen's command line
     redis: bool = False  # add --broker redis://... (the Redis run.py started)
     workers: int = 1  # server processes (--workers) the flags ask for
+    path: str = "/ws"  # where the load generator's clients connect
 
     @property
     def wants_uvloop(self) -> bool:
@@ -94,6 +126,14 @@ SERVERS: dict[str, Server] = {
             ("--compression",),
             ("--offer-deflate",),
         ),
+        Server(
+            "realtime-centrifuge",
+            "realtime",
+            "Centrifuge protocol v2 clients (JSON): connect with a token, subscribe",
+            ("--token-hmac-secret", TOKEN_SECRET, "--client-ping-interval", "0"),
+            ("--protocol", "centrifuge", "--token", TOKEN),
+            path="/connection/websocket",
+        ),
         Server("naive", "naive", "baseline: Quart, for ws in clients: await ws.send"),
         Server("websockets_lib", "websockets_lib", "baseline: websockets library broadcast()"),
         # The multi-process scenario (not in --servers): realtime above is its memory row.
@@ -118,11 +158,22 @@ FANOUT = tuple(name for name, spec in SERVERS.items() if not spec.redis)
 BASELINES = ("naive", "websockets_lib")
 #: Rows set against ``realtime`` in "what each idea pays".
 VARIANTS = ("realtime-uvloop", "realtime-plain", "realtime-deflate", "realtime+offer")
+#: Rows of the channels scenario (those of them in --servers).
+CHANNEL_ROWS = ("realtime", "realtime-centrifuge")
+#: The issue's targets for the Centrifuge row against the raw row (same client count).
+CENTRIFUGE_CPU_RATIO = 1.15  # CPU per delivery at most this many times raw's
+CENTRIFUGE_EXTRA_KB = 4.0  # memory per connection at most raw's + this
+CENTRIFUGE_CONNECT_RATIO = 0.8  # connect-and-subscribe rate at least this much of raw's
+#: A publication to one of many channels costs at most this many times a broadcast
+#: on a server holding only that channel's clients.
+CHANNEL_CPU_RATIO = 2.0
 #: Rows of the multi-process scenario; the first (memory broker) is the reference.
 MULTI = ("realtime", "realtime-redis", "realtime-redis-2w")
 
 
-def server_command(name: str, bind: str, redis_url: str | None = None) -> list[str]:
+def server_command(
+    name: str, bind: str, redis_url: str | None = None, api: bool = False
+) -> list[str]:
     spec = SERVERS[name]
     if spec.program == "realtime":
         exe = Path(sys.executable).with_name("realtime")
@@ -131,6 +182,8 @@ def server_command(name: str, bind: str, redis_url: str | None = None) -> list[s
         cmd += ["run", "--bind", bind, "--app", app, "--log-level", "warning"]
         # The load generator opens thousands of clients from a few loopback addresses.
         cmd += ["--max-connections-per-ip", "0"]
+        if api:
+            cmd += ["--api-key", API_KEY]
     else:
         cmd = [sys.executable, str(BENCH / "servers" / f"{spec.program}.py"), "--bind", bind]
     if spec.redis:
@@ -454,11 +507,14 @@ def measure(
     size: int,
     slow: int,
     redis: RedisServer | None = None,
+    channels: int = 0,
 ) -> dict[str, Any]:
     """One server (its processes) and one loadgen run: loadgen's JSON plus server samples.
 
     With ``redis``, the server's CPU figures include redis-server's (also reported
     on their own), and Redis is emptied first so no count is left from a row before.
+    With ``channels``, the clients are spread over that many channels and every
+    publication goes to one of them through the server API (``--api-key``).
     """
     spec = SERVERS[server]
     if spec.redis and redis is None:
@@ -466,7 +522,7 @@ def measure(
     redis = redis if spec.redis else None
     port = free_port()
     bind = f"{HOST}:{port}"
-    command = server_command(server, bind, redis.url if redis else None)
+    command = server_command(server, bind, redis.url if redis else None, api=bool(channels))
     # Per row: the working tree may change while a run goes on (baselines do not use it).
     code = git_state()[0] if spec.program == "realtime" else None
     counters0: dict[str, int] = {}
@@ -477,8 +533,8 @@ def measure(
     loadgen = [
         sys.executable,
         str(BENCH / "loadgen.py"),
-        f"--url=ws://{bind}/ws",
-        f"--send-url=http://{bind}/send.py",
+        f"--url=ws://{bind}{spec.path}",
+        f"--send-url=http://{bind}" + ("/api/publish" if channels else "/send.py"),
         f"--clients={clients}",
         f"--messages={messages}",
         f"--size={size}",
@@ -488,6 +544,8 @@ def measure(
         "--wait-stdin",
         *spec.loadgen,
     ]
+    if channels:
+        loadgen += [f"--channels={channels}", f"--publish-api={API_KEY}"]
     with contextlib.ExitStack() as stack:
         slog = stack.enter_context((opts.logdir / f"{tag}.server.log").open("w"))
         llog = stack.enter_context((opts.logdir / f"{tag}.loadgen.log").open("w"))
@@ -575,6 +633,9 @@ def measure(
         # The server's processes and, with the Redis broker, redis-server.
         server_cpu_s=round(server_cpu, 4),
         server_cpu_us_per_delivery=server_cpu * 1e6 / deliveries if deliveries else None,
+        server_cpu_us_per_publication=(
+            server_cpu * 1e6 / result["issued"] if result.get("issued") else None
+        ),
         redis_cpu_us_per_delivery=(redis_cpu * 1e6 / deliveries if redis and deliveries else None),
         # From FLUSHALL to the end of the broadcasts (the server's start-up included).
         redis_counters=redis_delta,
@@ -646,8 +707,14 @@ def notes(r: dict[str, Any]) -> str:
     if r.get("healthy_closed_during_run"):
         found.append(f"closed {r['healthy_closed_during_run']}")
     warm = r.get("warmup", {})
-    if warm and warm.get("server_count") != warm.get("expected"):
+    if warm and warm.get("server_count") is None:  # through the API: no count
+        if not warm.get("complete"):
+            found.append(f"warm-up incomplete in {warm.get('channels_incomplete')} channels")
+    elif warm and warm.get("server_count") != warm.get("expected"):
         found.append(f"server counted {warm.get('server_count')}")
+    other = (r.get("centrifuge") or {}).get("other_frames")
+    if other:
+        found.append(f"unexpected Centrifuge frames {sum(other.values())}")
     spec = SERVERS.get(r.get("server", ""))
     if spec is not None and spec.program == "realtime":
         # realtime's default loop is asyncio: uvloop must be mapped into none of its
@@ -737,6 +804,107 @@ def main_tables(results: list[dict[str, Any]]) -> str:
         header += ["p99 ms", "conn/s"]
         out += ["", "### What each idea pays (realtime vs variant, ratio)", ""]
         out.append(table(header, rows))
+    if rows := centrifuge_rows(ok):
+        header = ["clients", "CPU µs/delivery", "KB/conn", "conn/s", "p50 ms", "p99 ms"]
+        out += ["", "### Centrifuge protocol vs raw /ws (realtime-centrifuge vs realtime)", ""]
+        out.append(table(header, rows))
+    return "\n".join(out)
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def centrifuge_rows(ok: dict[tuple[str, int], dict[str, Any]]) -> list[list[str]]:
+    """The issue's three targets, each with the figures, the ratio and met / missed."""
+    rows = []
+    for n in sorted({clients for _, clients in ok}):
+        raw, cf = ok.get(("realtime", n)), ok.get(("realtime-centrifuge", n))
+        if raw is None or cf is None:
+            continue
+        cells = [fmt(n)]
+        a, b = cf["server_cpu_us_per_delivery"], raw["server_cpu_us_per_delivery"]
+        good = a is not None and b is not None and a <= CENTRIFUGE_CPU_RATIO * b
+        cells.append(f"{versus(a, b, 1)}: ≤ {CENTRIFUGE_CPU_RATIO:.2f}x {met(good)}")
+        a, b = cf["kb_per_connection"], raw["kb_per_connection"]
+        good = a is not None and b is not None and a <= b + CENTRIFUGE_EXTRA_KB
+        extra = f"{a - b:+.1f} KB" if a is not None and b is not None else "-"
+        cells.append(
+            f"{fmt(a, 1)} vs {fmt(b, 1)} ({extra}): ≤ +{CENTRIFUGE_EXTRA_KB:.0f} KB {met(good)}"
+        )
+        a, b = cf["connect_rate"], raw["connect_rate"]
+        good = a is not None and b is not None and a >= CENTRIFUGE_CONNECT_RATIO * b
+        cells.append(f"{versus(a, b, 0)}: ≥ {CENTRIFUGE_CONNECT_RATIO:.2f}x {met(good)}")
+        cells.append(versus(cf["latency_ms"]["p50"], raw["latency_ms"]["p50"], 2))
+        cells.append(versus(cf["latency_ms"]["p99"], raw["latency_ms"]["p99"], 2))
+        rows.append(cells)
+    return rows
+
+
+def channels_tables(results: list[dict[str, Any]]) -> str:
+    """Publications to one of many channels, against a server holding only one channel."""
+    header = ["server", "clients", "channels", "per channel", "publications", "conn/s"]
+    header += ["p50 ms", "p99 ms", "lost", "ooo", "CPU µs/publication", "CPU µs/delivery"]
+    header += ["KB/conn", "loadgen CPU", "notes"]
+    rows = []
+    for r in results:
+        per = r["clients"] // max(1, r["channels"])
+        if "error" in r:
+            head = [r["server"], fmt(r["clients"]), fmt(r["channels"]), fmt(per)]
+            rows.append([*head, *["-"] * 10, f"error: {r['error']}"])
+            continue
+        rows.append(
+            [
+                r["server"],
+                fmt(r["clients"]),
+                fmt(r["channels"]),
+                fmt(per),
+                fmt(r["issued"]),
+                fmt(r["connect_rate"], 0),
+                fmt(r["latency_ms"]["p50"], 2),
+                fmt(r["latency_ms"]["p99"], 2),
+                fmt(r["lost"]),
+                fmt(r["out_of_order"]),
+                fmt(r["server_cpu_us_per_publication"], 1),
+                fmt(r["server_cpu_us_per_delivery"], 1),
+                fmt(r["kb_per_connection"], 1),
+                f"{r['loadgen_cpu_share']:.0%}" if r.get("loadgen_cpu_share") is not None else "-",
+                notes(r),
+            ]
+        )
+    out = ["### Channels (publications through POST /api/publish, one channel each)", ""]
+    out.append(table(header, rows))
+    ok = [r for r in results if "error" not in r]
+    versus_rows = []
+    for big in ok:
+        if big["channels"] <= 1:
+            continue
+        per = big["clients"] // big["channels"]
+        small = next(
+            (
+                r
+                for r in ok
+                if r["server"] == big["server"] and r["channels"] == 1 and r["clients"] == per
+            ),
+            None,
+        )
+        if small is None:
+            continue
+        a, b = big["server_cpu_us_per_publication"], small["server_cpu_us_per_publication"]
+        good = a is not None and b is not None and a <= CHANNEL_CPU_RATIO * b
+        versus_rows.append(
+            [
+                big["server"],
+                f"{fmt(big['clients'])} in {fmt(big['channels'])} x {fmt(per)} vs {fmt(per)}",
+                f"{versus(a, b, 1)}: ≤ {CHANNEL_CPU_RATIO:.1f}x {met(good)}",
+                versus(big["latency_ms"]["p50"], small["latency_ms"]["p50"], 2),
+                versus(big["latency_ms"]["p99"], small["latency_ms"]["p99"], 2),
+            ]
+        )
+    if versus_rows:
+        header = ["server", "clients", "CPU µs/publication", "p50 ms", "p99 ms"]
+        out += ["", "### A publication to one of many channels vs a server holding only it", ""]
+        out.append(table(header, versus_rows))
     return "\n".join(out)
 
 
@@ -921,6 +1089,23 @@ def parse_args() -> argparse.Namespace:
         default=3,
         help="rounds of the multi-process rows at --hop-clients, interleaved (default 3)",
     )
+    p.add_argument(
+        "--channels",
+        type=int,
+        help="channels of the channels scenario (default 1000, quick 100; 0: skip it)",
+    )
+    p.add_argument(
+        "--channel-clients",
+        type=int,
+        help="clients of the channels scenario, spread evenly over --channels "
+        "(default 10000, quick 1000)",
+    )
+    p.add_argument(
+        "--channel-messages",
+        type=int,
+        default=2000,
+        help="publications in the channels scenario, one channel each (default 2000)",
+    )
     p.add_argument("--slow-messages", type=int, help="slow scenario broadcasts (default 1500)")
     p.add_argument("--timeout", type=float, default=10.0, help="per broadcast, seconds")
     p.add_argument("--deadline", type=float, default=300.0, help="per broadcast phase, seconds")
@@ -939,10 +1124,16 @@ def parse_args() -> argparse.Namespace:
     ]
     opts.messages = opts.messages or (20 if opts.quick else 100)
     opts.slow_messages = opts.slow_messages or 1500
+    if opts.channels is None:
+        opts.channels = 100 if opts.quick else 1000
+    if opts.channel_clients is None:
+        opts.channel_clients = 1000 if opts.quick else 10000
     opts.servers = [s for s in opts.servers.split(",") if s]
     unknown = set(opts.servers) - set(FANOUT)
     counts = opts.clients + opts.redis_clients
     bad = opts.busy_retries < 0 or opts.hop_clients < 0 or opts.hop_rounds < 1
+    bad = bad or opts.channels < 0 or opts.channel_messages < 1
+    bad = bad or (opts.channels > 0 and opts.channel_clients < opts.channels)
     if unknown or not all(n > 0 for n in counts) or bad:
         p.error(f"unknown server(s) {sorted(unknown)}, bad client counts or bad --busy-retries")
     return opts
@@ -974,6 +1165,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "fanout": [],
         "multi": [],
+        "channels": [],
         "slow": [],
     }
 
@@ -981,6 +1173,8 @@ def main() -> int:
         section: str, server: str, clients: int, rounds: tuple[int, int] = (1, 1), **kw: Any
     ) -> None:
         tag = f"{server}-{clients}" + (f"-slow{kw['slow']}" if section == "slow" else "")
+        if section == "channels":
+            tag = f"channels-{tag}x{kw['channels']}"
         if section == "multi":
             tag = f"multi-{tag}" + (f"-round{rounds[0]}" if rounds[1] > 1 else "")
         busy: list[dict[str, Any]] = []  # earlier attempts that other processes disturbed
@@ -994,6 +1188,7 @@ def main() -> int:
                     "server": server,
                     "clients": clients,
                     "slow": kw["slow"],
+                    "channels": kw.get("channels", 0),
                     "error": str(exc),
                 }
                 print(f"    error: {exc}", file=sys.stderr)
@@ -1015,6 +1210,13 @@ def main() -> int:
         for clients in opts.clients:
             for server in opts.servers:
                 run("fanout", server, clients, messages=opts.messages, size=opts.size, slow=0)
+        if opts.channels:
+            per = opts.channel_clients // opts.channels
+            kw = {"messages": opts.channel_messages, "size": opts.size, "slow": 0}
+            for server in (name for name in CHANNEL_ROWS if name in opts.servers):
+                # A server holding one channel's clients only, then all of them.
+                run("channels", server, per, channels=1, **kw)
+                run("channels", server, per * opts.channels, channels=opts.channels, **kw)
         if not opts.skip_redis and "realtime" in opts.servers:
             try:
                 with redis_server(opts.logdir) as redis:
@@ -1038,12 +1240,14 @@ def main() -> int:
         interrupted = True
         print("interrupted: every server and loadgen started was stopped", file=sys.stderr)
     text = f"realtime at {report['realtime']}; {opts.messages} x {opts.size} B per fan-out run\n\n"
-    rows = report["fanout"] + report["multi"] + report["slow"]
+    rows = report["fanout"] + report["channels"] + report["multi"] + report["slow"]
     states = Counter(r["realtime_state"] for r in rows if r.get("realtime_state"))
     if len(states) > 1:
         drift = ", ".join(f"{state} ({n} rows)" for state, n in states.items())
         text += f"WARNING: the realtime code changed during this run; rows ran at {drift}\n\n"
     text += main_tables(report["fanout"]) if report["fanout"] else ""
+    if report["channels"]:
+        text += "\n\n" + channels_tables(report["channels"])
     if report["multi"]:
         version = report.get("redis_version", "?")
         text += f"\n\nredis-server {version}, on CPU 0 with the server; CPU includes it\n\n"

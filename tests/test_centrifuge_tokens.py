@@ -303,3 +303,61 @@ def test_subscription_token_invalid_or_expired() -> None:
         with pytest.raises(TokenInvalid) as caught:
             VERIFIER.verify_subscription(hs(claims), "", "a", "c", NOW)
         assert not isinstance(caught.value, TokenMismatch)
+
+
+def _tokens_for_the_fast_path() -> list[str]:
+    """Valid and subtly broken HMAC tokens: the one-pass check must agree with PyJWT."""
+    secret = "s" * 64  # long enough for HS512 without PyJWT's warning
+    base = {"sub": "1", "aud": "app", "iss": "me"}
+    good = jwt.encode(base, secret, algorithm="HS256")
+    head, body, signature = good.split(".")
+    tokens = [
+        good,
+        jwt.encode(base, secret, algorithm="HS384"),
+        jwt.encode(base, secret, algorithm="HS512"),
+        jwt.encode({**base, "aud": ["x", "app"]}, secret, algorithm="HS256"),
+        jwt.encode({**base, "aud": "other"}, secret, algorithm="HS256"),
+        jwt.encode({**base, "aud": ["other"]}, secret, algorithm="HS256"),
+        jwt.encode({"sub": "1", "aud": "app"}, secret, algorithm="HS256"),  # no iss
+        jwt.encode({**base, "iss": "you"}, secret, algorithm="HS256"),
+        jwt.encode(base, "t" * 64, algorithm="HS256"),  # another secret
+        jwt.encode(base, secret, algorithm="HS256", headers={"kid": "k1"}),
+        jwt.encode(base, secret, algorithm="HS256", headers={"crit": ["exp"]}),
+        jwt.encode(base, None, algorithm="none"),
+        f"{head}.{body}.{signature[:-2]}",
+        f"{head}.{body}.{signature}==",
+        f"{head}.{body}=.{signature}",
+        f"{head}.{body}.{signature}.",
+        f"{head}.{body}",
+        f"{head}..{signature}",
+        f" {good}",
+        good.replace(".", "..", 1),
+        f"{head}.{body}.{signature}é",
+        "",
+        "...",
+    ]
+    return tokens
+
+
+@pytest.mark.parametrize("token", _tokens_for_the_fast_path())
+def test_the_one_pass_hmac_check_agrees_with_pyjwt(
+    token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = TokenVerifier(hmac_secret="s" * 64, audience="app", issuer="me")
+
+    def verdict() -> Any:
+        try:
+            return verifier.verify_connection(token, 1000.0)
+        except TokenInvalid:
+            return "invalid"
+
+    fast = verdict()
+    monkeypatch.setattr(verifier, "_hmac_fast", lambda token: None)
+    assert verdict() == fast
+
+
+def test_the_one_pass_check_takes_plain_valid_tokens_and_leaves_the_rest_to_pyjwt() -> None:
+    verifier = TokenVerifier(hmac_secret="s" * 64, audience="app", issuer="me")
+    tokens = _tokens_for_the_fast_path()
+    taken = [token for token in tokens if verifier._hmac_fast(token) is not None]
+    assert taken == [*tokens[:4], tokens[9]]  # HS256/384/512, aud in a list, a kid

@@ -66,8 +66,8 @@ class Node:
         self.connect_timeout = connect_timeout
         self.version = version
         self.format = CentrifugeFormat(self)
-        #: Connected clients of each signed-in user, for the server API.
-        self.users: dict[str, list[Client]] = {}
+        #: Connected clients of each signed-in user, by hub id, for the server API.
+        self.users: dict[str, dict[int, Client]] = {}
         self._hooks = {
             name: bool(getattr(host.hook, name).get_hookimpls())
             for name in ("authorize_connect", "authorize_subscribe", "authorize_publish")
@@ -108,14 +108,12 @@ class Node:
 
     def register(self, client: Client, session: Session) -> None:
         if session.user:
-            self.users.setdefault(session.user, []).append(client)
+            self.users.setdefault(session.user, {})[client.id] = client
 
     def unregister(self, client: Client, session: Session) -> None:
         clients = self.users.get(session.user)
-        if clients is not None and client in clients:
-            clients.remove(client)
-            if not clients:
-                del self.users[session.user]
+        if clients is not None and clients.pop(client.id, None) is not None and not clients:
+            del self.users[session.user]
 
     # The server API ----------------------------------------------------------
 
@@ -229,7 +227,7 @@ class Node:
             return 0
         targets = [
             c
-            for c in self.users.get(user, ())
+            for c in self.users.get(user, {}).values()
             if isinstance(c.state, Session) and (not client or c.state.client_id == client)
         ]
         for target in targets:
