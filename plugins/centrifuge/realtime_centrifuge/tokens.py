@@ -349,6 +349,8 @@ def _json_claim(claims: Mapping[str, Any], name: str) -> Any:
 
 def _strict_json(value: Any, name: str) -> Any:
     """``value`` if it is JSON a client can parse: no NaN or Infinity in it."""
+    if value is None or isinstance(value, str):
+        return value  # most claims: nothing to walk
     try:
         json.dumps(value, allow_nan=False)
     except ValueError:
