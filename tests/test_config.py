@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from realtime import Option, PluginError, create_app, get_host, hookimpl
+from realtime.cli import server_config
 from realtime.options import resolve
 
 from .conftest import free_port, wait_for_http
@@ -104,3 +105,10 @@ def test_the_command_reads_realtime_toml_in_its_working_directory(
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_the_listen_backlog_reaches_hypercorn(tmp_path: Path) -> None:
+    assert server_config(create_app(tmp_path)).backlog == 4096  # a reconnect storm fits
+    assert server_config(create_app(tmp_path, settings={"backlog": 128})).backlog == 128
+    with pytest.raises(PluginError, match="--backlog"):
+        create_app(tmp_path, settings={"backlog": 0})

@@ -142,6 +142,7 @@ def server_config(app: Any) -> ServerConfig:
     host = get_host(app)
     config = ServerConfig()
     config.bind = [host.settings["bind"]]
+    config.backlog = host.settings["backlog"]
     config.graceful_timeout = host.settings["shutdown_timeout"]
     # Through the logging module, so one configuration formats everything.
     config.errorlog = logging.getLogger("hypercorn.error")

@@ -109,6 +109,13 @@ HOST_OPTIONS = (
         "(behind Caddy, the browser's address; 0: no limit)",
         type=int,
     ),
+    Option(
+        "backlog",
+        4096,
+        "connections the kernel queues for accepting (the listen backlog; capped by "
+        "net.core.somaxconn): room for every client reconnecting at once",
+        type=int,
+    ),
     Option("max_body_size", 1024 * 1024, "largest request body a script accepts, bytes", type=int),
     Option(
         "shutdown_timeout",
@@ -219,6 +226,8 @@ class Host:
         """Let every plugin refuse the configuration before anything is served."""
         if self.settings["workers"] < 1 or self.settings["threads"] < 1:
             raise PluginError("--workers and --threads must be at least 1")
+        if self.settings["backlog"] < 1:
+            raise PluginError("--backlog must be at least 1")
         for plugin, call in self.plugins.bound("validate", host=self):
             try:
                 call()
