@@ -8,33 +8,19 @@ protocol to /connection/websocket.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, expect
 
 from .conftest import Server
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
 
 #: Publishes ``{"channel": ..., "data": ...}`` (a JSON body) with broadcast().
 PUBLISH_SCRIPT = """\
 body = request.json
 response.json({"delivered": broadcast(body["data"], channel=body["channel"])})
 """
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture(autouse=True)
