@@ -29,6 +29,18 @@ clients, a subscription for Centrifuge ones), and publication k goes to channel
 --send-url`` with ``{"channel": ..., "data": "<message>"}``); its latency is until the
 last client of that channel got it. The warm-up then publishes once to every channel.
 
+With ``--no-count`` the send URL is taken not to say how many clients it reached (the
+anchors answer ``ok``): the warm-up ends once every client got one broadcast.
+
+With ``--storm`` the N clients are dialled all at once (no cap on handshakes in
+flight, no retry), each with ``--connect-timeout`` for its TCP connect and upgrade;
+the JSON's ``storm`` object counts how each dial ended (``connected``, ``timed_out``,
+``refused_reset``, ``other``, with ``errors`` by kind) and when (``all_connected_s``:
+the last success, when every dial succeeded; ``last_failure_s``; ``last_done_s``).
+It then prints ``@phase stormed`` (with ``--wait-stdin``, and waits), checks with
+one warm-up that every connected client gets a broadcast, and closes; no broadcast
+phase follows.
+
 With ``--wait-stdin`` it prints ``@phase connected`` and ``@phase broadcast_done`` on
 stderr and waits for a line on stdin after each, so a caller can sample the server.
 
@@ -586,6 +598,72 @@ class Run:
             "connect_rate": round(connected / elapsed, 1) if elapsed > 0 else None,
         }
 
+    async def storm(self) -> dict[str, Any]:
+        """Dial every client at once: no cap on handshakes in flight, no retry.
+
+        Each dial has ``--connect-timeout`` for its TCP connect and its upgrade (and,
+        for Centrifuge clients, the connect and subscribe replies).
+        """
+        timeout = self.args.connect_timeout
+        outcomes: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        done_at: dict[str, float] = {}  # outcome -> when the last dial ended so, s
+        connect_ms: list[float] = []
+
+        async def dial(i: int) -> None:
+            start = time.perf_counter()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.connect_one(i, False)
+                outcome = "connected"
+                connect_ms.append((time.perf_counter() - start) * 1e3)
+            except TimeoutError:
+                outcome = "timed_out"
+            except OSError as exc:
+                detail = f"{type(exc).__name__} {exc}".strip()
+                errors[detail] += 1
+                # A refusal or reset, at connect or during the upgrade (connection_lost).
+                resets = ("ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError")
+                refused = isinstance(exc, ConnectionRefusedError | ConnectionResetError)
+                outcome = (
+                    "refused_reset" if refused or any(r in detail for r in resets) else "other"
+                )
+            done_at[outcome] = time.perf_counter() - t0
+            outcomes[outcome] += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(dial(i) for i in range(self.args.clients)))
+        elapsed = time.perf_counter() - t0
+        failed = self.args.clients - outcomes["connected"]
+        failures = [done_at[k] for k in ("timed_out", "refused_reset", "other") if k in done_at]
+        return {
+            "connected": len(self.clients),
+            "connect_s": round(elapsed, 3),
+            "connect_rate": round(len(self.clients) / elapsed, 1) if elapsed > 0 else None,
+            "storm": {
+                "dials": self.args.clients,
+                "timeout_s": timeout,
+                "connected": outcomes["connected"],
+                "timed_out": outcomes["timed_out"],
+                "refused_reset": outcomes["refused_reset"],
+                "other": outcomes["other"],
+                "errors": dict(errors.most_common(10)),
+                "all_connected_s": (
+                    round(done_at["connected"], 3)
+                    if not failed and "connected" in done_at
+                    else None
+                ),
+                "last_connected_s": round(done_at.get("connected", 0.0), 3),
+                "last_failure_s": round(max(failures), 3) if failures else None,
+                "last_done_s": round(elapsed, 3),
+                "handshake_ms": {
+                    "p50": percentile(connect_ms, 50),
+                    "p99": percentile(connect_ms, 99),
+                    "max": max(connect_ms, default=None),
+                },
+            },
+        }
+
     def deflate_report(self) -> dict[str, Any]:
         return {
             "offered": self.args.offer_deflate,
@@ -653,11 +731,11 @@ class Run:
                 complete = True
             except (TimeoutError, OSError, asyncio.IncompleteReadError):
                 complete = False
-            if complete and server_count == expected:
+            if complete and (server_count == expected or self.args.no_count):
                 break
             await asyncio.sleep(self.args.count_wait if complete else 0.25)
         return {
-            "server_count": server_count,
+            "server_count": None if self.args.no_count else server_count,
             "expected": expected,
             "complete": complete,
             "rounds": rounds,
@@ -829,6 +907,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("clients", "messages", "size", "sources", "slow", "rate", "protocol", "channels")
     result: dict[str, Any] = {key: getattr(args, key) for key in keys}
     cpu0 = cpu_time()
+    if args.storm:
+        try:
+            result.update(await run.storm())
+            result["loadgen_cpu_connect_s"] = round(cpu_time() - cpu0, 3)
+            await phase("stormed", args.wait_stdin, args.stdin_timeout)
+            result["warmup"] = await run.warmup()  # does every connected client get one?
+        finally:
+            for c in run.clients:
+                c.goodbye()
+            await asyncio.sleep(0.2)
+        result["loadgen_cpu_total_s"] = round(cpu_time() - cpu0, 3)
+        return result
     try:
         result.update(await run.connect_all())
         result["deflate"] = run.deflate_report()
@@ -906,6 +996,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         metavar="KEY",
         help="publish with the server API (POST --send-url, X-API-Key KEY), not GET",
+    )
+    p.add_argument(
+        "--no-count",
+        action="store_true",
+        help="the send URL says no 'Sent to N': the warm-up ends once every client got one",
+    )
+    p.add_argument(
+        "--storm",
+        action="store_true",
+        help="dial all clients at once (no cap, no retry, --connect-timeout each), "
+        "check with one warm-up, no broadcasts",
     )
     p.add_argument("--wait-stdin", action="store_true", help="wait for a line after phases")
     p.add_argument("--stdin-timeout", type=float, default=60.0, help=argparse.SUPPRESS)

@@ -16,6 +16,13 @@ The ``realtime-centrifuge`` row is the same server with Centrifuge-protocol clie
 channels scenario puts 10,000 clients in 1,000 channels of 10 and publishes to one
 channel at a time, against a server holding only 10 clients (``--channels 0`` skips it).
 
+The anchors (``go-seed``, the seed's design in Go with gorilla/websocket, built here
+with Debian's Go; ``py-floor``, bare asyncio protocols) come from ``--anchors``
+(default ``../shared/anchors`` beside the repository) and join the fan-out table as
+baselines, with the issue 9 targets judged against them. The reconnect storm
+(``--storm 10000``; ``--storm 0`` skips it) dials every client at once, with no cap
+and no retry, against each server of ``STORM_ROWS`` in ``--servers``.
+
 Then the multi-process scenario: it starts ``redis-server`` on a free loopback port
 (pinned to CPU 0 with the server) and runs realtime with the memory broker, with the
 Redis broker, and with two workers on the Redis broker: three interleaved rounds at
@@ -95,6 +102,8 @@ class Server:
     redis: bool = False  # add --broker redis://... (the Redis run.py started)
     workers: int = 1  # server processes (--workers) the flags ask for
     path: str = "/ws"  # where the load generator's clients connect
+    send: str = "/send.py"  # where it broadcasts (GET ?message=)
+    fanout: bool = True  # a row of the fan-out table (False: the storm only)
 
     @property
     def wants_uvloop(self) -> bool:
@@ -136,6 +145,26 @@ SERVERS: dict[str, Server] = {
         ),
         Server("naive", "naive", "baseline: Quart, for ws in clients: await ws.send"),
         Server("websockets_lib", "websockets_lib", "baseline: websockets library broadcast()"),
+        Server(
+            "go-seed",
+            "go-seed",
+            "anchor: the seed's design in Go (gorilla/websocket, writes under one lock)",
+            loadgen=("--no-count",),
+            send="/send.php",
+        ),
+        Server(
+            "py-floor",
+            "py-floor",
+            "anchor: bare asyncio protocols, one transport.write per client",
+            loadgen=("--no-count",),
+        ),
+        Server(
+            "realtime-backlog100",
+            "realtime",
+            "realtime with --backlog 100 (Hypercorn's listen backlog before --backlog)",
+            ("--backlog", "100"),
+            fanout=False,
+        ),
         # The multi-process scenario (not in --servers): realtime above is its memory row.
         Server(
             "realtime-redis",
@@ -154,8 +183,18 @@ SERVERS: dict[str, Server] = {
     )
 }
 #: Rows of the fan-out table (what --servers chooses from).
-FANOUT = tuple(name for name, spec in SERVERS.items() if not spec.redis)
-BASELINES = ("naive", "websockets_lib")
+SELECTABLE = tuple(name for name, spec in SERVERS.items() if not spec.redis)
+FANOUT = tuple(name for name in SELECTABLE if SERVERS[name].fanout)
+BASELINES = ("naive", "websockets_lib", "go-seed", "py-floor")
+#: Rows of the reconnect storm (those of them in --servers), in the table's order.
+STORM_ROWS = ("realtime", "go-seed", "realtime-backlog100", "websockets_lib", "py-floor")
+#: Issue 9's targets for realtime (same client count and run).
+ISSUE9_KB = 12.0  # memory per connection at most this, and below go-seed's and websockets'
+#: Where the anchors are, unless --anchors says: ../shared/anchors beside the repository.
+ANCHORS = ROOT.parent / "shared" / "anchors"
+#: Debian's packages the go-seed row is built with (offline, GOPATH mode).
+GO_PACKAGES = "golang-go golang-github-gorilla-websocket-dev"
+GO_PATH = "/usr/share/gocode"
 #: Rows set against ``realtime`` in "what each idea pays".
 VARIANTS = ("realtime-uvloop", "realtime-plain", "realtime-deflate", "realtime+offer")
 #: Rows of the channels scenario (those of them in --servers).
@@ -171,10 +210,77 @@ CHANNEL_CPU_RATIO = 2.0
 MULTI = ("realtime", "realtime-redis", "realtime-redis-2w")
 
 
+def anchor(anchors: Path, *parts: str) -> Path:
+    """A file of the anchors folder, or a RuntimeError (the row's error) saying what is missing."""
+    path = anchors.joinpath(*parts)
+    if not path.is_file():
+        raise RuntimeError(
+            f"anchor {path} not found (--anchors DIR: the folder holding go-seed/ and py-floor/)"
+        )
+    return path
+
+
+def go_seed(anchors: Path) -> Path:
+    """The go-seed binary, built from a copy of ``anchors/go-seed`` with Debian's Go.
+
+    Built once per source (its SHA-256 names the build) under bench/results/anchors/,
+    in GOPATH mode against Debian's gorilla/websocket: offline, no module proxy.
+    """
+    source = anchor(anchors, "go-seed", "main.go")
+    go = shutil.which("go")
+    if go is None or not Path(GO_PATH, "src", "github.com", "gorilla", "websocket").is_dir():
+        raise RuntimeError(f"go-seed not built: Go not installed (apt-get install {GO_PACKAGES})")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    out = RESULTS / "anchors" / f"go-seed-{digest}"
+    binary = out / "go-seed"
+    if binary.exists():
+        return binary
+    work = out / "src"
+    shutil.rmtree(out, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copy2(source, work / "main.go")
+    env = dict(os.environ, GO111MODULE="off", GOPATH=GO_PATH, GOFLAGS="")
+    env["GOCACHE"] = str(RESULTS / "anchors" / "go-cache")
+    print(f"--> building go-seed in {out.relative_to(ROOT)}", file=sys.stderr, flush=True)
+    done = subprocess.run(
+        [go, "build", "-o", str(binary), "."],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0 or not binary.exists():
+        shutil.rmtree(out, ignore_errors=True)
+        raise RuntimeError(f"go-seed build failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    return binary
+
+
+def go_version() -> str | None:
+    go = shutil.which("go")
+    if go is None:
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        cmd = [go, "version"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    return None
+
+
 def server_command(
-    name: str, bind: str, redis_url: str | None = None, api: bool = False
+    name: str,
+    bind: str,
+    redis_url: str | None = None,
+    api: bool = False,
+    anchors: Path = ANCHORS,
 ) -> list[str]:
     spec = SERVERS[name]
+    if spec.program == "go-seed":
+        return [str(go_seed(anchors)), "-addr", bind, *spec.flags]
+    if spec.program == "py-floor":
+        port = bind.rpartition(":")[2]  # it listens on 127.0.0.1 only
+        script = anchor(anchors, "py-floor", "server.py")
+        return [sys.executable, str(script), "--port", port, *spec.flags]
     if spec.program == "realtime":
         exe = Path(sys.executable).with_name("realtime")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "realtime"]
@@ -522,7 +628,9 @@ def measure(
     redis = redis if spec.redis else None
     port = free_port()
     bind = f"{HOST}:{port}"
-    command = server_command(server, bind, redis.url if redis else None, api=bool(channels))
+    command = server_command(
+        server, bind, redis.url if redis else None, api=bool(channels), anchors=opts.anchors
+    )
     # Per row: the working tree may change while a run goes on (baselines do not use it).
     code = git_state()[0] if spec.program == "realtime" else None
     counters0: dict[str, int] = {}
@@ -534,7 +642,7 @@ def measure(
         sys.executable,
         str(BENCH / "loadgen.py"),
         f"--url=ws://{bind}{spec.path}",
-        f"--send-url=http://{bind}" + ("/api/publish" if channels else "/send.py"),
+        f"--send-url=http://{bind}" + ("/api/publish" if channels else spec.send),
         f"--clients={clients}",
         f"--messages={messages}",
         f"--size={size}",
@@ -654,6 +762,116 @@ def measure(
     return result
 
 
+def measure_storm(tag: str, server: str, clients: int, opts: argparse.Namespace) -> dict[str, Any]:
+    """A reconnect storm: ``clients`` dials at once against a fresh server.
+
+    The server's CPU time and RSS are read once it listens (idle) and once every
+    dial ended (``@phase stormed``): the CPU is what the storm cost it, start-up
+    excluded. Then one warm-up checks that every connected client gets a broadcast.
+    """
+    spec = SERVERS[server]
+    port = free_port()
+    bind = f"{HOST}:{port}"
+    command = server_command(server, bind, anchors=opts.anchors)
+    code = git_state()[0] if spec.program == "realtime" else None
+    print(f"--> {tag}: {clients} clients dialing at once", file=sys.stderr, flush=True)
+    loadgen = [
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        f"--url=ws://{bind}{spec.path}",
+        f"--send-url=http://{bind}{spec.send}",
+        f"--clients={clients}",
+        "--storm",
+        f"--connect-timeout={opts.storm_timeout}",
+        f"--timeout={opts.timeout}",
+        "--wait-stdin",
+        *spec.loadgen,
+    ]
+    with contextlib.ExitStack() as stack:
+        slog = stack.enter_context((opts.logdir / f"{tag}.server.log").open("w"))
+        llog = stack.enter_context((opts.logdir / f"{tag}.loadgen.log").open("w"))
+        readers: list[Reader] = []
+
+        @stack.callback
+        def join_readers() -> None:
+            for reader in readers:
+                reader.thread.join(5)
+
+        srv = stack.enter_context(
+            started([*pinned(0), *command], stdout=slog, stderr=slog, cwd=ROOT)
+        )
+        wait_listening(port, srv, sockets=spec.workers)
+        time.sleep(0.5)
+        backlog = listen_backlog(port)
+        rss_idle, cpu0 = rss_kb(srv.pid), cpu_seconds(srv.pid)
+        busy0, wall0 = machine_busy(), time.monotonic()
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        gen = stack.enter_context(started([*pinned(1), *loadgen], cwd=ROOT, **pipes))
+        assert gen.stdin is not None
+        assert gen.stdout is not None
+        assert gen.stderr is not None
+        err, out = Reader(gen.stderr, llog), Reader(gen.stdout)
+        readers += [err, out]
+        err.wait("stormed", 60.0 + 2 * opts.storm_timeout, lambda: srv.poll() is None)
+        cpu1, rss_connected = cpu_seconds(srv.pid), rss_kb(srv.pid)
+        loadgen_cpu = cpu_seconds(gen.pid)  # all of it since it started: its start-up too
+        busy, wall = machine_busy() - busy0, time.monotonic() - wall0
+        fds = open_fds(srv.pid)
+        gen.stdin.write("go\n")
+        gen.stdin.close()
+        gen.wait(120)
+        out.thread.join(10)
+        if gen.returncode != 0:
+            raise RuntimeError(f"loadgen exited with {gen.returncode}; see {llog.name}")
+        result: dict[str, Any] = json.loads("".join(out.lines))
+    connected = result["connected"]
+    server_cpu = cpu1 - cpu0
+    # The load generator's CPU over the storm itself (its start-up left out).
+    storm_cpu, storm_s = result.get("loadgen_cpu_connect_s"), result.get("connect_s")
+    share = storm_cpu / storm_s if storm_cpu is not None and storm_s else None
+    result.update(
+        server=server,
+        realtime_state=code,
+        server_command=command,
+        loadgen_flags=list(spec.loadgen),
+        listen_backlog=backlog,
+        loadgen_cpu_s=round(loadgen_cpu, 3),
+        # From the first dial to the end of the last: at 90 % the storm was its limit.
+        loadgen_cpu_share=round(share, 3) if share is not None else None,
+        loadgen_bound=(share or 0) >= LOADGEN_BOUND,
+        server_fds=fds,
+        # From idle to the end of the storm (the load generator's start-up included).
+        server_cpu_s=round(server_cpu, 4),
+        server_cpu_us_per_connection=server_cpu * 1e6 / connected if connected else None,
+        rss_kb={"idle": rss_idle, "connected": rss_connected},
+        kb_per_connection=(rss_connected - rss_idle) / connected if connected else None,
+        other_cpu_share=round((busy - server_cpu - loadgen_cpu) / wall, 3) if wall > 0 else None,
+    )
+    return result
+
+
+def somaxconn() -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    return None
+
+
+def listen_backlog(port: int) -> int | None:
+    """The accept queue's size of the socket listening on 127.0.0.1:``port``.
+
+    ``ss`` shows it as the Send-Q of a LISTEN socket: the backlog the server gave
+    listen(), capped by net.core.somaxconn (None: ss missing or no such socket).
+    """
+    ss = shutil.which("ss")
+    if ss is None:
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError, IndexError):
+        cmd = [ss, "-ltnH", f"sport = :{port}"]
+        lines = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+        return int(lines.split()[2])
+    return None
+
+
 def git_state() -> tuple[str, list[str]]:
     """The commit the realtime server ran from, and its files with local changes."""
 
@@ -707,9 +925,10 @@ def notes(r: dict[str, Any]) -> str:
     if r.get("healthy_closed_during_run"):
         found.append(f"closed {r['healthy_closed_during_run']}")
     warm = r.get("warmup", {})
-    if warm and warm.get("server_count") is None:  # through the API: no count
+    if warm and warm.get("server_count") is None:  # through the API, or an anchor: no count
         if not warm.get("complete"):
-            found.append(f"warm-up incomplete in {warm.get('channels_incomplete')} channels")
+            channels = warm.get("channels_incomplete")
+            found.append("warm-up incomplete" + (f" in {channels} channels" if channels else ""))
     elif warm and warm.get("server_count") != warm.get("expected"):
         found.append(f"server counted {warm.get('server_count')}")
     other = (r.get("centrifuge") or {}).get("other_frames")
@@ -799,6 +1018,10 @@ def main_tables(results: list[dict[str, Any]]) -> str:
             )
     if rows:
         out += ["", "### Ratios (realtime / baseline)", "", table(header, rows)]
+    if rows := issue9_rows(ok):
+        header = ["clients", "KB/conn", "conn/s (64 in flight)", "CPU µs/delivery"]
+        out += ["", "### Issue 9 targets (realtime vs the anchors, same run)", ""]
+        out.append(table(header, rows))
     if rows := pays_rows(ok):
         header = ["clients", "realtime vs", "what differs", "CPU µs/delivery", "KB/conn"]
         header += ["p99 ms", "conn/s"]
@@ -813,6 +1036,105 @@ def main_tables(results: list[dict[str, Any]]) -> str:
 
 def met(ok: bool) -> str:
     return "met" if ok else "**missed**"
+
+
+def issue9_rows(ok: dict[tuple[str, int], dict[str, Any]]) -> list[list[str]]:
+    """realtime against go-seed and websockets_lib, with issue 9's targets judged.
+
+    KB/conn at most 12 and below both; conn/s at least websockets_lib's (go-seed's is
+    the aim, shown); CPU per delivery at most go-seed's.
+    """
+    rows = []
+    for n in sorted({clients for _, clients in ok}):
+        mine, go, lib = (
+            ok.get(("realtime", n)),
+            ok.get(("go-seed", n)),
+            ok.get(("websockets_lib", n)),
+        )
+        if mine is None or (go is None and lib is None):
+            continue
+
+        def get(r: dict[str, Any] | None, key: str) -> Any:
+            return None if r is None else r.get(key)
+
+        kb, kb_go, kb_lib = (get(r, "kb_per_connection") for r in (mine, go, lib))
+        others = [v for v in (kb_go, kb_lib) if v is not None]
+        good = kb is not None and kb <= ISSUE9_KB and all(kb < v for v in others)
+        complete = go is not None and lib is not None
+        verdict = met(good) if complete or not good else "unjudged (an anchor row is missing)"
+        kb_cell = (
+            f"{fmt(kb, 1)}; go-seed {fmt(kb_go, 1)}, websockets_lib {fmt(kb_lib, 1)}: "
+            f"≤ {ISSUE9_KB:.0f} and below both {verdict}"
+        )
+        rate, rate_go, rate_lib = (get(r, "connect_rate") for r in (mine, go, lib))
+        if rate_lib is None:
+            rate_cell = f"{fmt(rate, 0)}; websockets_lib -"
+        else:
+            good = rate is not None and rate >= rate_lib
+            rate_cell = f"{versus(rate, rate_lib, 0)} websockets_lib: ≥ 1x {met(good)}"
+        if rate_go is not None:
+            rate_cell += f"; go-seed {fmt(rate_go, 0)} ({ratio(rate, rate_go)}, the aim)"
+        cpu, cpu_go = get(mine, "server_cpu_us_per_delivery"), get(go, "server_cpu_us_per_delivery")
+        if cpu_go is None:
+            cpu_cell = f"{fmt(cpu, 1)}; go-seed -"
+        else:
+            good = cpu is not None and cpu <= cpu_go
+            cpu_cell = f"{versus(cpu, cpu_go, 1)} go-seed: ≤ 1x {met(good)}"
+        rows.append([fmt(n), kb_cell, rate_cell, cpu_cell])
+    return rows
+
+
+def storm_table(results: list[dict[str, Any]]) -> str:
+    """The reconnect storm: how every dial ended, and how long until all were in."""
+    header = ["server", "dials", "listen backlog", "connected", "timed out", "refused/reset"]
+    header += ["other errors", "all connected s", "vs go-seed", "last failure s"]
+    header += ["handshake p50 ms", "p99 ms", "server CPU s", "CPU µs/conn", "KB/conn"]
+    header += ["broadcast reached all", "loadgen CPU", "notes"]
+    go = next((r for r in results if r["server"] == "go-seed" and "error" not in r), None)
+    go_all = (go or {}).get("storm", {}).get("all_connected_s")
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["server"], fmt(r["clients"]), *["-"] * 15, f"error: {r['error']}"])
+            continue
+        st = r["storm"]
+        warm = r.get("warmup") or {}
+        count = warm.get("server_count")
+        reached = "yes" if warm.get("complete") else "**no**"
+        if count is not None and count != warm.get("expected"):
+            reached += f" (server counted {fmt(count)})"
+        found = ["loadgen-bound"] if r.get("loadgen_bound") else []
+        if st["errors"]:
+            found.append("; ".join(f"{k}: {v}" for k, v in st["errors"].items()))
+        if (r.get("other_cpu_share") or 0) >= OTHER_BUSY:
+            found.append(f"machine busy: other processes used {r['other_cpu_share']:.0%} of a CPU")
+        all_s = st["all_connected_s"]
+        rows.append(
+            [
+                r["server"],
+                fmt(st["dials"]),
+                fmt(r.get("listen_backlog")),
+                fmt(st["connected"]),
+                fmt(st["timed_out"]),
+                fmt(st["refused_reset"]),
+                fmt(st["other"]),
+                fmt(all_s, 2)
+                if all_s is not None
+                else f"- (last in at {st['last_connected_s']:.2f})",
+                ratio(all_s, go_all) if r["server"] != "go-seed" else "",
+                fmt(st["last_failure_s"], 2),
+                fmt(st["handshake_ms"]["p50"], 0),
+                fmt(st["handshake_ms"]["p99"], 0),
+                fmt(r["server_cpu_s"], 2),
+                fmt(r["server_cpu_us_per_connection"], 0),
+                fmt(r["kb_per_connection"], 1),
+                reached,
+                f"{r['loadgen_cpu_share']:.0%}" if r.get("loadgen_cpu_share") is not None else "-",
+                "; ".join(found),
+            ]
+        )
+    title = f"### Reconnect storm (every client dials at once, no retry; somaxconn {somaxconn()})"
+    return "\n".join([title, "", table(header, rows)])
 
 
 def centrifuge_rows(ok: dict[tuple[str, int], dict[str, Any]]) -> list[list[str]]:
@@ -1063,9 +1385,32 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--servers",
-        default=",".join(FANOUT),
+        default=",".join(SELECTABLE),
         help="comma-separated subset of (default all):\n"
-        + "\n".join(f"  {SERVERS[name].name}: {SERVERS[name].what}" for name in FANOUT),
+        + "\n".join(
+            f"  {name}: {SERVERS[name].what}" + ("" if SERVERS[name].fanout else " (storm only)")
+            for name in SELECTABLE
+        ),
+    )
+    p.add_argument(
+        "--anchors",
+        type=Path,
+        default=ANCHORS,
+        help="folder with the anchors go-seed/ and py-floor/ (default ../shared/anchors "
+        "beside the repository)",
+    )
+    p.add_argument(
+        "--storm",
+        type=int,
+        default=10000,
+        help="clients of the reconnect storm, all dialing at once (default 10000; 0: skip it)\n"
+        "rows: " + ", ".join(STORM_ROWS) + " (those in --servers)",
+    )
+    p.add_argument(
+        "--storm-timeout",
+        type=float,
+        default=10.0,
+        help="handshake timeout of a storm dial (TCP connect + upgrade), s (default 10)",
     )
     p.add_argument("--skip-slow", action="store_true", help="skip the slow-client scenario")
     p.add_argument(
@@ -1129,10 +1474,11 @@ def parse_args() -> argparse.Namespace:
     if opts.channel_clients is None:
         opts.channel_clients = 1000 if opts.quick else 10000
     opts.servers = [s for s in opts.servers.split(",") if s]
-    unknown = set(opts.servers) - set(FANOUT)
+    unknown = set(opts.servers) - set(SELECTABLE)
     counts = opts.clients + opts.redis_clients
     bad = opts.busy_retries < 0 or opts.hop_clients < 0 or opts.hop_rounds < 1
     bad = bad or opts.channels < 0 or opts.channel_messages < 1
+    bad = bad or opts.storm < 0 or opts.storm_timeout <= 0
     bad = bad or (opts.channels > 0 and opts.channel_clients < opts.channels)
     if unknown or not all(n > 0 for n in counts) or bad:
         p.error(f"unknown server(s) {sorted(unknown)}, bad client counts or bad --busy-retries")
@@ -1149,7 +1495,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by both children
-    if hard < max([*opts.clients, *opts.redis_clients]) + 200:
+    if hard < max([*opts.clients, *opts.redis_clients, opts.storm]) + 200:
         print(f"warning: open-file limit {hard} is below the client count", file=sys.stderr)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(exist_ok=True)
@@ -1167,6 +1513,10 @@ def main() -> int:
         "multi": [],
         "channels": [],
         "slow": [],
+        "storm": [],
+        "anchors": str(opts.anchors),
+        "go": go_version(),
+        "somaxconn": somaxconn(),
     }
 
     def run(
@@ -1177,17 +1527,21 @@ def main() -> int:
             tag = f"channels-{tag}x{kw['channels']}"
         if section == "multi":
             tag = f"multi-{tag}" + (f"-round{rounds[0]}" if rounds[1] > 1 else "")
+        if section == "storm":
+            tag = f"storm-{tag}"
         busy: list[dict[str, Any]] = []  # earlier attempts that other processes disturbed
         for attempt in range(opts.busy_retries + 1):
             try:
-                result = measure(
-                    tag + (f"-try{attempt + 1}" if attempt else ""), server, clients, opts, **kw
-                )
+                attempt_tag = tag + (f"-try{attempt + 1}" if attempt else "")
+                if section == "storm":
+                    result = measure_storm(attempt_tag, server, clients, opts)
+                else:
+                    result = measure(attempt_tag, server, clients, opts, **kw)
             except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
                 result = {
                     "server": server,
                     "clients": clients,
-                    "slow": kw["slow"],
+                    "slow": kw.get("slow", 0),
                     "channels": kw.get("channels", 0),
                     "error": str(exc),
                 }
@@ -1209,7 +1563,12 @@ def main() -> int:
     try:
         for clients in opts.clients:
             for server in opts.servers:
-                run("fanout", server, clients, messages=opts.messages, size=opts.size, slow=0)
+                if SERVERS[server].fanout:
+                    kw = {"messages": opts.messages, "size": opts.size, "slow": 0}
+                    run("fanout", server, clients, **kw)
+        if opts.storm:
+            for server in (name for name in STORM_ROWS if name in opts.servers):
+                run("storm", server, opts.storm)
         if opts.channels:
             per = opts.channel_clients // opts.channels
             kw = {"messages": opts.channel_messages, "size": opts.size, "slow": 0}
@@ -1240,12 +1599,17 @@ def main() -> int:
         interrupted = True
         print("interrupted: every server and loadgen started was stopped", file=sys.stderr)
     text = f"realtime at {report['realtime']}; {opts.messages} x {opts.size} B per fan-out run\n\n"
-    rows = report["fanout"] + report["channels"] + report["multi"] + report["slow"]
+    rows = report["fanout"] + report["storm"] + report["channels"] + report["multi"]
+    rows += report["slow"]
     states = Counter(r["realtime_state"] for r in rows if r.get("realtime_state"))
     if len(states) > 1:
         drift = ", ".join(f"{state} ({n} rows)" for state, n in states.items())
         text += f"WARNING: the realtime code changed during this run; rows ran at {drift}\n\n"
     text += main_tables(report["fanout"]) if report["fanout"] else ""
+    if any(r["server"] in ("go-seed", "py-floor") for r in report["fanout"] + report["storm"]):
+        text += f"\n\nanchors from {report['anchors']}; {report['go'] or 'Go not installed'}"
+    if report["storm"]:
+        text += "\n\n" + storm_table(report["storm"])
     if report["channels"]:
         text += "\n\n" + channels_tables(report["channels"])
     if report["multi"]:
