@@ -165,6 +165,12 @@ SERVERS: dict[str, Server] = {
             ("--backlog", "100"),
             fanout=False,
         ),
+        Server(
+            "realtime-gc700",
+            "realtime",
+            "realtime with --gc-threshold 0 (Python's garbage-collector threshold, 700)",
+            ("--gc-threshold", "0"),
+        ),
         # The multi-process scenario (not in --servers): realtime above is its memory row.
         Server(
             "realtime-redis",
@@ -187,7 +193,9 @@ SELECTABLE = tuple(name for name, spec in SERVERS.items() if not spec.redis)
 FANOUT = tuple(name for name in SELECTABLE if SERVERS[name].fanout)
 BASELINES = ("naive", "websockets_lib", "go-seed", "py-floor")
 #: Rows of the reconnect storm (those of them in --servers), in the table's order.
-STORM_ROWS = ("realtime", "go-seed", "realtime-backlog100", "websockets_lib", "py-floor")
+STORM_ROWS = (
+    "realtime", "go-seed", "realtime-backlog100", "realtime-gc700", "websockets_lib", "py-floor",
+)  # fmt: skip
 #: Issue 9's targets for realtime (same client count and run).
 ISSUE9_KB = 12.0  # memory per connection at most this, and below go-seed's and websockets'
 #: Where the anchors are, unless --anchors says: ../shared/anchors beside the repository.

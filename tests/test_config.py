@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from realtime import Option, PluginError, create_app, get_host, hookimpl
-from realtime.cli import server_config
+from realtime.cli import server_config, tune_garbage_collector
 from realtime.options import resolve
 
 from .conftest import free_port, wait_for_http
@@ -112,3 +113,20 @@ def test_the_listen_backlog_reaches_hypercorn(tmp_path: Path) -> None:
     assert server_config(create_app(tmp_path, settings={"backlog": 128})).backlog == 128
     with pytest.raises(PluginError, match="--backlog"):
         create_app(tmp_path, settings={"backlog": 0})
+
+
+def test_the_garbage_collector_threshold_is_set_for_the_serving_process() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector(0)  # Python's own
+        assert gc.get_threshold() == before
+        tune_garbage_collector(20_000)
+        assert gc.get_threshold() == (20_000, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_create_app_leaves_the_garbage_collector_alone(tmp_path: Path) -> None:
+    before = gc.get_threshold()
+    create_app(tmp_path, settings={"gc_threshold": 12_345})
+    assert gc.get_threshold() == before  # process-wide: only `realtime run` sets it

@@ -116,6 +116,14 @@ HOST_OPTIONS = (
         "net.core.somaxconn): room for every client reconnecting at once",
         type=int,
     ),
+    Option(
+        "gc_threshold",
+        20_000,
+        "allocations between the garbage collector's youngest-generation runs (Python's "
+        "default: 700, which makes it sweep every connection again and again while "
+        "thousands connect; 0 keeps Python's)",
+        type=int,
+    ),
     Option("max_body_size", 1024 * 1024, "largest request body a script accepts, bytes", type=int),
     Option(
         "shutdown_timeout",
@@ -228,6 +236,8 @@ class Host:
             raise PluginError("--workers and --threads must be at least 1")
         if self.settings["backlog"] < 1:
             raise PluginError("--backlog must be at least 1")
+        if self.settings["gc_threshold"] < 0:
+            raise PluginError("--gc-threshold must be 0 (Python's default) or positive")
         for plugin, call in self.plugins.bound("validate", host=self):
             try:
                 call()
