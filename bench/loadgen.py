@@ -41,6 +41,18 @@ It then prints ``@phase stormed`` (with ``--wait-stdin``, and waits), checks wit
 one warm-up that every connected client gets a broadcast, and closes; no broadcast
 phase follows.
 
+With ``--sustained`` the broadcast phase is open loop instead: ``--rate`` R send
+requests a second for ``--sustained-seconds`` S, each fired on its schedule
+(``t0 + (k - 1) / R``) whatever the earlier ones did, each with ``--http-timeout``
+(connect to answer). Then it waits for stragglers (every request answered or timed
+out, and every broadcast not refused with an HTTP status at every client), at most
+``--straggler-wait`` s after the last send. The JSON's ``sustained`` object counts
+the broadcasts attempted, accepted (2xx) and failed (``HTTP <status>``,
+``timeout``, ``connection <error>``); the deliveries (per client, the lost ones of
+accepted broadcasts, those of failed ones); the latency from send to each delivery
+(a 1 ms histogram, every delivery counted); the requests' latency; and how late the
+schedule ran in the load generator.
+
 With ``--wait-stdin`` it prints ``@phase connected`` and ``@phase broadcast_done`` on
 stderr and waits for a line on stdin after each, so a caller can sample the server.
 
@@ -88,6 +100,8 @@ DEFLATE_PARAMS = frozenset(
     )
 )
 now_ns = time.perf_counter_ns
+#: --sustained's latency histogram: 1 ms buckets, the last one holds this and above.
+HISTOGRAM_MS = 600_000
 
 
 def log(*parts: object) -> None:
@@ -453,6 +467,7 @@ class Run:
         self.other_pushes: Counter[str] = Counter()  # unexpected Centrifuge frames
         self.delivered_total = 0
         self.delivery_ns = 0
+        self.histogram: list[int] | None = None  # deliveries by latency, ms (--sustained)
         self.warm: Counter[int] = Counter()
         self.warm_done: dict[int, asyncio.Future[None]] = {}
         self.warm_target = 0
@@ -475,7 +490,10 @@ class Run:
     def delivered(self, seq: int, payload: bytes, dot: int, now: int) -> None:
         self.delivered_total += 1
         with contextlib.suppress(ValueError):
-            self.delivery_ns += now - int(payload[dot + 1 : payload.find(b".", dot + 1)])
+            took = now - int(payload[dot + 1 : payload.find(b".", dot + 1)])
+            self.delivery_ns += took
+            if self.histogram is not None:  # --sustained: every delivery, 1 ms buckets
+                self.histogram[min(took // 1_000_000, HISTOGRAM_MS)] += 1
         b = self.broadcasts.get(seq)
         if b is not None:
             b.count += 1
@@ -873,6 +891,136 @@ class Run:
             "loadgen_cpu_share": round(cpu / wall, 3) if wall > 0 else None,
         }
 
+    async def sustained(self) -> dict[str, Any]:
+        """Open loop: ``--rate`` send requests a second for ``--sustained-seconds``.
+
+        Request k is fired at ``t0 + (k - 1) / rate`` without waiting for any
+        answer; its broadcast's clock starts when it is fired (``m<k>.<ns>``). A
+        request fails by its kind: ``HTTP <status>`` (not 2xx), ``timeout`` (no
+        answer within ``--http-timeout``, connect included) or ``connection
+        <error>``. Then every request is left to end and every broadcast not
+        refused with an HTTP status to reach every client, for at most
+        ``--straggler-wait`` s after the last send.
+        """
+        args = self.args
+        loop = asyncio.get_running_loop()
+        total = round(args.rate * args.sustained_seconds)
+        self.histogram = [0] * (HISTOGRAM_MS + 1)
+        outcome: dict[int, str | None] = {}  # seq -> None (accepted) or the failure's kind
+        request_ms: list[float] = []  # accepted requests, fired to answered
+        lag_ms: list[float] = []  # how late each request was fired, vs its schedule
+        started = self.healthy_open
+
+        async def send(seq: int) -> None:
+            t0 = now_ns()
+            prefix = f"m{seq}.{t0}."
+            message = prefix + "x" * max(0, args.size - len(prefix))
+            b = self.broadcasts[seq] = Broadcast(t0, self.healthy_open, loop.create_future())
+            if b.target <= 0:
+                b.done.set_result(None)
+            kind: str | None
+            try:
+                status, _ = await asyncio.wait_for(self.http_get(message), args.http_timeout)
+            except TimeoutError:
+                kind = "timeout"
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                kind = f"connection {type(exc).__name__}"
+            else:
+                kind = None if 200 <= status < 300 else f"HTTP {status}"
+                if kind is None:
+                    request_ms.append((now_ns() - t0) / 1e6)
+            outcome[seq] = kind
+
+        self.broadcasting = True
+        cpu0, t0 = cpu_time(), time.perf_counter()
+        tasks: list[asyncio.Task[None]] = []
+        for seq in range(1, total + 1):
+            due = t0 + (seq - 1) / args.rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lag_ms.append(max(0.0, time.perf_counter() - due) * 1e3)
+            tasks.append(asyncio.create_task(send(seq)))
+        sent_s = time.perf_counter() - t0
+        end = time.perf_counter() + args.straggler_wait
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.0, end - time.perf_counter()))
+        accepted = [seq for seq, kind in outcome.items() if kind is None]
+        # Accepted broadcasts, and those whose request timed out or broke (the server
+        # may deliver them anyway): not those it refused with an HTTP status.
+        pending = [
+            b.done
+            for seq, b in self.broadcasts.items()
+            if not (outcome.get(seq) or "").startswith("HTTP ")
+        ]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, end - time.perf_counter()))
+        wall = time.perf_counter() - t0
+        cpu = cpu_time() - cpu0
+        self.broadcasting = False
+        for task in tasks:  # past the straggler wait (only if --http-timeout exceeds it)
+            task.cancel()
+        unanswered = total - len(outcome)
+        failed = Counter(kind for kind in outcome.values() if kind is not None)
+        if unanswered:
+            failed["unanswered at the end"] += unanswered
+        short = [(seq, self.broadcasts[seq]) for seq in accepted]
+        short = [(seq, b) for seq, b in short if b.count < b.target]
+        failed_delivered = sum(  # failed or still unanswered
+            self.broadcasts[seq].count
+            for seq in range(1, total + 1)
+            if outcome.get(seq, "unanswered") is not None and seq in self.broadcasts
+        )
+        healthy = [c for c in self.clients if not c.slow]
+        per_client = sorted(c.received for c in healthy)
+        hist = self.histogram
+        return {
+            "sustained": {
+                "rate": args.rate,
+                "seconds": args.sustained_seconds,
+                "http_timeout_s": args.http_timeout,
+                "straggler_wait_s": args.straggler_wait,
+                "clients": started,
+                "attempted": total,
+                "accepted": len(accepted),
+                "failed": sum(failed.values()),
+                "failed_by_kind": dict(failed),
+                "sent_s": round(sent_s, 3),
+                "wall_s": round(wall, 3),
+                "schedule_lag_ms": {
+                    "p50": percentile(lag_ms, 50),
+                    "p99": percentile(lag_ms, 99),
+                    "max": max(lag_ms, default=None),
+                },
+                "request_ms": {
+                    "p50": percentile(request_ms, 50),
+                    "p99": percentile(request_ms, 99),
+                    "max": max(request_ms, default=None),
+                },
+                "deliveries": self.delivered_total,
+                "expected_deliveries": sum(self.broadcasts[seq].target for seq in accepted),
+                # Deliveries of accepted broadcasts some client never got (by the end).
+                "lost": sum(b.target - b.count for _, b in short),
+                "broadcasts_not_at_all": len(short),
+                "failed_but_delivered": failed_delivered,
+                "out_of_order": sum(c.ooo for c in healthy),
+                "per_client": {
+                    "min": per_client[0] if per_client else None,
+                    "median": per_client[len(per_client) // 2] if per_client else None,
+                    "max": per_client[-1] if per_client else None,
+                },
+                "healthy_closed_during_run": dict(self.closed_early),
+                "latency_ms": histogram_stats(hist),
+                "loadgen_cpu_share": round(cpu / wall, 3) if wall > 0 else None,
+            },
+            # The keys the closed-loop phase reports that run.py reads for every row.
+            "issued": total,
+            "deliveries": self.delivered_total,
+            "loadgen_cpu_s": round(cpu, 3),
+            "loadgen_cpu_share": round(cpu / wall, 3) if wall > 0 else None,
+            "broadcast_wall_s": round(wall, 3),
+        }
+
     def issued_to(self, channel: int, issued: int) -> int:
         """Publications of the first ``issued`` that went to ``channel`` (round robin)."""
         count = len(self.channel_names)
@@ -892,6 +1040,23 @@ class Run:
             "ended": dict(Counter(c.ended or "still open" for c in slow)),
             "received": [c.received for c in slow],
         }
+
+
+def histogram_stats(hist: list[int]) -> dict[str, Any]:
+    """p50, p99 and max of a 1 ms histogram, each as its bucket's upper edge, ms."""
+    total = sum(hist)
+    if not total:
+        return {"p50": None, "p99": None, "max": None, "count": 0}
+    found: dict[str, Any] = {"count": total}
+    wants = [("p50", total * 0.5), ("p99", total * 0.99)]
+    seen = 0
+    for ms, n in enumerate(hist):
+        seen += n
+        while wants and seen >= wants[0][1]:
+            found[wants.pop(0)[0]] = ms + 1
+        if n:
+            found["max"] = ms + 1
+    return found
 
 
 async def phase(name: str, wait: bool, limit: float) -> None:
@@ -925,7 +1090,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         result["warmup"] = await run.warmup()
         result["loadgen_cpu_connect_s"] = round(cpu_time() - cpu0, 3)
         await phase("connected", args.wait_stdin, args.stdin_timeout)
-        result.update(await run.broadcast_all())
+        if args.sustained:
+            result.update(await run.sustained())
+        else:
+            result.update(await run.broadcast_all())
         await phase("broadcast_done", args.wait_stdin, args.stdin_timeout)
         if args.slow:
             result["slow_clients"] = await run.drain_slow()
@@ -1008,6 +1176,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dial all clients at once (no cap, no retry, --connect-timeout each), "
         "check with one warm-up, no broadcasts",
     )
+    p.add_argument(
+        "--sustained",
+        action="store_true",
+        help="open loop: --rate requests/s for --sustained-seconds, none waiting for another",
+    )
+    p.add_argument("--sustained-seconds", type=float, default=60.0, help="--sustained: for, s")
+    p.add_argument(
+        "--http-timeout", type=float, default=15.0, help="--sustained: per send request, s"
+    )
+    p.add_argument(
+        "--straggler-wait",
+        type=float,
+        default=30.0,
+        help="--sustained: after the last send, wait at most this for answers and deliveries, s",
+    )
     p.add_argument("--wait-stdin", action="store_true", help="wait for a line after phases")
     p.add_argument("--stdin-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1015,6 +1198,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--sources must be 1..254")
     if not 0 <= args.slow <= args.clients or args.clients < 1 or args.messages < 0:
         p.error("need --clients >= 1, 0 <= --slow <= --clients, --messages >= 0")
+    if args.sustained and (args.rate <= 0 or args.sustained_seconds <= 0 or args.channels):
+        p.error("--sustained needs --rate > 0 and --sustained-seconds > 0, and no --channels")
     if args.channels < 0 or (args.channels and not args.publish_api):
         p.error("--channels needs --publish-api (send.py publishes to one channel only)")
     return args

@@ -23,6 +23,11 @@ baselines, with the issue 9 targets judged against them. The reconnect storm
 (``--storm 10000``; ``--storm 0`` skips it) dials every client at once, with no cap
 and no retry, against each server of ``STORM_ROWS`` in ``--servers``.
 
+Sustained publishing (``--sustained 10,20``; off by default): for each rate, a fresh
+server of ``SUSTAINED_ROWS`` in ``--servers`` with ``--sustained-clients`` clients, and
+send requests fired open loop at that rate for ``--sustained-seconds``, each with a
+client timeout; ``--clients 0`` leaves the fan-out rows out.
+
 Then the multi-process scenario: it starts ``redis-server`` on a free loopback port
 (pinned to CPU 0 with the server) and runs realtime with the memory broker, with the
 Redis broker, and with two workers on the Redis broker: three interleaved rounds at
@@ -196,6 +201,11 @@ BASELINES = ("naive", "websockets_lib", "go-seed", "py-floor")
 STORM_ROWS = (
     "realtime", "go-seed", "realtime-backlog100", "realtime-gc700", "websockets_lib", "py-floor",
 )  # fmt: skip
+#: Rows of the sustained-publishing scenario (those of them in --servers), in order.
+SUSTAINED_ROWS = ("realtime", "go-seed", "websockets_lib", "py-floor")
+#: Issue 9, sustained: at these rates realtime's p99 at most this many times go-seed's.
+SUSTAINED_P99_RATES = (10.0,)
+SUSTAINED_P99_RATIO = 1.5
 #: Issue 9's targets for realtime (same client count and run).
 ISSUE9_KB = 12.0  # memory per connection at most this, and below go-seed's and websockets'
 #: Where the anchors are, unless --anchors says: ../shared/anchors beside the repository.
@@ -622,6 +632,7 @@ def measure(
     slow: int,
     redis: RedisServer | None = None,
     channels: int = 0,
+    sustained: float = 0.0,
 ) -> dict[str, Any]:
     """One server (its processes) and one loadgen run: loadgen's JSON plus server samples.
 
@@ -629,6 +640,8 @@ def measure(
     on their own), and Redis is emptied first so no count is left from a row before.
     With ``channels``, the clients are spread over that many channels and every
     publication goes to one of them through the server API (``--api-key``).
+    With ``sustained`` (a rate), the load generator publishes open loop at that
+    rate for ``--sustained-seconds`` (``loadgen.py --sustained``) instead.
     """
     spec = SERVERS[server]
     if spec.redis and redis is None:
@@ -662,6 +675,13 @@ def measure(
     ]
     if channels:
         loadgen += [f"--channels={channels}", f"--publish-api={API_KEY}"]
+    done_limit = opts.deadline + 2 * opts.timeout + 30
+    if sustained:
+        loadgen += ["--sustained", f"--rate={sustained}"]
+        loadgen += [f"--sustained-seconds={opts.sustained_seconds}"]
+        loadgen += [f"--http-timeout={opts.http_timeout}"]
+        loadgen += [f"--straggler-wait={opts.straggler_wait}"]
+        done_limit = opts.sustained_seconds + opts.straggler_wait + opts.http_timeout + 60
     with contextlib.ExitStack() as stack:
         slog = stack.enter_context((opts.logdir / f"{tag}.server.log").open("w"))
         llog = stack.enter_context((opts.logdir / f"{tag}.loadgen.log").open("w"))
@@ -699,7 +719,7 @@ def measure(
         busy0, wall0 = machine_busy(), time.monotonic()
         gen.stdin.write("go\n")
         gen.stdin.flush()
-        err.wait("broadcast_done", opts.deadline + 2 * opts.timeout + 30, alive)
+        err.wait("broadcast_done", done_limit, alive)
         procs1, rss_after = cpu_by_process(srv.pid), rss_kb(srv.pid)
         ticks1 = cpu_seconds(srv.pid, exact=False)
         redis1 = cpu_seconds(redis.proc.pid) if redis else 0.0
@@ -767,7 +787,21 @@ def measure(
         # CPU used by anything else on the machine while broadcasting: noise in the figures.
         other_cpu_share=round((busy - server_cpu - result["loadgen_cpu_s"]) / wall, 3),
     )
+    if sustained:
+        result["server_cpu_share"] = round(server_cpu / wall, 3) if wall > 0 else None
+        result["sampled_wall_s"] = round(wall, 3)
+        result["server_log_top"] = log_summary(log_lines)
     return result
+
+
+def log_summary(lines: list[str], top: int = 8) -> list[tuple[str, int]]:
+    """The server log's most frequent lines, digits masked (``#``), with their counts."""
+    masked = Counter(
+        "".join("#" if ch.isdigit() else ch for ch in line.strip())[:200]
+        for line in lines
+        if line.strip()
+    )
+    return masked.most_common(top)
 
 
 def measure_storm(tag: str, server: str, clients: int, opts: argparse.Namespace) -> dict[str, Any]:
@@ -1145,6 +1179,86 @@ def storm_table(results: list[dict[str, Any]]) -> str:
     return "\n".join([title, "", table(header, rows)])
 
 
+def sustained_table(results: list[dict[str, Any]]) -> str:
+    """Open-loop publishing: what was accepted, failed, lost, and how late it arrived."""
+    header = ["server", "rate/s", "clients", "attempted", "accepted", "failed", "lost"]
+    header += ["failed but delivered", "per client min / median / max"]
+    header += ["p50 ms", "p99 ms", "max ms", "p99 vs go-seed", "send p50 ms", "send p99 ms"]
+    header += ["server CPU", "RSS growth MB", "loadgen CPU", "issue 9 target", "notes"]
+    go = {
+        r["rate"]: r["sustained"] for r in results if r["server"] == "go-seed" and "error" not in r
+    }
+    rows = []
+    for r in results:
+        if "error" in r:
+            cells = [r["server"], fmt(r["rate"]), fmt(r["clients"]), *["-"] * 16]
+            rows.append([*cells, f"error: {r['error']}"])
+            continue
+        st = r["sustained"]
+        lat = st["latency_ms"]
+        go_p99 = (go.get(r["rate"]) or {}).get("latency_ms", {}).get("p99")
+        failed = fmt(st["failed"])
+        if st["failed_by_kind"]:
+            failed += " (" + ", ".join(f"{k}: {v:,}" for k, v in st["failed_by_kind"].items()) + ")"
+        pc = st["per_client"]
+        target = ""
+        if r["server"] == "realtime":
+            clean = st["failed"] == 0 and st["lost"] == 0
+            target = f"none failed or lost {met(clean)}"
+            if r["rate"] in SUSTAINED_P99_RATES:
+                good = go_p99 is not None and lat["p99"] is not None
+                good = good and lat["p99"] <= SUSTAINED_P99_RATIO * go_p99
+                verdict = met(good) if go_p99 is not None else "unjudged (no go-seed row)"
+                target += f"; p99 ≤ {SUSTAINED_P99_RATIO}x go-seed's {verdict}"
+        found = []
+        if (st.get("loadgen_cpu_share") or 0) >= LOADGEN_BOUND:
+            found.append("loadgen-bound")
+        lag = st["schedule_lag_ms"]["max"]
+        if lag is not None and lag >= 100:
+            found.append(f"sends up to {lag:,.0f} ms late on schedule")
+        if st["broadcasts_not_at_all"]:
+            found.append(f"{st['broadcasts_not_at_all']:,} accepted broadcasts not at every client")
+        if st["out_of_order"]:
+            found.append(f"{st['out_of_order']:,} out of order")
+        if st["healthy_closed_during_run"]:
+            found.append(f"closed {st['healthy_closed_during_run']}")
+        if r.get("connected", 0) < r.get("clients", 0):
+            found.append(f"{r['clients'] - r['connected']} failed to connect")
+        if (r.get("other_cpu_share") or 0) >= OTHER_BUSY:
+            found.append(f"machine busy: other processes used {r['other_cpu_share']:.0%} of a CPU")
+        if r.get("busy_attempts"):
+            found.append(f"run {len(r['busy_attempts']) + 1} (earlier machine busy)")
+        share = r.get("server_cpu_share")
+        rows.append(
+            [
+                r["server"],
+                fmt(r["rate"]),
+                fmt(st["clients"]),
+                fmt(st["attempted"]),
+                fmt(st["accepted"]),
+                failed,
+                fmt(st["lost"]),
+                fmt(st["failed_but_delivered"]),
+                f"{fmt(pc['min'])} / {fmt(pc['median'])} / {fmt(pc['max'])}",
+                fmt(lat["p50"]),
+                fmt(lat["p99"]),
+                fmt(lat["max"]),
+                ratio(lat["p99"], go_p99) if r["server"] != "go-seed" else "",
+                fmt(st["request_ms"]["p50"], 1),
+                fmt(st["request_ms"]["p99"], 1),
+                f"{share:.0%}" if share is not None else "-",
+                fmt(r["rss_growth_mb"], 1),
+                f"{st['loadgen_cpu_share']:.0%}"
+                if st.get("loadgen_cpu_share") is not None
+                else "-",
+                target,
+                "; ".join(found),
+            ]
+        )
+    title = "### Sustained publishing (open loop; latency from send to each delivery, 1 ms buckets)"
+    return "\n".join([title, "", table(header, rows)])
+
+
 def centrifuge_rows(ok: dict[tuple[str, int], dict[str, Any]]) -> list[list[str]]:
     """The issue's three targets, each with the figures, the ratio and met / missed."""
     rows = []
@@ -1385,7 +1499,9 @@ def slow_table(results: list[dict[str, Any]]) -> str:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--clients", help="comma-separated client counts (default 1000,5000,10000)")
+    p.add_argument(
+        "--clients", help="comma-separated client counts (default 1000,5000,10000; 0: no fan-out)"
+    )
     p.add_argument("--messages", type=int, help="broadcasts per run (default 100, quick 20)")
     p.add_argument("--size", type=int, default=64, help="message size in bytes (default 64)")
     p.add_argument(
@@ -1419,6 +1535,39 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=10.0,
         help="handshake timeout of a storm dial (TCP connect + upgrade), s (default 10)",
+    )
+    p.add_argument(
+        "--sustained",
+        default="",
+        help="comma-separated broadcast rates of the sustained-publishing scenario, e.g. "
+        "10,20 (default: off; '' or 0 skips it)\nrows: "
+        + ", ".join(SUSTAINED_ROWS)
+        + " (those in --servers)",
+    )
+    p.add_argument(
+        "--sustained-seconds",
+        type=float,
+        default=60.0,
+        help="how long each sustained row publishes, s (default 60)",
+    )
+    p.add_argument(
+        "--sustained-clients",
+        type=int,
+        default=10000,
+        help="clients of the sustained scenario (default 10000)",
+    )
+    p.add_argument(
+        "--http-timeout",
+        type=float,
+        default=15.0,
+        help="client timeout of one sustained send request, s (default 15)",
+    )
+    p.add_argument(
+        "--straggler-wait",
+        type=float,
+        default=30.0,
+        help="after the last sustained send, wait at most this for answers and deliveries, "
+        "s (default 30)",
     )
     p.add_argument("--skip-slow", action="store_true", help="skip the slow-client scenario")
     p.add_argument(
@@ -1472,6 +1621,10 @@ def parse_args() -> argparse.Namespace:
     opts.clients = [
         int(n) for n in (opts.clients or ("1000" if opts.quick else "1000,5000,10000")).split(",")
     ]
+    if opts.clients == [0]:  # --clients 0: no fan-out rows
+        opts.clients = []
+    rates = [float(v) for v in opts.sustained.split(",") if v.strip()]
+    opts.sustained = [int(v) if v.is_integer() else v for v in rates if v > 0]
     opts.redis_clients = [
         int(n) for n in (opts.redis_clients or ("1000" if opts.quick else "10000")).split(",")
     ]
@@ -1487,6 +1640,8 @@ def parse_args() -> argparse.Namespace:
     bad = opts.busy_retries < 0 or opts.hop_clients < 0 or opts.hop_rounds < 1
     bad = bad or opts.channels < 0 or opts.channel_messages < 1
     bad = bad or opts.storm < 0 or opts.storm_timeout <= 0
+    bad = bad or any(v < 0 for v in rates) or opts.sustained_seconds <= 0
+    bad = bad or opts.sustained_clients < 1 or opts.http_timeout <= 0 or opts.straggler_wait < 0
     bad = bad or (opts.channels > 0 and opts.channel_clients < opts.channels)
     if unknown or not all(n > 0 for n in counts) or bad:
         p.error(f"unknown server(s) {sorted(unknown)}, bad client counts or bad --busy-retries")
@@ -1503,7 +1658,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by both children
-    if hard < max([*opts.clients, *opts.redis_clients, opts.storm]) + 200:
+    if hard < max([*opts.clients, *opts.redis_clients, opts.storm, opts.sustained_clients]) + 200:
         print(f"warning: open-file limit {hard} is below the client count", file=sys.stderr)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(exist_ok=True)
@@ -1522,6 +1677,7 @@ def main() -> int:
         "channels": [],
         "slow": [],
         "storm": [],
+        "sustained": [],
         "anchors": str(opts.anchors),
         "go": go_version(),
         "somaxconn": somaxconn(),
@@ -1537,6 +1693,8 @@ def main() -> int:
             tag = f"multi-{tag}" + (f"-round{rounds[0]}" if rounds[1] > 1 else "")
         if section == "storm":
             tag = f"storm-{tag}"
+        if section == "sustained":
+            tag = f"sustained{kw['sustained']}-{tag}"
         busy: list[dict[str, Any]] = []  # earlier attempts that other processes disturbed
         for attempt in range(opts.busy_retries + 1):
             try:
@@ -1552,6 +1710,7 @@ def main() -> int:
                     "slow": kw.get("slow", 0),
                     "channels": kw.get("channels", 0),
                     "error": str(exc),
+                    "rate": kw.get("sustained"),
                 }
                 print(f"    error: {exc}", file=sys.stderr)
             share = result.get("other_cpu_share") or 0
@@ -1564,6 +1723,8 @@ def main() -> int:
             result["busy_attempts"] = busy
         if section == "multi":
             result["round"], result["rounds"] = rounds
+        if section == "sustained":
+            result["rate"] = kw["sustained"]
         report[section].append(result)
         path.write_text(json.dumps(report, indent=2))
 
@@ -1577,6 +1738,10 @@ def main() -> int:
         if opts.storm:
             for server in (name for name in STORM_ROWS if name in opts.servers):
                 run("storm", server, opts.storm)
+        for rate in opts.sustained:
+            kw = {"messages": round(rate * opts.sustained_seconds), "size": opts.size, "slow": 0}
+            for server in (name for name in SUSTAINED_ROWS if name in opts.servers):
+                run("sustained", server, opts.sustained_clients, sustained=rate, **kw)
         if opts.channels:
             per = opts.channel_clients // opts.channels
             kw = {"messages": opts.channel_messages, "size": opts.size, "slow": 0}
@@ -1606,18 +1771,25 @@ def main() -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: every server and loadgen started was stopped", file=sys.stderr)
-    text = f"realtime at {report['realtime']}; {opts.messages} x {opts.size} B per fan-out run\n\n"
-    rows = report["fanout"] + report["storm"] + report["channels"] + report["multi"]
+    text = f"realtime at {report['realtime']}"
+    text += f"; {opts.messages} x {opts.size} B per fan-out run" if report["fanout"] else ""
+    text += "\n\n"
+    rows = report["fanout"] + report["storm"] + report["sustained"] + report["channels"]
+    rows += report["multi"]
     rows += report["slow"]
     states = Counter(r["realtime_state"] for r in rows if r.get("realtime_state"))
     if len(states) > 1:
         drift = ", ".join(f"{state} ({n} rows)" for state, n in states.items())
         text += f"WARNING: the realtime code changed during this run; rows ran at {drift}\n\n"
     text += main_tables(report["fanout"]) if report["fanout"] else ""
-    if any(r["server"] in ("go-seed", "py-floor") for r in report["fanout"] + report["storm"]):
-        text += f"\n\nanchors from {report['anchors']}; {report['go'] or 'Go not installed'}"
+    anchored = report["fanout"] + report["storm"] + report["sustained"]
+    if any(r["server"] in ("go-seed", "py-floor") for r in anchored):
+        text = text.rstrip("\n") + "\n\n"
+        text += f"anchors from {report['anchors']}; {report['go'] or 'Go not installed'}"
     if report["storm"]:
         text += "\n\n" + storm_table(report["storm"])
+    if report["sustained"]:
+        text += "\n\n" + sustained_table(report["sustained"])
     if report["channels"]:
         text += "\n\n" + channels_tables(report["channels"])
     if report["multi"]:
