@@ -171,6 +171,29 @@ async def test_a_client_that_answers_pings_stays_and_one_that_does_not_is_droppe
     await polite.ws.close()
 
 
+@pytest.mark.parametrize(
+    "server", [{"client_ping_interval": 1.0, "client_pong_timeout": 0.5}], indirect=True
+)
+async def test_pings_go_out_on_their_timer_however_busy_the_client(
+    server: tuple[Quart, int],
+) -> None:
+    """centrifuge-python counts only pings as a sign of life: traffic must not delay them."""
+    _, port = server
+    client = await connected(port)
+    pings = 0
+    async with asyncio.timeout(10):
+        while pings < 3:
+            await client.ws.send('{"send":{"data":"chatter"}}')  # no reply to a send
+            try:
+                frame = await asyncio.wait_for(client.ws.recv(), 0.1)
+            except TimeoutError:
+                continue
+            assert frame == "{}"
+            pings += 1
+            await client.ws.send("{}")
+    await client.ws.close()
+
+
 @pytest.mark.parametrize("server", [{"client_connect_timeout": 0.3}], indirect=True)
 async def test_no_connect_within_the_timeout_is_closed_stale(server: tuple[Quart, int]) -> None:
     _, port = server

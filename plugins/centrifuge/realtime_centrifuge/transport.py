@@ -224,18 +224,22 @@ async def serve_connection(node: Node, scope: Any, receive: Receive, send: Send)
     try:
         while True:
             deadline = session.next_deadline() if session.connected else connect_by
-            try:
-                async with asyncio.timeout_at(
-                    None if deadline is None else loop.time() + (deadline - time.time())
-                ):
-                    data = await connection.receive()
-            except TimeoutError:
+            now = time.time()
+            if deadline is not None and now >= deadline:
+                # Due, whether or not frames keep coming: pings go out on their timer.
                 if not session.connected:
-                    raise DisconnectError(DISCONNECT_STALE) from None
-                lines = await session.tick(time.time())
+                    raise DisconnectError(DISCONNECT_STALE)
+                lines = await session.tick(now)
                 if lines:
                     hub.send(client, "\n".join(lines))
                 continue
+            try:
+                async with asyncio.timeout_at(
+                    None if deadline is None else loop.time() + (deadline - now)
+                ):
+                    data = await connection.receive()
+            except TimeoutError:
+                continue  # what is due runs at the top of the loop
             if not isinstance(data, str):
                 raise DisconnectError(DISCONNECT_BAD_REQUEST)  # binary: not the JSON codec
             lines = await session.handle_frame(data)
