@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,10 +53,10 @@ class OriginCheck:
             return False  # "null" (sandboxed frames, file: pages) or garbage
         return _netloc(parts.scheme, parts.netloc) == _netloc(scheme, host)
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Coroutine[Any, Any, None]:
+        # Hands over the inner coroutine (see ForwardedHeadersMiddleware.__call__).
         if scope["type"] != "websocket":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         origin = host = None
         for name, value in scope["headers"]:
             if name == b"origin":
@@ -64,8 +64,7 @@ class OriginCheck:
             elif name == b"host":
                 host = value.decode("latin-1")
         if origin is None or self.permits(origin, host or "", scope.get("scheme", "ws")):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         self.refused += 1
         self._throttle.warn(
             log,
@@ -75,4 +74,4 @@ class OriginCheck:
             host,
         )
         body = "this origin may not open a WebSocket here (see --allowed-origins)"
-        await deny_websocket(scope, send, 403, body, close_code=1008)
+        return deny_websocket(scope, send, 403, body, close_code=1008)

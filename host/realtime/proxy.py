@@ -9,7 +9,7 @@ becomes a tunnel in which a client writes requests the proxy never saw, with any
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from .routes import TEXT, ASGIApp
@@ -35,17 +35,17 @@ class ForwardedHeadersMiddleware:
             return False
         return any(address in network for network in self.networks)
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Coroutine[Any, Any, None]:
+        # Not async: it hands over the inner app's coroutine rather than awaiting it,
+        # so no frame of this middleware stays alive for a connection's whole life.
         kind = scope["type"]
         if kind not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         if scope.get("http_version", "1.1").startswith("2") and scope.get("scheme") in (
             "http",
             "ws",
         ):
-            await _refuse(kind, send)
-            return
+            return _refuse(kind, send)
         client = scope.get("client")
         if client and self._trusted(client[0]):
             headers = dict(scope["headers"])
@@ -59,7 +59,7 @@ class ForwardedHeadersMiddleware:
                 secure = proto == "https"
                 scheme = ("wss" if secure else "ws") if kind == "websocket" else proto
                 scope = dict(scope, scheme=scheme)
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 async def _refuse(kind: str, send: Any) -> None:

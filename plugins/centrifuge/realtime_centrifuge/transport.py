@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from .node import Node
 
 log = logging.getLogger("realtime.centrifuge")
+
+ASGIEndpoint = Callable[[Any, Receive, Send], Coroutine[Any, Any, None]]
 
 #: The protobuf codec's subprotocol: refused with a close that says so.
 PROTOBUF = "centrifuge-protobuf"
@@ -263,7 +265,9 @@ async def serve_connection(node: Node, scope: Any, receive: Receive, send: Send)
         hub.forget(client)
 
 
-def endpoint(node_of: Callable[[], Node]) -> Callable[[Any, Receive, Send], Awaitable[None]]:
+def endpoint(
+    node_of: Callable[[], Node],
+) -> Callable[[Any, Receive, Send], Coroutine[Any, Any, None]]:
     """The ASGI app at ``--centrifuge-path``; ``node_of`` finds the running node."""
 
     async def centrifuge_websocket(scope: Any, receive: Receive, send: Send) -> None:
