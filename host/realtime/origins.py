@@ -54,7 +54,8 @@ class OriginCheck:
         return _netloc(parts.scheme, parts.netloc) == _netloc(scheme, host)
 
     def __call__(self, scope: Any, receive: Any, send: Any) -> Coroutine[Any, Any, None]:
-        # Hands over the inner coroutine (see ForwardedHeadersMiddleware.__call__).
+        # Hands over the inner coroutine (see ForwardedHeadersMiddleware.__call__);
+        # installed as Quart's asgi_app only, never served alone.
         if scope["type"] != "websocket":
             return self.app(scope, receive, send)
         origin = host = None

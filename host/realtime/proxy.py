@@ -38,6 +38,8 @@ class ForwardedHeadersMiddleware:
     def __call__(self, scope: Any, receive: Any, send: Any) -> Coroutine[Any, Any, None]:
         # Not async: it hands over the inner app's coroutine rather than awaiting it,
         # so no frame of this middleware stays alive for a connection's whole life.
+        # (Installed as Quart's asgi_app only: a server guessing ASGI 2 from a plain
+        # __call__ must not be given it alone.)
         kind = scope["type"]
         if kind not in ("http", "websocket"):
             return self.app(scope, receive, send)
