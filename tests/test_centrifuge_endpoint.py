@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from realtime import create_app, get_host, hookimpl
 from realtime_broker import Publication, get_broker
 from realtime_centrifuge import ConnectAuth, Error
+from realtime_centrifuge.node import MAX_CONTROL_SIZE
 from realtime_centrifuge.plugin import get_node
 from realtime_hub import get_hub
 
@@ -553,3 +554,19 @@ async def test_scripts_mint_tokens_the_endpoint_accepts(tmp_path: Path) -> None:
         subscribed = await client.call("subscribe", channel="$vip", token=minted["s"])
         assert subscribed["subscribe"]["expires"] is True
         await client.ws.close()
+
+
+async def test_control_messages_from_the_broker_are_bounded_and_checked(
+    server: tuple[Quart, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, port = server
+    node = get_node(get_host(app))
+    alice = await connected(port, "alice")
+    disconnect = {"op": "disconnect", "user": "alice", "code": 4500, "reason": "bye"}
+    oversized = json.dumps({**disconnect, "padding": "x" * MAX_CONTROL_SIZE})
+    for bad in (oversized, "not json", '{"op": "disconnect"}', '{"op": 1, "user": []}'):
+        assert node._control(Publication(bad, json=True)) == 0
+    assert (await alice.call("subscribe", channel="news"))["subscribe"] == {}  # still here
+    assert "control message refused" in caplog.text
+    node._control(Publication(json.dumps(disconnect), json=True))  # within bounds: applied
+    assert await alice.closed() == (4500, "bye")
