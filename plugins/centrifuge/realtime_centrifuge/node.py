@@ -190,10 +190,11 @@ class Node:
             counts = await self.broker.cluster_channels()
         except BrokerUnavailable:
             raise Error(ERROR_INTERNAL.code) from None
+        # The hub counts its clients' channels only: the control channel is never here.
         return {
             channel: count
             for channel, count in counts.items()
-            if channel != CONTROL_CHANNEL and (not pattern or fnmatch.fnmatchcase(channel, pattern))
+            if not pattern or fnmatch.fnmatchcase(channel, pattern)
         }
 
     async def info(self) -> Sequence[Mapping[str, Any]]:
