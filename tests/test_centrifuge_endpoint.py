@@ -48,11 +48,17 @@ async def served_app(tmp_path: Path, **settings: Any) -> Quart:
     return create_app(tmp_path, settings={"token_hmac_secret": SECRET, **settings})
 
 
+@pytest.fixture(params=["fast-path", "plain"])
+def fan_out(request: pytest.FixtureRequest) -> bool:
+    """Both ways a connection is read: taken over from Hypercorn, or through ASGI."""
+    return bool(request.param == "fast-path")
+
+
 @pytest.fixture
 async def server(
-    tmp_path: Path, request: pytest.FixtureRequest
+    tmp_path: Path, request: pytest.FixtureRequest, fan_out: bool
 ) -> AsyncIterator[tuple[Quart, int]]:
-    app = await served_app(tmp_path, **getattr(request, "param", {}))
+    app = await served_app(tmp_path, fast_path=fan_out, **getattr(request, "param", {}))
     async with hypercorn(app) as port:
         yield app, port
 

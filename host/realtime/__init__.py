@@ -3,12 +3,13 @@
 from .errors import HTTPError, PluginError
 from .hookspecs import hookimpl, hookspec
 from .host import Host, create_app, current_host, get_host
-from .limits import LogThrottle
+from .limits import DETACH, LogThrottle
 from .options import Option
 from .routes import ASGIRoute, Route, WebSocketRoute
 from .scripts import ScriptRequest, ScriptResponse
 
 __all__ = [
+    "DETACH",
     "ASGIRoute",
     "HTTPError",
     "Host",

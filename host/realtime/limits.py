@@ -92,11 +92,38 @@ def throttled_exception_handler(
     return handle
 
 
+#: Scope key of a callable an app calls when a connection outlives its ASGI call (a
+#: socket taken over from the server): it returns the release to call at the real end.
+DETACH = "realtime.detach"
+
+
+class _Hold:
+    """One counted connection; released once, at the end of the call or when detached."""
+
+    __slots__ = ("address", "detached", "limits")
+
+    def __init__(self, limits: ConnectionLimits, address: str) -> None:
+        self.limits: ConnectionLimits | None = limits
+        self.address = address
+        self.detached = False
+
+    def detach(self) -> Callable[[], None]:
+        self.detached = True
+        return self.release
+
+    def release(self) -> None:
+        limits, self.limits = self.limits, None
+        if limits is not None:
+            limits._release(self.address)
+
+
 class ConnectionLimits:
     """Refuses a WebSocket handshake past the per-address or the total cap.
 
     Counts ASGI ``websocket`` scopes (the connections that stay), keyed by the client
-    address the proxy middleware established, so behind Caddy it is the browser's.
+    address the proxy middleware established, so behind Caddy it is the browser's. A
+    connection counts until its ASGI call returns, or, if the app called
+    ``scope[DETACH]()``, until it calls the release that returned.
     A refused handshake gets an HTTP status (429 per address, 503 in total) when the
     server supports ASGI's WebSocket denial responses, a 403 otherwise.
     """
@@ -136,15 +163,21 @@ class ConnectionLimits:
             return
         self.open += 1
         self.by_address[address] = held + 1
+        hold = _Hold(self, address)
+        scope[DETACH] = hold.detach
         try:
             await self.app(scope, receive, send)
         finally:
-            self.open -= 1
-            left = self.by_address[address] - 1
-            if left:
-                self.by_address[address] = left
-            else:
-                del self.by_address[address]
+            if not hold.detached:
+                hold.release()
+
+    def _release(self, address: str) -> None:
+        self.open -= 1
+        left = self.by_address[address] - 1
+        if left:
+            self.by_address[address] = left
+        else:
+            del self.by_address[address]
 
     async def _refuse(self, scope: Any, send: Any, status: int, reason: str) -> None:
         self.refused += 1

@@ -1,8 +1,8 @@
-"""The Centrifuge protocol over the hub's WebSockets: one task per connection, no more.
+"""The Centrifuge protocol over the hub's WebSockets: no task per connection.
 
-Each connection's task reads frames and hands them to its :class:`.session.Session`,
-sleeping on the session's next deadline (pings, expiry) in the same wait, so a
-connection costs no timer task. Publications reach it through the hub in
+The hub hands each connection's frames to its :class:`SessionHandler`, which passes
+them to the connection's :class:`.session.Session` and keeps one timer handle on the
+session's next deadline (pings, expiry). Publications reach it through the hub in
 :class:`CentrifugeFormat`, encoded once per publication for every Centrifuge client.
 """
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from realtime_broker import BrokerUnavailable, Publication
-from realtime_hub import ASGIConnection, Client, ConnectionGone, Hub, Receive, Send
+from realtime_hub import ASGIConnection, Client, Hub, Receive, Send
 
 from .codec import RawJSON, encode_json, encode_publication
 from .codes import (
@@ -205,64 +205,117 @@ async def refuse_protobuf(scope: Any, receive: Receive, send: Send) -> None:
                 "reason": reason})  # fmt: skip
 
 
-async def serve_connection(node: Node, scope: Any, receive: Receive, send: Send) -> None:
-    """One Centrifuge connection, from the handshake to the last frame."""
-    hub = node.hub
-    if wants_protobuf(scope):
-        await refuse_protobuf(scope, receive, send)
-        return
-    connection = ASGIConnection(receive, send)
-    client = await hub.connect(connection)
-    if client is None:
-        return
-    session = Session(
-        node.rules, node.verifier, ConnectionBackend(node, client, scope), options=node.options
-    )
-    client.state = session
-    loop = asyncio.get_running_loop()
-    # A client must connect within the timeout (3502 "stale" otherwise).
-    connect_by = time.time() + node.connect_timeout
-    registered = False
-    try:
-        while True:
-            deadline = session.next_deadline() if session.connected else connect_by
-            now = time.time()
-            if deadline is not None and now >= deadline:
-                # Due, whether or not frames keep coming: pings go out on their timer.
-                if not session.connected:
-                    raise DisconnectError(DISCONNECT_STALE)
-                lines = await session.tick(now)
-                if lines:
-                    hub.send(client, "\n".join(lines))
-                continue
-            try:
-                async with asyncio.timeout_at(
-                    None if deadline is None else loop.time() + (deadline - now)
-                ):
-                    data = await connection.receive()
-            except TimeoutError:
-                continue  # what is due runs at the top of the loop
+class SessionHandler:
+    """Reads one Centrifuge connection: frames to its session, its deadlines on a timer.
+
+    The hub hands frames over one at a time (:class:`realtime_hub.Handler`). What is
+    due (pings, expiry, the connect timeout) runs from one timer handle, re-armed on
+    the session's next deadline, never at the same time as a frame: a connection
+    costs no task while it is idle.
+    """
+
+    __slots__ = ("_connect_by", "_ticking", "_timer", "client", "node", "registered", "session")
+
+    def __init__(self, node: Node, client: Client, scope: Any) -> None:
+        self.node = node
+        self.client = client
+        self.session = Session(
+            node.rules, node.verifier, ConnectionBackend(node, client, scope), options=node.options
+        )
+        client.state = self.session
+        self.registered = False
+        # A client must connect within the timeout (3502 "stale" otherwise).
+        self._connect_by = time.time() + node.connect_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._ticking: asyncio.Task[None] | None = None
+        self._arm()
+
+    def received(self, data: str | bytes) -> Coroutine[Any, Any, None]:
+        return self._frame(data)
+
+    def closed(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.registered:
+            self.registered = False
+            self.node.unregister(self.client, self.session)
+        self.node.spawn(self.session.close())
+
+    async def _frame(self, data: str | bytes) -> None:
+        ticking = self._ticking
+        if ticking is not None:
+            await asyncio.shield(ticking)  # what was due goes first, as it was due first
+        session = self.session
+        try:
             if not isinstance(data, str):
                 raise DisconnectError(DISCONNECT_BAD_REQUEST)  # binary: not the JSON codec
             lines = await session.handle_frame(data)
             if lines:
-                hub.send(client, "\n".join(lines))
+                self.node.hub.send(self.client, "\n".join(lines))
             if session.rejected and not session.connected:
-                connect_by = min(connect_by, time.time() + REJECTED_GRACE)
-            if session.connected and not registered:
-                registered = True
-                node.register(client, session)
-    except DisconnectError as exc:
+                self._connect_by = min(self._connect_by, time.time() + REJECTED_GRACE)
+            if session.connected and not self.registered and not self.client.closing:
+                self.registered = True
+                self.node.register(self.client, session)
+        except DisconnectError as exc:
+            await self._disconnect(exc)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Set the timer on the next deadline (connected: the session's; else connect_by)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.client.closing:
+            return
+        deadline = self.session.next_deadline() if self.session.connected else self._connect_by
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + (deadline - time.time()), self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        if self._ticking is None and not self.client.closing:
+            self._ticking = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        session = self.session
+        try:
+            now = time.time()
+            if not session.connected:
+                if now >= self._connect_by:
+                    raise DisconnectError(DISCONNECT_STALE)
+            else:
+                lines = await session.tick(now)
+                if lines:
+                    self.node.hub.send(self.client, "\n".join(lines))
+        except DisconnectError as exc:
+            await self._disconnect(exc)
+        except Exception:
+            log.exception("client %s: a timed task failed", session.client_id)
+        finally:
+            self._ticking = None
+        self._arm()
+
+    async def _disconnect(self, exc: DisconnectError) -> None:
+        hub = self.node.hub
         if exc.replies:
-            hub.send(client, "\n".join(exc.replies))
-        await hub.close_client(client, exc.disconnect.code, exc.disconnect.reason)
-    except ConnectionGone:
-        pass
-    finally:
-        if registered:
-            node.unregister(client, session)
-        await session.close()
-        hub.forget(client)
+            hub.send(self.client, "\n".join(exc.replies))
+        await hub.close_client(self.client, exc.disconnect.code, exc.disconnect.reason)
+
+
+async def serve_connection(node: Node, scope: Any, receive: Receive, send: Send) -> None:
+    """One Centrifuge connection's handshake; the hub then reads it for its handler."""
+    hub = node.hub
+    if wants_protobuf(scope):
+        await refuse_protobuf(scope, receive, send)
+        return
+    client = await hub.connect(
+        ASGIConnection(receive, send, scope), lambda client: SessionHandler(node, client, scope)
+    )
+    if client is not None:
+        await hub.serve(client)
 
 
 def endpoint(

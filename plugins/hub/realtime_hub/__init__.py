@@ -7,7 +7,7 @@ publish through the broker (``realtime_broker``). They never know each other.
 """
 
 from .channels import ChannelRules, HookAnswer, NamespaceOptions, parse_duration
-from .connection import ASGIConnection, ConnectionGone, Receive, Send
+from .connection import ASGIConnection, ConnectionGone, Handler, Receive, Send
 from .engine import (
     CLOSE_GOING_AWAY,
     CLOSE_MISSED,
@@ -31,6 +31,7 @@ __all__ = [
     "ConnectionGone",
     "Error",
     "Format",
+    "Handler",
     "HookAnswer",
     "Hub",
     "HubClosed",

@@ -7,7 +7,11 @@ connection; a broadcast server holding ten thousand of them cannot afford that.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+from realtime import DETACH
+
+T = TypeVar("T")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -18,18 +22,37 @@ class ConnectionGone(Exception):
 
 
 class ASGIConnection:
-    __slots__ = ("_receive", "asgi_send")
+    __slots__ = ("_receive", "_scope", "asgi_send")
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, scope: Any = None) -> None:
         self._receive = receive
+        self._scope = scope
         #: The server's ASGI send callable; the fast path looks beneath it.
         self.asgi_send = send
 
-    async def accept(self) -> None:
+    async def accept(self, handover: Callable[[Send], T | None] | None = None) -> T | None:
+        """Complete the handshake; ``handover(send)`` may do it instead, taking the socket.
+
+        Returns what ``handover`` returned, or None when the handshake went through ASGI.
+        """
         message = await self._receive()
         if message["type"] != "websocket.connect":
             raise ConnectionGone
+        if handover is not None:
+            taken = handover(self.asgi_send)
+            if taken is not None:
+                return taken
         await self.asgi_send({"type": "websocket.accept"})
+        return None
+
+    def detach(self) -> Callable[[], None] | None:
+        """The connection outlives this ASGI call: the host's count ends at the release.
+
+        ``None`` where the host keeps no count (``realtime.detach`` is not in the scope).
+        """
+        hold = self._scope.get(DETACH) if self._scope is not None else None
+        release: Callable[[], None] | None = hold() if hold is not None else None
+        return release
 
     async def receive(self) -> str | bytes | None:
         message = await self._receive()
@@ -44,3 +67,17 @@ class ASGIConnection:
 
     async def close(self, code: int, reason: str = "") -> None:
         await self.asgi_send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+class Handler(Protocol):
+    """What a protocol plugin does with a connection's messages, and at its end.
+
+    The hub calls :meth:`received` for each message, in order, and waits for the
+    awaitable it may return before handing over the next one (reading pauses
+    meanwhile). :meth:`closed` comes once, when the connection has ended for any
+    reason, after which the client is out of every channel.
+    """
+
+    def received(self, data: str | bytes) -> Awaitable[None] | None: ...
+
+    def closed(self) -> None: ...

@@ -20,11 +20,20 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, Protocol
 
 from .channels import ChannelRules
-from .connection import ConnectionGone
-from .fastpath import IncomingLimits, Wire, attach, decline_compression, encode_frame, guard
+from .connection import ConnectionGone, Handler
+from .fastpath import (
+    IncomingLimits,
+    Keepalive,
+    Socket,
+    decline_compression,
+    encode_frame,
+    guard,
+    take_over,
+)
 
 log = logging.getLogger("realtime.hub")
 
@@ -77,7 +86,8 @@ class Connection(Protocol):
     """What the hub needs of a connection (:class:`.connection.ASGIConnection`).
 
     ``receive`` raises :class:`.connection.ConnectionGone` (or the task is cancelled)
-    when the client leaves. A connection may carry ``asgi_send``, for the fast path.
+    when the client leaves. A connection may carry ``asgi_send``, for the fast path,
+    and then its ``accept`` takes a ``handover`` (:meth:`.ASGIConnection.accept`).
     """
 
     async def accept(self) -> None: ...
@@ -119,11 +129,16 @@ class HubStats:
 
 @dataclass(eq=False, slots=True)
 class Client:
-    """A connected client. ``wire`` is set when the fast path applies to it."""
+    """A connected client. ``wire`` is set when the fast path took its socket over
+    (it is then its ``connection`` too)."""
 
     id: int
     connection: Connection
-    wire: Wire | None
+    wire: Socket | None
+    #: The protocol plugin's reader of this client's messages.
+    handler: Handler | None = None
+    #: Tells the host's connection count this connection ended (taken-over sockets).
+    release: Callable[[], None] | None = None
     #: Channels this client is in (usually one or a few: a list is smaller than a set).
     channels: list[str] = field(default_factory=list)
     #: What the protocol keeps on the connection (a Centrifuge session, say).
@@ -158,6 +173,8 @@ class Hub:
         max_incoming_size: int = MAX_INCOMING_SIZE,
         max_incoming_rate: int = MAX_INCOMING_RATE,
         rules: ChannelRules | None = None,
+        ping_interval: float = 0.0,
+        pong_timeout: float = 0.0,
     ) -> None:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(
@@ -184,6 +201,10 @@ class Hub:
         self.incoming = IncomingLimits(
             max_incoming_size, max_incoming_rate, close_timeout=CLOSE_TIMEOUT
         )
+        #: Pings for taken-over sockets (Hypercorn pings the others).
+        self.keepalive = (
+            Keepalive(ping_interval, pong_timeout or ping_interval) if ping_interval > 0 else None
+        )
         self.stats = HubStats()
         self._clients: dict[int, Client] = {}
         self._ids = itertools.count(1)
@@ -195,6 +216,8 @@ class Hub:
     def start(self) -> None:
         """Bind to the running loop: :meth:`publish` is called there (the broker's job)."""
         self._loop = asyncio.get_running_loop()
+        if self.keepalive is not None:
+            self.keepalive.start()
 
     async def close(
         self,
@@ -207,6 +230,8 @@ class Hub:
         A client still holding queued messages after ``grace`` seconds is closed anyway.
         """
         self._loop = None
+        if self.keepalive is not None:
+            self.keepalive.stop()
         deadline = asyncio.get_running_loop().time() + grace
 
         async def flush_then_close(client: Client) -> None:
@@ -232,36 +257,98 @@ class Hub:
 
     # Connections --------------------------------------------------------------
 
-    async def connect(self, connection: Connection) -> Client | None:
+    async def connect(
+        self, connection: Connection, handler: Callable[[Client], Handler] | None = None
+    ) -> Client | None:
         """Accept a WebSocket and hold it; ``None`` if the client left during the handshake.
 
-        Under Hypercorn the fast path is attached and a guard bounds what the client
-        may send (:class:`.fastpath.IncomingLimits`). The protocol then reads the
-        connection, and calls :meth:`forget` when it ends.
+        Under Hypercorn with the fast path on, the socket is taken over from Hypercorn
+        (:func:`.fastpath.take_over`): read, written and kept alive here, with no task of
+        its own. Otherwise it stays on ASGI, guarded (:func:`.fastpath.guard`). Either
+        way ``handler(client)`` makes the reader of its messages; the protocol then calls
+        :meth:`serve`, which reads an ASGI connection until it ends.
         """
         if not self.running:
             await connection.close(1013, "server not ready")
             return None
         asgi_send = getattr(connection, "asgi_send", None)
-        wire = None
-        if asgi_send is not None:
-            if not self.compression:
-                decline_compression(asgi_send)  # in both fan-out modes
-            if self.fast_path:
-                wire = attach(asgi_send, decline_compression=not self.compression)
+        if asgi_send is not None and not self.compression:
+            decline_compression(asgi_send)  # in both fan-out modes
+        client_id = next(self._ids)
+        sock: Socket | None = None
         try:
-            await connection.accept()
+            if self.fast_path and asgi_send is not None:
+                sock = await connection.accept(  # type: ignore[call-arg, func-returns-value]
+                    partial(take_over, limits=self.incoming, client=client_id)
+                )
+            else:
+                await connection.accept()
         except ConnectionGone:
             return None
-        if wire is not None and not wire.bind():
-            wire = None  # the peer left during the handshake: nothing to write to
-        client = Client(next(self._ids), connection, wire)
-        if asgi_send is not None:
-            guard(asgi_send, self.incoming, client.id)  # what the client sends, in every mode
-        log.debug("client %d connected (%s)", client.id, "fast path" if wire else "plain path")
-        self._clients[client.id] = client
+        if sock is not None:
+            client = Client(client_id, sock, sock)
+            detach = getattr(connection, "detach", None)
+            if detach is not None:
+                client.release = detach()
+        else:
+            client = Client(client_id, connection, None)
+            if asgi_send is not None:
+                guard(asgi_send, self.incoming, client_id)  # what the client sends
+        log.debug("client %d connected (%s)", client_id, "taken over" if sock else "ASGI")
+        self._clients[client_id] = client
         self.stats.connected = len(self._clients)
+        if handler is not None:
+            client.handler = handler(client)
+        if sock is not None:
+            if self.keepalive is not None:
+                self.keepalive.sockets.add(sock)
+            sock.start(client.handler, partial(self._lost_socket, client))
         return client
+
+    async def serve(self, client: Client, setup: Awaitable[Any] | None = None) -> None:
+        """Hand an ASGI connection's messages to its handler until it ends.
+
+        ``setup`` (say, :meth:`ready`) is awaited first, within the connection's life.
+        Returns after it for a taken-over socket, which hands messages over by itself:
+        the protocol's ASGI call may then end, and Hypercorn's machinery with it.
+        """
+        if client.wire is not None:
+            if setup is not None:
+                await setup
+            return
+        connection = client.connection
+        try:
+            if setup is not None:
+                await setup
+            while True:
+                data = await connection.receive()
+                handler = client.handler
+                if handler is not None and not client.closing:
+                    pending = handler.received(data)
+                    if pending is not None:
+                        await pending
+        except ConnectionGone:
+            pass
+        except Exception:
+            log.exception("client %d: its message handler failed", client.id)
+            await self.close_client(client, CLOSE_INTERNAL_ERROR, "internal error")
+        finally:
+            self._ended(client)
+
+    def _lost_socket(self, client: Client, sock: Socket) -> None:
+        if self.keepalive is not None:
+            self.keepalive.sockets.discard(sock)
+        self._ended(client)
+
+    def _ended(self, client: Client) -> None:
+        """The connection is over: out of the hub, the handler told once, the count down."""
+        self.forget(client)
+        handler, client.handler = client.handler, None
+        release, client.release = client.release, None
+        if release is not None:
+            release()
+        if handler is not None:
+            handler.closed()
 
     def forget(self, client: Client) -> None:
         """The connection ended (or is being closed): out of every channel, nothing queued."""

@@ -29,18 +29,31 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import CloseConnection, Event, Message
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
-from wsproto.utilities import LocalProtocolError
+from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from realtime import LogThrottle
+
+from .connection import Handler
+from .frames import (
+    CLOSE_NO_STATUS,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Failure,
+    FrameParser,
+    close_payload,
+    control_frame,
+)
 
 try:  # Only the names; nothing here runs at import.
     from hypercorn.asyncio.tcp_server import TCPServer
@@ -58,6 +71,8 @@ FIN = 0x80
 CLOSE_POLICY_VIOLATION = 1008
 #: RFC 6455 "message too big".
 CLOSE_TOO_BIG = 1009
+#: RFC 6455 "internal error".
+CLOSE_INTERNAL_ERROR = 1011
 
 
 def encode_frame(payload: bytes, text: bool) -> bytes:
@@ -82,44 +97,18 @@ class Transport(Protocol):
     def abort(self) -> None: ...
 
 
-@dataclass(slots=True)
-class Wire:
-    """What a fast-path client writes to: its transport, and the stream to check it is open."""
-
-    transport: Transport
-    writer: asyncio.StreamWriter
-    stream: Any  # hypercorn.protocol.ws_stream.WSStream
-    #: The stream's wsproto connection, kept by :meth:`bind` once the handshake is done.
-    connection: Any = None
-
-    def bind(self) -> bool:
-        """After the handshake: hold the wsproto connection itself (:func:`guard` then
-        stands in for it in the stream; :meth:`open` skips both).
-
-        False if there is none: the peer left before the handshake was accepted.
-        """
-        self.connection = getattr(self.stream, "connection", None)
-        return self.connection is not None
-
-    def open(self) -> bool:
-        """True while data frames may still be sent (no close frame either way yet).
-
-        Called per client per broadcast; the hub holds a client only after
-        :meth:`bind`.
-        """
-        return self.connection.state is ConnectionState.OPEN and not self.transport.is_closing()
-
-    async def drain(self) -> None:
-        await self.writer.drain()
-
-    def abort(self) -> None:
-        """Drop the TCP connection at once, discarding what the peer never read."""
-        self.transport.abort()
-
-
 _TRANSPORT_METHODS = ("write", "get_write_buffer_size", "is_closing", "abort")
-#: What the guard needs besides: to stop reading and to end the connection.
-_GUARD_METHODS = (*_TRANSPORT_METHODS, "pause_reading", "can_write_eof", "write_eof", "close")
+#: What the guard and a taken-over socket need besides: flow control and the ends.
+_GUARD_METHODS = (
+    *_TRANSPORT_METHODS,
+    "pause_reading",
+    "resume_reading",
+    "is_reading",
+    "set_protocol",
+    "can_write_eof",
+    "write_eof",
+    "close",
+)
 
 
 def _stream(asgi_send: Any) -> Any:
@@ -153,28 +142,6 @@ def decline_compression(asgi_send: Any) -> None:
     stream = _stream(asgi_send)
     if stream is not None:
         stream.handshake.extensions = None
-
-
-def attach(asgi_send: Any, *, decline_compression: bool) -> Wire | None:
-    """Find the transport under an ASGI ``send`` before the handshake is accepted.
-
-    Under Hypercorn, ``send`` is ``WSStream.app_send``. Returns ``None`` elsewhere.
-    With ``decline_compression``, the permessage-deflate offer is dropped from the
-    handshake so every frame can be shared between connections.
-    """
-    located = _locate(asgi_send)
-    if located is None:
-        return None
-    stream, server = located
-    writer = server.writer
-    transport = writer.transport
-    if not all(hasattr(transport, name) for name in _TRANSPORT_METHODS):
-        return None
-    if decline_compression:
-        stream.handshake.extensions = None
-    elif stream.handshake.extensions:
-        return None  # compression may be negotiated: each connection encodes its own frames
-    return Wire(transport, writer, stream)
 
 
 # What a client may send ---------------------------------------------------------
@@ -293,6 +260,9 @@ class GuardTransport(Transport, Protocol):
     """What the guard does to a socket it refuses: stop reading, half-close, drop."""
 
     def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def is_reading(self) -> bool: ...
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None: ...
     def can_write_eof(self) -> bool: ...
     def write_eof(self) -> None: ...
     def close(self) -> None: ...
@@ -450,3 +420,369 @@ def guard(asgi_send: Any, limits: IncomingLimits, client: int) -> IncomingGuard 
     incoming = IncomingGuard(inner, server, limits, client, deflate)
     stream.connection = incoming
     return incoming
+
+
+# Taking a connection over -------------------------------------------------------
+
+#: Connection states of a taken-over socket.
+OPEN, CLOSING, CLOSED = 0, 1, 2
+_PING = control_frame(OP_PING)
+
+
+class _Detached:
+    """Stands in for Hypercorn's ``StreamWriter`` once a socket is taken over.
+
+    Hypercorn unwinds its connection (read loop, task group, streams) after the
+    takeover and closes its writer on the way out: that must not reach the socket.
+    """
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+_DETACHED = _Detached()
+
+
+class _Elsewhere:
+    """Stands in for the transport inside Hypercorn's own ``StreamWriter``, which
+    closes its transport when collected unless that one is closing already."""
+
+    def is_closing(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+_ELSEWHERE = _Elsewhere()
+
+
+class Socket(FrameParser, asyncio.Protocol):
+    """A WebSocket read and written here alone, once the handshake is done.
+
+    The connection's asyncio protocol: it parses the client's frames
+    (:class:`.frames.FrameParser`), answers pings and the close handshake as RFC 6455
+    says, and hands each message to the protocol plugin's :class:`.connection.Handler`.
+    When the handler returns an awaitable, reading pauses until it is done, so a
+    client's messages are handled one at a time and in order. No task, queue or timer
+    of its own: what a connection costs is this object, its transport and its socket.
+
+    It is also the hub's :class:`.connection.Connection` and its fast-path wire.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_drain_waiter",
+        "_lost",
+        "_on_lost",
+        "_paused",
+        "_state",
+        "_waiters",
+        "client",
+        "handler",
+        "pinged_at",
+        "transport",
+    )
+
+    def __init__(self, transport: Any, limits: IncomingLimits, client: int) -> None:
+        super().__init__(limits)
+        self.transport: GuardTransport = transport
+        self.client = client
+        self.handler: Handler | None = None
+        #: When the keepalive pinged it and has heard nothing since; None otherwise.
+        self.pinged_at: float | None = None
+        self._state = OPEN
+        self._busy = True  # nothing is handed over before start()
+        self._paused = False  # writing, by the transport's flow control
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
+        self._on_lost: Callable[[Socket], None] | None = None
+        self._lost = False
+
+    def start(self, handler: Handler | None, on_lost: Callable[[Socket], None]) -> None:
+        """Begin handing messages to ``handler``; ``on_lost`` once the connection ends."""
+        self.handler = handler
+        self._on_lost = on_lost
+        if self._lost:  # gone during the setup
+            self._on_lost = None
+            on_lost(self)
+            return
+        self._busy = False
+        self._process()
+
+    # The hub's side ---------------------------------------------------------------
+
+    def open(self) -> bool:
+        """True while data frames may still be sent (no close frame either way yet)."""
+        return self._state == OPEN and not self.transport.is_closing()
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer is below its high-water mark again."""
+        if self._paused and self._state != CLOSED:
+            waiter = self._drain_waiter
+            if waiter is None:
+                waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(waiter)
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, discarding what the peer never read."""
+        self.transport.abort()
+
+    async def accept(self) -> None:
+        """Done already: the takeover wrote the handshake response."""
+
+    async def receive(self) -> Any:
+        raise RuntimeError("a taken-over socket hands messages to its handler")
+
+    async def send(self, data: str | bytes) -> None:
+        if self.open():
+            if isinstance(data, str):
+                self.transport.write(encode_frame(data.encode(), text=True))
+            else:
+                self.transport.write(encode_frame(data, text=False))
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Send the close frame (after what the transport holds) and wait for the end.
+
+        The end is the client's close frame, answered by closing the TCP connection,
+        or the connection dropping. The caller bounds the wait and aborts after it.
+        """
+        if self._state == OPEN:
+            self._state = CLOSING
+            if not self.transport.is_closing():
+                self.transport.write(control_frame(OP_CLOSE, close_payload(code, reason)))
+        if self._lost:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
+
+    # asyncio's side ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.pinged_at = None
+        if self._state == CLOSED:
+            return  # refused or done: nothing more is parsed
+        self.feed(data)
+        if not self._busy:
+            self._process()
+
+    def eof_received(self) -> bool:
+        return False  # the client half-closed without a close frame: close our side too
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._state = CLOSED
+        self._busy = True
+        self._pending = b""
+        self._wake_drain()
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost(self)
+
+    def _wake_drain(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # Frames -----------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Handle the frames received so far, until one makes the handler wait."""
+        transport = self.transport
+        while self._state != CLOSED:
+            try:
+                event = self.next_event()
+            except Failure as failure:
+                self._fail(failure)
+                return
+            if event is None:
+                return
+            opcode, payload = event
+            if opcode in (OP_TEXT, OP_BINARY):
+                handler = self.handler
+                if self._state != OPEN or handler is None:
+                    continue  # after our close frame, data is read and dropped (RFC 6455)
+                pending = handler.received(payload)  # type: ignore[arg-type]
+                if pending is not None:
+                    self._busy = True
+                    transport.pause_reading()
+                    asyncio.get_running_loop().create_task(self._finish(pending))
+                    return
+            elif opcode == OP_PING:
+                if self._state == OPEN:
+                    transport.write(control_frame(OP_PONG, payload))  # type: ignore[arg-type]
+            elif opcode == OP_CLOSE:
+                code: int = payload[0]  # type: ignore[index]
+                if self._state == OPEN:  # the client's close: answered with its code
+                    echo = b"" if code == CLOSE_NO_STATUS else close_payload(code)
+                    transport.write(control_frame(OP_CLOSE, echo))
+                self._state = CLOSED
+                transport.close()  # the server closes TCP first, once the frame is out
+                return
+
+    async def _finish(self, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except Exception:
+            log.exception("client %d: its message handler failed", self.client)
+            self._fail(Failure(CLOSE_INTERNAL_ERROR, "internal error"))
+        if self._state == CLOSED:
+            return
+        self._busy = False
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+        self._process()
+
+    def _fail(self, failure: Failure) -> None:
+        """Close with the failure's code: no more parsing, the socket dropped after a grace.
+
+        As :meth:`IncomingGuard._refuse`: a FIN follows the close frame rather than a
+        close, which would reset a connection with unread bytes, the frame included.
+        """
+        if failure.limit:
+            self._limits.report(self.client, failure.reason, failure.code)
+        else:
+            log.debug("client %d: %s; closing with %d", self.client, failure.reason, failure.code)
+        state, self._state = self._state, CLOSED
+        self._pending = b""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.pause_reading()
+        if state == OPEN:
+            transport.write(control_frame(OP_CLOSE, close_payload(failure.code, failure.reason)))
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:  # TLS: no half-close
+            transport.close()
+        asyncio.get_running_loop().call_later(self._limits.close_timeout, _drop, transport)
+
+
+class Keepalive:
+    """Pings every taken-over socket each ``interval``; drops one silent ``timeout`` after.
+
+    One timer for all of them, in place of Hypercorn's ping task per connection and
+    its read timeout. Any frame from a client counts as an answer.
+    """
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        if interval <= 0 or timeout <= 0:
+            raise ValueError("keepalive interval and timeout must be positive")
+        self.interval = interval
+        self.timeout = timeout
+        self.sockets: set[Socket] = set()
+        #: Sockets dropped for silence so far.
+        self.dropped = 0
+        self._next_ping = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._next_ping = loop.time() + self.interval
+        self._timer = loop.call_later(min(self.interval, self.timeout), self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        ping = now >= self._next_ping
+        if ping:
+            self._next_ping = now + self.interval
+        deadline = now - self.timeout + 0.01  # timers fire a hair early or late
+        for sock in list(self.sockets):
+            pinged_at = sock.pinged_at
+            if pinged_at is not None:
+                if pinged_at <= deadline:
+                    self.dropped += 1
+                    log.debug("client %d: no answer to a ping in %.0f s", sock.client, self.timeout)
+                    sock.abort()
+            elif ping and sock.open():
+                sock.pinged_at = now
+                sock.transport.write(_PING)
+        self._timer = loop.call_later(min(self.interval, self.timeout), self._tick)
+
+
+def take_over(asgi_send: Any, limits: IncomingLimits, client: int) -> Socket | None:
+    """Accept the handshake on Hypercorn's behalf and take the socket away from it.
+
+    Call instead of sending ``websocket.accept``, after ``websocket.connect`` was
+    received, with compression declined. Writes the 101 response, makes a
+    :class:`Socket` the transport's protocol, and lets Hypercorn unwind its
+    per-connection machinery (its read loop ends at a fed EOF, its writer is
+    detached, its stream marked closed, so nothing of it writes to the socket).
+    ``None`` where this cannot be done (not Hypercorn over HTTP/1.1, an extension
+    negotiated, the peer gone): then accept through ASGI.
+    """
+    located = _locate(asgi_send)
+    if located is None:
+        return None
+    stream, server = located
+    handshake = stream.handshake
+    reader = getattr(server, "reader", None)
+    transport = server.writer.transport
+    if (
+        handshake.extensions
+        or handshake.accepted
+        or handshake.key is None
+        or handshake.http_version != "1.1"
+        or not isinstance(reader, asyncio.StreamReader)
+        or not all(hasattr(transport, name) for name in _GUARD_METHODS)
+        or transport.is_closing()
+    ):
+        return None
+    headers = [
+        (b"sec-websocket-accept", generate_accept_token(handshake.key)),
+        (b"upgrade", b"WebSocket"),
+        (b"connection", b"Upgrade"),
+        *stream.config.response_headers("h11"),
+    ]
+    response = b"HTTP/1.1 101 \r\n" + b"".join(b"%s: %s\r\n" % pair for pair in headers) + b"\r\n"
+    handshake.accepted = True
+    stream.closed = True  # Hypercorn's stream ignores everything from now on
+    writer, server.writer = server.writer, _DETACHED
+    writer._transport = _ELSEWHERE  # type: ignore[attr-defined]
+    sock = Socket(transport, limits, client)
+    buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
+    early = bytes(buffered)  # a client may not send before the 101: parsed anyway
+    buffered.clear()
+    transport.set_protocol(sock)
+    transport.write(response)
+    if early:
+        sock.feed(early)
+    if not transport.is_reading():  # the stream reader had paused it for its buffer
+        transport.resume_reading()
+    reader.feed_eof()  # Hypercorn's read loop ends, and its connection with it
+    return sock

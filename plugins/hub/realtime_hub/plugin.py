@@ -135,6 +135,8 @@ def startup(host: Host) -> None:
         max_incoming_size=host.settings["max_incoming_size"],
         max_incoming_rate=host.settings["max_incoming_rate"],
         rules=channel_rules(host.settings),
+        ping_interval=host.settings["ping_interval"],
+        pong_timeout=host.settings["pong_timeout"],
     )
     hub.start()
     host.app.extensions[EXTENSION_KEY] = hub

@@ -19,7 +19,6 @@ from realtime_hub import (
     ASGIConnection,
     ChannelRules,
     Client,
-    ConnectionGone,
     Format,
     Hub,
     HubClosed,
@@ -39,6 +38,23 @@ class RawFormat:
     def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
         # A raw client cannot be told what it missed: close it, it reconnects knowing.
         hub.disconnect(client, CLOSE_MISSED, f"missed {count} broadcast(s); reconnect")
+
+
+class Discard:
+    """What a raw client sends is read and dropped; one object serves them all."""
+
+    def received(self, data: str | bytes) -> None:
+        return None
+
+    def closed(self) -> None:
+        pass
+
+
+_DISCARD = Discard()
+
+
+def _discard(client: Client) -> Discard:
+    return _DISCARD
 
 
 @hookimpl
@@ -81,19 +97,11 @@ def register_routes(host: Host) -> list[ASGIRoute]:
         if channel is None:
             await send({"type": "websocket.close", "code": 1008})  # 403 before the upgrade
             return
-        connection = ASGIConnection(receive, send)
-        client = await hub.connect(connection)
+        client = await hub.connect(ASGIConnection(receive, send, scope), _discard)
         if client is None:
             return
         hub.join(channel, client, raw)
-        try:
-            # Subscribed on the broker before anything else: one Redis round trip.
-            await hub.ready(channel)
-            while True:
-                await connection.receive()
-        except ConnectionGone:
-            pass
-        finally:
-            hub.forget(client)
+        # Subscribed on the broker before anything else: one Redis round trip.
+        await hub.serve(client, hub.ready(channel))
 
     return [ASGIRoute(host.settings["ws_path"], websocket_endpoint, scope_types=("websocket",))]
