@@ -568,6 +568,9 @@ class Socket(FrameParser, asyncio.Protocol):
                 self.transport.write(control_frame(OP_CLOSE, close_payload(code, reason)))
         if self._lost:
             return
+        if self._busy and self._state == CLOSING and not self.transport.is_closing():
+            # Closed from within its handler: the client's close frame must still be read.
+            self.transport.resume_reading()
         waiter = asyncio.get_running_loop().create_future()
         if self._waiters is None:
             self._waiters = []
@@ -581,7 +584,7 @@ class Socket(FrameParser, asyncio.Protocol):
         if self._state == CLOSED:
             return  # refused or done: nothing more is parsed
         self.feed(data)
-        if not self._busy:
+        if not self._busy or self._state == CLOSING:  # closing: no handler is called
             self._process()
 
     def eof_received(self) -> bool:
@@ -631,7 +634,12 @@ class Socket(FrameParser, asyncio.Protocol):
                 handler = self.handler
                 if self._state != OPEN or handler is None:
                     continue  # after our close frame, data is read and dropped (RFC 6455)
-                pending = handler.received(payload)  # type: ignore[arg-type]
+                try:
+                    pending = handler.received(payload)  # type: ignore[arg-type]
+                except Exception:
+                    log.exception("client %d: its message handler failed", self.client)
+                    self._fail(Failure(CLOSE_INTERNAL_ERROR, "internal error"))
+                    return
                 if pending is not None:
                     self._busy = True
                     transport.pause_reading()
@@ -773,7 +781,7 @@ def take_over(asgi_send: Any, limits: IncomingLimits, client: int) -> Socket | N
     handshake.accepted = True
     stream.closed = True  # Hypercorn's stream ignores everything from now on
     writer, server.writer = server.writer, _DETACHED
-    writer._transport = _ELSEWHERE  # type: ignore[attr-defined]
+    writer._transport = _ELSEWHERE
     sock = Socket(transport, limits, client)
     buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
     early = bytes(buffered)  # a client may not send before the 101: parsed anyway
@@ -785,4 +793,10 @@ def take_over(asgi_send: Any, limits: IncomingLimits, client: int) -> Socket | N
     if not transport.is_reading():  # the stream reader had paused it for its buffer
         transport.resume_reading()
     reader.feed_eof()  # Hypercorn's read loop ends, and its connection with it
+    log_access = stream.config.log
+    if getattr(log_access, "access_logger", None) is not None:  # --access-log, as Hypercorn
+        took = time.time() - getattr(stream, "start_time", time.time())
+        asyncio.get_running_loop().create_task(
+            log_access.access(stream.scope, {"status": 101, "headers": []}, took)
+        )
     return sock

@@ -6,10 +6,11 @@ this parser is all that reads it: a few slots on the connection's own protocol
 object, no buffer kept between frames that arrived whole. Extensions are never
 negotiated on such a connection, so every RSV bit must be clear.
 
-It checks what wsproto checks (masking, opcodes, control-frame rules, fragmentation,
-UTF-8, close codes) and what the hub's :class:`.fastpath.IncomingLimits` bound (a
-message's size from the frame header, before a byte of it is buffered; frames a
-second), and reports the first violation as :class:`Failure` with its close code.
+It checks what wsproto checks (masking, opcodes, lengths in their shortest form,
+control-frame rules, fragmentation, UTF-8, close codes) and what the hub's
+:class:`.fastpath.IncomingLimits` bound (a message's size from the frame header,
+before a byte of it is buffered; frames a second), and reports the first violation
+as :class:`Failure` with its close code.
 """
 
 from __future__ import annotations
@@ -125,11 +126,15 @@ class FrameParser:
                 return None
             (length,) = _SHORT.unpack_from(data, 2)
             offset = 4
+            if length < 126:
+                raise Failure(CLOSE_PROTOCOL_ERROR, "a length not in its shortest form")
         elif length == 127:
             if available < 10:
                 return None
             (length,) = _LONG.unpack_from(data, 2)
             offset = 10
+            if length < 1 << 16 or length >> 63:
+                raise Failure(CLOSE_PROTOCOL_ERROR, "a length not in its shortest form")
         opcode = first & 0x0F
         fin = first & 0x80
         self._check_header(first, second, opcode, fin, length)
