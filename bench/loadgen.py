@@ -53,7 +53,8 @@ accepted broadcasts, those of failed ones); the latency from send to each delive
 (a 1 ms histogram, every delivery counted); the requests' latency; and how late the
 schedule ran in the load generator.
 
-With ``--wait-stdin`` it prints ``@phase connected`` and ``@phase broadcast_done`` on
+With ``--wait-stdin`` it prints ``@phase dialed`` (every client connected, before the
+warm-up), ``@phase connected`` and ``@phase broadcast_done`` on
 stderr and waits for a line on stdin after each, so a caller can sample the server.
 
     python bench/loadgen.py --url ws://127.0.0.1:8000/ws \\
@@ -1086,6 +1087,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         return result
     try:
         result.update(await run.connect_all())
+        result["loadgen_cpu_dial_s"] = round(cpu_time() - cpu0, 3)
+        await phase("dialed", args.wait_stdin, args.stdin_timeout)
         result["deflate"] = run.deflate_report()
         result["warmup"] = await run.warmup()
         result["loadgen_cpu_connect_s"] = round(cpu_time() - cpu0, 3)

@@ -108,9 +108,14 @@ def _fields(schema: Mapping[str, Check]) -> Check:
     """An object whose known fields have their types (``null`` is Go's zero value)."""
 
     def check(value: Any) -> bool:
-        return isinstance(value, dict) and all(
-            value.get(name) is None or ok(value[name]) for name, ok in schema.items()
-        )
+        if not isinstance(value, dict):
+            return False
+        # Over the fields present (a command carries few of those it may have).
+        for name, field_value in value.items():
+            ok = schema.get(name)
+            if ok is not None and field_value is not None and not ok(field_value):
+                return False
+        return True
 
     return check
 
