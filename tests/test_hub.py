@@ -238,3 +238,68 @@ async def test_a_loss_is_told_to_that_channels_clients_only() -> None:
 def test_clients_stay_small() -> None:
     # Issue 9 wants connections as cheap as the Go original's: no dict per client.
     assert "__slots__" in vars(Client)
+
+
+async def test_a_big_fan_out_goes_out_in_slices_in_order() -> None:
+    """Past ``fan_out_slice`` clients a publication is delivered by a task, slice by slice."""
+    hub = Hub(fan_out_slice=2)
+    hub.start()
+    connections = [FakeConnection() for _ in range(5)]
+    tasks = [await connect(hub, c) for c in connections]
+    assert publish(hub, "a") == 5
+    assert publish(hub, "b") == 5
+    assert hub.stats.deliveries == 0  # nothing written before the loop turns
+    await asyncio.sleep(0)
+    assert 0 < hub.stats.deliveries < 10  # one slice per turn of the loop
+    await settle(lambda: all(len(c.received) == 2 for c in connections))
+    assert all(c.received == ["a", "b"] for c in connections)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_small_channel_waits_behind_a_pending_fan_out() -> None:
+    """Order holds across channels: nothing overtakes a fan-out still under way."""
+    hub = Hub(fan_out_slice=2)
+    hub.start()
+    both = FakeConnection()
+    crowd = [FakeConnection() for _ in range(3)]
+    tasks = [await connect(hub, c, "big") for c in crowd]
+    tasks.append(await connect(hub, both, "big"))
+    client = next(c for c in hub if c.connection is both)
+    hub.join("small", client, RAW)
+    publish(hub, "first", "big")
+    assert publish(hub, "second", "small") == 1
+    await settle(lambda: len(both.received) == 2)
+    assert both.received == ["first", "second"]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_past_max_pending_a_publish_delivers_what_waits_at_once() -> None:
+    """The pending fan-outs are bounded: at the bound the loop catches up, in order."""
+    hub = Hub(fan_out_slice=1, max_pending=1)
+    hub.start()
+    connections = [FakeConnection() for _ in range(2)]
+    tasks = [await connect(hub, c) for c in connections]
+    publish(hub, "a")
+    assert hub.stats.deliveries == 0
+    publish(hub, "b")
+    assert hub.stats.deliveries == 2  # "a" went out within the second publish
+    await settle(lambda: all(c.received == ["a", "b"] for c in connections))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_closing_the_hub_delivers_pending_fan_outs_first() -> None:
+    hub = Hub(fan_out_slice=1)
+    hub.start()
+    connections = [FakeConnection() for _ in range(3)]
+    tasks = [await connect(hub, c) for c in connections]
+    publish(hub, "last words")
+    await hub.close()
+    assert all(c.received == ["last words"] for c in connections)
+    assert all(c.closed is not None and c.closed[0] == 1001 for c in connections)
+    await asyncio.gather(*tasks, return_exceptions=True)

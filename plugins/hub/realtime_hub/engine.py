@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 from .channels import ChannelRules
 from .connection import ConnectionGone, Handler
 from .fastpath import (
+    OPEN,
     IncomingLimits,
     Keepalive,
     Socket,
@@ -54,6 +55,11 @@ CLOSE_GOING_AWAY = 1001
 TRANSPORT_HIGH_WATER = 64 * 1024
 #: How long a close frame may take to reach a client before the socket is dropped.
 CLOSE_TIMEOUT = 1.0
+#: Clients written to in one turn of the event loop by a fan-out (about 8 ms of it).
+FAN_OUT_SLICE = 1024
+#: Fan-outs that may wait for their turn; past it a publish delivers them all at once,
+#: holding the loop (and so the publishers) until it caught up: memory stays bounded.
+MAX_PENDING = 10_000
 #: Largest message a client may send, bytes (UTF-8 for text, inflated if compressed).
 MAX_INCOMING_SIZE = 64 * 1024
 #: Frames a client may send per second, pings included, and in one burst. A chat
@@ -117,6 +123,15 @@ def _message(data: str | bytes) -> Message:
     return Message(data, encode_frame(data, text=False))
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A fan-out under way: the message, the clients it was published to, how far it got."""
+
+    message: Message
+    clients: list[Client]
+    next: int = 0
+
+
 @dataclass
 class HubStats:
     connected: int = 0
@@ -175,6 +190,8 @@ class Hub:
         rules: ChannelRules | None = None,
         ping_interval: float = 0.0,
         pong_timeout: float = 0.0,
+        fan_out_slice: int = FAN_OUT_SLICE,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(
@@ -205,6 +222,12 @@ class Hub:
         self.keepalive = (
             Keepalive(ping_interval, pong_timeout or ping_interval) if ping_interval > 0 else None
         )
+        #: Clients a fan-out writes to in one turn of the loop.
+        self.fan_out_slice = max(1, fan_out_slice)
+        #: Fan-outs waiting past which publish() delivers them all at once.
+        self.max_pending = max(1, max_pending)
+        self._pending: deque[_Pending] = deque()
+        self._drainer: asyncio.Task[None] | None = None
         self.stats = HubStats()
         self._clients: dict[int, Client] = {}
         self._ids = itertools.count(1)
@@ -230,6 +253,9 @@ class Hub:
         A client still holding queued messages after ``grace`` seconds is closed anyway.
         """
         self._loop = None
+        self._flush_pending()  # what was accepted goes out before the close frames
+        if self._drainer is not None:
+            self._drainer.cancel()
         if self.keepalive is not None:
             self.keepalive.stop()
         deadline = asyncio.get_running_loop().time() + grace
@@ -471,7 +497,12 @@ class Hub:
     def publish(self, channel: str, publication: Any) -> int:
         """Queue ``publication`` for every subscriber of ``channel``; call on the loop.
 
-        Encoded once per format in the channel; returns how many clients it was queued for.
+        Encoded once per format in the channel; returns how many clients it was queued
+        for. A channel of at most ``fan_out_slice`` clients is written to at once;
+        a bigger one, or any while others wait, goes to the pending fan-outs, which a
+        task delivers in slices of that many clients with a turn of the loop between:
+        a broadcast to 10,000 clients never holds the loop for its whole length, so
+        HTTP requests, handshakes and the publisher's own answer go on meanwhile.
         """
         if self._loop is None:
             raise HubClosed("the hub is not running")
@@ -479,29 +510,70 @@ class Hub:
         self.stats.messages += 1
         if not members:
             return 0
-        direct_limit = self.direct_limit
-        queued = 0
-        # Nothing below changes ``members`` synchronously (closes are tasks): no copy.
+        pending = self._pending
+        if not pending and sum(map(len, members.values())) <= self.fan_out_slice:
+            # Nothing below changes ``members`` synchronously (closes are tasks): no copy.
+            return sum(
+                self._deliver(_message(fmt.encode(channel, publication)), clients.values())
+                for fmt, clients in members.items()
+            )
+        if len(pending) >= self.max_pending:
+            # Backpressure, not a growing queue: the loop catches up here and now.
+            self._flush_pending()
+        count = 0
         for fmt, clients in members.items():
             message = _message(fmt.encode(channel, publication))
-            frame = message.frame
-            for client in clients.values():
-                if client.closing:
-                    continue
-                wire = client.wire
-                if (
-                    wire is not None
-                    and not client.queue
-                    and wire.transport.get_write_buffer_size() < direct_limit
-                ):
-                    if wire.open():
-                        wire.transport.write(frame)
+            pending.append(_Pending(message, list(clients.values())))
+            count += len(clients)
+        if self._drainer is None:
+            self._drainer = self._loop.create_task(self._drain_pending())
+        return count
+
+    def _deliver(self, message: Message, clients: Iterable[Client]) -> int:
+        """Write ``message`` to each client keeping up; queue it for the others."""
+        direct_limit = self.direct_limit
+        frame = message.frame
+        queued = 0
+        for client in clients:
+            wire = client.wire
+            if wire is not None and not client.queue:
+                if wire.state == OPEN:
+                    transport = wire.transport
+                    if transport.get_write_buffer_size() < direct_limit:
+                        transport.write(frame)
                         queued += 1
-                    continue
-                if self._enqueue(client, message):
-                    queued += 1
+                        continue
+                else:
+                    continue  # closing or closed: nothing more goes out
+            if client.closing:
+                continue
+            if self._enqueue(client, message):
+                queued += 1
         self.stats.deliveries += queued
         return queued
+
+    async def _drain_pending(self) -> None:
+        """Deliver the pending fan-outs in order, a slice of clients per turn of the loop."""
+        pending = self._pending
+        step = self.fan_out_slice
+        try:
+            while pending:
+                item = pending[0]
+                start = item.next
+                end = item.next = start + step
+                self._deliver(item.message, item.clients[start:end])
+                if end >= len(item.clients):
+                    pending.popleft()
+                await asyncio.sleep(0)
+        finally:
+            self._drainer = None
+
+    def _flush_pending(self) -> None:
+        """Every pending fan-out, now, in order (at the bound, and when closing)."""
+        pending = self._pending
+        while pending:
+            item = pending.popleft()
+            self._deliver(item.message, item.clients[item.next :])
 
     def send(self, client: Client, data: str | bytes) -> bool:
         """One message to one client (a reply), in order with its publications."""

@@ -491,11 +491,11 @@ class Socket(FrameParser, asyncio.Protocol):
         "_lost",
         "_on_lost",
         "_paused",
-        "_state",
         "_waiters",
         "client",
         "handler",
         "pinged_at",
+        "state",
         "transport",
     )
 
@@ -506,7 +506,7 @@ class Socket(FrameParser, asyncio.Protocol):
         self.handler: Handler | None = None
         #: When the keepalive pinged it and has heard nothing since; None otherwise.
         self.pinged_at: float | None = None
-        self._state = OPEN
+        self.state = OPEN
         self._busy = True  # nothing is handed over before start()
         self._paused = False  # writing, by the transport's flow control
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -528,12 +528,16 @@ class Socket(FrameParser, asyncio.Protocol):
     # The hub's side ---------------------------------------------------------------
 
     def open(self) -> bool:
-        """True while data frames may still be sent (no close frame either way yet)."""
-        return self._state == OPEN and not self.transport.is_closing()
+        """True while data frames may still be sent (no close frame either way yet).
+
+        ``state == OPEN`` says the same (every way a transport closes goes through a
+        state change first): the hub's fan-out reads that, one lookup per delivery.
+        """
+        return self.state == OPEN
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark again."""
-        if self._paused and self._state != CLOSED:
+        if self._paused and self.state != CLOSED:
             waiter = self._drain_waiter
             if waiter is None:
                 waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
@@ -541,6 +545,7 @@ class Socket(FrameParser, asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the TCP connection at once, discarding what the peer never read."""
+        self.state = CLOSED
         self.transport.abort()
 
     async def accept(self) -> None:
@@ -562,13 +567,13 @@ class Socket(FrameParser, asyncio.Protocol):
         The end is the client's close frame, answered by closing the TCP connection,
         or the connection dropping. The caller bounds the wait and aborts after it.
         """
-        if self._state == OPEN:
-            self._state = CLOSING
+        if self.state == OPEN:
+            self.state = CLOSING
             if not self.transport.is_closing():
                 self.transport.write(control_frame(OP_CLOSE, close_payload(code, reason)))
         if self._lost:
             return
-        if self._busy and self._state == CLOSING and not self.transport.is_closing():
+        if self._busy and self.state == CLOSING and not self.transport.is_closing():
             # Closed from within its handler: the client's close frame must still be read.
             self.transport.resume_reading()
         waiter = asyncio.get_running_loop().create_future()
@@ -581,14 +586,15 @@ class Socket(FrameParser, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.pinged_at = None
-        if self._state == CLOSED:
+        if self.state == CLOSED:
             return  # refused or done: nothing more is parsed
         self.feed(data)
-        if not self._busy or self._state == CLOSING:  # closing: no handler is called
+        if not self._busy or self.state == CLOSING:  # closing: no handler is called
             self._process()
 
     def eof_received(self) -> bool:
-        return False  # the client half-closed without a close frame: close our side too
+        self.state = CLOSED  # the client half-closed without a close frame: so do we
+        return False
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -599,7 +605,7 @@ class Socket(FrameParser, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._state = CLOSED
+        self.state = CLOSED
         self._busy = True
         self._pending = b""
         self._wake_drain()
@@ -621,7 +627,7 @@ class Socket(FrameParser, asyncio.Protocol):
     def _process(self) -> None:
         """Handle the frames received so far, until one makes the handler wait."""
         transport = self.transport
-        while self._state != CLOSED:
+        while self.state != CLOSED:
             try:
                 event = self.next_event()
             except Failure as failure:
@@ -632,7 +638,7 @@ class Socket(FrameParser, asyncio.Protocol):
             opcode, payload = event
             if opcode in (OP_TEXT, OP_BINARY):
                 handler = self.handler
-                if self._state != OPEN or handler is None:
+                if self.state != OPEN or handler is None:
                     continue  # after our close frame, data is read and dropped (RFC 6455)
                 try:
                     pending = handler.received(payload)  # type: ignore[arg-type]
@@ -646,14 +652,14 @@ class Socket(FrameParser, asyncio.Protocol):
                     asyncio.get_running_loop().create_task(self._finish(pending))
                     return
             elif opcode == OP_PING:
-                if self._state == OPEN:
+                if self.state == OPEN:
                     transport.write(control_frame(OP_PONG, payload))  # type: ignore[arg-type]
             elif opcode == OP_CLOSE:
                 code: int = payload[0]  # type: ignore[index]
-                if self._state == OPEN:  # the client's close: answered with its code
+                if self.state == OPEN:  # the client's close: answered with its code
                     echo = b"" if code == CLOSE_NO_STATUS else close_payload(code)
                     transport.write(control_frame(OP_CLOSE, echo))
-                self._state = CLOSED
+                self.state = CLOSED
                 transport.close()  # the server closes TCP first, once the frame is out
                 return
 
@@ -663,7 +669,7 @@ class Socket(FrameParser, asyncio.Protocol):
         except Exception:
             log.exception("client %d: its message handler failed", self.client)
             self._fail(Failure(CLOSE_INTERNAL_ERROR, "internal error"))
-        if self._state == CLOSED:
+        if self.state == CLOSED:
             return
         self._busy = False
         if not self.transport.is_closing():
@@ -680,7 +686,7 @@ class Socket(FrameParser, asyncio.Protocol):
             self._limits.report(self.client, failure.reason, failure.code)
         else:
             log.debug("client %d: %s; closing with %d", self.client, failure.reason, failure.code)
-        state, self._state = self._state, CLOSED
+        state, self.state = self.state, CLOSED
         self._pending = b""
         transport = self.transport
         if transport.is_closing():
