@@ -8,8 +8,13 @@ from .base import (
     ChannelCounter,
     Counter,
     Deliver,
+    HistoryPolicy,
+    HistoryResult,
+    HistoryUnavailable,
     LossHandler,
     Publication,
+    StreamPosition,
+    UnrecoverablePosition,
 )
 from .memory import MemoryBroker
 from .state import get_broker
@@ -22,8 +27,13 @@ __all__ = [
     "ChannelCounter",
     "Counter",
     "Deliver",
+    "HistoryPolicy",
+    "HistoryResult",
+    "HistoryUnavailable",
     "LossHandler",
     "MemoryBroker",
     "Publication",
+    "StreamPosition",
+    "UnrecoverablePosition",
     "get_broker",
 ]

@@ -68,6 +68,38 @@ HANDOFF_TIMEOUT = 10.0
 MAX_INFO_SIZE = 16 * 1024
 
 
+#: (history_size, history_ttl seconds) for a channel that keeps history, else None.
+HistoryPolicy = Callable[[str], tuple[int, float] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a stream stands: the last offset given, within its epoch."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """Publications (each with its offset), and the stream's position when read."""
+
+    publications: tuple[Publication, ...]
+    position: StreamPosition
+
+
+class HistoryUnavailable(HTTPError):
+    """The channel keeps no history (or this broker keeps none)."""
+
+    status = 404
+
+
+class UnrecoverablePosition(HTTPError):
+    """``since`` is not in the stream: another epoch, past its top, or trimmed away."""
+
+    status = 409
+
+
 class BrokerUnavailable(HTTPError):
     """The broker could not take the message: nothing was delivered anywhere."""
 
@@ -104,6 +136,9 @@ class Broker(ABC):
 
     #: False for brokers that only reach their own process (refused with --workers > 1).
     distributed: ClassVar[bool] = True
+    #: True where :meth:`history` works: publications in channels that keep history
+    #: then carry their stream's epoch and offset.
+    history_supported: ClassVar[bool] = False
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         self.url = url
@@ -118,6 +153,8 @@ class Broker(ABC):
         self._loop_thread: int | None = None
         #: Seconds a script's thread waits for the loop to take its broadcast.
         self.handoff_timeout = HANDOFF_TIMEOUT
+        #: Which channels keep history, and how much (set by the hub from its rules).
+        self.history_policy: HistoryPolicy | None = None
         self._new_identity()
 
     def _new_identity(self) -> None:
@@ -312,6 +349,31 @@ class Broker(ABC):
         when the message could not be handed over, and ``TypeError`` or ``ValueError``
         for a publication no broker can carry (see :func:`as_publication`).
         """
+
+    def keeps_history(self, channel: str) -> tuple[int, float] | None:
+        """(history_size, history_ttl) if ``channel`` keeps history, else None."""
+        policy = self.history_policy
+        return None if policy is None else policy(channel)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> HistoryResult:
+        """The channel's stream: up to ``limit`` publications (-1: all kept, 0: only
+        the position), after ``since`` if given (before it with ``reverse``).
+
+        Raises :class:`HistoryUnavailable` where the channel (or this broker) keeps
+        none, :class:`UnrecoverablePosition` when ``since`` is not in the stream.
+        """
+        raise HistoryUnavailable(f"the {self.describe()} broker keeps no history")
+
+    async def remove_history(self, channel: str) -> None:
+        """Drop the channel's publications; its position stays (``history_remove``)."""
+        raise HistoryUnavailable(f"the {self.describe()} broker keeps no history")
 
     def problem(self) -> str | None:
         """Why this process should get no new clients (for ``/-/health``); ``None`` if none.

@@ -2,22 +2,90 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import time
+from collections.abc import Mapping
+from typing import Any
 
-from .base import Broker, BrokerUnavailable, Publication, as_publication
+from .base import (
+    Broker,
+    BrokerUnavailable,
+    HistoryResult,
+    HistoryUnavailable,
+    Publication,
+    StreamPosition,
+    as_publication,
+)
+from .history import MemoryStreams
+
+#: Seconds between two sweeps of expired history.
+PRUNE_INTERVAL = 5.0
 
 
 class MemoryBroker(Broker):
     """Delivers on the loop, synchronously: no task and no extra hop per broadcast.
 
-    Subscribing takes effect at once (:meth:`ready` returns at once); publications
-    carry no numbering (``epoch`` ``""``, ``offset`` 0) and nothing can be missed.
+    Subscribing takes effect at once (:meth:`ready` returns at once) and nothing can
+    be missed. Publications in channels that keep history are numbered and kept here
+    (:class:`.history.MemoryStreams`); the others carry no numbering (``epoch``
+    ``""``, ``offset`` 0). History lives as long as the process: a restart starts
+    every stream in a new epoch.
     """
 
     distributed = False
+    history_supported = True
+
+    def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
+        super().__init__(url, settings)
+        self.streams = MemoryStreams()
+        self._pruner: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        self._prune()
+
+    async def close(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            self._pruner = None
+        await super().close()
+
+    def _prune(self) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        self.streams.prune(time.monotonic())
+        self._pruner = loop.call_later(PRUNE_INTERVAL, self._prune)
+
+    def _deliver(self, channel: str, publication: Publication) -> int:
+        """Number and keep it where the channel keeps history, then deliver: one step."""
+        kept = self.keeps_history(channel)
+        if kept is not None:
+            publication = self.streams.add(channel, publication, *kept, time.monotonic())
+        return self.deliver_locally(channel, publication)
 
     async def publish(self, channel: str, data: str | bytes | Publication) -> int:
-        return self.deliver_locally(channel, as_publication(data))
+        return self._deliver(channel, as_publication(data))
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> HistoryResult:
+        if self.keeps_history(channel) is None:
+            raise HistoryUnavailable(f"channel {channel!r} keeps no history")
+        return self.streams.read(
+            channel, time.monotonic(), limit=limit, since=since, reverse=reverse
+        )
+
+    async def remove_history(self, channel: str) -> None:
+        if self.keeps_history(channel) is None:
+            raise HistoryUnavailable(f"channel {channel!r} keeps no history")
+        self.streams.remove(channel)
 
     def publish_sync(self, channel: str, data: str | bytes | Publication) -> int:
         """From a worker thread: hand over to the loop in FIFO order, wait for the count.
@@ -31,14 +99,14 @@ class MemoryBroker(Broker):
             raise BrokerUnavailable("the broker is not running")
         publication = as_publication(data)
         if self.on_loop_thread():
-            return self.deliver_locally(channel, publication)
+            return self._deliver(channel, publication)
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
 
         def handoff() -> None:
             if not future.set_running_or_notify_cancel():
                 return  # the script gave up waiting and was told nothing was sent
             try:
-                future.set_result(self.deliver_locally(channel, publication))
+                future.set_result(self._deliver(channel, publication))
             except BaseException as exc:
                 future.set_exception(exc)
 

@@ -68,6 +68,18 @@ def register_options() -> list[Option]:
             type=int,
         ),
         Option(
+            "client_recovery_max_publication_limit",
+            300,
+            "publications one recovery may replay; more missed gives recovered: false",
+            type=int,
+        ),
+        Option(
+            "client_history_max_publication_limit",
+            300,
+            "publications one history call returns at most (a larger limit is cut)",
+            type=int,
+        ),
+        Option(
             "allow_anonymous_connect_without_token",
             False,
             "let Centrifuge clients connect with no token and no hook's word, as user ''",
@@ -148,6 +160,9 @@ def validate(host: Host) -> None:
         raise ValueError("--client-connect-timeout must be positive")
     if settings["client_channel_limit"] < 1:
         raise ValueError("--client-channel-limit must be at least 1")
+    for name in ("client_recovery_max_publication_limit", "client_history_max_publication_limit"):
+        if not 1 <= settings[name] <= 10_000:
+            raise ValueError(f"--{name.replace('_', '-')} must be 1 to 10000")
     _session_options(settings)
     _verifier(settings, settings["token_hmac_secret"])
 
@@ -162,6 +177,8 @@ def _session_options(settings: Mapping[str, Any]) -> SessionOptions:
             pong_timeout=settings["client_pong_timeout"],
             allow_anonymous_connect_without_token=settings["allow_anonymous_connect_without_token"],
             version=_version(),
+            recovery_limit=settings["client_recovery_max_publication_limit"],
+            history_limit=settings["client_history_max_publication_limit"],
         )
     except ValueError as exc:
         raise ValueError(f"Centrifuge client options: {exc}") from None

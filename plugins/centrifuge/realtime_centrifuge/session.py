@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
 
-from realtime_hub.channels import ChannelRules, HookAnswer
+from realtime_hub.channels import ChannelRules, HookAnswer, NamespaceOptions
 
 from .codec import Command, decode_commands, encode_error, encode_push, encode_reply
 from .codes import (
@@ -42,6 +42,7 @@ from .codes import (
     ERROR_PERMISSION_DENIED,
     ERROR_TOKEN_EXPIRED,
     ERROR_UNKNOWN_CHANNEL,
+    ERROR_UNRECOVERABLE_POSITION,
     UNSUBSCRIBE_EXPIRED,
     UNSUBSCRIBE_SERVER,
     Disconnect,
@@ -121,6 +122,27 @@ class Backend(Protocol):
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
         """Publish ``data`` to ``channel``'s subscribers; ``info`` is the publisher."""
 
+    async def history(
+        self, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
+    ) -> HistoryPage:
+        """The channel's stream (as the broker's ``history``); raise ``Error(108)``
+        where it keeps none, ``Error(112)`` when ``since`` is in another epoch."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Publications as the protocol sends them (each a ``Publication`` object with its
+    ``offset``), and the stream's position: its last offset and its epoch."""
+
+    publications: list[dict[str, Any]]
+    offset: int
+    epoch: str
+
+
+#: Subscribe flag bit: answer 112 rather than ``recovered: false`` (Go's
+#: ``subscriptionFlagRejectUnrecovered``).
+FLAG_REJECT_UNRECOVERED = 2
+
 
 @dataclass(frozen=True, slots=True)
 class SessionOptions:
@@ -144,6 +166,12 @@ class SessionOptions:
     allow_anonymous_connect_without_token: bool = False
     #: Server version, sent in connect results if set.
     version: str = ""
+    #: Most publications a recovery replays (more missed: ``recovered: false``);
+    #: Centrifugo's ``client.recovery_max_publication_limit``.
+    recovery_limit: int = 300
+    #: Most publications a ``history`` call returns (Centrifugo's
+    #: ``client.history_max_publication_limit``).
+    history_limit: int = 300
 
     def __post_init__(self) -> None:
         if self.max_channels < 1 or self.max_commands < 1:
@@ -182,7 +210,7 @@ class Session:
             "publish": "_publish",
             "presence": "_unavailable",
             "presence_stats": "_unavailable",
-            "history": "_unavailable",
+            "history": "_history",
             "rpc": "_rpc",
             "send": "_send",
             "refresh": "_refresh",
@@ -473,11 +501,89 @@ class Session:
         self._subs[channel] = _Subscription(
             "client", expire_at=expire_at, info=claims.info if claims else None
         )
-        return {
+        result: dict[str, Any] = {
             "expires": expire_at is not None,
             "ttl": self._ttl(expire_at, now),
             "data": claims.data if claims else None,
         }
+        # Read after joining, with no wait between: every publication from here on
+        # reaches the client live, every earlier one is in what is read.
+        stream = await self._stream_state(channel, command)
+        if isinstance(stream, Error):
+            self._subs.pop(channel, None)
+            await self.backend.unsubscribe(channel)
+            return stream
+        result.update(stream)
+        return result
+
+    def _history_access(self, options: NamespaceOptions, channel: str) -> bool:
+        """Centrifugo's history permission: as a subscriber, or as any (signed-in) client."""
+        if options.allow_history_for_subscriber and channel in self._subs:
+            return True
+        return options.allow_history_for_client and bool(
+            self.user or options.allow_history_for_anonymous
+        )
+
+    @staticmethod
+    def _keeps_history(options: NamespaceOptions | None) -> bool:
+        return options is not None and options.history_size > 0 and options.history_ttl > 0
+
+    async def _stream_state(self, channel: str, command: Command) -> dict[str, Any] | Error:
+        """The subscribe result's stream fields: positioning, recovery, what was missed.
+
+        Centrifuge's rules: a namespace forces recovery or positioning, or allows what
+        the client asks (``recoverable``, ``positioned``), as history access does. A
+        recovery is complete or nothing: the publications after the client's offset
+        up to the top, at most ``recovery_limit`` of them, else ``recovered: false``.
+        """
+        options = self.rules.namespace_of(channel)
+        wants_recovery = command.get_bool("recover")
+        state: dict[str, Any] = {"was_recovering": wants_recovery or None}
+        if options is None or not self._keeps_history(options):
+            return state
+        access = self._history_access(options, channel)
+        recovery = options.force_recovery or (
+            command.get_bool("recoverable") and (options.allow_recovery or access)
+        )
+        positioning = options.force_positioning or (
+            command.get_bool("positioned") and (options.allow_positioning or access)
+        )
+        if not (recovery or positioning):
+            return state
+        since = (command.get_int("offset"), command.get_str("epoch"))
+        recovered = False
+        try:
+            if recovery and wants_recovery:
+                limit = self.options.recovery_limit
+                page = await self.backend.history(
+                    channel, limit=limit if limit > 0 else -1, since=since, reverse=False
+                )
+                pubs = page.publications
+                if not pubs:
+                    recovered = page.offset == since[0]
+                else:
+                    recovered = (
+                        pubs[0]["offset"] == since[0] + 1 and pubs[-1]["offset"] == page.offset
+                    )
+            else:
+                page = await self.backend.history(channel, limit=0, since=None, reverse=False)
+        except Error as error:
+            if error.code != ERROR_UNRECOVERABLE_POSITION.code:
+                return state  # this broker keeps no history: nothing to position by
+            page = await self.backend.history(channel, limit=0, since=None, reverse=False)
+        rejected = command.get_int("flag") & FLAG_REJECT_UNRECOVERED
+        if recovery and wants_recovery and not recovered and rejected:
+            return ERROR_UNRECOVERABLE_POSITION
+        state.update(
+            positioned=True,
+            recoverable=recovery or None,
+            epoch=page.epoch,
+            offset=since[0] if recovered else page.offset,
+        )
+        if recovery and wants_recovery:
+            state["recovered"] = recovered or None
+            state["publications"] = page.publications if recovered else None
+        return state
 
     async def _unsubscribe(self, command: Command) -> Result:
         """``{}`` even when not subscribed: clients reconnect on any unsubscribe error."""
@@ -505,8 +611,37 @@ class Session:
         await self.backend.publish(channel, data, self._client_info(channel))
         return {}
 
+    async def _history(self, command: Command) -> Result:
+        """A page of the channel's stream, for a client the namespace lets read it."""
+        channel = self._channel(command)
+        if error := self.rules.check_channel(channel):
+            return error
+        options = self.rules.namespace_of(channel)
+        if options is None or not self._keeps_history(options):
+            return ERROR_NOT_AVAILABLE
+        if not self._history_access(options, channel):
+            return ERROR_PERMISSION_DENIED
+        reverse = command.get_bool("reverse")
+        raw_since = command.params.get("since")
+        since = None
+        if isinstance(raw_since, dict):
+            offset = raw_since.get("offset")
+            epoch = raw_since.get("epoch")
+            since = (
+                offset if isinstance(offset, int) else 0,
+                epoch if isinstance(epoch, str) else "",
+            )
+            if reverse and since[0] == 0:
+                return ERROR_BAD_REQUEST
+        limit = command.get_int("limit")
+        most = self.options.history_limit
+        if most > 0 and (limit < 0 or limit > most):
+            limit = most
+        page = await self.backend.history(channel, limit=limit, since=since, reverse=reverse)
+        return {"publications": page.publications, "epoch": page.epoch, "offset": page.offset}
+
     async def _unavailable(self, command: Command) -> Result:
-        """presence, presence_stats, history: 108 until they exist."""
+        """presence, presence_stats: 108 until they exist."""
         channel = self._channel(command)
         return self.rules.check_channel(channel) or ERROR_NOT_AVAILABLE
 

@@ -18,7 +18,13 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from realtime_broker import BrokerUnavailable, Publication
+from realtime_broker import (
+    BrokerUnavailable,
+    HistoryUnavailable,
+    Publication,
+    StreamPosition,
+    UnrecoverablePosition,
+)
 from realtime_hub import ASGIConnection, Client, Hub, Receive, Send
 
 from .codec import RawJSON, encode_json, encode_publication
@@ -28,11 +34,13 @@ from .codes import (
     DISCONNECT_STALE,
     ERROR_INTERNAL,
     ERROR_METHOD_NOT_FOUND,
+    ERROR_NOT_AVAILABLE,
+    ERROR_UNRECOVERABLE_POSITION,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
     DisconnectError,
     Error,
 )
-from .session import ConnectAuth, Session
+from .session import ConnectAuth, HistoryPage, Session
 
 if TYPE_CHECKING:
     from .node import Node
@@ -47,24 +55,39 @@ PROTOBUF = "centrifuge-protobuf"
 REJECTED_GRACE = 5.0
 
 
+def payload(pub: Publication) -> Any:
+    """A publication's ``data`` as the JSON codec carries it."""
+    if pub.json:
+        return RawJSON(pub.data)
+    if isinstance(pub.data, bytes):
+        # The JSON codec carries no bytes: binary broadcasts arrive as base64 text.
+        return base64.b64encode(pub.data).decode("ascii")
+    return pub.data
+
+
+def publication_object(pub: Publication) -> dict[str, Any]:
+    """A ``Publication`` in a subscribe or history result."""
+    return {
+        "data": payload(pub),
+        "info": RawJSON(pub.info) if pub.info else None,
+        "offset": pub.offset,
+    }
+
+
 class CentrifugeFormat:
     """Publications as ``pub`` pushes; one object serves every Centrifuge connection."""
 
     def __init__(self, node: Node) -> None:
         self._node = node
+        self._numbered = node.broker.history_supported
 
     def encode(self, channel: str, publication: Any) -> str:
         pub: Publication = publication
-        data: Any
-        if pub.json:
-            data = RawJSON(pub.data)
-        elif isinstance(pub.data, bytes):
-            # The JSON codec carries no bytes: binary broadcasts arrive as base64 text.
-            data = base64.b64encode(pub.data).decode("ascii")
-        else:
-            data = pub.data
         info = RawJSON(pub.info) if pub.info else None
-        return encode_publication(channel, data, info)
+        # An offset only where the broker numbers a history stream (Redis's own
+        # sequence numbers are not one).
+        offset = pub.offset if self._numbered else 0
+        return encode_publication(channel, payload(pub), info, offset)
 
     def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
         """Insufficient state for this channel only: the SDK subscribes again (2500)."""
@@ -166,6 +189,11 @@ class ConnectionBackend:
     async def unsubscribe(self, channel: str) -> None:
         self.node.hub.leave(channel, self.client)
 
+    async def history(
+        self, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
+    ) -> HistoryPage:
+        return await _history(self.node, channel, limit=limit, since=since, reverse=reverse)
+
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
         # ClientInfo as the protocol sends it: empty fields left out (user, client kept).
         info = {key: value for key, value in info.items() if value is not None}
@@ -176,6 +204,29 @@ class ConnectionBackend:
             raise Error(ERROR_INTERNAL.code) from None  # temporary: the SDK retries
         except ValueError as exc:  # the publisher's info over the broker's bound
             raise Error(ERROR_INTERNAL.code, f"not published: {exc}"[:200], False) from None
+
+
+async def _history(
+    node: Node, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
+) -> HistoryPage:
+    try:
+        result = await node.broker.history(
+            channel,
+            limit=limit,
+            since=None if since is None else StreamPosition(*since),
+            reverse=reverse,
+        )
+    except HistoryUnavailable:
+        raise Error(ERROR_NOT_AVAILABLE.code) from None
+    except UnrecoverablePosition:
+        raise Error(ERROR_UNRECOVERABLE_POSITION.code) from None
+    except BrokerUnavailable:
+        raise Error(ERROR_INTERNAL.code) from None  # temporary: the SDK retries
+    return HistoryPage(
+        [publication_object(pub) for pub in result.publications],
+        result.position.offset,
+        result.position.epoch,
+    )
 
 
 def wants_protobuf(scope: Any) -> bool:

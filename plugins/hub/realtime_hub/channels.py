@@ -188,6 +188,13 @@ class ChannelRules:
         name = self.namespace_name(channel)
         return self.without_namespace if name == "" else self.namespaces.get(name)
 
+    def history_of(self, channel: str) -> tuple[int, float] | None:
+        """(history_size, history_ttl) where the channel's namespace keeps history."""
+        options = self.namespace_of(channel)
+        if options is None or options.history_size <= 0 or options.history_ttl <= 0:
+            return None
+        return options.history_size, options.history_ttl
+
     def is_private(self, channel: str) -> bool:
         """``$`` channels need a subscription token whatever the options say."""
         return channel.startswith(self.private_prefix)

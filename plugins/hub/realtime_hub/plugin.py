@@ -155,6 +155,7 @@ def startup(host: Host) -> None:
     hub.on_first = first
     hub.on_last = last
     hub.confirm = broker.ready
+    broker.history_policy = hub.rules.history_of
     broker.add_counter(hub.__len__)
     broker.add_channel_counter(hub.channel_counts)
     broker.on_loss(hub.lost)

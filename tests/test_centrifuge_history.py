@@ -1,0 +1,208 @@
+"""History, recovery and positioning on the Centrifuge protocol, under real Hypercorn.
+
+With the ``memory://`` broker: offsets on publications, a subscriber coming back
+with its position gets exactly what it missed or ``recovered: false``, and the
+``history`` command pages through a channel's stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+
+from realtime import get_host
+from realtime_broker import Publication, get_broker
+
+from .test_centrifuge_endpoint import Peer, connected, served_app
+from .test_fanout import hypercorn
+
+CHANNELS = {
+    "namespaces": [
+        {
+            "name": "feed",
+            "history_size": 5,
+            "history_ttl": "60s",
+            "force_recovery": True,
+            "allow_subscribe_for_client": True,
+            "allow_history_for_subscriber": True,
+        },
+        {
+            "name": "opt",
+            "history_size": 5,
+            "history_ttl": "60s",
+            "allow_recovery": True,
+            "allow_subscribe_for_client": True,
+        },
+        {"name": "plain", "allow_subscribe_for_client": True, "allow_history_for_client": True},
+    ]
+}
+
+
+@pytest.fixture(params=["fast-path", "plain"])
+async def server(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Quart, int]]:
+    app = await served_app(
+        tmp_path,
+        channel=CHANNELS,
+        fast_path=request.param == "fast-path",
+        client_recovery_max_publication_limit=3,
+    )
+    async with hypercorn(app) as port:
+        yield app, port
+
+
+async def publish(app: Quart, channel: str, n: int) -> None:
+    await get_broker(get_host(app)).publish(channel, Publication(f'{{"n":{n}}}', json=True))
+
+
+async def pubs(client: Peer, count: int) -> list[tuple[int, int]]:
+    """The next ``count`` pushes' (n, offset)."""
+    got = []
+    for _ in range(count):
+        pub = (await client.push())["push"]["pub"]
+        got.append((pub["data"]["n"], pub.get("offset", 0)))
+    return got
+
+
+async def test_publications_carry_offsets_and_subscribe_says_where_the_stream_is(
+    server: tuple[Quart, int],
+) -> None:
+    app, port = server
+    await publish(app, "feed:a", 1)  # before anyone listens: kept all the same
+    client = await connected(port)
+    sub = (await client.call("subscribe", channel="feed:a"))["subscribe"]
+    assert sub["recoverable"] is True and sub["positioned"] is True
+    assert sub["offset"] == 1 and sub["epoch"]
+    assert "recovered" not in sub and "publications" not in sub
+    await publish(app, "feed:a", 2)
+    await publish(app, "feed:a", 3)
+    assert await pubs(client, 2) == [(2, 2), (3, 3)]
+    await client.ws.close()
+
+
+async def test_a_client_coming_back_gets_exactly_what_it_missed_then_live_ones(
+    server: tuple[Quart, int],
+) -> None:
+    app, port = server
+    first = await connected(port)
+    epoch = (await first.call("subscribe", channel="feed:a"))["subscribe"]["epoch"]
+    await publish(app, "feed:a", 1)
+    assert await pubs(first, 1) == [(1, 1)]
+    await first.ws.close()
+    await publish(app, "feed:a", 2)
+    await publish(app, "feed:a", 3)
+    back = await connected(port)
+    reply = await back.call("subscribe", channel="feed:a", recover=True, epoch=epoch, offset=1)
+    sub = reply["subscribe"]
+    assert sub["recovered"] is True and sub["was_recovering"] is True
+    assert sub["offset"] == 1 and sub["epoch"] == epoch  # the client moves on with the pubs
+    assert [(p["data"]["n"], p["offset"]) for p in sub["publications"]] == [(2, 2), (3, 3)]
+    await publish(app, "feed:a", 4)
+    assert await pubs(back, 1) == [(4, 4)]
+    await back.ws.close()
+
+
+async def test_nothing_missed_is_a_recovery_with_no_publications(
+    server: tuple[Quart, int],
+) -> None:
+    app, port = server
+    await publish(app, "feed:a", 1)
+    client = await connected(port)
+    epoch = (await client.call("subscribe", channel="feed:a"))["subscribe"]["epoch"]
+    await client.call("unsubscribe", channel="feed:a")
+    reply = await client.call("subscribe", channel="feed:a", recover=True, epoch=epoch, offset=1)
+    sub = reply["subscribe"]
+    assert sub["recovered"] is True and "publications" not in sub and sub["offset"] == 1
+    await client.ws.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "position"),
+    [
+        ("trimmed", {"offset": 1}),  # 2 and 3 fell out of a 5-publication window
+        ("over the recovery limit", {"offset": 4}),  # 4 missed, 3 may be replayed
+        ("from the future", {"offset": 50}),
+        ("another epoch", {"offset": 7, "epoch": "elsewhere"}),
+    ],
+)
+async def test_what_cannot_be_recovered_whole_is_not_recovered_at_all(
+    server: tuple[Quart, int], case: str, position: dict[str, Any]
+) -> None:
+    app, port = server
+    client = await connected(port)
+    epoch = (await client.call("subscribe", channel="feed:a"))["subscribe"]["epoch"]
+    await client.call("unsubscribe", channel="feed:a")
+    for n in range(1, 9):
+        await publish(app, "feed:a", n)
+    params = {"epoch": epoch, **position}
+    sub = (await client.call("subscribe", channel="feed:a", recover=True, **params))["subscribe"]
+    assert "recovered" not in sub, case  # false: omitted, as Go's omitempty does
+    assert "publications" not in sub
+    assert sub["was_recovering"] is True
+    assert (sub["offset"], sub["epoch"]) == (8, epoch)  # start again from here
+    await publish(app, "feed:a", 9)
+    assert await pubs(client, 1) == [(9, 9)]
+    await client.ws.close()
+
+
+async def test_with_the_reject_flag_an_unrecoverable_position_is_error_112(
+    server: tuple[Quart, int],
+) -> None:
+    app, port = server
+    client = await connected(port)
+    reply = await client.call(
+        "subscribe", channel="feed:a", recover=True, epoch="gone", offset=3, flag=2
+    )
+    assert reply["error"]["code"] == 112
+    await publish(app, "feed:a", 1)  # not subscribed after all: nothing arrives
+    assert (await client.call("subscribe", channel="feed:a"))["subscribe"]["offset"] == 1
+    await client.ws.close()
+
+
+async def test_recovery_is_on_request_where_the_namespace_only_allows_it(
+    server: tuple[Quart, int],
+) -> None:
+    _, port = server
+    client = await connected(port)
+    sub = (await client.call("subscribe", channel="opt:a"))["subscribe"]
+    assert "recoverable" not in sub and "positioned" not in sub and "epoch" not in sub
+    await client.call("unsubscribe", channel="opt:a")
+    sub = (await client.call("subscribe", channel="opt:a", recoverable=True))["subscribe"]
+    assert sub["recoverable"] is True and sub["epoch"]
+    await client.ws.close()
+
+
+async def test_history_pages_through_the_stream(server: tuple[Quart, int]) -> None:
+    app, port = server
+    for n in range(1, 5):
+        await publish(app, "feed:a", n)
+    client = await connected(port)
+    assert (await client.call("history", channel="feed:a", limit=-1))["error"]["code"] == 103
+    await client.call("subscribe", channel="feed:a")  # subscribers may read it
+    page = (await client.call("history", channel="feed:a", limit=-1))["history"]
+    epoch = page["epoch"]
+    assert [p["offset"] for p in page["publications"]] == [1, 2, 3, 4] and page["offset"] == 4
+    page = (await client.call("history", channel="feed:a"))["history"]  # limit 0
+    assert page == {"publications": [], "epoch": epoch, "offset": 4}
+    since = {"offset": 2, "epoch": epoch}
+    page = (await client.call("history", channel="feed:a", limit=1, since=since))["history"]
+    assert [p["data"]["n"] for p in page["publications"]] == [3]
+    page = (await client.call("history", channel="feed:a", limit=2, reverse=True))["history"]
+    assert [p["offset"] for p in page["publications"]] == [4, 3]
+    page = (await client.call("history", channel="feed:a", limit=-1, since=since, reverse=True))[
+        "history"
+    ]
+    assert [p["offset"] for p in page["publications"]] == [1]
+    wrong = {"offset": 2, "epoch": "other"}
+    assert (await client.call("history", channel="feed:a", since=wrong))["error"]["code"] == 112
+    bad = {"offset": 0, "epoch": epoch}
+    reply = await client.call("history", channel="feed:a", since=bad, reverse=True)
+    assert reply["error"]["code"] == 107
+    assert (await client.call("history", channel="plain:a"))["error"]["code"] == 108
+    assert (await client.call("history", channel="nowhere:a"))["error"]["code"] == 102
+    await client.ws.close()
