@@ -7,10 +7,12 @@ with its position gets exactly what it missed or ``recovered: false``, and the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import cent
 import pytest
 from quart import Quart
 
@@ -20,6 +22,7 @@ from realtime_broker import Publication, get_broker
 from .test_centrifuge_endpoint import Peer, connected, served_app
 from .test_fanout import hypercorn
 
+API_KEY = "history-api-key"
 CHANNELS = {
     "namespaces": [
         {
@@ -51,6 +54,7 @@ async def server(
         channel=CHANNELS,
         fast_path=request.param == "fast-path",
         client_recovery_max_publication_limit=3,
+        api_key=API_KEY,
     )
     async with hypercorn(app) as port:
         yield app, port
@@ -206,3 +210,34 @@ async def test_history_pages_through_the_stream(server: tuple[Quart, int]) -> No
     assert (await client.call("history", channel="plain:a"))["error"]["code"] == 108
     assert (await client.call("history", channel="nowhere:a"))["error"]["code"] == 102
     await client.ws.close()
+
+
+async def test_the_server_api_reads_and_clears_history_with_cent(
+    server: tuple[Quart, int],
+) -> None:
+    app, port = server
+    await publish(app, "feed:a", 1)
+    await get_broker(get_host(app)).publish("feed:a", Publication("plain text"))
+    client = cent.Client(f"http://127.0.0.1:{port}/api", API_KEY)
+
+    def run() -> None:
+        page = client.history(cent.HistoryRequest(channel="feed:a", limit=-1))
+        assert [(p.data, p.offset) for p in page.publications] == [({"n": 1}, 1), ("plain text", 2)]
+        since = cent.StreamPosition(offset=1, epoch=page.epoch)
+        later = client.history(cent.HistoryRequest(channel="feed:a", limit=10, since=since))
+        assert [p.offset for p in later.publications] == [2] and later.offset == 2
+        with pytest.raises(cent.exceptions.CentApiResponseError) as caught:
+            client.history(cent.HistoryRequest(channel="plain:a", limit=1))
+        assert caught.value.code == 108
+        wrong = cent.StreamPosition(offset=1, epoch="other")
+        with pytest.raises(cent.exceptions.CentApiResponseError) as caught:
+            client.history(cent.HistoryRequest(channel="feed:a", limit=1, since=wrong))
+        assert caught.value.code == 112
+        with pytest.raises(cent.exceptions.CentApiResponseError) as caught:
+            client.publish(cent.PublishRequest(channel="feed:a", data=1, skip_history=True))
+        assert caught.value.code == 107
+        client.history_remove(cent.HistoryRemoveRequest(channel="feed:a"))
+        empty = client.history(cent.HistoryRequest(channel="feed:a", limit=-1))
+        assert empty.publications == [] and empty.offset == 2 and empty.epoch == page.epoch
+
+    await asyncio.to_thread(run)

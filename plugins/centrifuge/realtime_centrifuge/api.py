@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 
 #: Methods this server runs.
 SUPPORTED = ("publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "refresh",
-             "channels", "info")  # fmt: skip
+             "channels", "info", "history", "history_remove")  # fmt: skip
 #: Centrifugo's other open-source methods: answered with 104, so an SDK gets an API
 #: error naming the method instead of a bare 404.
-NOT_IMPLEMENTED = ("batch", "presence", "presence_stats", "history", "history_remove", "rpc")
+NOT_IMPLEMENTED = ("batch", "presence", "presence_stats", "rpc")
 #: Broadcast publishes to this many channels at a time.
 BROADCAST_CONCURRENCY = 64
 #: What a request gets while no key is set.
@@ -99,6 +99,16 @@ class APIBackend(Protocol):
         """One dict per node, with Centrifugo's ``NodeResult`` fields."""
         ...
 
+    async def history(
+        self, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
+    ) -> Mapping[str, Any]:
+        """``{"publications": [...], "epoch": ..., "offset": ...}``; 108 or 112 as errors."""
+        ...
+
+    async def history_remove(self, channel: str) -> None:
+        """Drop the channel's publications (its position stays); 108 where none kept."""
+        ...
+
 
 class BadBody(Exception):
     """The body does not decode as the method's request: HTTP 400, as Go's decoder."""
@@ -137,6 +147,8 @@ class ServerAPI:
             "refresh": self._refresh,
             "channels": self._channels,
             "info": self._info,
+            "history": self._history,
+            "history_remove": self._history_remove,
         }
 
     def __repr__(self) -> str:
@@ -272,7 +284,7 @@ class ServerAPI:
 
     def _publication(self, params: Params) -> tuple[RawJSON | None, Mapping[str, str] | None]:
         """Data and tags of publish and broadcast, unsupported options refused."""
-        _get(params, "skip_history", bool)  # No history yet: nothing to skip.
+        _get(params, "skip_history", bool)  # checked per channel: _history_kept
         _get(params, "delta", bool)  # Clients get the full data, which is always correct.
         tags = _str_map(params, "tags")
         _refuse(params, "b64data", str, "binary data needs the Protobuf protocol: send data")
@@ -289,7 +301,13 @@ class ServerAPI:
         if data is None:
             raise Error(107, "bad request: data is required")
         self._check_channel(channel)
+        self._history_kept(params, channel)
         return dict(await self.backend.publish(channel, data, tags=tags))
+
+    def _history_kept(self, params: Params, channel: str) -> None:
+        """107 for ``skip_history`` where the channel keeps history (it keeps all)."""
+        if _get(params, "skip_history", bool) and self.rules.history_of(channel) is not None:
+            raise Error(107, "bad request: skip_history is not supported: history keeps all")
 
     async def _broadcast(self, params: Params) -> Mapping[str, Any]:
         channels = _str_list(params, "channels")
@@ -306,6 +324,7 @@ class ServerAPI:
                 if not channel:
                     raise Error(107, "bad request: channel is required")
                 self._check_channel(channel)
+                self._history_kept(params, channel)
                 result = dict(await self.backend.publish(channel, data, tags=tags))
                 responses[index] = {"result": result}
             except Error as error:
@@ -396,6 +415,32 @@ class ServerAPI:
 
     async def _info(self, params: Params) -> Mapping[str, Any]:
         return {"nodes": [dict(node) for node in await self.backend.info()]}
+
+    async def _history(self, params: Params) -> Mapping[str, Any]:
+        channel = _get(params, "channel", str)
+        if not channel:
+            raise Error(107, "bad request: channel is required")
+        self._check_channel(channel)
+        limit = _get(params, "limit", int)
+        reverse = _get(params, "reverse", bool)
+        raw_since = _get(params, "since", dict)
+        since = None
+        if raw_since:
+            offset, epoch = raw_since.get("offset", 0), raw_since.get("epoch", "")
+            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+                raise BadBody("since.offset must be an integer >= 0")
+            if not isinstance(epoch, str):
+                raise BadBody("since.epoch must be a string")
+            since = (offset, epoch)
+        return await self.backend.history(channel, limit=limit, since=since, reverse=reverse)
+
+    async def _history_remove(self, params: Params) -> Mapping[str, Any]:
+        channel = _get(params, "channel", str)
+        if not channel:
+            raise Error(107, "bad request: channel is required")
+        self._check_channel(channel)
+        await self.backend.history_remove(channel)
+        return {}
 
 
 # -- request fields ------------------------------------------------------------------

@@ -22,9 +22,10 @@ from realtime_hub import ChannelRules, Client, Hub
 from .api import ServerAPI
 from .codec import RawJSON
 from .codes import ERROR_INTERNAL, Disconnect, DisconnectError, Error
+from .history import read_history, remove_history
 from .session import Session, SessionOptions
 from .tokens import TokenSigner, TokenVerifier
-from .transport import CentrifugeFormat
+from .transport import CentrifugeFormat, payload
 
 log = logging.getLogger("realtime.centrifuge")
 
@@ -33,6 +34,16 @@ log = logging.getLogger("realtime.centrifuge")
 CONTROL_CHANNEL = "\x01centrifuge-control"
 #: Largest control message accepted from the broker, bytes.
 MAX_CONTROL_SIZE = 64 * 1024
+
+
+def api_publication(pub: Publication) -> dict[str, Any]:
+    """A publication in a server API result: JSON values, not embedded text."""
+    data = payload(pub)
+    entry: dict[str, Any] = {"data": json.loads(data) if isinstance(data, RawJSON) else data}
+    if pub.info:
+        entry["info"] = json.loads(pub.info)
+    entry["offset"] = pub.offset
+    return entry
 
 
 class Node:
@@ -125,6 +136,20 @@ class Node:
         except BrokerUnavailable:
             raise Error(ERROR_INTERNAL.code) from None
         return {}
+
+    async def history(
+        self, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
+    ) -> Mapping[str, Any]:
+        """The server API's history result: publications with their data as JSON."""
+        result = await read_history(self.broker, channel, limit=limit, since=since, reverse=reverse)
+        return {
+            "publications": [api_publication(pub) for pub in result.publications],
+            "epoch": result.position.epoch,
+            "offset": result.position.offset,
+        }
+
+    async def history_remove(self, channel: str) -> None:
+        await remove_history(self.broker, channel)
 
     async def subscribe(
         self,

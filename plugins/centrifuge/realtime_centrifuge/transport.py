@@ -18,13 +18,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from realtime_broker import (
-    BrokerUnavailable,
-    HistoryUnavailable,
-    Publication,
-    StreamPosition,
-    UnrecoverablePosition,
-)
+from realtime_broker import BrokerUnavailable, Publication
 from realtime_hub import ASGIConnection, Client, Hub, Receive, Send
 
 from .codec import RawJSON, encode_json, encode_publication
@@ -34,12 +28,11 @@ from .codes import (
     DISCONNECT_STALE,
     ERROR_INTERNAL,
     ERROR_METHOD_NOT_FOUND,
-    ERROR_NOT_AVAILABLE,
-    ERROR_UNRECOVERABLE_POSITION,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
     DisconnectError,
     Error,
 )
+from .history import read_history
 from .session import ConnectAuth, HistoryPage, Session
 
 if TYPE_CHECKING:
@@ -192,7 +185,14 @@ class ConnectionBackend:
     async def history(
         self, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
     ) -> HistoryPage:
-        return await _history(self.node, channel, limit=limit, since=since, reverse=reverse)
+        result = await read_history(
+            self.node.broker, channel, limit=limit, since=since, reverse=reverse
+        )
+        return HistoryPage(
+            [publication_object(pub) for pub in result.publications],
+            result.position.offset,
+            result.position.epoch,
+        )
 
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
         # ClientInfo as the protocol sends it: empty fields left out (user, client kept).
@@ -204,29 +204,6 @@ class ConnectionBackend:
             raise Error(ERROR_INTERNAL.code) from None  # temporary: the SDK retries
         except ValueError as exc:  # the publisher's info over the broker's bound
             raise Error(ERROR_INTERNAL.code, f"not published: {exc}"[:200], False) from None
-
-
-async def _history(
-    node: Node, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
-) -> HistoryPage:
-    try:
-        result = await node.broker.history(
-            channel,
-            limit=limit,
-            since=None if since is None else StreamPosition(*since),
-            reverse=reverse,
-        )
-    except HistoryUnavailable:
-        raise Error(ERROR_NOT_AVAILABLE.code) from None
-    except UnrecoverablePosition:
-        raise Error(ERROR_UNRECOVERABLE_POSITION.code) from None
-    except BrokerUnavailable:
-        raise Error(ERROR_INTERNAL.code) from None  # temporary: the SDK retries
-    return HistoryPage(
-        [publication_object(pub) for pub in result.publications],
-        result.position.offset,
-        result.position.epoch,
-    )
 
 
 def wants_protobuf(scope: Any) -> bool:
