@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import cent
+import httpx
 import pytest
 from quart import Quart
 
@@ -241,3 +242,24 @@ async def test_the_server_api_reads_and_clears_history_with_cent(
         assert empty.publications == [] and empty.offset == 2 and empty.epoch == page.epoch
 
     await asyncio.to_thread(run)
+
+
+HISTORY_SCRIPT = """
+page = history(request.values["channel"], limit=int(request.values.get("limit", "-1")))
+print(" ".join(f"{p.offset}:{p.data}" for p in page.publications), page.position.offset)
+"""
+
+
+async def test_a_script_reads_a_channels_history(server: tuple[Quart, int], tmp_path: Path) -> None:
+    app, port = server
+    (tmp_path / "hist.py").write_text(HISTORY_SCRIPT)
+    await publish(app, "feed:a", 1)
+    await publish(app, "feed:a", 2)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        answer = await http.get("/hist.py", params={"channel": "feed:a"})
+        assert answer.status_code == 200
+        assert answer.text.strip() == '1:{"n":1} 2:{"n":2} 2'
+        answer = await http.get("/hist.py", params={"channel": "feed:a", "limit": "0"})
+        assert answer.text.strip() == "2"
+        answer = await http.get("/hist.py", params={"channel": "plain:a"})
+        assert answer.status_code == 404 and "keeps no history" in answer.text

@@ -1,9 +1,10 @@
 """The seed's ``broadcast`` extension: ``broadcast(message)`` for drop-in scripts.
 
-Scripts get ``broadcast`` in their namespace without an import; editors and linters
-can see it with ``from realtime_broadcast import broadcast``.
+Scripts get ``broadcast`` (and ``history``, a channel's kept publications) in their
+namespace without an import; editors and linters can see them with ``from
+realtime_broadcast import broadcast, history``.
 """
 
-from .functions import InvalidChannel, MessageNotText, MessageTooLarge, broadcast
+from .functions import InvalidChannel, MessageNotText, MessageTooLarge, broadcast, history
 
-__all__ = ["InvalidChannel", "MessageNotText", "MessageTooLarge", "broadcast"]
+__all__ = ["InvalidChannel", "MessageNotText", "MessageTooLarge", "broadcast", "history"]

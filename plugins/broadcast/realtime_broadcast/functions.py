@@ -1,4 +1,4 @@
-"""``broadcast()``, built only on the broker plugin's public API."""
+"""``broadcast()`` and ``history()``, built only on the broker plugin's public API."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import json
 from typing import Any
 
 from realtime import HTTPError, current_host
-from realtime_broker import DEFAULT_CHANNEL, Publication, get_broker
+from realtime_broker import (
+    DEFAULT_CHANNEL,
+    HistoryResult,
+    Publication,
+    StreamPosition,
+    get_broker,
+)
 
 SETTING = "max_message_size"
 
@@ -97,3 +103,31 @@ def _check_channel(channel: str) -> None:
         raise InvalidChannel(
             f"channel name must be 1 to {MAX_CHANNEL_LENGTH} printable bytes; not sent"
         )
+
+
+def history(
+    channel: str = DEFAULT_CHANNEL,
+    limit: int = -1,
+    since: StreamPosition | tuple[int, str] | None = None,
+    reverse: bool = False,
+) -> HistoryResult:
+    """The publications kept in ``channel`` (one whose namespace has history on).
+
+    ``limit``: at most this many (-1: all kept, 0: none, only the position). With
+    ``since`` (a position, or ``(offset, epoch)``): those after it, or before it with
+    ``reverse`` (newest first). Returns ``.publications`` (each with ``.data``,
+    ``.json`` and ``.offset``) and ``.position`` (``.offset``, ``.epoch``: where the
+    stream stands). Raises ``HistoryUnavailable`` (404) where the channel keeps none,
+    ``UnrecoverablePosition`` (409) for a ``since`` from another epoch,
+    ``InvalidChannel`` (400), ``BrokerUnavailable`` (503).
+    """
+    _check_channel(channel)
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"history()'s limit is an int, got {type(limit).__name__}")
+    if since is not None and not isinstance(since, StreamPosition):
+        offset, epoch = since
+        if isinstance(offset, bool) or not isinstance(offset, int) or not isinstance(epoch, str):
+            raise TypeError("history()'s since is a StreamPosition or (offset: int, epoch: str)")
+        since = StreamPosition(offset, epoch)
+    broker = get_broker(current_host())
+    return broker.history_sync(channel, limit=limit, since=since, reverse=reverse)

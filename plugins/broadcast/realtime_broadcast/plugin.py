@@ -7,7 +7,7 @@ from typing import Any
 
 from realtime import Option, hookimpl
 
-from .functions import SETTING, broadcast
+from .functions import SETTING, broadcast, history
 
 
 @hookimpl
@@ -17,4 +17,4 @@ def register_options() -> list[Option]:
 
 @hookimpl
 def register_functions() -> Mapping[str, Callable[..., Any]]:
-    return {"broadcast": broadcast}
+    return {"broadcast": broadcast, "history": history}

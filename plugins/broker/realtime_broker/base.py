@@ -371,6 +371,28 @@ class Broker(ABC):
         """
         raise HistoryUnavailable(f"the {self.describe()} broker keeps no history")
 
+    def history_sync(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> HistoryResult:
+        """:meth:`history` for a script's worker thread: waits for the result."""
+        loop = self.loop
+        if loop is None:
+            raise BrokerUnavailable("the broker is not running")
+        if self.on_loop_thread():
+            raise RuntimeError("on the event loop, use 'await broker.history(...)'")
+        coroutine = self.history(channel, limit=limit, since=since, reverse=reverse)
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        try:
+            return future.result(timeout=self.handoff_timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise BrokerUnavailable("the server did not read the history in time") from None
+
     async def remove_history(self, channel: str) -> None:
         """Drop the channel's publications; its position stays (``history_remove``)."""
         raise HistoryUnavailable(f"the {self.describe()} broker keeps no history")
