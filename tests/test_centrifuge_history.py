@@ -20,6 +20,7 @@ from quart import Quart
 from realtime import get_host
 from realtime_broker import Publication, get_broker
 
+from .conftest import RedisServer
 from .test_centrifuge_endpoint import Peer, connected, served_app
 from .test_fanout import hypercorn
 
@@ -263,3 +264,20 @@ async def test_a_script_reads_a_channels_history(server: tuple[Quart, int], tmp_
         assert answer.text.strip() == "2"
         answer = await http.get("/hist.py", params={"channel": "plain:a"})
         assert answer.status_code == 404 and "keeps no history" in answer.text
+
+
+async def test_over_redis_history_reads_and_offsets_work_and_recovery_is_not_offered(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Redis keeps the stream; recovery waits for the subscriber-side buffer it needs."""
+    app = await served_app(tmp_path, channel=CHANNELS, broker=redis_server.url)
+    async with hypercorn(app) as port:
+        client = await connected(port)
+        sub = (await client.call("subscribe", channel="feed:a"))["subscribe"]
+        assert "recoverable" not in sub and "positioned" not in sub
+        await publish(app, "feed:a", 1)
+        await publish(app, "feed:a", 2)
+        assert await pubs(client, 2) == [(1, 1), (2, 2)]
+        page = (await client.call("history", channel="feed:a", limit=-1))["history"]
+        assert [p["offset"] for p in page["publications"]] == [1, 2] and page["offset"] == 2
+        await client.ws.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from realtime_broker import (
@@ -12,6 +14,10 @@ from realtime_broker import (
     UnrecoverablePosition,
 )
 from realtime_broker.history import META_TTL, MemoryStreams
+from realtime_broker.redis import RedisBroker
+
+from .conftest import RedisServer
+from .test_broker_channels import SETTINGS
 
 
 def offsets(result: object) -> list[int]:
@@ -122,3 +128,77 @@ async def test_the_memory_broker_numbers_only_channels_that_keep_history() -> No
     assert (await broker.history("h:room", limit=-1)).publications == ()
     assert (await broker.history("h:room")).position.offset == 1
     await broker.close()
+
+
+# -- redis:// : the same numbering for history and live delivery ---------------------
+
+
+def history_policy(channel: str) -> tuple[int, float] | None:
+    return (3, 60.0) if channel.startswith("h:") else None
+
+
+async def test_redis_keeps_history_in_the_numbering_live_delivery_uses(
+    redis_server: RedisServer,
+) -> None:
+    one, two = RedisBroker(redis_server.url, SETTINGS), RedisBroker(redis_server.url, SETTINGS)
+    for broker in (one, two):
+        broker.history_policy = history_policy
+        await broker.start()
+    try:
+        got: list[Publication] = []
+
+        def deliver(publication: Publication) -> int:
+            got.append(publication)
+            return 1
+
+        two.subscribe("h:room", deliver)
+        await two.ready("h:room")
+        empty = await one.history("h:room", limit=-1)  # makes the epoch before any publication
+        assert empty.publications == () and empty.position.offset == 0
+        for n in range(5):
+            await one.publish("h:room", Publication(f'{{"n":{n}}}', json=True, info='{"user":"u"}'))
+        await one.publish("plain", "not kept")
+        async with asyncio.timeout(5):
+            while len(got) < 5:
+                await asyncio.sleep(0.01)
+        epoch = empty.position.epoch
+        assert [(p.offset, p.epoch) for p in got] == [(n, epoch) for n in range(1, 6)]
+        page = await two.history("h:room", limit=-1)  # another process reads the same
+        assert [p.offset for p in page.publications] == [3, 4, 5]  # history_size 3
+        assert page.publications[0] == got[2]  # data, json, info, epoch, offset alike
+        assert page.position == StreamPosition(5, epoch)
+        since = StreamPosition(3, epoch)
+        assert [
+            p.offset for p in (await one.history("h:room", limit=-1, since=since)).publications
+        ] == [4, 5]
+        back = await one.history("h:room", limit=1, since=StreamPosition(5, epoch), reverse=True)
+        assert [p.offset for p in back.publications] == [4]
+        assert (await one.history("h:room", limit=0)).publications == ()
+        with pytest.raises(UnrecoverablePosition):
+            await one.history("h:room", limit=-1, since=StreamPosition(1, "other"))
+        with pytest.raises(HistoryUnavailable):
+            await one.history("plain", limit=-1)
+        await one.remove_history("h:room")
+        cleared = await two.history("h:room", limit=-1)
+        assert cleared.publications == () and cleared.position == StreamPosition(5, epoch)
+        await one.publish("h:room", "after")
+        assert [p.offset for p in (await one.history("h:room", limit=-1)).publications] == [6]
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_redis_history_expires_ttl_after_the_last_publication(
+    redis_server: RedisServer,
+) -> None:
+    broker = RedisBroker(redis_server.url, SETTINGS)
+    broker.history_policy = lambda channel: (10, 0.3)
+    await broker.start()
+    try:
+        await broker.publish("h:room", "soon gone")
+        assert len((await broker.history("h:room", limit=-1)).publications) == 1
+        await asyncio.sleep(0.6)
+        page = await broker.history("h:room", limit=-1)
+        assert page.publications == () and page.position.offset == 1  # the position stays
+    finally:
+        await broker.close()

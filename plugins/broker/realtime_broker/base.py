@@ -139,6 +139,11 @@ class Broker(ABC):
     #: True where :meth:`history` works: publications in channels that keep history
     #: then carry their stream's epoch and offset.
     history_supported: ClassVar[bool] = False
+    #: True where a subscriber that joins a channel and then reads its history gets
+    #: every publication once with no wait between (one process, one loop): what
+    #: stream recovery needs. A distributed broker needs a subscriber-side buffer for
+    #: the round trip between the two, which is not built yet.
+    recovers_atomically: ClassVar[bool] = False
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         self.url = url

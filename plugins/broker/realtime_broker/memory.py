@@ -35,6 +35,7 @@ class MemoryBroker(Broker):
 
     distributed = False
     history_supported = True
+    recovers_atomically = True
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         super().__init__(url, settings)

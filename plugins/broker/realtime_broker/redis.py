@@ -32,8 +32,13 @@ Names (``NAME`` is the channel's name as given, any characters; ``realtime`` is
 - ``realtime:channel:NAME``: the Pub/Sub channel (the name it had with one channel).
 - ``realtime:{ch:NAME}:meta``: a hash, the channel's numbering (``epoch``, ``seq``).
   The ``{ch:NAME}`` hash tag puts everything of one channel in one Redis Cluster slot
-  (its history will join it). A publication creates it; it expires ``META_TTL``
-  (30 days) after its first publication, renewed every 64th.
+  A publication creates it (or a history read); it expires ``META_TTL`` (30 days)
+  after its first publication, renewed every 64th.
+- ``realtime:{ch:NAME}:history``: a stream, where the channel's namespace keeps
+  history: entry ``N-1`` is publication N, at most ``history_size`` of them
+  (``MAXLEN``), the whole stream expiring ``history_ttl`` after the last one. The
+  publish script appends to it, so history and live delivery share one numbering;
+  a new epoch deletes what an old one left.
 - ``realtime:nodes``: a hash, each process's client count.
 - ``realtime:{node:NODE}:channels``: a hash, the subscribers per channel of one
   process (``NODE`` as in ``realtime:nodes``), and ``realtime:{node:NODE}:info``,
@@ -71,7 +76,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .base import MAX_INFO_SIZE, Broker, BrokerUnavailable, Publication, as_publication
+from .base import (
+    MAX_INFO_SIZE,
+    Broker,
+    BrokerUnavailable,
+    HistoryResult,
+    HistoryUnavailable,
+    Publication,
+    StreamPosition,
+    UnrecoverablePosition,
+    as_publication,
+)
+from .history import MAX_HISTORY_LIMIT
 
 log = logging.getLogger("realtime.broker")
 
@@ -173,6 +189,8 @@ local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[2]
   redis.call('HSET', KEYS[1], 'epoch', epoch)
+  -- A history left from a numbering Redis lost belongs to another epoch.
+  redis.call('DEL', KEYS[3])
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local receivers = redis.call('PUBLISH', ARGV[4], ARGV[3] .. epoch .. ' ' .. seq .. ' ' .. ARGV[1])
@@ -184,13 +202,45 @@ if receivers == 0 and ARGV[5] == '1' then
   else
     redis.call('HINCRBY', KEYS[1], 'seq', -1)
   end
-elseif seq % 64 == 1 then
-  -- Heard, or by nobody listening right now: numbered either way, so that a process
-  -- whose subscription was down finds the gap. Kept alive now and then (every time
-  -- would cost Redis a sixth more per publication).
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
+else
+  if ARGV[7] ~= '0' then
+    -- The channel keeps history: the same number is the entry's id, so history and
+    -- live delivery share one order and one numbering.
+    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[7], seq .. '-1', 'p', ARGV[1])
+    redis.call('PEXPIRE', KEYS[3], ARGV[8])
+  end
+  if seq % 64 == 1 then
+    -- Heard, or by nobody listening right now: numbered either way, so that a process
+    -- whose subscription was down finds the gap. Kept alive now and then (every time
+    -- would cost Redis a sixth more per publication).
+    redis.call('EXPIRE', KEYS[1], ARGV[6])
+  end
 end
 return {receivers, redis.call('HGETALL', KEYS[2])}
+"""
+
+#: KEYS: the channel's numbering hash, its history stream. ARGV: a new epoch if the
+#: channel has none, the first id (XRANGE syntax), the last, COUNT (0: none), "1" to
+#: read newest first, META_TTL. Returns {epoch, last number, entries}: the position
+#: and the entries read together, atomically.
+HISTORY_SCRIPT = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('DEL', KEYS[2])
+end
+local top = redis.call('HGET', KEYS[1], 'seq') or '0'
+local entries = {}
+if ARGV[4] ~= '0' then
+  if ARGV[5] == '1' then
+    entries = redis.call('XREVRANGE', KEYS[2], ARGV[3], ARGV[2], 'COUNT', ARGV[4])
+  else
+    entries = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+  end
+end
+return {epoch, top, entries}
 """
 
 
@@ -518,10 +568,15 @@ class Tally:
 class RedisBroker(Broker):
     """``redis://[user:password@]host:port/db`` (or ``rediss://``).
 
+    Channels that keep history keep it in a Redis stream beside their numbering,
+    written by the same script that publishes: one numbering for both.
+
     :meth:`ready` returns once Redis confirmed the channel's subscription and this
     process knows where the channel's numbering stands: from then on, every
     publication on it reaches this process, or its loss is reported.
     """
+
+    history_supported = True
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         super().__init__(url, settings)
@@ -538,6 +593,7 @@ class RedisBroker(Broker):
         #: Dropped messages and listener errors by kind, logged without flooding.
         self.tally = Tally(log)
         self._script: Any = None
+        self._history_script: Any = None
         self._channels_script: Any = None
         #: What this process's channel map in Redis holds, as far as it knows (``None``:
         #: unknown, so the next heartbeat starts it afresh)...
@@ -574,6 +630,10 @@ class RedisBroker(Broker):
         """The hash numbering ``channel``'s publications (``epoch``, ``seq``)."""
         return f"{self.prefix}:{{ch:{channel}}}:meta"
 
+    def history_key(self, channel: str) -> str:
+        """The stream keeping ``channel``'s history: entry ``N-1`` is publication N."""
+        return f"{self.prefix}:{{ch:{channel}}}:history"
+
     def channels_key(self, node: str) -> str:
         """The hash of ``node``'s subscribers per channel."""
         return f"{self.prefix}:{{node:{node}}}:channels"
@@ -602,6 +662,7 @@ class RedisBroker(Broker):
         # stale, and without it the first broadcast after Redis is back would fail.
         self._publisher = self._client(1, socket_timeout=self.timeout)
         self._script = self._publisher.register_script(PUBLISH_SCRIPT)
+        self._history_script = self._publisher.register_script(HISTORY_SCRIPT)
         self._channels_script = self._publisher.register_script(CHANNELS_SCRIPT)
         self._published = None
         self._subscribed = asyncio.Event()
@@ -673,8 +734,10 @@ class RedisBroker(Broker):
             raise BrokerUnavailable("the broker is not running")
         payload = encode(as_publication(data), self.max_message_size)
         listening = channel in self.subscribers
-        keys = [self.meta_key(channel), self.nodes_key]
-        args = [payload, os.urandom(4).hex(), MAGIC, self.key(channel), int(listening), META_TTL]
+        keys = [self.meta_key(channel), self.nodes_key, self.history_key(channel)]
+        size, ttl = self.keeps_history(channel) or (0, 0.0)
+        args = [payload, os.urandom(4).hex(), MAGIC, self.key(channel), int(listening), META_TTL,
+                size, max(1, round(ttl * 1000))]  # fmt: skip
         try:
             async with asyncio.timeout(self.timeout):
                 # EVALSHA, loading the script only when Redis says it does not know it.
@@ -695,6 +758,59 @@ class RedisBroker(Broker):
             # gap when it is back, and tells its clients.
             return 0
         return self._count(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> HistoryResult:
+        if self.keeps_history(channel) is None:
+            raise HistoryUnavailable(f"channel {channel!r} keeps no history")
+        if self._publisher is None or self._history_script is None:
+            raise BrokerUnavailable("the broker is not running")
+        count = MAX_HISTORY_LIMIT if limit < 0 or limit > MAX_HISTORY_LIMIT else limit
+        if since is None:
+            first, last = "-", "+"
+        elif reverse:
+            first, last = "-", f"({since.offset}-1"
+        else:
+            first, last = f"({since.offset}-1", "+"
+        keys = [self.meta_key(channel), self.history_key(channel)]
+        args = [os.urandom(4).hex(), first, last, count, int(reverse), META_TTL]
+        try:
+            async with asyncio.timeout(self.timeout):
+                epoch, top, entries = await self._history_script(keys=keys, args=args)
+        except UNREACHABLE as exc:
+            raise BrokerUnavailable(
+                f"broker {self.describe()} is unavailable ({type(exc).__name__}: {exc})"
+            ) from exc
+        epoch = epoch.decode()
+        if since is not None and since.epoch and since.epoch != epoch:
+            raise UnrecoverablePosition("that position is in another epoch of the stream")
+        publications = []
+        for entry_id, fields in entries:
+            number = entry_id.split(b"-", 1)[0]
+            raw = b"%s%s %s %s" % (MAGIC, epoch.encode(), number, fields[1])
+            publication = decode(raw, self.max_message_size)
+            if isinstance(publication, Publication):
+                publications.append(publication)
+        return HistoryResult(tuple(publications), StreamPosition(int(top), epoch))
+
+    async def remove_history(self, channel: str) -> None:
+        if self.keeps_history(channel) is None:
+            raise HistoryUnavailable(f"channel {channel!r} keeps no history")
+        if self._publisher is None:
+            raise BrokerUnavailable("the broker is not running")
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._publisher.delete(self.history_key(channel))
+        except UNREACHABLE as exc:
+            raise BrokerUnavailable(
+                f"broker {self.describe()} is unavailable ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def _count(self, nodes: Mapping[bytes, bytes]) -> int:
         """This process's clients now, plus every other live process's last report."""

@@ -128,6 +128,9 @@ class Backend(Protocol):
         """The channel's stream (as the broker's ``history``); raise ``Error(108)``
         where it keeps none, ``Error(112)`` when ``since`` is in another epoch."""
 
+    def recovers(self) -> bool:
+        """Whether joining then reading the stream gives every publication once."""
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
@@ -539,7 +542,7 @@ class Session:
         options = self.rules.namespace_of(channel)
         wants_recovery = command.get_bool("recover")
         state: dict[str, Any] = {"was_recovering": wants_recovery or None}
-        if options is None or not self._keeps_history(options):
+        if options is None or not self._keeps_history(options) or not self.backend.recovers():
             return state
         access = self._history_access(options, channel)
         recovery = options.force_recovery or (

@@ -77,9 +77,9 @@ class CentrifugeFormat:
     def encode(self, channel: str, publication: Any) -> str:
         pub: Publication = publication
         info = RawJSON(pub.info) if pub.info else None
-        # An offset only where the broker numbers a history stream (Redis's own
-        # sequence numbers are not one).
-        offset = pub.offset if self._numbered else 0
+        # An offset only where the channel keeps history: its place in the stream.
+        broker = self._node.broker
+        offset = pub.offset if self._numbered and broker.keeps_history(channel) else 0
         return encode_publication(channel, payload(pub), info, offset)
 
     def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
@@ -193,6 +193,9 @@ class ConnectionBackend:
             result.position.offset,
             result.position.epoch,
         )
+
+    def recovers(self) -> bool:
+        return self.node.broker.recovers_atomically
 
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
         # ClientInfo as the protocol sends it: empty fields left out (user, client kept).
