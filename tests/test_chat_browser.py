@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 
-from .conftest import Server
+from .conftest import Server, caddy_process, start_caddy, wait_for_http
 
 #: Publishes ``{"channel": ..., "data": ...}`` (a JSON body) with broadcast().
 PUBLISH_SCRIPT = """\
@@ -137,3 +137,50 @@ async def test_short_lived_tokens_are_refreshed_without_a_gap(
     # Still signed in as ada after the refreshes: her post carries her name.
     await post(ada, "chat:lobby", "still here")
     await expect(room(ada, "chat:lobby").locator(".message .user").last).to_have_text("ada")
+
+
+async def test_a_room_shows_its_last_messages_and_a_tab_back_from_a_drop_gets_what_it_missed(
+    browser: Browser, server: Server, tmp_path: Path, publish_script: None
+) -> None:
+    """Issue 8's scenario: 10 published, the connection dropped (Caddy killed), 5 more,
+    Caddy back: exactly those 5, once, in order, then live ones."""
+    log = tmp_path / "caddy.log"
+    process, port = start_caddy(server.port, log)
+    caddy = f"127.0.0.1:{port}"
+
+    async def publish(n: int) -> None:
+        async with httpx.AsyncClient(base_url=server.url) as http:  # straight, not via Caddy
+            body = {"channel": "chat:lobby", "data": {"text": f"m{n}"}}
+            assert (await http.post("/publish.py", json=body)).is_success
+
+    try:
+        ada = await sign_in(browser, caddy, "ada")
+        for n in range(10):
+            await publish(n)
+        await join(ada, "lobby")
+        lobby = room(ada, "chat:lobby")
+        messages = lobby.locator(".message .text")
+        await expect(messages).to_have_text([f"m{n}" for n in range(10)])  # the room's history
+        await expect(lobby).to_have_attribute("data-recovered", "")
+        process.kill()  # the network drops: no close frame, no goodbye
+        process.wait(10)
+        status = ada.locator("#status")
+        await expect(status).not_to_have_attribute("data-state", "connected", timeout=10_000)
+        for n in range(10, 15):
+            await publish(n)
+        process = caddy_process(server.port, port, log)
+        wait_for_http(f"http://{caddy}/", process=process)
+        await expect(status).to_have_attribute("data-state", "connected", timeout=30_000)
+        await expect(lobby).to_have_attribute("data-recovered", "true")
+        await expect(lobby.locator(".room-state")).to_have_text("back: nothing missed")
+        await expect(messages).to_have_text([f"m{n}" for n in range(15)])
+        await publish(15)
+        await expect(messages).to_have_text([f"m{n}" for n in range(16)])
+        assert await lobby.get_attribute("data-duplicates") is None  # none sent twice
+        offsets = await lobby.locator(".message").evaluate_all(
+            "items => items.map(li => Number(li.dataset.offset))"
+        )
+        assert offsets == list(range(1, 17))
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -126,7 +126,8 @@ class ChannelRules:
         Top-level channels (``default`` and any name without ``:``) are readable by
         anyone, as every ``/ws`` client was before channels existed; nobody publishes
         there but the server. In ``chat:*`` signed-in users (a connection token's
-        ``sub``) subscribe and post to rooms they are in. ``$`` channels need a
+        ``sub``) subscribe and post to rooms they are in, which keep their last 100
+        messages for 10 minutes (read by members, recovered after a reconnect). ``$`` channels need a
         subscription token. A configured ``[channel]`` replaces all of it.
         """
         return cls(
@@ -136,7 +137,14 @@ class ChannelRules:
             namespaces=MappingProxyType(
                 {
                     "chat": NamespaceOptions(
-                        allow_subscribe_for_client=True, allow_publish_for_subscriber=True
+                        allow_subscribe_for_client=True,
+                        allow_publish_for_subscriber=True,
+                        # The demo shows a room's last messages on joining, and a tab
+                        # that was away gets what it missed.
+                        history_size=100,
+                        history_ttl=600.0,
+                        force_recovery=True,
+                        allow_history_for_subscriber=True,
                     )
                 }
             ),
