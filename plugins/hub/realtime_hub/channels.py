@@ -127,8 +127,9 @@ class ChannelRules:
         anyone, as every ``/ws`` client was before channels existed; nobody publishes
         there but the server. In ``chat:*`` signed-in users (a connection token's
         ``sub``) subscribe and post to rooms they are in, which keep their last 100
-        messages for 10 minutes (read by members, recovered after a reconnect). ``$`` channels need a
-        subscription token. A configured ``[channel]`` replaces all of it.
+        messages for 10 minutes (read by members, recovered after a reconnect).
+        ``$`` channels need a subscription token. A configured ``[channel]`` replaces
+        all of it.
         """
         return cls(
             without_namespace=NamespaceOptions(
