@@ -87,12 +87,18 @@ class Peer:
         return [json.loads(line) for line in frame.split("\n")]
 
     async def reply(self, command_id: int, timeout: float = 5.0) -> dict[str, Any]:
+        """The reply to ``command_id``; what else comes meanwhile, in the same frame
+        too (pushes right after a reply), is kept for :meth:`push`."""
         async with asyncio.timeout(timeout):
             while True:
+                found = None
                 for message in await self.messages():
-                    if message.get("id") == command_id:
-                        return message
-                    self.pushes.append(message)
+                    if found is None and message.get("id") == command_id:
+                        found = message
+                    elif message != {}:
+                        self.pushes.append(message)
+                if found is not None:
+                    return found
 
     async def call(self, name: str, /, **params: Any) -> dict[str, Any]:
         (command_id,) = await self.send({name: params})
@@ -138,7 +144,9 @@ async def test_connect_subscribe_publish_round_trip(server: tuple[Quart, int]) -
         await connected(port, "bob"),
     )
     for client in (alice, bob):
-        assert (await client.call("subscribe", channel="chat:room"))["subscribe"] == {}
+        sub = (await client.call("subscribe", channel="chat:room"))["subscribe"]
+        # Chat rooms keep history by default: the reply says where the stream is.
+        assert sub == {"positioned": True, "recoverable": True, "epoch": sub["epoch"]}
     reply = await alice.call("publish", channel="chat:room", data={"text": "hi"})
     assert reply["publish"] == {}
     push = await bob.push()

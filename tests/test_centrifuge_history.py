@@ -8,6 +8,7 @@ with its position gets exactly what it missed or ``recovered: false``, and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from quart import Quart
 
 from realtime import get_host
-from realtime_broker import Publication, get_broker
+from realtime_broker import BrokerUnavailable, Publication, get_broker
 
 from .conftest import RedisServer
 from .test_centrifuge_endpoint import Peer, connected, served_app
@@ -266,18 +267,77 @@ async def test_a_script_reads_a_channels_history(server: tuple[Quart, int], tmp_
         assert answer.status_code == 404 and "keeps no history" in answer.text
 
 
-async def test_over_redis_history_reads_and_offsets_work_and_recovery_is_not_offered(
+async def test_over_redis_two_hosts_share_the_stream_and_a_client_recovers_on_the_other(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """Redis keeps the stream; recovery waits for the subscriber-side buffer it needs."""
-    app = await served_app(tmp_path, channel=CHANNELS, broker=redis_server.url)
-    async with hypercorn(app) as port:
-        client = await connected(port)
+    """The client's host goes away; it comes back on another and recovers contiguously."""
+    one = await served_app(tmp_path, channel=CHANNELS, broker=redis_server.url)
+    two = await served_app(tmp_path, channel=CHANNELS, broker=redis_server.url)
+    async with hypercorn(one) as port_one, hypercorn(two) as port_two:
+        client = await connected(port_one)
         sub = (await client.call("subscribe", channel="feed:a"))["subscribe"]
-        assert "recoverable" not in sub and "positioned" not in sub
-        await publish(app, "feed:a", 1)
-        await publish(app, "feed:a", 2)
+        assert sub["recoverable"] is True and sub.get("offset", 0) == 0  # 0: omitted
+        epoch = sub["epoch"]
+        await publish(two, "feed:a", 1)
+        await publish(one, "feed:a", 2)
         assert await pubs(client, 2) == [(1, 1), (2, 2)]
-        page = (await client.call("history", channel="feed:a", limit=-1))["history"]
-        assert [p["offset"] for p in page["publications"]] == [1, 2] and page["offset"] == 2
         await client.ws.close()
+        await publish(one, "feed:a", 3)
+        await publish(two, "feed:a", 4)
+        back = await connected(port_two)
+        reply = await back.call("subscribe", channel="feed:a", recover=True, epoch=epoch, offset=2)
+        sub = reply["subscribe"]
+        assert sub["recovered"] is True and sub["epoch"] == epoch
+        assert [(p["data"]["n"], p["offset"]) for p in sub["publications"]] == [(3, 3), (4, 4)]
+        page = (await back.call("history", channel="feed:a", limit=-1))["history"]
+        assert [p["offset"] for p in page["publications"]] == [1, 2, 3, 4]
+        await publish(one, "feed:a", 5)
+        assert await pubs(back, 1) == [(5, 5)]
+        await back.ws.close()
+
+
+async def test_over_redis_resubscribing_under_a_hammering_publisher_leaves_no_hole_or_twin(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Publications arriving while a subscribe reads the stream are held and merged."""
+    channels = {"namespaces": [{**CHANNELS["namespaces"][0], "history_size": 1000}]}
+    app = await served_app(tmp_path, channel=channels, broker=redis_server.url)
+    other = await served_app(tmp_path, channel=channels, broker=redis_server.url)
+    async with hypercorn(app) as port, hypercorn(other):
+        stop = asyncio.Event()
+        broker = get_broker(get_host(other))  # another process publishes, all along
+
+        async def hammer() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                with contextlib.suppress(BrokerUnavailable):  # while subscribing: not numbered
+                    await broker.publish("feed:a", Publication(f'{{"n":{n}}}', json=True))
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(hammer())
+        try:
+            client = await connected(port)
+            position = None
+            for round_ in range(30):
+                params: dict[str, Any] = {"channel": "feed:a"}
+                if position is not None:
+                    params.update(recover=True, epoch=position[0], offset=position[1])
+                sub = (await client.call("subscribe", **params))["subscribe"]
+                if position is not None:
+                    assert sub["recovered"] is True, round_
+                offsets = [p["offset"] for p in sub.get("publications", [])]
+                start = sub.get("offset", 0)
+                last = offsets[-1] if offsets else start
+                assert offsets == list(range(start + 1, last + 1))
+                for _ in range(10):  # then live, each the next
+                    pub = (await client.push())["push"]["pub"]
+                    assert pub["offset"] == last + 1, round_
+                    last = pub["offset"]
+                await client.call("unsubscribe", channel="feed:a")
+                position = (sub["epoch"], last)
+                client.pushes.clear()  # publications sent before the unsubscribe reply
+            await client.ws.close()
+        finally:
+            stop.set()
+            await task

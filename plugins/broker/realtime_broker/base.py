@@ -140,9 +140,9 @@ class Broker(ABC):
     #: then carry their stream's epoch and offset.
     history_supported: ClassVar[bool] = False
     #: True where a subscriber that joins a channel and then reads its history gets
-    #: every publication once with no wait between (one process, one loop): what
-    #: stream recovery needs. A distributed broker needs a subscriber-side buffer for
-    #: the round trip between the two, which is not built yet.
+    #: every publication once with no wait between (one process, one loop). Where
+    #: not, a recovering subscriber holds what arrives during the read aside and
+    #: merges it (the hub's ``hold`` and ``release``).
     recovers_atomically: ClassVar[bool] = False
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
@@ -397,6 +397,16 @@ class Broker(ABC):
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise BrokerUnavailable("the server did not read the history in time") from None
+
+    async def caught_up(self, channel: str, position: StreamPosition) -> None:  # noqa: B027
+        """Wait until this process has delivered ``channel``'s publications up to
+        ``position`` (read from its history): then, with the hub holding a subscriber
+        aside, none of them can still arrive after it goes live.
+
+        At once here (delivery happens on publishing); a distributed broker waits for
+        its subscription to bring them, and raises :class:`BrokerUnavailable` after
+        its timeout.
+        """
 
     async def remove_history(self, channel: str) -> None:
         """Drop the channel's publications; its position stays (``history_remove``)."""

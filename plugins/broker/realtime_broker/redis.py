@@ -577,6 +577,7 @@ class RedisBroker(Broker):
     """
 
     history_supported = True
+    recovers_atomically = False  # the subscribe's round trips: the hub holds meanwhile
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         super().__init__(url, settings)
@@ -594,6 +595,8 @@ class RedisBroker(Broker):
         self.tally = Tally(log)
         self._script: Any = None
         self._history_script: Any = None
+        #: Subscribers waiting for a channel's publications up to a position.
+        self._catching_up: dict[str, list[tuple[StreamPosition, asyncio.Future[None]]]] = {}
         self._channels_script: Any = None
         #: What this process's channel map in Redis holds, as far as it knows (``None``:
         #: unknown, so the next heartbeat starts it afresh)...
@@ -798,6 +801,35 @@ class RedisBroker(Broker):
             if isinstance(publication, Publication):
                 publications.append(publication)
         return HistoryResult(tuple(publications), StreamPosition(int(top), epoch))
+
+    async def caught_up(self, channel: str, position: StreamPosition) -> None:
+        if position.offset <= 0 or self._delivered_up_to(channel, position):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (position, waiter)
+        self._catching_up.setdefault(channel, []).append(entry)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await waiter
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"publications up to {position.offset} on {channel!r} did not arrive in time"
+            ) from None
+        finally:
+            waiting = self._catching_up.get(channel)
+            if waiting is not None and entry in waiting:
+                waiting.remove(entry)
+                if not waiting:
+                    del self._catching_up[channel]
+
+    def _delivered_up_to(self, channel: str, position: StreamPosition) -> bool:
+        known = self.sequence.position.get(channel)
+        return known is not None and known[0] == position.epoch and known[1] >= position.offset
+
+    def _wake_catching_up(self, channel: str) -> None:
+        for position, waiter in self._catching_up.get(channel, ()):
+            if not waiter.done() and self._delivered_up_to(channel, position):
+                waiter.set_result(None)
 
     async def remove_history(self, channel: str) -> None:
         if self.keeps_history(channel) is None:
@@ -1406,6 +1438,8 @@ class RedisBroker(Broker):
         self.sequence.delivered(
             channel, publication.epoch, publication.offset, mark, renumbered=renumbered
         )
+        if self._catching_up:
+            self._wake_catching_up(channel)
         try:
             self.deliver_locally(channel, publication)
         except Exception:

@@ -25,7 +25,14 @@ from typing import Any, ClassVar, Protocol
 
 from realtime_hub.channels import ChannelRules, HookAnswer, NamespaceOptions
 
-from .codec import Command, decode_commands, encode_error, encode_push, encode_reply
+from .codec import (
+    Command,
+    decode_commands,
+    encode_error,
+    encode_publication,
+    encode_push,
+    encode_reply,
+)
 from .codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CHANNEL_LIMIT,
@@ -131,6 +138,16 @@ class Backend(Protocol):
     def recovers(self) -> bool:
         """Whether joining then reading the stream gives every publication once."""
 
+    async def subscribe_held(self, channel: str) -> Any:
+        """Join ``channel`` with its publications kept aside (see :meth:`release`)."""
+
+    async def release(
+        self, channel: str, held: Any, top: tuple[int, str] | None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Go live, once every publication up to ``top`` (the stream's position when
+        read) has arrived; the publications kept aside meanwhile (protocol objects,
+        with their offsets), and how many this process missed meanwhile."""
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
@@ -199,9 +216,9 @@ class Session:
 
     # Ten thousand connections hold one each: no per-instance __dict__.
     __slots__ = (
-        "_connected", "_expire_at", "_last_ping", "_next_ping", "_pong_deadline", "_rand",
-        "_rejected", "_subs", "backend", "client_id", "clock", "info", "meta", "options",
-        "rules", "user", "verifier",
+        "_connected", "_expire_at", "_last_ping", "_next_ping", "_pong_deadline", "_pushes",
+        "_rand", "_rejected", "_subs", "_top", "backend", "client_id", "clock", "info",
+        "meta", "options", "rules", "user", "verifier",
     )  # fmt: skip
 
     #: Each method's handler, by name: one table for every session, not one each.
@@ -248,6 +265,10 @@ class Session:
         self._rejected = False
         self._expire_at: float | None = None
         self._subs: dict[str, _Subscription] = {}
+        #: Pushes that follow the reply being made (held publications after a subscribe).
+        self._pushes: list[str] = []
+        #: The stream's position as the last subscribe read it (offset, epoch).
+        self._top: tuple[int, str] | None = None
         self._next_ping: float | None = None
         self._last_ping: float | None = None
         self._pong_deadline: float | None = None
@@ -296,6 +317,9 @@ class Session:
                 raise DisconnectError(exc.disconnect, [*replies, *exc.replies]) from None
             if reply is not None:
                 replies.append(reply)
+            if self._pushes:  # publications that go right after that reply
+                replies.extend(self._pushes)
+                self._pushes.clear()
             if self._rejected:
                 break
         return replies
@@ -500,7 +524,16 @@ class Session:
             if expire_at <= now:
                 return ERROR_EXPIRED
             expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS)
-        await self.backend.subscribe(channel)
+        features = self._stream_features(channel, command)
+        # The stream is read after joining. Where joining and reading happen with no
+        # wait between (one process), every publication is either live or in what is
+        # read; across processes the publications arriving meanwhile are held aside
+        # and merged (Centrifuge's PubSubSync).
+        held = None
+        if features is not None and not self.backend.recovers():
+            held = await self.backend.subscribe_held(channel)
+        else:
+            await self.backend.subscribe(channel)
         self._subs[channel] = _Subscription(
             "client", expire_at=expire_at, info=claims.info if claims else None
         )
@@ -508,16 +541,55 @@ class Session:
             "expires": expire_at is not None,
             "ttl": self._ttl(expire_at, now),
             "data": claims.data if claims else None,
+            "was_recovering": command.get_bool("recover") or None,
         }
-        # Read after joining, with no wait between: every publication from here on
-        # reaches the client live, every earlier one is in what is read.
-        stream = await self._stream_state(channel, command)
+        if features is None:
+            return result
+        try:
+            stream = await self._stream_state(channel, command, *features)
+        finally:
+            top, self._top = self._top, None
+            released = None
+            if held is not None:
+                released = await self.backend.release(channel, held, top)
+        if not isinstance(stream, Error) and released is not None:
+            stream = self._merge_held(channel, stream, *released)
         if isinstance(stream, Error):
             self._subs.pop(channel, None)
             await self.backend.unsubscribe(channel)
             return stream
         result.update(stream)
         return result
+
+    def _merge_held(
+        self, channel: str, stream: dict[str, Any], held: list[dict[str, Any]], lost: int
+    ) -> dict[str, Any] | Error:
+        """Join what arrived while the stream was read to what was read: each once, in
+        order, no hole (a hole, or a loss meanwhile, fails the subscribe with 100, and
+        the SDK tries again)."""
+        if not stream.get("positioned"):
+            return stream  # this broker keeps no history after all
+        if lost:
+            return ERROR_INTERNAL
+        recovered = bool(stream.get("recovered"))
+        pubs = list(stream.get("publications") or ())
+        position = pubs[-1]["offset"] if pubs else stream["offset"]
+        later = []
+        for pub in sorted(held, key=lambda p: p["offset"]):
+            if pub["offset"] <= position:
+                continue  # read already, or before where the client stands
+            if pub["offset"] != position + 1:
+                return ERROR_INTERNAL
+            later.append(pub)
+            position = pub["offset"]
+        if recovered:
+            stream["publications"] = pubs + later or None
+        else:
+            self._pushes.extend(
+                encode_publication(channel, pub["data"], pub.get("info"), pub["offset"])
+                for pub in later
+            )
+        return stream
 
     def _history_access(self, options: NamespaceOptions, channel: str) -> bool:
         """Centrifugo's history permission: as a subscriber, or as any (signed-in) client."""
@@ -531,19 +603,16 @@ class Session:
     def _keeps_history(options: NamespaceOptions | None) -> bool:
         return options is not None and options.history_size > 0 and options.history_ttl > 0
 
-    async def _stream_state(self, channel: str, command: Command) -> dict[str, Any] | Error:
-        """The subscribe result's stream fields: positioning, recovery, what was missed.
+    def _stream_features(self, channel: str, command: Command) -> tuple[bool, bool] | None:
+        """(recovery, positioning) for this subscription; None when neither applies.
 
-        Centrifuge's rules: a namespace forces recovery or positioning, or allows what
-        the client asks (``recoverable``, ``positioned``), as history access does. A
-        recovery is complete or nothing: the publications after the client's offset
-        up to the top, at most ``recovery_limit`` of them, else ``recovered: false``.
+        Centrifuge's rules: a namespace keeping history forces recovery or positioning,
+        or allows what the client asks (``recoverable``, ``positioned``), as history
+        access does.
         """
         options = self.rules.namespace_of(channel)
-        wants_recovery = command.get_bool("recover")
-        state: dict[str, Any] = {"was_recovering": wants_recovery or None}
-        if options is None or not self._keeps_history(options) or not self.backend.recovers():
-            return state
+        if options is None or not self._keeps_history(options):
+            return None
         access = self._history_access(options, channel)
         recovery = options.force_recovery or (
             command.get_bool("recoverable") and (options.allow_recovery or access)
@@ -552,7 +621,19 @@ class Session:
             command.get_bool("positioned") and (options.allow_positioning or access)
         )
         if not (recovery or positioning):
-            return state
+            return None
+        return recovery, positioning
+
+    async def _stream_state(
+        self, channel: str, command: Command, recovery: bool, positioning: bool
+    ) -> dict[str, Any] | Error:
+        """The subscribe result's stream fields: position, and what was missed.
+
+        A recovery is complete or nothing: the publications after the client's offset
+        up to the top, at most ``recovery_limit`` of them, else ``recovered: false``.
+        """
+        wants_recovery = command.get_bool("recover")
+        state: dict[str, Any] = {}
         since = (command.get_int("offset"), command.get_str("epoch"))
         recovered = False
         try:
@@ -572,11 +653,12 @@ class Session:
                 page = await self.backend.history(channel, limit=0, since=None, reverse=False)
         except Error as error:
             if error.code != ERROR_UNRECOVERABLE_POSITION.code:
-                return state  # this broker keeps no history: nothing to position by
+                return state  # no history here after all: nothing to position by
             page = await self.backend.history(channel, limit=0, since=None, reverse=False)
         rejected = command.get_int("flag") & FLAG_REJECT_UNRECOVERED
         if recovery and wants_recovery and not recovered and rejected:
             return ERROR_UNRECOVERABLE_POSITION
+        self._top = (page.offset, page.epoch)
         state.update(
             positioned=True,
             recoverable=recovery or None,

@@ -18,8 +18,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from realtime_broker import BrokerUnavailable, Publication
-from realtime_hub import ASGIConnection, Client, Hub, Receive, Send
+from realtime_broker import BrokerUnavailable, Publication, StreamPosition
+from realtime_hub import ASGIConnection, Client, Held, Hub, Receive, Send
 
 from .codec import RawJSON, encode_json, encode_publication
 from .codes import (
@@ -196,6 +196,23 @@ class ConnectionBackend:
 
     def recovers(self) -> bool:
         return self.node.broker.recovers_atomically
+
+    async def subscribe_held(self, channel: str) -> Held:
+        hub = self.node.hub
+        held = hub.hold(channel, self.client)
+        await hub.ready(channel)
+        return held
+
+    async def release(
+        self, channel: str, held: Held, top: tuple[int, str] | None
+    ) -> tuple[list[dict[str, Any]], int]:
+        try:
+            if top is not None:
+                await self.node.broker.caught_up(channel, StreamPosition(*top))
+        except BrokerUnavailable:
+            held.lost += 1  # what should have come did not: the subscribe fails (100)
+        self.node.hub.release(channel, self.client, held, self.node.format)
+        return [publication_object(pub) for pub in held.publications], held.lost
 
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
         # ClientInfo as the protocol sends it: empty fields left out (user, client kept).

@@ -166,6 +166,25 @@ class Client:
     overflow_logged: bool = False
 
 
+class Held:
+    """A client's publications of one channel kept aside between :meth:`Hub.hold` and
+    :meth:`Hub.release`. It stands in the channel as its own format group: the fan-out
+    hands it the publications instead of encoding them."""
+
+    __slots__ = ("lost", "publications")
+
+    def __init__(self) -> None:
+        self.publications: list[Any] = []
+        #: Publications this process missed meanwhile (the broker lost them).
+        self.lost = 0
+
+    def encode(self, channel: str, publication: Any) -> str | bytes:
+        raise RuntimeError("held publications are not encoded")
+
+    def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
+        self.lost += count
+
+
 Channel = dict[Any, dict[int, Client]]
 """A channel's subscribers, grouped by format: ``{format: {client id: client}}``."""
 
@@ -227,6 +246,8 @@ class Hub:
         #: Fan-outs waiting past which publish() delivers them all at once.
         self.max_pending = max(1, max_pending)
         self._pending: deque[_Pending] = deque()
+        #: Channels with a client in :meth:`hold`, and how many.
+        self._holding: dict[str, int] = {}
         self._drainer: asyncio.Task[None] | None = None
         self.stats = HubStats()
         self._clients: dict[int, Client] = {}
@@ -402,6 +423,43 @@ class Hub:
         members.setdefault(fmt, {})[client.id] = client
         client.channels.append(channel)
 
+    def hold(self, channel: str, client: Client) -> Held:
+        """Put ``client`` in ``channel`` with its publications kept aside, not sent.
+
+        For a protocol that must read the channel's history before going live (stream
+        recovery over a distributed broker): publications from now until
+        :meth:`release` are collected in the returned :class:`Held`, so none is missed
+        or sent twice around the read.
+        """
+        held = Held()
+        if client.closing or channel in client.channels:
+            return held
+        members = self.channels.get(channel)
+        if members is None:
+            members = self.channels[channel] = {}
+            if self.on_first is not None:
+                self.on_first(channel)
+        members[held] = {client.id: client}
+        client.channels.append(channel)
+        self._holding[channel] = self._holding.get(channel, 0) + 1
+        return held
+
+    def release(self, channel: str, client: Client, held: Held, fmt: Format) -> None:
+        """From :meth:`hold` to a member receiving in ``fmt``, in one step: what was
+        published until now is in ``held.publications``, what comes next is sent."""
+        members = self.channels.get(channel)
+        if members is None or members.pop(held, None) is None:
+            return  # left (or gone) meanwhile
+        self._unhold(channel)
+        members.setdefault(fmt, {})[client.id] = client
+
+    def _unhold(self, channel: str) -> None:
+        left = self._holding[channel] - 1
+        if left:
+            self._holding[channel] = left
+        else:
+            del self._holding[channel]
+
     def leave(self, channel: str, client: Client) -> None:
         if channel not in client.channels:
             return
@@ -412,6 +470,8 @@ class Hub:
         for fmt, clients in list(members.items()):
             if clients.pop(client.id, None) is not None and not clients:
                 del members[fmt]
+                if isinstance(fmt, Held):
+                    self._unhold(channel)
         if not members:
             del self.channels[channel]
             if self.on_last is not None:
@@ -510,6 +570,10 @@ class Hub:
         self.stats.messages += 1
         if not members:
             return 0
+        if channel in self._holding:
+            members = self._hold_publication(members, publication)
+            if not members:
+                return self._holding.get(channel, 0)
         pending = self._pending
         if not pending and sum(map(len, members.values())) <= self.fan_out_slice:
             # Nothing below changes ``members`` synchronously (closes are tasks): no copy.
@@ -528,6 +592,17 @@ class Hub:
         if self._drainer is None:
             self._drainer = self._loop.create_task(self._drain_pending())
         return count
+
+    @staticmethod
+    def _hold_publication(members: Channel, publication: Any) -> Channel:
+        """Give ``publication`` to the channel's holders; the other groups, to deliver."""
+        others: Channel = {}
+        for fmt, clients in members.items():
+            if isinstance(fmt, Held):
+                fmt.publications.append(publication)
+            else:
+                others[fmt] = clients
+        return others
 
     def _deliver(self, message: Message, clients: Iterable[Client]) -> int:
         """Write ``message`` to each client keeping up; queue it for the others."""
