@@ -186,9 +186,11 @@ def caddy(server: Server, tmp_path: Path) -> Iterator[str]:
 class RedisServer:
     """Debian's redis-server on a free loopback port; stop() and start() keep the port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        #: Persist every write (AOF, fsync always): a killed Redis comes back with it all.
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -203,7 +205,8 @@ class RedisServer:
             )
         command = [
             server, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            "--save", "", "--dir", str(self.workdir),
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
         ]  # fmt: skip
         with (self.workdir / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

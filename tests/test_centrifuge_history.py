@@ -341,3 +341,47 @@ async def test_over_redis_resubscribing_under_a_hammering_publisher_leaves_no_ho
         finally:
             stop.set()
             await task
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["no persistence", "AOF"])
+async def test_a_redis_restart_keeps_offsets_with_aof_and_changes_the_epoch_without(
+    tmp_path: Path, persistent: bool
+) -> None:
+    """Without persistence the stream is gone: a new epoch, and ``recovered`` false,
+    never a silent gap. With AOF the numbering continues and recovery works."""
+    redis = RedisServer(tmp_path / "redis", appendonly=persistent)
+    redis.workdir.mkdir()
+    redis.start()
+    try:
+        app = await served_app(tmp_path, channel=CHANNELS, broker=redis.url)
+        async with hypercorn(app) as port:
+            client = await connected(port)
+            epoch = (await client.call("subscribe", channel="feed:a"))["subscribe"]["epoch"]
+            for n in (1, 2, 3):
+                await publish(app, "feed:a", n)
+            assert await pubs(client, 3) == [(1, 1), (2, 2), (3, 3)]
+            await client.ws.close()
+            redis.stop()
+            redis.start()
+            async with asyncio.timeout(20):  # until the process is back on Redis
+                while True:
+                    try:
+                        await publish(app, "feed:a", 4)
+                        break
+                    except BrokerUnavailable:
+                        await asyncio.sleep(0.1)
+            await publish(app, "feed:a", 5)
+            back = await connected(port)
+            reply = await back.call(
+                "subscribe", channel="feed:a", recover=True, epoch=epoch, offset=3
+            )
+            sub = reply["subscribe"]
+            if persistent:
+                assert sub["recovered"] is True and sub["epoch"] == epoch
+                assert [p["offset"] for p in sub["publications"]] == [4, 5]
+            else:
+                assert "recovered" not in sub and "publications" not in sub
+                assert sub["epoch"] != epoch and sub["offset"] == 2
+            await back.ws.close()
+    finally:
+        redis.stop()
