@@ -18,7 +18,7 @@ import jwt
 import pytest
 from centrifuge import ReplyError
 
-from .conftest import Server
+from .conftest import RedisServer, Server, start_caddy
 from .sdk import (
     NodeClient,
     PyClient,
@@ -412,3 +412,66 @@ async def test_python_recovers_what_it_missed_across_a_reconnect(
         assert got == [(n, n + 1) for n in range(7)]  # each once, in order, no hole
     finally:
         await ada.close()
+
+
+HUB_SIZE_SCRIPT = """\
+from realtime_hub import get_hub
+from realtime import current_host
+print(len(get_hub(current_host())))
+"""
+
+
+async def test_python_recovers_on_the_other_host_when_its_host_is_killed(
+    scripts: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Two hosts behind Caddy over Redis: SIGKILL the client's host, the SDK reconnects
+    through Caddy to the other and recovers contiguously."""
+    (scripts / "size.py").write_text(HUB_SIZE_SCRIPT)
+    feed = {"name": "feed", "history_size": 100, "history_ttl": "300s", "force_recovery": True}
+    config = tmp_path / "realtime.toml"
+    config.write_text(
+        f'token_hmac_secret = "{SECRET}"\n'
+        + channel_config([{**feed, "allow_subscribe_for_client": True}])
+    )
+    hosts = [
+        Server(scripts, "--config", str(config), "--broker", redis_server.url).start()
+        for _ in range(2)
+    ]
+    caddy, caddy_port = start_caddy(
+        hosts[0].port,
+        tmp_path / "caddy-cluster.log",
+        config="deploy/Caddyfile.cluster",
+        extra_env={"REALTIME_UPSTREAM_2": f"127.0.0.1:{hosts[1].port}"},
+    )
+    ada = PyClient(centrifuge_url(f"http://127.0.0.1:{caddy_port}"), token=mint("ada"))
+    try:
+        await ada.connect()
+        room = await ada.subscribe("feed:room")
+        got = []
+        for n in range(3):
+            publish(hosts[n % 2], "feed:room", {"n": n})
+            ctx = await next_item(room.publications)
+            got.append((ctx.pub.data["n"], ctx.pub.offset))
+        sizes = [int(httpx.get(f"{h.url}/size.py", timeout=5).text) for h in hosts]
+        assert sorted(sizes) == [0, 1], sizes
+        mine, other = (hosts[0], hosts[1]) if sizes[0] else (hosts[1], hosts[0])
+        assert mine.process is not None
+        mine.process.kill()  # no drain, no close frame: the host is gone
+        mine.process.wait(10)
+        for n in range(3, 6):
+            publish(other, "feed:room", {"n": n})
+        back = await next_item(room.subscribed, timeout=30)
+        assert back.was_recovering and back.recovered
+        for _ in range(3):
+            ctx = await next_item(room.publications)
+            got.append((ctx.pub.data["n"], ctx.pub.offset))
+        publish(other, "feed:room", {"n": 6})
+        ctx = await next_item(room.publications)
+        got.append((ctx.pub.data["n"], ctx.pub.offset))
+        assert got == [(n, n + 1) for n in range(7)]
+    finally:
+        await ada.close()
+        caddy.terminate()
+        caddy.wait(10)
+        for host in hosts:
+            host.stop()
