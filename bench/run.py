@@ -116,6 +116,17 @@ class Server:
         return "uvloop" in self.flags
 
 
+#: Channel rules for the history row: top-level channels as by default, keeping history.
+HISTORY_CHANNELS = json.dumps(
+    {
+        "without_namespace": {
+            "allow_subscribe_for_client": True,
+            "allow_subscribe_for_anonymous": True,
+            "history_size": 1000,
+            "history_ttl": "300s",
+        }
+    }
+)
 SERVERS: dict[str, Server] = {
     s.name: s
     for s in (
@@ -184,6 +195,13 @@ SERVERS: dict[str, Server] = {
             redis=True,
         ),
         Server(
+            "realtime-redis-history",
+            "realtime",
+            "1 worker, Redis broker, the channel keeps history (a Redis stream, 1,000 kept)",
+            ("--channel", HISTORY_CHANNELS),
+            redis=True,
+        ),
+        Server(
             "realtime-redis-2w",
             "realtime",
             "2 workers (one port, SO_REUSEPORT), Redis broker",
@@ -225,7 +243,9 @@ CENTRIFUGE_CONNECT_RATIO = 0.8  # connect-and-subscribe rate at least this much 
 #: on a server holding only that channel's clients.
 CHANNEL_CPU_RATIO = 2.0
 #: Rows of the multi-process scenario; the first (memory broker) is the reference.
-MULTI = ("realtime", "realtime-redis", "realtime-redis-2w")
+MULTI = ("realtime", "realtime-redis", "realtime-redis-history", "realtime-redis-2w")
+#: Issue 8: CPU per delivery with history over Redis at most this many times without.
+HISTORY_CPU_RATIO = 1.15
 
 
 def anchor(anchors: Path, *parts: str) -> Path:
@@ -1470,6 +1490,28 @@ def multi_tables(results: list[dict[str, Any]]) -> str:
         header += ["deliveries/s", "KB/conn"]
         out += ["", "### Several processes vs one with the memory broker (row vs realtime)", ""]
         out.append(table(header, versus_rows))
+    history_rows = []
+    for (name, n, k), mine in sorted(ok.items(), key=lambda i: (i[0][1], i[0][2])):
+        plain = ok.get(("realtime-redis", n, k))
+        if name != "realtime-redis-history" or plain is None:
+            continue
+        a, b = mine["server_cpu_us_per_delivery"], plain["server_cpu_us_per_delivery"]
+        good = a is not None and b is not None and a <= HISTORY_CPU_RATIO * b
+        label = fmt(n) + (f", round {k}" if (mine.get("rounds") or 1) > 1 else "")
+        history_rows.append(
+            [
+                label,
+                f"{versus(a, b, 1)}: ≤ {HISTORY_CPU_RATIO:.2f}x {met(good)}",
+                versus(mine["latency_ms"]["p99"], plain["latency_ms"]["p99"], 2),
+                versus(
+                    mine.get("redis_cpu_us_per_delivery"), plain.get("redis_cpu_us_per_delivery"), 2
+                ),
+            ]
+        )
+    if history_rows:
+        header = ["clients", "CPU µs/delivery (issue 8 target)", "p99 ms", "of which redis"]
+        out += ["", "### History over Redis (realtime-redis-history vs realtime-redis)", ""]
+        out.append(table(header, history_rows))
     if hops:
         header = ["clients", "row", "rounds", "added p50 ms", "added p99 ms"]
         header += ["added send.py p50 ms"]

@@ -303,3 +303,32 @@ async def test_closing_the_hub_delivers_pending_fan_outs_first() -> None:
     assert all(c.received == ["last words"] for c in connections)
     assert all(c.closed is not None and c.closed[0] == 1001 for c in connections)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_drop_oldest_tells_a_handler_that_wants_to_know() -> None:
+    """A protocol whose clients track offsets must learn of the hole (Centrifuge: 3010)."""
+
+    class Handler:
+        def __init__(self) -> None:
+            self.dropped_counts: list[int] = []
+
+        def received(self, data: str | bytes) -> None:
+            return None
+
+        def closed(self) -> None:
+            pass
+
+        def dropped(self, count: int) -> None:
+            self.dropped_counts.append(count)
+
+    hub = Hub(max_buffer=500, overflow="drop-oldest")
+    hub.start()
+    slow = FakeConnection(reading=False)
+    handler = Handler()
+    client = await hub.connect(slow, lambda client: handler)
+    assert client is not None
+    hub.join("default", client, RAW)
+    for i in range(20):
+        publish(hub, f"{i:03d}" + "." * 97)
+    assert sum(handler.dropped_counts) == hub.stats.dropped > 0
+    hub.forget(client)

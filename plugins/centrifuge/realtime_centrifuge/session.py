@@ -209,6 +209,8 @@ class _Subscription:
     source: str
     expire_at: float | None = None
     info: Any = None
+    #: The client tracks this channel's offsets (a recoverable or positioned stream).
+    positioned: bool = False
 
 
 class Session:
@@ -558,8 +560,16 @@ class Session:
             self._subs.pop(channel, None)
             await self.backend.unsubscribe(channel)
             return stream
+        subscription = self._subs.get(channel)
+        if subscription is not None and stream.get("positioned"):
+            subscription.positioned = True
         result.update(stream)
         return result
+
+    @property
+    def positioned(self) -> bool:
+        """Whether any subscription tracks its stream's offsets (a hole must be told)."""
+        return any(sub.positioned for sub in self._subs.values())
 
     def _merge_held(
         self, channel: str, stream: dict[str, Any], held: list[dict[str, Any]], lost: int

@@ -25,6 +25,7 @@ from .codec import RawJSON, encode_json, encode_publication
 from .codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
+    DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_STALE,
     ERROR_INTERNAL,
     ERROR_METHOD_NOT_FOUND,
@@ -280,6 +281,16 @@ class SessionHandler:
 
     def received(self, data: str | bytes) -> Coroutine[Any, Any, None]:
         return self._frame(data)
+
+    def dropped(self, count: int) -> None:
+        """The hub dropped publications for this client (``drop-oldest``): a client that
+        tracks offsets would see a hole, so it reconnects and recovers (3010)."""
+        if self.session.positioned:
+            self.node.hub.disconnect(
+                self.client,
+                DISCONNECT_INSUFFICIENT_STATE.code,
+                DISCONNECT_INSUFFICIENT_STATE.reason,
+            )
 
     def closed(self) -> None:
         if self._timer is not None:

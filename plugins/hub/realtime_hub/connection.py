@@ -75,7 +75,9 @@ class Handler(Protocol):
     The hub calls :meth:`received` for each message, in order, and waits for the
     awaitable it may return before handing over the next one (reading pauses
     meanwhile). :meth:`closed` comes once, when the connection has ended for any
-    reason, after which the client is out of every channel.
+    reason, after which the client is out of every channel. A handler may also have
+    ``dropped(count)``: the ``drop-oldest`` policy just dropped ``count`` messages
+    meant for this client.
     """
 
     def received(self, data: str | bytes) -> Awaitable[None] | None: ...

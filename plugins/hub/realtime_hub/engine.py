@@ -688,10 +688,15 @@ class Hub:
                 self._spawn(self._close(client, CLOSE_OVERFLOW, reason))
                 return False
             self._overflowed(client, "dropping its oldest messages")
+            count = 0
             while client.queue and client.queued_bytes + message.size > limit:
                 dropped = client.queue.popleft()
                 client.queued_bytes -= dropped.size
-                self.stats.dropped += 1
+                count += 1
+            self.stats.dropped += count
+            told = getattr(client.handler, "dropped", None)
+            if told is not None:  # a protocol whose clients notice holes
+                told(count)
         if client.queue is None:
             client.queue = deque()
         client.queue.append(message)
