@@ -24,35 +24,12 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from .conftest import FAN_OUT_MODES, Server
+from .test_frames import frame
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 #: How long anything the server should do at once may take on a loaded machine.
 TIMEOUT = 5.0
-
-
-def frame(
-    opcode: int,
-    payload: bytes = b"",
-    *,
-    fin: bool = True,
-    masked: bool = True,
-    length: int | None = None,
-) -> bytes:
-    """A client frame with a random mask key; ``length`` declares more than follows."""
-    first = (0x80 if fin else 0) | opcode
-    declared = len(payload) if length is None else length
-    mask_bit = 0x80 if masked else 0
-    if declared < 126:
-        header = struct.pack("!BB", first, mask_bit | declared)
-    elif declared < 1 << 16:
-        header = struct.pack("!BBH", first, mask_bit | 126, declared)
-    else:
-        header = struct.pack("!BBQ", first, mask_bit | 127, declared)
-    if not masked:
-        return header + payload
-    key = os.urandom(4)
-    return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 class Closed(Exception):
