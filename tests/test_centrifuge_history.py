@@ -385,3 +385,17 @@ async def test_a_redis_restart_keeps_offsets_with_aof_and_changes_the_epoch_with
             await back.ws.close()
     finally:
         redis.stop()
+
+
+async def test_a_history_call_gets_at_most_the_configured_limit(tmp_path: Path) -> None:
+    app = await served_app(tmp_path, channel=CHANNELS, client_history_max_publication_limit=2)
+    async with hypercorn(app) as port:
+        for n in range(1, 5):
+            await publish(app, "feed:a", n)
+        client = await connected(port)
+        await client.call("subscribe", channel="feed:a")
+        for limit in (-1, 3, 1_000_000):  # all, over the cap, far over it
+            page = (await client.call("history", channel="feed:a", limit=limit))["history"]
+            assert [p["offset"] for p in page["publications"]] == [1, 2], limit
+            assert page["offset"] == 4
+        await client.ws.close()

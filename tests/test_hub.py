@@ -332,3 +332,20 @@ async def test_drop_oldest_tells_a_handler_that_wants_to_know() -> None:
         publish(hub, f"{i:03d}" + "." * 97)
     assert sum(handler.dropped_counts) == hub.stats.dropped > 0
     hub.forget(client)
+
+
+async def test_a_hold_keeps_at_most_max_held_and_counts_the_rest_as_lost() -> None:
+    hub = Hub(max_held=3)
+    hub.start()
+    connection = FakeConnection()
+    client = await hub.connect(connection)
+    assert client is not None
+    held = hub.hold("default", client)
+    for i in range(5):
+        assert publish(hub, f"m{i}") == 1  # counted, kept aside, not sent
+    assert [p.data for p in held.publications] == ["m0", "m1", "m2"]
+    assert held.lost == 2
+    hub.release("default", client, held, RAW)
+    assert publish(hub, "live") == 1
+    await settle(lambda: connection.received == ["live"])
+    hub.forget(client)

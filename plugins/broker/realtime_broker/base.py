@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -331,17 +331,29 @@ class Broker(ABC):
 
     def publish_sync(self, channel: str, data: str | bytes | Publication) -> int:
         """:meth:`publish` for a script's worker thread: waits for the result."""
+        result: int = self._from_thread(
+            lambda: self.publish(channel, data),
+            "publish",
+            "the server did not take the message in time",
+        )
+        return result
+
+    def _from_thread(
+        self, coroutine: Callable[[], Coroutine[Any, Any, Any]], method: str, late: str
+    ) -> Any:
+        """Run ``coroutine()`` on the loop from a worker thread, waiting at most the
+        hand-off timeout (then :class:`BrokerUnavailable` with ``late``)."""
         loop = self.loop
         if loop is None:
             raise BrokerUnavailable("the broker is not running")
         if self.on_loop_thread():
-            raise RuntimeError("on the event loop, use 'await broker.publish(...)'")
-        future = asyncio.run_coroutine_threadsafe(self.publish(channel, data), loop)
+            raise RuntimeError(f"on the event loop, use 'await broker.{method}(...)'")
+        future = asyncio.run_coroutine_threadsafe(coroutine(), loop)
         try:
             return future.result(timeout=self.handoff_timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise BrokerUnavailable("the server did not take the message in time") from None
+            raise BrokerUnavailable(late) from None
 
     @abstractmethod
     async def publish(self, channel: str, data: str | bytes | Publication) -> int:
@@ -374,7 +386,8 @@ class Broker(ABC):
         Raises :class:`HistoryUnavailable` where the channel (or this broker) keeps
         none, :class:`UnrecoverablePosition` when ``since`` is not in the stream.
         """
-        raise HistoryUnavailable(f"the {self.describe()} broker keeps no history")
+        self._check_history(channel)
+        return await self._read_history(channel, limit, since, reverse)
 
     def history_sync(
         self,
@@ -385,18 +398,12 @@ class Broker(ABC):
         reverse: bool = False,
     ) -> HistoryResult:
         """:meth:`history` for a script's worker thread: waits for the result."""
-        loop = self.loop
-        if loop is None:
-            raise BrokerUnavailable("the broker is not running")
-        if self.on_loop_thread():
-            raise RuntimeError("on the event loop, use 'await broker.history(...)'")
-        coroutine = self.history(channel, limit=limit, since=since, reverse=reverse)
-        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
-        try:
-            return future.result(timeout=self.handoff_timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise BrokerUnavailable("the server did not read the history in time") from None
+        result: HistoryResult = self._from_thread(
+            lambda: self.history(channel, limit=limit, since=since, reverse=reverse),
+            "history",
+            "the server did not read the history in time",
+        )
+        return result
 
     async def caught_up(self, channel: str, position: StreamPosition) -> None:  # noqa: B027
         """Wait until this process has delivered ``channel``'s publications up to
@@ -410,7 +417,24 @@ class Broker(ABC):
 
     async def remove_history(self, channel: str) -> None:
         """Drop the channel's publications; its position stays (``history_remove``)."""
-        raise HistoryUnavailable(f"the {self.describe()} broker keeps no history")
+        self._check_history(channel)
+        await self._remove_history(channel)
+
+    def _check_history(self, channel: str) -> None:
+        if not self.history_supported:
+            raise HistoryUnavailable(f"the {self.describe()} broker keeps no history")
+        if self.keeps_history(channel) is None:
+            raise HistoryUnavailable(f"channel {channel!r} keeps no history")
+
+    async def _read_history(
+        self, channel: str, limit: int, since: StreamPosition | None, reverse: bool
+    ) -> HistoryResult:
+        """:meth:`history` where the channel keeps one (``history_supported`` brokers)."""
+        raise NotImplementedError
+
+    async def _remove_history(self, channel: str) -> None:
+        """:meth:`remove_history` where the channel keeps one."""
+        raise NotImplementedError
 
     def problem(self) -> str | None:
         """Why this process should get no new clients (for ``/-/health``); ``None`` if none.

@@ -12,7 +12,6 @@ from .base import (
     Broker,
     BrokerUnavailable,
     HistoryResult,
-    HistoryUnavailable,
     Publication,
     StreamPosition,
     as_publication,
@@ -69,23 +68,14 @@ class MemoryBroker(Broker):
     async def publish(self, channel: str, data: str | bytes | Publication) -> int:
         return self._deliver(channel, as_publication(data))
 
-    async def history(
-        self,
-        channel: str,
-        *,
-        limit: int = 0,
-        since: StreamPosition | None = None,
-        reverse: bool = False,
+    async def _read_history(
+        self, channel: str, limit: int, since: StreamPosition | None, reverse: bool
     ) -> HistoryResult:
-        if self.keeps_history(channel) is None:
-            raise HistoryUnavailable(f"channel {channel!r} keeps no history")
         return self.streams.read(
             channel, time.monotonic(), limit=limit, since=since, reverse=reverse
         )
 
-    async def remove_history(self, channel: str) -> None:
-        if self.keeps_history(channel) is None:
-            raise HistoryUnavailable(f"channel {channel!r} keeps no history")
+    async def _remove_history(self, channel: str) -> None:
         self.streams.remove(channel)
 
     def publish_sync(self, channel: str, data: str | bytes | Publication) -> int:

@@ -81,7 +81,6 @@ from .base import (
     Broker,
     BrokerUnavailable,
     HistoryResult,
-    HistoryUnavailable,
     Publication,
     StreamPosition,
     UnrecoverablePosition,
@@ -762,16 +761,9 @@ class RedisBroker(Broker):
             return 0
         return self._count(dict(zip(flat[::2], flat[1::2], strict=True)))
 
-    async def history(
-        self,
-        channel: str,
-        *,
-        limit: int = 0,
-        since: StreamPosition | None = None,
-        reverse: bool = False,
+    async def _read_history(
+        self, channel: str, limit: int, since: StreamPosition | None, reverse: bool
     ) -> HistoryResult:
-        if self.keeps_history(channel) is None:
-            raise HistoryUnavailable(f"channel {channel!r} keeps no history")
         if self._publisher is None or self._history_script is None:
             raise BrokerUnavailable("the broker is not running")
         count = MAX_HISTORY_LIMIT if limit < 0 or limit > MAX_HISTORY_LIMIT else limit
@@ -831,9 +823,7 @@ class RedisBroker(Broker):
             if not waiter.done() and self._delivered_up_to(channel, position):
                 waiter.set_result(None)
 
-    async def remove_history(self, channel: str) -> None:
-        if self.keeps_history(channel) is None:
-            raise HistoryUnavailable(f"channel {channel!r} keeps no history")
+    async def _remove_history(self, channel: str) -> None:
         if self._publisher is None:
             raise BrokerUnavailable("the broker is not running")
         try:

@@ -219,8 +219,8 @@ class Session:
     # Ten thousand connections hold one each: no per-instance __dict__.
     __slots__ = (
         "_connected", "_expire_at", "_last_ping", "_next_ping", "_pong_deadline", "_pushes",
-        "_rand", "_rejected", "_subs", "_top", "backend", "client_id", "clock", "info",
-        "meta", "options", "rules", "user", "verifier",
+        "_rand", "_rejected", "_subs", "backend", "client_id", "clock", "info", "meta",
+        "options", "rules", "user", "verifier",
     )  # fmt: skip
 
     #: Each method's handler, by name: one table for every session, not one each.
@@ -269,8 +269,6 @@ class Session:
         self._subs: dict[str, _Subscription] = {}
         #: Pushes that follow the reply being made (held publications after a subscribe).
         self._pushes: list[str] = []
-        #: The stream's position as the last subscribe read it (offset, epoch).
-        self._top: tuple[int, str] | None = None
         self._next_ping: float | None = None
         self._last_ping: float | None = None
         self._pong_deadline: float | None = None
@@ -526,13 +524,13 @@ class Session:
             if expire_at <= now:
                 return ERROR_EXPIRED
             expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS)
-        features = self._stream_features(channel, command)
+        recovery = self._stream_features(channel, command)
         # The stream is read after joining. Where joining and reading happen with no
         # wait between (one process), every publication is either live or in what is
         # read; across processes the publications arriving meanwhile are held aside
         # and merged (Centrifuge's PubSubSync).
         held = None
-        if features is not None and not self.backend.recovers():
+        if recovery is not None and not self.backend.recovers():
             held = await self.backend.subscribe_held(channel)
         else:
             await self.backend.subscribe(channel)
@@ -545,12 +543,13 @@ class Session:
             "data": claims.data if claims else None,
             "was_recovering": command.get_bool("recover") or None,
         }
-        if features is None:
+        if recovery is None:
             return result
+        stream: dict[str, Any] | Error = {}
+        top = None  # the stream's position as read (offset, epoch)
         try:
-            stream = await self._stream_state(channel, command, *features)
+            stream, top = await self._stream_state(channel, command, recovery=recovery)
         finally:
-            top, self._top = self._top, None
             released = None
             if held is not None:
                 released = await self.backend.release(channel, held, top)
@@ -613,8 +612,9 @@ class Session:
     def _keeps_history(options: NamespaceOptions | None) -> bool:
         return options is not None and options.history_size > 0 and options.history_ttl > 0
 
-    def _stream_features(self, channel: str, command: Command) -> tuple[bool, bool] | None:
-        """(recovery, positioning) for this subscription; None when neither applies.
+    def _stream_features(self, channel: str, command: Command) -> bool | None:
+        """Whether this subscription recovers (else it is only positioned); None when
+        it is neither.
 
         Centrifuge's rules: a namespace keeping history forces recovery or positioning,
         or allows what the client asks (``recoverable``, ``positioned``), as history
@@ -632,12 +632,13 @@ class Session:
         )
         if not (recovery or positioning):
             return None
-        return recovery, positioning
+        return recovery
 
     async def _stream_state(
-        self, channel: str, command: Command, recovery: bool, positioning: bool
-    ) -> dict[str, Any] | Error:
-        """The subscribe result's stream fields: position, and what was missed.
+        self, channel: str, command: Command, *, recovery: bool
+    ) -> tuple[dict[str, Any] | Error, tuple[int, str] | None]:
+        """The subscribe result's stream fields (position, what was missed), and the
+        stream's position as read.
 
         A recovery is complete or nothing: the publications after the client's offset
         up to the top, at most ``recovery_limit`` of them, else ``recovered: false``.
@@ -663,12 +664,12 @@ class Session:
                 page = await self.backend.history(channel, limit=0, since=None, reverse=False)
         except Error as error:
             if error.code != ERROR_UNRECOVERABLE_POSITION.code:
-                return state  # no history here after all: nothing to position by
+                return state, None  # no history here after all: nothing to position by
             page = await self.backend.history(channel, limit=0, since=None, reverse=False)
         rejected = command.get_int("flag") & FLAG_REJECT_UNRECOVERED
+        top = (page.offset, page.epoch)
         if recovery and wants_recovery and not recovered and rejected:
-            return ERROR_UNRECOVERABLE_POSITION
-        self._top = (page.offset, page.epoch)
+            return ERROR_UNRECOVERABLE_POSITION, top
         state.update(
             positioned=True,
             recoverable=recovery or None,
@@ -678,7 +679,7 @@ class Session:
         if recovery and wants_recovery:
             state["recovered"] = recovered or None
             state["publications"] = page.publications if recovered else None
-        return state
+        return state, top
 
     async def _unsubscribe(self, command: Command) -> Result:
         """``{}`` even when not subscribed: clients reconnect on any unsubscribe error."""

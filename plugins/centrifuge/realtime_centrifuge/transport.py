@@ -78,9 +78,11 @@ class CentrifugeFormat:
     def encode(self, channel: str, publication: Any) -> str:
         pub: Publication = publication
         info = RawJSON(pub.info) if pub.info else None
-        # An offset only where the channel keeps history: its place in the stream.
-        broker = self._node.broker
-        offset = pub.offset if self._numbered and broker.keeps_history(channel) else 0
+        # An offset only where the channel keeps history: its place in the stream
+        # (looked up only for a numbered publication, once per publication).
+        offset = pub.offset
+        if offset and not (self._numbered and self._node.broker.keeps_history(channel)):
+            offset = 0
         return encode_publication(channel, payload(pub), info, offset)
 
     def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:

@@ -60,6 +60,9 @@ FAN_OUT_SLICE = 1024
 #: Fan-outs that may wait for their turn; past it a publish delivers them all at once,
 #: holding the loop (and so the publishers) until it caught up: memory stays bounded.
 MAX_PENDING = 10_000
+#: Publications a subscriber held aside (:meth:`Hub.hold`) may collect; past it they
+#: count as lost. A history read takes a round trip or two: this is ample.
+MAX_HELD = 10_000
 #: Largest message a client may send, bytes (UTF-8 for text, inflated if compressed).
 MAX_INCOMING_SIZE = 64 * 1024
 #: Frames a client may send per second, pings included, and in one burst. A chat
@@ -211,6 +214,7 @@ class Hub:
         pong_timeout: float = 0.0,
         fan_out_slice: int = FAN_OUT_SLICE,
         max_pending: int = MAX_PENDING,
+        max_held: int = MAX_HELD,
     ) -> None:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(
@@ -245,6 +249,8 @@ class Hub:
         self.fan_out_slice = max(1, fan_out_slice)
         #: Fan-outs waiting past which publish() delivers them all at once.
         self.max_pending = max(1, max_pending)
+        #: Publications one :meth:`hold` keeps aside at most.
+        self.max_held = max(1, max_held)
         self._pending: deque[_Pending] = deque()
         #: Channels with a client in :meth:`hold`, and how many.
         self._holding: dict[str, int] = {}
@@ -593,15 +599,20 @@ class Hub:
             self._drainer = self._loop.create_task(self._drain_pending())
         return count
 
-    @staticmethod
-    def _hold_publication(members: Channel, publication: Any) -> Channel:
-        """Give ``publication`` to the channel's holders; the other groups, to deliver."""
+    def _hold_publication(self, members: Channel, publication: Any) -> Channel:
+        """Give ``publication`` to the channel's holders; the other groups, to deliver.
+
+        A holder keeps at most ``max_held``; past that it counts them as lost (the
+        protocol then fails its subscribe), so a stalled read cannot grow it.
+        """
         others: Channel = {}
         for fmt, clients in members.items():
-            if isinstance(fmt, Held):
+            if not isinstance(fmt, Held):
+                others[fmt] = clients
+            elif len(fmt.publications) < self.max_held:
                 fmt.publications.append(publication)
             else:
-                others[fmt] = clients
+                fmt.lost += 1
         return others
 
     def _deliver(self, message: Message, clients: Iterable[Client]) -> int:

@@ -607,7 +607,7 @@ class Socket(FrameParser, asyncio.Protocol):
         self._lost = True
         self.state = CLOSED
         self._busy = True
-        self._pending = b""
+        self.discard()
         self._wake_drain()
         waiters, self._waiters = self._waiters, None
         for waiter in waiters or ():
@@ -687,7 +687,7 @@ class Socket(FrameParser, asyncio.Protocol):
         else:
             log.debug("client %d: %s; closing with %d", self.client, failure.reason, failure.code)
         state, self.state = self.state, CLOSED
-        self._pending = b""
+        self.discard()
         transport = self.transport
         if transport.is_closing():
             return

@@ -94,18 +94,28 @@ class FrameParser:
     ``(code, reason)``. A violation raises :class:`Failure`; the parser is then done.
     """
 
-    __slots__ = ("_limits", "_message", "_opcode", "_pending", "_size", "_tat")
+    __slots__ = ("_limits", "_message", "_opcode", "_pending", "_pos", "_size", "_tat")
 
     def __init__(self, limits: IncomingLimits) -> None:
         self._limits = limits
-        self._pending = b""  # bytes received and not yet parsed
+        self._pending = b""  # bytes received, parsed up to ``_pos``
+        self._pos = 0
         self._opcode = 0  # of the fragmented message under assembly, 0 if none
         self._message: list[bytes] | None = None  # its fragments
         self._size = 0  # its bytes so far
         self._tat = 0.0  # the rate limit's virtual clock (GCRA, as IncomingGuard)
 
     def feed(self, data: bytes) -> None:
-        self._pending = self._pending + data if self._pending else data
+        pending = self._pending
+        if self._pos:  # frames parsed off the front: copied away once per read, not per frame
+            pending = pending[self._pos :]
+            self._pos = 0
+        self._pending = pending + data if pending else data
+
+    def discard(self) -> None:
+        """Drop what is buffered: nothing more will be parsed."""
+        self._pending = b""
+        self._pos = 0
 
     def next_event(self) -> tuple[int, object] | None:
         while True:
@@ -114,24 +124,24 @@ class FrameParser:
                 return event
 
     def _next_frame(self) -> tuple[int, object] | None:
-        data = self._pending
-        available = len(data)
+        data, start = self._pending, self._pos
+        available = len(data) - start
         if available < 2:
             return None
-        first, second = data[0], data[1]
+        first, second = data[start], data[start + 1]
         length = second & 0x7F
         offset = 2
         if length == 126:
             if available < 4:
                 return None
-            (length,) = _SHORT.unpack_from(data, 2)
+            (length,) = _SHORT.unpack_from(data, start + 2)
             offset = 4
             if length < 126:
                 raise Failure(CLOSE_PROTOCOL_ERROR, "a length not in its shortest form")
         elif length == 127:
             if available < 10:
                 return None
-            (length,) = _LONG.unpack_from(data, 2)
+            (length,) = _LONG.unpack_from(data, start + 2)
             offset = 10
             if length < 1 << 16 or length >> 63:
                 raise Failure(CLOSE_PROTOCOL_ERROR, "a length not in its shortest form")
@@ -141,9 +151,12 @@ class FrameParser:
         end = offset + 4 + length
         if available < end:
             return None  # the header was checked: the payload is within the limits
-        mask = data[offset : offset + 4]
-        payload = unmask(data[offset + 4 : end], mask)
-        self._pending = data[end:] if end < available else b""
+        mask = data[start + offset : start + offset + 4]
+        payload = unmask(data[start + offset + 4 : start + end], mask)
+        if end < available:
+            self._pos = start + end
+        else:
+            self.discard()
         self._count_frame()
         if opcode >= OP_CLOSE:
             return self._control(opcode, payload)
