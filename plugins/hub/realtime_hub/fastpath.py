@@ -451,9 +451,6 @@ class _Detached:
     async def wait_closed(self) -> None:
         pass
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
 
 _DETACHED = _Detached()
 
