@@ -17,12 +17,14 @@ import redis
 from websockets.asyncio.client import connect
 
 from .conftest import RedisServer, Server
+from .test_centrifuge_endpoint import Peer
 
 #: The line in docs/operations.md, word for word (the password aside).
 REALTIME_USER = (
     "realtime on >s3cret resetkeys ~realtime:* resetchannels &realtime:* -@all "
     "+evalsha +script|load +hget +hmget +hset +hincrby +hgetall +hdel +del +expire "
-    "+publish +subscribe +unsubscribe +ping +select"
+    "+publish +subscribe +unsubscribe +ping +select +pexpire +xadd +xrange +xrevrange +time "
+    "+zadd +zrem +zrangebyscore +hlen +hscan"
 )
 ADMIN = ("--user", "admin", "--pass", "adminpw", "--no-auth-warning")
 
@@ -126,5 +128,48 @@ async def test_health_reports_a_refused_subscription_and_recovers(
         assert await asyncio.wait_for(page.recv(), 5) == "back"  # nothing missed meanwhile
         await page.close()
         assert "cannot subscribe to redis yet (NoPermissionError" in server.log
+    finally:
+        server.stop()
+
+
+async def test_history_and_presence_work_with_the_recommended_acl(
+    app_dir: Path, locked_down: RedisServer
+) -> None:
+    """The chat rooms' defaults (history, recovery, presence, joins and leaves) run
+    their scripts under realtime's user, renewals included."""
+    url = f"redis://realtime:s3cret@127.0.0.1:{locked_down.port}/0"
+    server = Server(
+        app_dir,
+        "--broker", url,
+        "--token-hmac-secret", "acl-test-secret",  # chat_token.py: one secret, many hosts
+        "--presence-ttl", "2",
+        "--presence-update-interval", "0.5",
+    ).start()  # fmt: skip
+    try:
+        clients = []
+        for user in ("ada", "bob"):
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.get(f"{server.url}/chat_token.py", params={"user": user})
+            ws = await connect(f"ws://127.0.0.1:{server.port}/connection/websocket")
+            client = Peer(ws)
+            client.skip_join_leave = False
+            assert "connect" in await client.call("connect", token=answer.json()["token"])
+            assert "subscribe" in await client.call("subscribe", channel="chat:acl")
+            clients.append(client)
+        ada, bob = clients
+        assert "join" in (await ada.push())["push"]  # ada's own
+        assert (await ada.push())["push"]["join"]["info"]["user"] == "bob"
+        assert "publish" in await ada.call("publish", channel="chat:acl", data={"text": "hi"})
+        assert (await ada.push())["push"]["pub"]["offset"] == 1
+        history = (await bob.call("history", channel="chat:acl", limit=-1))["history"]
+        assert [p["data"] for p in history["publications"]] == [{"text": "hi"}]
+        await asyncio.sleep(1.5)  # renewals ran, and kept both
+        stats = (await ada.call("presence_stats", channel="chat:acl"))["presence_stats"]
+        assert stats == {"num_clients": 2, "num_users": 2}
+        await bob.ws.close()
+        push = (await ada.push())["push"]  # no join again from the renewals: the leave
+        assert push["leave"]["info"]["user"] == "bob"
+        await ada.ws.close()
+        assert "NOPERM" not in server.log and "no permissions" not in server.log, server.log
     finally:
         server.stop()

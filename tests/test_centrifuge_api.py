@@ -98,6 +98,16 @@ class Recorder:
         self._maybe_raise()
         return self.nodes
 
+    async def presence(self, channel: str) -> Mapping[str, Any]:
+        self.calls.append(("presence", channel))
+        self._maybe_raise(channel)
+        return {"presence": {"c1": {"user": "42", "client": "c1", "conn_info": {"n": 1}}}}
+
+    async def presence_stats(self, channel: str) -> Mapping[str, Any]:
+        self.calls.append(("presence_stats", channel))
+        self._maybe_raise(channel)
+        return {"num_clients": 2, "num_users": 1}
+
 
 @pytest.fixture
 def backend() -> Recorder:
@@ -705,9 +715,14 @@ async def test_cent_sync_client(api: ServerAPI, backend: Recorder) -> None:
             with pytest.raises(cent.exceptions.CentApiResponseError) as caught:
                 client.publish(cent.PublishRequest(channel="nope:1", data=1))
             assert caught.value.code == 102
+            presence = client.presence(cent.PresenceRequest(channel="chat"))
+            assert presence.presence["c1"].user == "42"
+            assert presence.presence["c1"].conn_info == {"n": 1}
+            stats = client.presence_stats(cent.PresenceStatsRequest(channel="chat"))
+            assert (stats.num_clients, stats.num_users) == (2, 1)
             with pytest.raises(cent.exceptions.CentApiResponseError) as caught:
-                client.presence(cent.PresenceRequest(channel="chat"))
-            assert caught.value.code == 104
+                client.presence(cent.PresenceRequest(channel="nope:1"))
+            assert caught.value.code == 102
 
             wrong = cent.Client(url, "wrong")
             with pytest.raises(cent.exceptions.CentUnauthorizedError):

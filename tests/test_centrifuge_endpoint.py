@@ -70,6 +70,9 @@ class Peer:
         self.ws = ws
         self.next_id = 0
         self.pushes: list[dict[str, Any]] = []
+        #: Leave joins and leaves out of :meth:`push` (chat rooms announce them by
+        #: default; the presence tests want them).
+        self.skip_join_leave = True
 
     async def send(self, *commands: dict[str, Any]) -> list[int]:
         ids = []
@@ -105,14 +108,19 @@ class Peer:
         return await self.reply(command_id)
 
     async def push(self, timeout: float = 5.0) -> dict[str, Any]:
-        if self.pushes:
-            return self.pushes.pop(0)
         async with asyncio.timeout(timeout):
             while True:
+                while self.pushes:
+                    message = self.pushes.pop(0)
+                    if not self._skipped(message):
+                        return message
                 for message in await self.messages():
-                    if message == {}:
-                        continue  # a ping
-                    return message
+                    if message != {}:  # {} is a ping
+                        self.pushes.append(message)
+
+    def _skipped(self, message: dict[str, Any]) -> bool:
+        push = message.get("push", {})
+        return self.skip_join_leave and ("join" in push or "leave" in push)
 
     async def closed(self, timeout: float = 5.0) -> tuple[int, str]:
         async with asyncio.timeout(timeout):

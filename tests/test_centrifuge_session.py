@@ -91,10 +91,18 @@ class FakeBackend:
     async def on_send(self, *, client: str, user: str, meta: Any, data: Any) -> None:
         self.calls.append(("send", user, data))
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str, join_leave: bool = False) -> None:
         if channel in self.fail_subscribe:
             raise RuntimeError("broker down")
         self.calls.append(("subscribe", channel))
+        if join_leave:
+            self.calls.append(("join_leave", channel))
+
+    async def join_presence(self, channel: str, info: Mapping[str, Any]) -> None:
+        self.calls.append(("join_presence", channel, dict(info)))
+
+    def recovered(self, seconds: float) -> None:
+        self.calls.append(("recovered", seconds))
 
     async def unsubscribe(self, channel: str) -> None:
         self.calls.append(("unsubscribe", channel))

@@ -98,6 +98,27 @@ async def test_two_users_in_two_rooms_each_see_only_their_room(
     await expect(cleo.locator(".message b")).to_have_count(0)  # text, never markup
 
 
+async def test_a_room_shows_who_is_here_as_they_come_and_go(
+    browser: Browser, server: Server, caddy: str
+) -> None:
+    ada = await sign_in(browser, caddy, "ada")
+    await join(ada, "den")
+    here = room(ada, "chat:den").locator(".members li")
+    await expect(here).to_have_text(["ada"])
+    bob = await sign_in(browser, caddy, "bob")
+    await join(bob, "den")
+    await expect(here).to_have_text(["ada", "bob"])  # bob's join, pushed
+    await expect(room(bob, "chat:den").locator(".members li")).to_have_text(["ada", "bob"])
+    await expect(room(bob, "chat:den").locator(".members li[data-me]")).to_have_text("bob")
+    tab = await sign_in(browser, caddy, "bob")  # bob's second tab: still two people
+    await join(tab, "den")
+    await expect(room(tab, "chat:den").locator(".members li")).to_have_text(["ada", "bob"])
+    await bob.close()
+    await tab.close()
+    await expect(here).to_have_text(["ada"])  # both of bob's leaves, pushed
+    await expect(room(ada, "chat:den")).to_have_attribute("data-members", "1")
+
+
 async def test_a_private_room_is_refused(browser: Browser, server: Server, caddy: str) -> None:
     ada = await sign_in(browser, caddy, "ada")
     await join(ada, "$chat:staff", state="refused")

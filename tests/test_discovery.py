@@ -100,7 +100,12 @@ def test_realtime_plugins_lists_plugins_routes_and_functions(site: Path) -> None
     assert plugins["websocket"]["routes"] == [
         {"path": "/ws", "kind": "ASGIRoute", "scopes": ["websocket"]}
     ]
-    assert plugins["broadcast"]["functions"] == ["broadcast", "history"]
+    assert plugins["broadcast"]["functions"] == [
+        "broadcast",
+        "history",
+        "presence",
+        "presence_stats",
+    ]
     text = realtime(site, "plugins").stdout
     assert "shouting" in text and "shout()" in text and "/ws" in text
 

@@ -1,10 +1,27 @@
 """The seed's ``broadcast`` extension: ``broadcast(message)`` for drop-in scripts.
 
-Scripts get ``broadcast`` (and ``history``, a channel's kept publications) in their
+Scripts get ``broadcast`` (and ``history``, a channel's kept publications, and
+``presence`` and ``presence_stats``, who is in it) in their
 namespace without an import; editors and linters can see them with ``from
 realtime_broadcast import broadcast, history``.
 """
 
-from .functions import InvalidChannel, MessageNotText, MessageTooLarge, broadcast, history
+from .functions import (
+    InvalidChannel,
+    MessageNotText,
+    MessageTooLarge,
+    broadcast,
+    history,
+    presence,
+    presence_stats,
+)
 
-__all__ = ["InvalidChannel", "MessageNotText", "MessageTooLarge", "broadcast", "history"]
+__all__ = [
+    "InvalidChannel",
+    "MessageNotText",
+    "MessageTooLarge",
+    "broadcast",
+    "history",
+    "presence",
+    "presence_stats",
+]

@@ -1,4 +1,5 @@
-"""``broadcast()`` and ``history()``, built only on the broker plugin's public API."""
+"""``broadcast()``, ``history()``, ``presence()`` and ``presence_stats()``, built only on
+the broker plugin's public API."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from realtime import HTTPError, current_host
 from realtime_broker import (
     DEFAULT_CHANNEL,
     HistoryResult,
+    Member,
     Publication,
     StreamPosition,
     get_broker,
@@ -131,3 +133,33 @@ def history(
         since = StreamPosition(offset, epoch)
     broker = get_broker(current_host())
     return broker.history_sync(channel, limit=limit, since=since, reverse=reverse)
+
+
+def _client_info(member: Member) -> dict[str, Any]:
+    if member.info:
+        try:
+            info = json.loads(member.info)
+        except ValueError:
+            info = None
+        if isinstance(info, dict):
+            return info
+    return {"user": member.user, "client": member.client}
+
+
+def presence(channel: str) -> dict[str, dict[str, Any]]:
+    """Who is in ``channel`` (one whose namespace keeps presence), on every host.
+
+    By client id, each as the protocol shows it to others (``user``, ``client``, and
+    ``conn_info`` and ``chan_info`` where set). Raises ``PresenceUnavailable`` (404)
+    where the channel keeps none, ``InvalidChannel`` (400), ``BrokerUnavailable`` (503).
+    """
+    _check_channel(channel)
+    members = get_broker(current_host()).presence_sync(channel)
+    return {client: _client_info(member) for client, member in members.items()}
+
+
+def presence_stats(channel: str) -> dict[str, int]:
+    """``{"num_clients": ..., "num_users": ...}`` in ``channel``, on every host."""
+    _check_channel(channel)
+    stats = get_broker(current_host()).presence_stats_sync(channel)
+    return {"num_clients": stats.clients, "num_users": stats.users}

@@ -7,7 +7,7 @@ from typing import Any
 
 from realtime import Option, hookimpl
 
-from .functions import SETTING, broadcast, history
+from .functions import SETTING, broadcast, history, presence, presence_stats
 
 
 @hookimpl
@@ -17,4 +17,9 @@ def register_options() -> list[Option]:
 
 @hookimpl
 def register_functions() -> Mapping[str, Callable[..., Any]]:
-    return {"broadcast": broadcast, "history": history}
+    return {
+        "broadcast": broadcast,
+        "history": history,
+        "presence": presence,
+        "presence_stats": presence_stats,
+    }

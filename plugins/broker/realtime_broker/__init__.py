@@ -17,6 +17,15 @@ from .base import (
     UnrecoverablePosition,
 )
 from .memory import MemoryBroker
+from .presence import (
+    Member,
+    PresenceEvent,
+    PresenceHandler,
+    PresenceMode,
+    PresencePolicy,
+    PresenceStats,
+    PresenceUnavailable,
+)
 from .state import get_broker
 
 __all__ = [
@@ -31,7 +40,14 @@ __all__ = [
     "HistoryResult",
     "HistoryUnavailable",
     "LossHandler",
+    "Member",
     "MemoryBroker",
+    "PresenceEvent",
+    "PresenceHandler",
+    "PresenceMode",
+    "PresencePolicy",
+    "PresenceStats",
+    "PresenceUnavailable",
     "Publication",
     "StreamPosition",
     "UnrecoverablePosition",

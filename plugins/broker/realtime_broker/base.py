@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import logging
 import os
 import socket
 import threading
@@ -25,6 +26,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from realtime import HTTPError
+
+from .presence import (
+    PRESENCE_TTL,
+    PRESENCE_UPDATE_INTERVAL,
+    Member,
+    PresenceEvent,
+    PresenceHandler,
+    PresenceMode,
+    PresencePolicy,
+    PresenceStats,
+    PresenceUnavailable,
+)
+
+log = logging.getLogger("realtime.broker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +159,8 @@ class Broker(ABC):
     #: not, a recovering subscriber holds what arrives during the read aside and
     #: merges it (the hub's ``hold`` and ``release``).
     recovers_atomically: ClassVar[bool] = False
+    #: True where :meth:`join_presence` and the presence reads work.
+    presence_supported: ClassVar[bool] = False
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         self.url = url
@@ -160,6 +177,20 @@ class Broker(ABC):
         self.handoff_timeout = HANDOFF_TIMEOUT
         #: Which channels keep history, and how much (set by the hub from its rules).
         self.history_policy: HistoryPolicy | None = None
+        #: Which channels track presence, and how (set by the hub from its rules).
+        self.presence_policy: PresencePolicy | None = None
+        self.presence_handlers: list[PresenceHandler] = []
+        #: Seconds a member lasts unless renewed, and between two renewals.
+        self.presence_ttl = float(settings.get("presence_ttl", PRESENCE_TTL))
+        self.presence_update_interval = float(
+            settings.get("presence_update_interval", PRESENCE_UPDATE_INTERVAL)
+        )
+        if not 0 < self.presence_update_interval < self.presence_ttl:
+            raise ValueError(
+                "--presence-update-interval must be above 0 and below --presence-ttl "
+                f"({self.presence_update_interval} and {self.presence_ttl} given), or "
+                "members would expire between two renewals"
+            )
         self._new_identity()
 
     def _new_identity(self) -> None:
@@ -434,6 +465,99 @@ class Broker(ABC):
 
     async def _remove_history(self, channel: str) -> None:
         """:meth:`remove_history` where the channel keeps one."""
+        raise NotImplementedError
+
+    # Presence --------------------------------------------------------------------
+
+    def presence_mode(self, channel: str) -> PresenceMode | None:
+        """How ``channel`` tracks presence; None where it does not (or cannot here)."""
+        policy = self.presence_policy
+        if policy is None or not self.presence_supported:
+            return None
+        return policy(channel)
+
+    def on_presence(self, handler: PresenceHandler) -> None:
+        """Be told of joins and leaves on the channels this process listens to."""
+        self.presence_handlers.append(handler)
+
+    def report_presence(self, channel: str, event: PresenceEvent) -> None:
+        for handler in self.presence_handlers:
+            try:
+                handler(channel, event)
+            except Exception:
+                log.exception("handling a presence event failed")
+
+    async def join_presence(self, channel: str, member: Member) -> None:
+        """Add ``member`` to ``channel``'s presence (and announce it where the channel
+        announces joins); nothing where the channel tracks no presence.
+
+        This process renews the member until :meth:`leave_presence`. Never raises for
+        the store being out of reach: the renewal adds it once the store is back.
+        """
+        info = member.info
+        if info and len(info) * 4 > MAX_INFO_SIZE and len(info.encode()) > MAX_INFO_SIZE:
+            raise ValueError(f"the member's info is over {MAX_INFO_SIZE} bytes")
+        mode = self.presence_mode(channel)
+        if mode is not None:
+            await self._join_presence(channel, member, mode.announced)
+
+    async def leave_presence(self, channel: str, client: str) -> None:
+        """Take ``client`` out of ``channel``'s presence (announcing the leave where the
+        channel announces them); nothing if it is not there.
+
+        Never raises for the store being out of reach: the member then expires within
+        ``presence_ttl``, and its leave is announced then.
+        """
+        mode = self.presence_mode(channel)
+        if mode is not None:
+            await self._leave_presence(channel, client, mode.announced)
+
+    async def presence(self, channel: str) -> dict[str, Member]:
+        """Every client in ``channel``, by client id, across processes.
+
+        Raises :class:`PresenceUnavailable` where the channel lists no presence.
+        """
+        self._check_presence(channel)
+        return await self._read_presence(channel)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        """How many clients, and distinct users, are in ``channel`` across processes."""
+        self._check_presence(channel)
+        return await self._read_presence_stats(channel)
+
+    def presence_sync(self, channel: str) -> dict[str, Member]:
+        """:meth:`presence` for a script's worker thread: waits for the result."""
+        result: dict[str, Member] = self._from_thread(
+            lambda: self.presence(channel), "presence", "the server did not read presence in time"
+        )
+        return result
+
+    def presence_stats_sync(self, channel: str) -> PresenceStats:
+        """:meth:`presence_stats` for a script's worker thread."""
+        result: PresenceStats = self._from_thread(
+            lambda: self.presence_stats(channel),
+            "presence_stats",
+            "the server did not read presence in time",
+        )
+        return result
+
+    def _check_presence(self, channel: str) -> None:
+        if not self.presence_supported:
+            raise PresenceUnavailable(f"the {self.describe()} broker keeps no presence")
+        mode = self.presence_mode(channel)
+        if mode is None or not mode.listed:
+            raise PresenceUnavailable(f"channel {channel!r} keeps no presence")
+
+    async def _join_presence(self, channel: str, member: Member, announce: bool) -> None:
+        raise NotImplementedError
+
+    async def _leave_presence(self, channel: str, client: str, announce: bool) -> None:
+        raise NotImplementedError
+
+    async def _read_presence(self, channel: str) -> dict[str, Member]:
+        raise NotImplementedError
+
+    async def _read_presence_stats(self, channel: str) -> PresenceStats:
         raise NotImplementedError
 
     def problem(self) -> str | None:

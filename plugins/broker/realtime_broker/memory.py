@@ -17,6 +17,7 @@ from .base import (
     as_publication,
 )
 from .history import MemoryStreams
+from .presence import Member, MemoryPresence, PresenceStats
 
 #: Seconds between two sweeps of expired history.
 PRUNE_INTERVAL = 5.0
@@ -35,10 +36,12 @@ class MemoryBroker(Broker):
     distributed = False
     history_supported = True
     recovers_atomically = True
+    presence_supported = True
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         super().__init__(url, settings)
         self.streams = MemoryStreams()
+        self.members = MemoryPresence()
         self._pruner: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
@@ -77,6 +80,22 @@ class MemoryBroker(Broker):
 
     async def _remove_history(self, channel: str) -> None:
         self.streams.remove(channel)
+
+    async def _join_presence(self, channel: str, member: Member, announce: bool) -> None:
+        event = self.members.add(channel, member)
+        if event is not None and announce:
+            self.report_presence(channel, event)
+
+    async def _leave_presence(self, channel: str, client: str, announce: bool) -> None:
+        event = self.members.remove(channel, client)
+        if event is not None and announce:
+            self.report_presence(channel, event)
+
+    async def _read_presence(self, channel: str) -> dict[str, Member]:
+        return self.members.members(channel)
+
+    async def _read_presence_stats(self, channel: str) -> PresenceStats:
+        return self.members.stats(channel)
 
     def publish_sync(self, channel: str, data: str | bytes | Publication) -> int:
         """From a worker thread: hand over to the loop in FIFO order, wait for the count.

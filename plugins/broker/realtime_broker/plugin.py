@@ -7,6 +7,7 @@ import logging
 from realtime import Host, Option, hookimpl
 
 from .base import Broker
+from .presence import PRESENCE_TTL, PRESENCE_UPDATE_INTERVAL
 from .state import EXTENSION_KEY, create_broker, get_broker
 
 log = logging.getLogger("realtime.broker")
@@ -27,6 +28,20 @@ def register_options() -> list[Option]:
             type=float,
         ),
         Option("broker_prefix", "realtime", "prefix of the broker's channel and key names"),
+        Option(
+            "presence_ttl",
+            PRESENCE_TTL,
+            "seconds a client stays in a channel's presence unless its process renews it: "
+            "how late the leaves of a host that died are announced",
+            type=float,
+        ),
+        Option(
+            "presence_update_interval",
+            PRESENCE_UPDATE_INTERVAL,
+            "seconds between two renewals of a process's clients in presence (below "
+            "--presence-ttl)",
+            type=float,
+        ),
     ]
 
 

@@ -39,6 +39,14 @@ Names (``NAME`` is the channel's name as given, any characters; ``realtime`` is
   (``MAXLEN``), the whole stream expiring ``history_ttl`` after the last one. The
   publish script appends to it, so history and live delivery share one numbering;
   a new epoch deletes what an old one left.
+- ``realtime:{ch:NAME}:presence``, ``...:presence-expire`` and ``...:presence-users``,
+  where the channel tracks presence: a hash of its members (client id to the user's
+  length, ``:``, the user and the member's info), a sorted set of when each expires
+  (Redis's clock, milliseconds) and a hash of clients per user. Changed only by the
+  presence scripts, which prune expired members first and announce joins and leaves
+  on the channel's Pub/Sub channel themselves (``realtime/2p `` messages): one
+  script makes each change, so each is announced once. All three expire twice
+  ``presence_ttl`` after the last renewal.
 - ``realtime:nodes``: a hash, each process's client count.
 - ``realtime:{node:NODE}:channels``: a hash, the subscribers per channel of one
   process (``NODE`` as in ``realtime:nodes``), and ``realtime:{node:NODE}:info``,
@@ -87,6 +95,7 @@ from .base import (
     as_publication,
 )
 from .history import MAX_HISTORY_LIMIT
+from .presence import MAX_PRESENCE_MEMBERS, Member, PresenceEvent, PresenceStats
 
 log = logging.getLogger("realtime.broker")
 
@@ -243,6 +252,152 @@ return {epoch, top, entries}
 """
 
 
+#: What joins and leaves start with on a channel's Pub/Sub channel. Then ``j`` (a join),
+#: ``l`` (a leave), in capitals when it is the user's first client to join or last
+#: to leave; the client id's length in bytes, ``:``, the client id; then the member as
+#: stored (the user's length, ``:``, the user, the info).
+PRESENCE_MAGIC = b"realtime/2p "
+#: Members renewed, or removed, by one script call.
+PRESENCE_CHUNK = 500
+
+#: Shared by the presence scripts. KEYS: members hash, expiry sorted set, users hash.
+#: ARGV[1..3]: "1" to announce joins and leaves, the Pub/Sub channel, PRESENCE_MAGIC.
+PRESENCE_LUA = """
+local announce, pubsub, magic = ARGV[1] == '1', ARGV[2], ARGV[3]
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function user_of(value)
+  local n, at = string.match(value, '^(%d+):()')
+  return string.sub(value, at, at + tonumber(n) - 1)
+end
+local function tell(kind, client, value)
+  if announce then
+    redis.call('PUBLISH', pubsub, magic .. kind .. #client .. ':' .. client .. value)
+  end
+end
+local function remove(client)
+  local value = redis.call('HGET', KEYS[1], client)
+  redis.call('ZREM', KEYS[2], client)
+  if not value then
+    return
+  end
+  redis.call('HDEL', KEYS[1], client)
+  local user = user_of(value)
+  local left = redis.call('HINCRBY', KEYS[3], user, -1)
+  if left <= 0 then
+    redis.call('HDEL', KEYS[3], user)
+    tell('L', client, value)
+  else
+    tell('l', client, value)
+  end
+end
+local function prune(now)
+  -- Members whose process stopped renewing them: gone, each leave told once.
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+  for _, client in ipairs(expired) do
+    remove(client)
+  end
+end
+"""
+
+#: ARGV[4]: presence_ttl in ms; then client id and member pairs. Adds or renews each,
+#: announcing the new ones. Returns how many were new.
+PRESENCE_JOIN_SCRIPT = (
+    PRESENCE_LUA
+    + """
+local ttl = tonumber(ARGV[4])
+local now = now_ms()
+prune(now)
+local added = 0
+for i = 5, #ARGV, 2 do
+  local client, value = ARGV[i], ARGV[i + 1]
+  local known = redis.call('HGET', KEYS[1], client)
+  redis.call('ZADD', KEYS[2], now + ttl, client)
+  if known ~= value then
+    redis.call('HSET', KEYS[1], client, value)
+    if not known then
+      added = added + 1
+      if redis.call('HINCRBY', KEYS[3], user_of(value), 1) == 1 then
+        tell('J', client, value)
+      else
+        tell('j', client, value)
+      end
+    end
+  end
+end
+for i = 1, 3 do
+  redis.call('PEXPIRE', KEYS[i], 2 * ttl)
+end
+return added
+"""
+)
+
+#: ARGV[4...]: client ids to remove (each leave announced once).
+PRESENCE_LEAVE_SCRIPT = (
+    PRESENCE_LUA
+    + """
+prune(now_ms())
+for i = 4, #ARGV do
+  remove(ARGV[i])
+end
+return 0
+"""
+)
+
+#: ARGV[4]: "stats" for {clients, users}, else the members (flattened, at most
+#: ARGV[5] of them), after pruning.
+PRESENCE_READ_SCRIPT = (
+    PRESENCE_LUA
+    + """
+prune(now_ms())
+if ARGV[4] == 'stats' then
+  return {redis.call('HLEN', KEYS[1]), redis.call('HLEN', KEYS[3])}
+end
+if redis.call('HLEN', KEYS[1]) <= tonumber(ARGV[5]) then
+  return redis.call('HGETALL', KEYS[1])
+end
+local found = redis.call('HSCAN', KEYS[1], 0, 'COUNT', ARGV[5])
+return found[2]
+"""
+)
+
+
+def member_value(member: Member) -> bytes:
+    """A member as the presence hash stores it: the user's length, ``:``, user, info."""
+    user = member.user.encode()
+    return b"%d:%s%s" % (len(user), user, (member.info or "").encode())
+
+
+def member_of(client: bytes, value: bytes) -> Member | None:
+    """The member stored as ``value``; None if it is not one realtime stored."""
+    length, colon, rest = value.partition(b":")
+    if not colon or not length.isdigit() or len(length) > 6 or int(length) > len(rest):
+        return None
+    n = int(length)
+    try:
+        info = rest[n:].decode()
+        return Member(client.decode(), rest[:n].decode(), info or None)
+    except UnicodeDecodeError:
+        return None
+
+
+def decode_presence(raw: bytes) -> PresenceEvent | Drop:
+    """A join or leave from a channel's Pub/Sub channel (``raw`` starts with the magic)."""
+    start = len(PRESENCE_MAGIC)
+    kind = raw[start : start + 1]
+    if kind not in (b"j", b"J", b"l", b"L"):
+        return Drop.FOREIGN
+    length, colon, rest = raw[start + 1 :].partition(b":")
+    if not colon or not length.isdigit() or len(length) > 6 or int(length) > len(rest):
+        return Drop.FOREIGN
+    member = member_of(rest[: int(length)], rest[int(length) :])
+    if member is None:
+        return Drop.FOREIGN
+    return PresenceEvent(kind in (b"j", b"J"), member, kind.isupper())
+
+
 def encode(publication: Publication, limit: int | None = None) -> bytes:
     """The part the publisher sends; Redis prefixes magic, epoch and sequence.
 
@@ -365,7 +520,7 @@ class Mark(enum.Enum):
 
 
 #: Messages and confirmations received in order and not handled yet.
-Queue = deque[tuple[str, Publication | Mark]]
+Queue = deque[tuple[str, Publication | PresenceEvent | Mark]]
 
 
 def digest(publication: Publication) -> int:
@@ -440,7 +595,7 @@ class Sequence:
         epoch: str,
         seq: int,
         truth: Truth,
-        later: Iterable[tuple[str, Publication | Mark]],
+        later: Iterable[tuple[str, Publication | PresenceEvent | Mark]],
     ) -> tuple[Verdict, int]:
         """A message that looked off, received before ``truth`` was asked for and before a
         barrier proved that everything Redis had numbered by then has arrived (``later``
@@ -577,6 +732,7 @@ class RedisBroker(Broker):
 
     history_supported = True
     recovers_atomically = False  # the subscribe's round trips: the hub holds meanwhile
+    presence_supported = True
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         super().__init__(url, settings)
@@ -597,6 +753,9 @@ class RedisBroker(Broker):
         #: Subscribers waiting for a channel's publications up to a position.
         self._catching_up: dict[str, list[tuple[StreamPosition, asyncio.Future[None]]]] = {}
         self._channels_script: Any = None
+        self._presence_scripts: dict[str, Any] = {}
+        #: This process's members of each channel tracking presence: it renews them.
+        self._present: dict[str, dict[str, Member]] = {}
         #: What this process's channel map in Redis holds, as far as it knows (``None``:
         #: unknown, so the next heartbeat starts it afresh)...
         self._published: dict[str, int] | None = None
@@ -636,6 +795,11 @@ class RedisBroker(Broker):
         """The stream keeping ``channel``'s history: entry ``N-1`` is publication N."""
         return f"{self.prefix}:{{ch:{channel}}}:history"
 
+    def presence_keys(self, channel: str) -> list[str]:
+        """The hashes and sorted set holding ``channel``'s presence."""
+        base = f"{self.prefix}:{{ch:{channel}}}:presence"
+        return [base, f"{base}-expire", f"{base}-users"]
+
     def channels_key(self, node: str) -> str:
         """The hash of ``node``'s subscribers per channel."""
         return f"{self.prefix}:{{node:{node}}}:channels"
@@ -666,12 +830,21 @@ class RedisBroker(Broker):
         self._script = self._publisher.register_script(PUBLISH_SCRIPT)
         self._history_script = self._publisher.register_script(HISTORY_SCRIPT)
         self._channels_script = self._publisher.register_script(CHANNELS_SCRIPT)
+        self._presence_scripts = {
+            name: self._publisher.register_script(script)
+            for name, script in (
+                ("join", PRESENCE_JOIN_SCRIPT),
+                ("leave", PRESENCE_LEAVE_SCRIPT),
+                ("read", PRESENCE_READ_SCRIPT),
+            )
+        }
         self._published = None
         self._subscribed = asyncio.Event()
         self._beat_now = asyncio.Event()
         self._down_since = time.monotonic()
         self._listener = self._spawn(self._listen(), "redis listener")
         self._spawn(self._heartbeat(), "redis heartbeat")
+        self._spawn(self._renew_presence(), "redis presence")
         try:
             async with asyncio.timeout(self.timeout * 3):
                 await self._subscribed.wait()
@@ -701,6 +874,7 @@ class RedisBroker(Broker):
             log.error("redis broker tasks did not stop: %s", ", ".join(stuck))
         self._listener = None
         if self._publisher is not None:
+            await self._leave_all_presence()
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(self.timeout):
                     pipe = self._publisher.pipeline(transaction=False)
@@ -833,6 +1007,97 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(
                 f"broker {self.describe()} is unavailable ({type(exc).__name__}: {exc})"
             ) from exc
+
+    # Presence ---------------------------------------------------------------------
+
+    async def _presence_call(self, name: str, channel: str, announce: bool, args: list[Any]) -> Any:
+        script = self._presence_scripts.get(name)
+        if self._publisher is None or script is None:
+            raise BrokerUnavailable("the broker is not running")
+        head = [int(announce), self.key(channel), PRESENCE_MAGIC]
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await script(keys=self.presence_keys(channel), args=[*head, *args])
+        except UNREACHABLE as exc:
+            raise BrokerUnavailable(
+                f"broker {self.describe()} is unavailable ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def _ttl_ms(self) -> int:
+        return max(1, round(self.presence_ttl * 1000))
+
+    async def _join_presence(self, channel: str, member: Member, announce: bool) -> None:
+        self._present.setdefault(channel, {})[member.client] = member
+        args = [self._ttl_ms(), member.client, member_value(member)]
+        try:
+            await self._presence_call("join", channel, announce, args)
+        except BrokerUnavailable as exc:
+            # Renewed (so added) once Redis is back.
+            self.tally.add("presence", f"adding a client to presence failed ({exc})")
+
+    async def _leave_presence(self, channel: str, client: str, announce: bool) -> None:
+        members = self._present.get(channel)
+        if members is None or members.pop(client, None) is None:
+            return  # not added here (or already removed)
+        if not members:
+            del self._present[channel]
+        try:
+            await self._presence_call("leave", channel, announce, [client])
+        except BrokerUnavailable as exc:
+            # It expires within presence_ttl instead, and its leave is told then.
+            self.tally.add("presence", f"removing a client from presence failed ({exc})")
+
+    async def _read_presence(self, channel: str) -> dict[str, Member]:
+        mode = self.presence_mode(channel)
+        announce = mode is not None and mode.announced
+        flat = await self._presence_call(
+            "read", channel, announce, ["members", MAX_PRESENCE_MEMBERS]
+        )
+        members: dict[str, Member] = {}
+        for client, value in zip(flat[::2], flat[1::2], strict=True):
+            member = member_of(client, value)
+            if member is not None:
+                members[member.client] = member
+        return members
+
+    async def _read_presence_stats(self, channel: str) -> PresenceStats:
+        mode = self.presence_mode(channel)
+        announce = mode is not None and mode.announced
+        clients, users = await self._presence_call("read", channel, announce, ["stats", 0])
+        return PresenceStats(int(clients), int(users))
+
+    async def _renew_presence(self) -> None:
+        """Renew this process's members every ``presence_update_interval`` (pruning,
+        and announcing the leaves of, members no process renewed in time)."""
+        while True:
+            await asyncio.sleep(self.presence_update_interval)
+            for channel, members in list(self._present.items()):
+                mode = self.presence_mode(channel)
+                if mode is None:
+                    continue
+                batch = list(members.values())
+                for start in range(0, len(batch), PRESENCE_CHUNK):
+                    args: list[Any] = [self._ttl_ms()]
+                    for member in batch[start : start + PRESENCE_CHUNK]:
+                        args += [member.client, member_value(member)]
+                    try:
+                        await self._presence_call("join", channel, mode.announced, args)
+                    except BrokerUnavailable as exc:
+                        self.tally.add("presence", f"renewing presence failed ({exc})")
+                    except Exception:
+                        self.tally.add("presence", "renewing presence failed", exc_info=True)
+
+    async def _leave_all_presence(self) -> None:
+        """On close: this process's members leave now, not a TTL later."""
+        present, self._present = self._present, {}
+        for channel, members in present.items():
+            mode = self.presence_mode(channel)
+            clients = list(members)
+            for start in range(0, len(clients), PRESENCE_CHUNK):
+                announce = mode is not None and mode.announced
+                chunk = clients[start : start + PRESENCE_CHUNK]
+                with contextlib.suppress(BrokerUnavailable):
+                    await self._presence_call("leave", channel, announce, chunk)
 
     def _count(self, nodes: Mapping[bytes, bytes]) -> int:
         """This process's clients now, plus every other live process's last report."""
@@ -1213,6 +1478,12 @@ class RedisBroker(Broker):
             return  # unsubscribed here since: nobody wants it, and its numbering is forgotten
         elif len(raw) > self.max_message_size + MAX_INFO_SIZE + ENVELOPE_OVERHEAD:
             self._oversized(channel)
+        elif raw.startswith(PRESENCE_MAGIC):
+            event = decode_presence(raw)
+            if isinstance(event, PresenceEvent):
+                queue.append((channel, event))
+            else:
+                self._drop("foreign", self.key(channel), Drop.FOREIGN.value)
         else:
             publication = decode(raw, self.max_message_size)
             if publication is Drop.FOREIGN:
@@ -1242,9 +1513,9 @@ class RedisBroker(Broker):
     def _step(
         self,
         channel: str,
-        item: Publication | Mark,
+        item: Publication | PresenceEvent | Mark,
         truth: Truth | None = None,
-        later: Iterable[tuple[str, Publication | Mark]] = (),
+        later: Iterable[tuple[str, Publication | PresenceEvent | Mark]] = (),
     ) -> bool:
         """Handle one queued item; ``False`` when it needs Redis's word first.
 
@@ -1255,6 +1526,9 @@ class RedisBroker(Broker):
             return True
         if channel not in self.subscribers:
             return True  # unsubscribed here since it arrived: nobody wants it
+        if isinstance(item, PresenceEvent):
+            self.report_presence(channel, item)  # not numbered: in order, as it came
+            return True
         publication = item
         try:
             place = self.sequence.place(channel, publication.epoch, publication.offset)

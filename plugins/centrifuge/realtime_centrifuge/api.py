@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 
 #: Methods this server runs.
 SUPPORTED = ("publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "refresh",
-             "channels", "info", "history", "history_remove")  # fmt: skip
+             "channels", "info", "history", "history_remove", "presence",
+             "presence_stats")  # fmt: skip
 #: Centrifugo's other open-source methods: answered with 104, so an SDK gets an API
 #: error naming the method instead of a bare 404.
-NOT_IMPLEMENTED = ("batch", "presence", "presence_stats", "rpc")
+NOT_IMPLEMENTED = ("batch", "rpc")
 #: Broadcast publishes to this many channels at a time.
 BROADCAST_CONCURRENCY = 64
 #: What a request gets while no key is set.
@@ -109,6 +110,14 @@ class APIBackend(Protocol):
         """Drop the channel's publications (its position stays); 108 where none kept."""
         ...
 
+    async def presence(self, channel: str) -> Mapping[str, Any]:
+        """``{"presence": {client: ClientInfo}}``; 108 where the channel lists none."""
+        ...
+
+    async def presence_stats(self, channel: str) -> Mapping[str, Any]:
+        """``{"num_clients": ..., "num_users": ...}``; 108 where none."""
+        ...
+
 
 class BadBody(Exception):
     """The body does not decode as the method's request: HTTP 400, as Go's decoder."""
@@ -149,6 +158,8 @@ class ServerAPI:
             "info": self._info,
             "history": self._history,
             "history_remove": self._history_remove,
+            "presence": self._presence,
+            "presence_stats": self._presence_stats,
         }
 
     def __repr__(self) -> str:
@@ -441,6 +452,19 @@ class ServerAPI:
         self._check_channel(channel)
         await self.backend.history_remove(channel)
         return {}
+
+    def _channel_param(self, params: Params) -> str:
+        channel: str = _get(params, "channel", str)
+        if not channel:
+            raise Error(107, "bad request: channel is required")
+        self._check_channel(channel)
+        return channel
+
+    async def _presence(self, params: Params) -> Mapping[str, Any]:
+        return await self.backend.presence(self._channel_param(params))
+
+    async def _presence_stats(self, params: Params) -> Mapping[str, Any]:
+        return await self.backend.presence_stats(self._channel_param(params))
 
 
 # -- request fields ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The broker's channel history, as the Centrifuge protocol and its server API ask for it."""
+"""The broker's channel history and presence, as the Centrifuge protocol and its server
+API ask for them: the broker's failures as the protocol's errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from realtime_broker import (
     BrokerUnavailable,
     HistoryResult,
     HistoryUnavailable,
+    Member,
+    PresenceStats,
+    PresenceUnavailable,
     StreamPosition,
     UnrecoverablePosition,
 )
@@ -42,6 +46,24 @@ async def remove_history(broker: Broker, channel: str) -> None:
     try:
         await broker.remove_history(channel)
     except HistoryUnavailable:
+        raise Error(ERROR_NOT_AVAILABLE.code) from None
+    except BrokerUnavailable:
+        raise Error(ERROR_INTERNAL.code) from None
+
+
+async def read_presence(broker: Broker, channel: str) -> dict[str, Member]:
+    try:
+        return await broker.presence(channel)
+    except PresenceUnavailable:
+        raise Error(ERROR_NOT_AVAILABLE.code) from None
+    except BrokerUnavailable:
+        raise Error(ERROR_INTERNAL.code) from None
+
+
+async def read_presence_stats(broker: Broker, channel: str) -> PresenceStats:
+    try:
+        return await broker.presence_stats(channel)
+    except PresenceUnavailable:
         raise Error(ERROR_NOT_AVAILABLE.code) from None
     except BrokerUnavailable:
         raise Error(ERROR_INTERNAL.code) from None

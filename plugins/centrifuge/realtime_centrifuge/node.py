@@ -12,6 +12,7 @@ import asyncio
 import fnmatch
 import json
 import logging
+from collections import deque
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from realtime_hub import ChannelRules, Client, Hub
 from .api import ServerAPI
 from .codec import RawJSON
 from .codes import ERROR_INTERNAL, Disconnect, DisconnectError, Error
-from .history import read_history, remove_history
+from .history import read_history, read_presence, read_presence_stats, remove_history
 from .session import Session, SessionOptions
 from .tokens import TokenSigner, TokenVerifier
 from .transport import CentrifugeFormat, payload
@@ -32,6 +33,8 @@ log = logging.getLogger("realtime.centrifuge")
 #: The broker channel control messages travel on. Clients cannot name it: channel
 #: names are printable, and this one starts with a control character.
 CONTROL_CHANNEL = "\x01centrifuge-control"
+#: Recovering subscribes whose duration is kept.
+RECOVERY_TIMES = 10_000
 #: Largest control message accepted from the broker, bytes.
 MAX_CONTROL_SIZE = 64 * 1024
 
@@ -77,6 +80,11 @@ class Node:
         self.connect_timeout = connect_timeout
         self.version = version
         self.format = CentrifugeFormat(self)
+        #: For subscribers that get the channel's joins and leaves too.
+        self.format_join_leave = CentrifugeFormat(self, join_leave=True)
+        #: How long the last recovering subscribes took, seconds (for the benchmark,
+        #: later for /metrics): wall time from the command to its result.
+        self.recovery_times: deque[float] = deque(maxlen=RECOVERY_TIMES)
         #: Connected clients of each signed-in user, by hub id, for the server API.
         self.users: dict[str, dict[int, Client]] = {}
         self._hooks = {
@@ -92,6 +100,9 @@ class Node:
             max_body_size=max_body_size,
             max_message_size=max_message_size,
         )
+
+    def format_for(self, join_leave: bool) -> CentrifugeFormat:
+        return self.format_join_leave if join_leave else self.format
 
     def hooked(self, name: str) -> bool:
         """Whether any plugin implements ``name``: the handshake headers are built only then."""
@@ -150,6 +161,22 @@ class Node:
 
     async def history_remove(self, channel: str) -> None:
         await remove_history(self.broker, channel)
+
+    async def presence(self, channel: str) -> Mapping[str, Any]:
+        """The server API's presence result: ClientInfo objects by client id."""
+        members = await read_presence(self.broker, channel)
+        return {
+            "presence": {
+                client: json.loads(member.info)
+                if member.info
+                else {"user": member.user, "client": member.client}
+                for client, member in members.items()
+            }
+        }
+
+    async def presence_stats(self, channel: str) -> Mapping[str, Any]:
+        stats = await read_presence_stats(self.broker, channel)
+        return {"num_clients": stats.clients, "num_users": stats.users}
 
     async def subscribe(
         self,
@@ -298,6 +325,8 @@ class Node:
         lines = [push for push in pushes if push is not None]
         if lines:
             self.hub.send(client, "\n".join(lines))
+        if session.joining:
+            await session.after_reply()
 
 
 def _decoded(value: RawJSON | None) -> Any:

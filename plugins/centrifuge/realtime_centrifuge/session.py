@@ -120,11 +120,25 @@ class Backend(Protocol):
     async def on_send(self, *, client: str, user: str, meta: Any, data: Any) -> None:
         """An asynchronous message from the client (no reply); may be ignored."""
 
-    async def subscribe(self, channel: str) -> None:
-        """Start delivering ``channel``'s publications to this connection."""
+    async def subscribe(self, channel: str, join_leave: bool = False) -> None:
+        """Start delivering ``channel``'s publications to this connection (and its
+        joins and leaves with ``join_leave``)."""
 
     async def unsubscribe(self, channel: str) -> None:
-        """Stop delivering ``channel``'s publications to this connection."""
+        """Stop delivering ``channel``'s publications to this connection (and take it
+        out of the channel's presence)."""
+
+    async def join_presence(self, channel: str, info: Mapping[str, Any]) -> None:
+        """Put this connection in ``channel``'s presence, shown as ``info`` (ClientInfo)."""
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """The channel's members as ``ClientInfo`` objects, by client id."""
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        """Clients and distinct users in the channel."""
+
+    def recovered(self, seconds: float) -> None:
+        """A subscribe that asked to recover took ``seconds`` (join, read, merge)."""
 
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
         """Publish ``data`` to ``channel``'s subscribers; ``info`` is the publisher."""
@@ -142,7 +156,7 @@ class Backend(Protocol):
         """Join ``channel`` with its publications kept aside (see :meth:`release`)."""
 
     async def release(
-        self, channel: str, held: Any, top: tuple[int, str] | None
+        self, channel: str, held: Any, top: tuple[int, str] | None, join_leave: bool = False
     ) -> tuple[list[dict[str, Any]], int]:
         """Go live, once every publication up to ``top`` (the stream's position when
         read) has arrived; the publications kept aside meanwhile (protocol objects,
@@ -218,9 +232,9 @@ class Session:
 
     # Ten thousand connections hold one each: no per-instance __dict__.
     __slots__ = (
-        "_connected", "_expire_at", "_last_ping", "_next_ping", "_pong_deadline", "_pushes",
-        "_rand", "_rejected", "_subs", "backend", "client_id", "clock", "info", "meta",
-        "options", "rules", "user", "verifier",
+        "_connected", "_expire_at", "_joining", "_last_ping", "_next_ping", "_pong_deadline",
+        "_pushes", "_rand", "_rejected", "_subs", "backend", "client_id", "clock", "info",
+        "meta", "options", "rules", "user", "verifier",
     )  # fmt: skip
 
     #: Each method's handler, by name: one table for every session, not one each.
@@ -230,8 +244,8 @@ class Session:
             "subscribe": "_subscribe",
             "unsubscribe": "_unsubscribe",
             "publish": "_publish",
-            "presence": "_unavailable",
-            "presence_stats": "_unavailable",
+            "presence": "_presence",
+            "presence_stats": "_presence_stats",
             "history": "_history",
             "rpc": "_rpc",
             "send": "_send",
@@ -269,6 +283,8 @@ class Session:
         self._subs: dict[str, _Subscription] = {}
         #: Pushes that follow the reply being made (held publications after a subscribe).
         self._pushes: list[str] = []
+        #: Channels to enter in presence once the replies went out (:meth:`after_reply`).
+        self._joining: list[str] = []
         self._next_ping: float | None = None
         self._last_ping: float | None = None
         self._pong_deadline: float | None = None
@@ -465,8 +481,9 @@ class Session:
             expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS)
         try:
             for channel, sub in subs.items():
-                await self.backend.subscribe(channel)
+                await self.backend.subscribe(channel, self._pushes_join_leave(channel))
                 self._subs[channel] = sub
+                self._join_later(channel)
         except Exception:
             await self._drop_all()
             raise
@@ -490,6 +507,15 @@ class Session:
 
     async def _subscribe(self, command: Command) -> Result:
         """Go's checks (name, 105, 106), then Centrifugo's decision order."""
+        if not command.get_bool("recover"):
+            return await self._subscribe_to(command)
+        started = time.perf_counter()
+        try:
+            return await self._subscribe_to(command)
+        finally:
+            self.backend.recovered(time.perf_counter() - started)
+
+    async def _subscribe_to(self, command: Command) -> Result:
         channel = self._channel(command)
         if command.get_int("type"):
             return ERROR_NOT_AVAILABLE  # map and shared-poll subscriptions
@@ -529,11 +555,12 @@ class Session:
         # wait between (one process), every publication is either live or in what is
         # read; across processes the publications arriving meanwhile are held aside
         # and merged (Centrifuge's PubSubSync).
+        join_leave = self._pushes_join_leave(channel, command)
         held = None
         if recovery is not None and not self.backend.recovers():
             held = await self.backend.subscribe_held(channel)
         else:
-            await self.backend.subscribe(channel)
+            await self.backend.subscribe(channel, join_leave)
         self._subs[channel] = _Subscription(
             "client", expire_at=expire_at, info=claims.info if claims else None
         )
@@ -544,6 +571,7 @@ class Session:
             "was_recovering": command.get_bool("recover") or None,
         }
         if recovery is None:
+            self._join_later(channel)
             return result
         stream: dict[str, Any] | Error = {}
         top = None  # the stream's position as read (offset, epoch)
@@ -552,7 +580,7 @@ class Session:
         finally:
             released = None
             if held is not None:
-                released = await self.backend.release(channel, held, top)
+                released = await self.backend.release(channel, held, top, join_leave)
         if not isinstance(stream, Error) and released is not None:
             stream = self._merge_held(channel, stream, *released)
         if isinstance(stream, Error):
@@ -563,6 +591,7 @@ class Session:
         if subscription is not None and stream.get("positioned"):
             subscription.positioned = True
         result.update(stream)
+        self._join_later(channel)
         return result
 
     @property
@@ -599,6 +628,53 @@ class Session:
                 for pub in later
             )
         return stream
+
+    def _pushes_join_leave(self, channel: str, command: Command | None = None) -> bool:
+        """Whether joins and leaves reach this subscriber: Centrifugo's rule (all with
+        ``force_push_join_leave``, else those asking ``join_leave`` who may see presence;
+        server-side subscriptions only with the force)."""
+        options = self.rules.namespace_of(channel)
+        if options is None or not options.join_leave:
+            return False
+        if options.force_push_join_leave:
+            return True
+        return (
+            command is not None
+            and command.get_bool("join_leave")
+            and self._presence_access(options, channel, subscribing=True)
+        )
+
+    def _presence_access(
+        self, options: NamespaceOptions, channel: str, *, subscribing: bool = False
+    ) -> bool:
+        """Centrifugo's presence permission: as any client, or as a subscriber (a signed-in
+        one unless anonymous users are allowed too)."""
+        if not (self.user or options.allow_presence_for_anonymous):
+            return False
+        if options.allow_presence_for_client:
+            return True
+        return options.allow_presence_for_subscriber and (subscribing or channel in self._subs)
+
+    def _join_later(self, channel: str) -> None:
+        if self.rules.presence_of(channel) is not None:
+            self._joining.append(channel)
+
+    @property
+    def joining(self) -> bool:
+        """Whether :meth:`after_reply` has something to do."""
+        return bool(self._joining)
+
+    async def after_reply(self) -> None:
+        """Enter the channels just subscribed in presence, after the replies were sent:
+        the subscriber's own join then follows its subscribe reply (as in Centrifuge)."""
+        channels, self._joining = self._joining, []
+        for channel in channels:
+            if channel not in self._subs:
+                continue  # unsubscribed since
+            try:
+                await self.backend.join_presence(channel, self._client_info(channel))
+            except Exception:
+                logger.exception("entering %r in presence for client %s", channel, self.client_id)
 
     def _history_access(self, options: NamespaceOptions, channel: str) -> bool:
         """Centrifugo's history permission: as a subscriber, or as any (signed-in) client."""
@@ -736,10 +812,30 @@ class Session:
         page = await self.backend.history(channel, limit=limit, since=since, reverse=reverse)
         return {"publications": page.publications, "epoch": page.epoch, "offset": page.offset}
 
-    async def _unavailable(self, command: Command) -> Result:
-        """presence, presence_stats: 108 until they exist."""
+    def _presence_check(self, command: Command) -> tuple[str, Error | None]:
         channel = self._channel(command)
-        return self.rules.check_channel(channel) or ERROR_NOT_AVAILABLE
+        if error := self.rules.check_channel(channel):
+            return channel, error
+        options = self.rules.namespace_of(channel)
+        if options is None or not options.presence:
+            return channel, ERROR_NOT_AVAILABLE
+        if not self._presence_access(options, channel):
+            return channel, ERROR_PERMISSION_DENIED
+        return channel, None
+
+    async def _presence(self, command: Command) -> Result:
+        """Who is in the channel, across processes (ClientInfo by client id)."""
+        channel, error = self._presence_check(command)
+        if error is not None:
+            return error
+        return {"presence": await self.backend.presence(channel)}
+
+    async def _presence_stats(self, command: Command) -> Result:
+        channel, error = self._presence_check(command)
+        if error is not None:
+            return error
+        clients, users = await self.backend.presence_stats(channel)
+        return {"num_clients": clients, "num_users": users}
 
     async def _rpc(self, command: Command) -> Result:
         result = await self.backend.rpc(
@@ -850,10 +946,11 @@ class Session:
             return None
         self._subs[channel] = _Subscription("server", info=info)
         try:
-            await self.backend.subscribe(channel)
+            await self.backend.subscribe(channel, self._pushes_join_leave(channel))
         except Exception:
             self._subs.pop(channel, None)
             raise
+        self._join_later(channel)
         return encode_push(channel, "subscribe", {"data": data})
 
     def server_refresh(self, expired: bool, expire_at: int) -> str | None:

@@ -18,10 +18,10 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from realtime_broker import BrokerUnavailable, Publication, StreamPosition
+from realtime_broker import BrokerUnavailable, Member, PresenceEvent, Publication, StreamPosition
 from realtime_hub import ASGIConnection, Client, Held, Hub, Receive, Send
 
-from .codec import RawJSON, encode_json, encode_publication
+from .codec import RawJSON, encode_json, encode_publication, encode_push
 from .codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
@@ -33,7 +33,7 @@ from .codes import (
     DisconnectError,
     Error,
 )
-from .history import read_history
+from .history import read_history, read_presence, read_presence_stats
 from .session import ConnectAuth, HistoryPage, Session
 
 if TYPE_CHECKING:
@@ -68,14 +68,29 @@ def publication_object(pub: Publication) -> dict[str, Any]:
     }
 
 
-class CentrifugeFormat:
-    """Publications as ``pub`` pushes; one object serves every Centrifuge connection."""
+def member_info(member: Member) -> Any:
+    """A presence member as a ``ClientInfo`` (as it joined, or its user and client)."""
+    if member.info:
+        return RawJSON(member.info)
+    return {"user": member.user, "client": member.client}
 
-    def __init__(self, node: Node) -> None:
+
+class CentrifugeFormat:
+    """Publications as ``pub`` pushes, joins and leaves as ``join`` and ``leave`` pushes
+    for subscribers that get them (``join_leave``); one object serves every Centrifuge
+    connection of each kind."""
+
+    def __init__(self, node: Node, join_leave: bool = False) -> None:
         self._node = node
         self._numbered = node.broker.history_supported
+        self.join_leave = join_leave
 
-    def encode(self, channel: str, publication: Any) -> str:
+    def encode(self, channel: str, publication: Any) -> str | None:
+        if isinstance(publication, PresenceEvent):
+            if not self.join_leave:
+                return None
+            kind = "join" if publication.joined else "leave"
+            return encode_push(channel, kind, {"info": member_info(publication.member)})
         pub: Publication = publication
         info = RawJSON(pub.info) if pub.info else None
         # An offset only where the channel keeps history: its place in the stream
@@ -176,14 +191,34 @@ class ConnectionBackend:
         ):
             await answer(call)
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str, join_leave: bool = False) -> None:
         hub = self.node.hub
-        hub.join(channel, self.client, self.node.format)
+        hub.join(channel, self.client, self.node.format_for(join_leave))
         # Heard by this process before the reply goes: one Redis round trip.
         await hub.ready(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self.node.hub.leave(channel, self.client)
+        session = self.client.state
+        if isinstance(session, Session):
+            await self.node.broker.leave_presence(channel, session.client_id)
+
+    async def join_presence(self, channel: str, info: Mapping[str, Any]) -> None:
+        session = self.client.state
+        if isinstance(session, Session) and not self.client.closing:
+            member = Member(session.client_id, session.user, client_info_json(info))
+            await self.node.broker.join_presence(channel, member)
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        members = await read_presence(self.node.broker, channel)
+        return {client: member_info(member) for client, member in members.items()}
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        stats = await read_presence_stats(self.node.broker, channel)
+        return stats.clients, stats.users
+
+    def recovered(self, seconds: float) -> None:
+        self.node.recovery_times.append(seconds)
 
     async def history(
         self, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
@@ -207,26 +242,30 @@ class ConnectionBackend:
         return held
 
     async def release(
-        self, channel: str, held: Held, top: tuple[int, str] | None
+        self, channel: str, held: Held, top: tuple[int, str] | None, join_leave: bool = False
     ) -> tuple[list[dict[str, Any]], int]:
         try:
             if top is not None:
                 await self.node.broker.caught_up(channel, StreamPosition(*top))
         except BrokerUnavailable:
             held.lost += 1  # what should have come did not: the subscribe fails (100)
-        self.node.hub.release(channel, self.client, held, self.node.format)
-        return [publication_object(pub) for pub in held.publications], held.lost
+        self.node.hub.release(channel, self.client, held, self.node.format_for(join_leave))
+        pubs = [pub for pub in held.publications if isinstance(pub, Publication)]
+        return [publication_object(pub) for pub in pubs], held.lost
 
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
-        # ClientInfo as the protocol sends it: empty fields left out (user, client kept).
-        info = {key: value for key, value in info.items() if value is not None}
-        publication = Publication(encode_json(data), json=True, info=encode_json(info))
+        publication = Publication(encode_json(data), json=True, info=client_info_json(info))
         try:
             await self.node.broker.publish(channel, publication)
         except BrokerUnavailable:
             raise Error(ERROR_INTERNAL.code) from None  # temporary: the SDK retries
         except ValueError as exc:  # the publisher's info over the broker's bound
             raise Error(ERROR_INTERNAL.code, f"not published: {exc}"[:200], False) from None
+
+
+def client_info_json(info: Mapping[str, Any]) -> str:
+    """ClientInfo as the protocol sends it: empty fields left out (user, client kept)."""
+    return encode_json({key: value for key, value in info.items() if value is not None})
 
 
 def wants_protobuf(scope: Any) -> bool:
@@ -314,6 +353,8 @@ class SessionHandler:
             lines = await session.handle_frame(data)
             if lines:
                 self.node.hub.send(self.client, "\n".join(lines))
+            if session.joining:
+                await session.after_reply()
             if session.rejected and not session.connected:
                 self._connect_by = min(self._connect_by, time.time() + REJECTED_GRACE)
             if session.connected and not self.registered and not self.client.closing:

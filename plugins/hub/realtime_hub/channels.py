@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from realtime_broker import PresenceMode
+
 from .errors import ERROR_BAD_REQUEST, ERROR_PERMISSION_DENIED, ERROR_UNKNOWN_CHANNEL, Error
 
 #: Centrifugo's namespace name pattern.
@@ -50,8 +52,9 @@ def parse_duration(text: str) -> float:
 class NamespaceOptions:
     """Options of one namespace, with Centrifugo's names; all off by default.
 
-    ``presence``, ``join_leave``, history and recovery options are accepted and kept
-    for when those features exist; the session answers 108 for them meanwhile.
+    ``presence`` lists a channel's clients (presence and presence_stats);
+    ``join_leave`` announces their joins and leaves, pushed to subscribers that ask
+    (or to all with ``force_push_join_leave``). Either keeps presence in the broker.
     """
 
     allow_subscribe_for_client: bool = False
@@ -127,9 +130,10 @@ class ChannelRules:
         anyone, as every ``/ws`` client was before channels existed; nobody publishes
         there but the server. In ``chat:*`` signed-in users (a connection token's
         ``sub``) subscribe and post to rooms they are in, which keep their last 100
-        messages for 10 minutes (read by members, recovered after a reconnect).
-        ``$`` channels need a subscription token. A configured ``[channel]`` replaces
-        all of it.
+        messages for 10 minutes (read by members, recovered after a reconnect);
+        members see who is in the room (presence) and each join and leave. ``$``
+        channels need a subscription token. A configured ``[channel]`` replaces all
+        of it.
         """
         return cls(
             without_namespace=NamespaceOptions(
@@ -146,6 +150,12 @@ class ChannelRules:
                         history_ttl=600.0,
                         force_recovery=True,
                         allow_history_for_subscriber=True,
+                        # Who is in the room, kept by the broker across hosts, with
+                        # each join and leave pushed to the members.
+                        presence=True,
+                        join_leave=True,
+                        force_push_join_leave=True,
+                        allow_presence_for_subscriber=True,
                     )
                 }
             ),
@@ -203,6 +213,13 @@ class ChannelRules:
         if options is None or options.history_size <= 0 or options.history_ttl <= 0:
             return None
         return options.history_size, options.history_ttl
+
+    def presence_of(self, channel: str) -> PresenceMode | None:
+        """How the channel's namespace tracks presence, if it does."""
+        options = self.namespace_of(channel)
+        if options is None or not (options.presence or options.join_leave):
+            return None
+        return PresenceMode(options.presence, options.join_leave)
 
     def is_private(self, channel: str) -> bool:
         """``$`` channels need a subscription token whatever the options say."""

@@ -82,8 +82,9 @@ class Format(Protocol):
     channel's subscribers by format and encodes a publication once per format.
     """
 
-    def encode(self, channel: str, publication: Any) -> str | bytes:
-        """The WebSocket message (text for ``str``, binary for ``bytes``)."""
+    def encode(self, channel: str, publication: Any) -> str | bytes | None:
+        """The WebSocket message (text for ``str``, binary for ``bytes``); None when
+        this format's clients get nothing of it (a join or leave, say)."""
         ...
 
     def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
@@ -181,7 +182,7 @@ class Held:
         #: Publications this process missed meanwhile (the broker lost them).
         self.lost = 0
 
-    def encode(self, channel: str, publication: Any) -> str | bytes:
+    def encode(self, channel: str, publication: Any) -> str | bytes | None:
         raise RuntimeError("held publications are not encoded")
 
     def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
@@ -583,18 +584,21 @@ class Hub:
         pending = self._pending
         if not pending and sum(map(len, members.values())) <= self.fan_out_slice:
             # Nothing below changes ``members`` synchronously (closes are tasks): no copy.
-            return sum(
-                self._deliver(_message(fmt.encode(channel, publication)), clients.values())
-                for fmt, clients in members.items()
-            )
+            count = 0
+            for fmt, clients in members.items():
+                data = fmt.encode(channel, publication)
+                if data is not None:
+                    count += self._deliver(_message(data), clients.values())
+            return count
         if len(pending) >= self.max_pending:
             # Backpressure, not a growing queue: the loop catches up here and now.
             self._flush_pending()
         count = 0
         for fmt, clients in members.items():
-            message = _message(fmt.encode(channel, publication))
-            pending.append(_Pending(message, list(clients.values())))
-            count += len(clients)
+            data = fmt.encode(channel, publication)
+            if data is not None:
+                pending.append(_Pending(_message(data), list(clients.values())))
+                count += len(clients)
         if self._drainer is None:
             self._drainer = self._loop.create_task(self._drain_pending())
         return count

@@ -16,7 +16,7 @@ from typing import Any
 from hypercorn.config import Config as ServerConfig
 
 from realtime import Host, Option, hookimpl
-from realtime_broker import Deliver, get_broker
+from realtime_broker import Deliver, PresenceEvent, get_broker
 
 from .channels import ChannelRules
 from .engine import MAX_INCOMING_RATE, MAX_INCOMING_SIZE, OVERFLOW_POLICIES, Hub
@@ -156,6 +156,15 @@ def startup(host: Host) -> None:
     hub.on_last = last
     hub.confirm = broker.ready
     broker.history_policy = hub.rules.history_of
+    broker.presence_policy = hub.rules.presence_of
+
+    def presence(channel: str, event: PresenceEvent) -> None:
+        # Joins and leaves go out like publications: each format says what its clients
+        # see. The last leaves come while the hub closes: nobody is left to tell.
+        if hub.running:
+            hub.publish(channel, event)
+
+    broker.on_presence(presence)
     broker.add_counter(hub.__len__)
     broker.add_channel_counter(hub.channel_counts)
     broker.on_loss(hub.lost)

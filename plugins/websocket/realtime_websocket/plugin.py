@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from realtime import ASGIRoute, Host, Option, hookimpl
-from realtime_broker import DEFAULT_CHANNEL
+from realtime_broker import DEFAULT_CHANNEL, PresenceEvent
 from realtime_hub import (
     CLOSE_MISSED,
     ASGIConnection,
@@ -31,7 +31,9 @@ from realtime_hub import (
 class RawFormat:
     """Publications as they were published: no envelope, nothing added."""
 
-    def encode(self, channel: str, publication: Any) -> str | bytes:
+    def encode(self, channel: str, publication: Any) -> str | bytes | None:
+        if isinstance(publication, PresenceEvent):
+            return None  # joins and leaves are for protocols that can say them
         data: str | bytes = publication.data
         return data
 

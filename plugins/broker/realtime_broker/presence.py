@@ -1,0 +1,134 @@
+"""Channel presence: who is in a channel, and the joins and leaves that change it.
+
+A channel tracks presence when its namespace says so (``presence`` or ``join_leave``,
+Centrifugo's options): the broker asks the :data:`PresencePolicy` it was given. The
+state lives in the broker's store, never assembled from each process's memory:
+``memory://`` keeps it in the process (:class:`MemoryPresence`), ``redis://`` in
+Redis, changed by Lua scripts, so two processes never disagree about who is there
+and each join and leave is announced exactly once, by the script that made it.
+
+Each process keeps the members it added (its own clients) and renews them every
+``presence_update_interval``; a member not renewed within ``presence_ttl`` (its
+process was killed) is pruned by whichever process renews or reads the channel
+next, and its leave announced then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from realtime import HTTPError
+
+#: Centrifugo's defaults: a member not renewed for ``presence_ttl`` seconds is gone;
+#: each process renews its own every ``presence_update_interval`` seconds.
+PRESENCE_TTL = 60.0
+PRESENCE_UPDATE_INTERVAL = 27.0
+#: The most members one presence read returns (a bound on what one call can cost).
+MAX_PRESENCE_MEMBERS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One client in a channel: who it is, and what others are shown of it.
+
+    ``info`` is JSON text the protocol chose (a Centrifuge ``ClientInfo``), or None.
+    """
+
+    client: str
+    user: str
+    info: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """A client joined (``joined``) or left a channel.
+
+    ``user_changed`` says that it was the user's first client there to join, or its
+    last to leave (user-level presence, as Pusher's ``member_added``/``member_removed``).
+    """
+
+    joined: bool
+    member: Member
+    user_changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    """Clients in the channel, and distinct users among them (anonymous counts as one)."""
+
+    clients: int
+    users: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceMode:
+    """How a channel tracks presence: ``listed`` answers presence reads, ``announced``
+    pushes joins and leaves."""
+
+    listed: bool
+    announced: bool
+
+
+#: A channel's :class:`PresenceMode`, or None where it tracks no presence.
+PresencePolicy = Callable[[str], PresenceMode | None]
+#: Told of a join or leave on a channel this process listens to, on the loop.
+PresenceHandler = Callable[[str, PresenceEvent], object]
+
+
+class PresenceUnavailable(HTTPError):
+    """The channel keeps no presence (or this broker keeps none)."""
+
+    status = 404
+
+
+class MemoryPresence:
+    """Every channel's members in this process (``memory://``): nothing expires, since
+    the process that would have to renew them is the one holding them."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, dict[str, Member]] = {}
+        #: Clients per user, per channel (for the stats and user-level events).
+        self._users: dict[str, dict[str, int]] = {}
+
+    def add(self, channel: str, member: Member) -> PresenceEvent | None:
+        """The join, or None if the client was there already (its info is updated)."""
+        members = self._members.setdefault(channel, {})
+        known = members.get(member.client)
+        members[member.client] = member
+        if known is not None:
+            if known.user == member.user:
+                return None
+            self._count(channel, known.user, -1)
+        first = self._count(channel, member.user, 1) == 1
+        return PresenceEvent(True, member, first)
+
+    def remove(self, channel: str, client: str) -> PresenceEvent | None:
+        """The leave, or None if the client was not there."""
+        members = self._members.get(channel)
+        if members is None or (member := members.pop(client, None)) is None:
+            return None
+        if not members:
+            del self._members[channel]
+        last = self._count(channel, member.user, -1) == 0
+        return PresenceEvent(False, member, last)
+
+    def _count(self, channel: str, user: str, step: int) -> int:
+        users = self._users.setdefault(channel, {})
+        left = users.get(user, 0) + step
+        if left > 0:
+            users[user] = left
+        else:
+            users.pop(user, None)
+            if not users:
+                del self._users[channel]
+        return left
+
+    def members(self, channel: str) -> dict[str, Member]:
+        members = self._members.get(channel, {})
+        if len(members) <= MAX_PRESENCE_MEMBERS:
+            return dict(members)
+        return dict(list(members.items())[:MAX_PRESENCE_MEMBERS])
+
+    def stats(self, channel: str) -> PresenceStats:
+        return PresenceStats(len(self._members.get(channel, ())), len(self._users.get(channel, ())))
