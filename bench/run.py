@@ -246,6 +246,41 @@ CHANNEL_CPU_RATIO = 2.0
 MULTI = ("realtime", "realtime-redis", "realtime-redis-history", "realtime-redis-2w")
 #: Issue 8: CPU per delivery with history over Redis at most this many times without.
 HISTORY_CPU_RATIO = 1.15
+#: Issue 8: the server's own time per recovery, p99, at most this (ms)...
+RECOVERY_P99_MS = 10.0
+#: ...and idle presence upkeep at most this share of one core.
+PRESENCE_UPKEEP_SHARE = 0.05
+#: Channels of the recovery scenario: feed:* keeps history and forces recovery.
+RECOVERY_CHANNELS = json.dumps(
+    {
+        "namespaces": [
+            {
+                "name": "feed",
+                "allow_subscribe_for_client": True,
+                "history_size": 1000,
+                "history_ttl": "600s",
+                "force_recovery": True,
+            }
+        ]
+    }
+)
+#: Channels of the presence scenario: top-level channels with presence, or without.
+PRESENCE_CHANNELS = {
+    on: json.dumps(
+        {
+            "without_namespace": {"allow_subscribe_for_client": True}
+            | ({"presence": True, "join_leave": True} if on else {})
+        }
+    )
+    for on in (True, False)
+}
+#: The drop-in script the recovery scenario reads the node's recovery times from.
+RECOVERY_TIMES_SCRIPT = """\
+from realtime import current_host
+from realtime_centrifuge.plugin import get_node
+
+response.json(list(get_node(current_host()).recovery_times))
+"""
 
 
 def anchor(anchors: Path, *parts: str) -> Path:
@@ -305,6 +340,15 @@ def go_version() -> str | None:
     return None
 
 
+def realtime_command(bind: str, app: Path = ROOT / "app") -> list[str]:
+    """``realtime run`` on ``bind`` as every row runs it (add the row's flags)."""
+    exe = Path(sys.executable).with_name("realtime")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "realtime"]
+    cmd += ["run", "--bind", bind, "--app", str(app), "--log-level", "warning"]
+    # The load generator opens thousands of clients from a few loopback addresses.
+    return [*cmd, "--max-connections-per-ip", "0"]
+
+
 def server_command(
     name: str,
     bind: str,
@@ -320,12 +364,7 @@ def server_command(
         script = anchor(anchors, "py-floor", "server.py")
         return [sys.executable, str(script), "--port", port, *spec.flags]
     if spec.program == "realtime":
-        exe = Path(sys.executable).with_name("realtime")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "realtime"]
-        app = str(ROOT / "app")
-        cmd += ["run", "--bind", bind, "--app", app, "--log-level", "warning"]
-        # The load generator opens thousands of clients from a few loopback addresses.
-        cmd += ["--max-connections-per-ip", "0"]
+        cmd = realtime_command(bind)
         if api:
             cmd += ["--api-key", API_KEY]
     else:
@@ -918,6 +957,143 @@ def measure_storm(tag: str, server: str, clients: int, opts: argparse.Namespace)
         other_cpu_share=round((busy - server_cpu - loadgen_cpu) / wall, 3) if wall > 0 else None,
     )
     return result
+
+
+def measure_streams(
+    tag: str, scenario: str, opts: argparse.Namespace, flags: list[str], redis: RedisServer | None
+) -> dict[str, Any]:
+    """Issue 8's scenarios (``bench/streams.py``): ``recovery`` samples the server's
+    CPU over the clients' return; ``presence`` over ``--presence-idle`` seconds of
+    connected, idle clients (redis-server's included with ``redis``)."""
+    port = free_port()
+    bind = f"{HOST}:{port}"
+    app = opts.logdir / "streams-app"
+    app.mkdir(exist_ok=True)
+    (app / "recovery_times.py").write_text(RECOVERY_TIMES_SCRIPT)
+    command = [*realtime_command(bind, app), "--api-key", API_KEY, "--token-hmac-secret",
+               TOKEN_SECRET, "--client-ping-interval", "0", *flags]  # fmt: skip
+    if redis is not None:
+        command += ["--broker", redis.url]
+        redis_command(redis.port, "FLUSHALL")
+    driver = [sys.executable, str(BENCH / "streams.py"), scenario,
+              f"--url=ws://{bind}/connection/websocket", f"--http=http://{bind}",
+              f"--secret={TOKEN_SECRET}", f"--api-key={API_KEY}"]  # fmt: skip
+    if scenario == "recovery":
+        driver += [f"--clients={opts.recovery}", f"--behind={opts.recovery_behind}"]
+    else:
+        driver += [f"--clients={opts.presence}", f"--channels={opts.presence_channels}"]
+    print(f"--> {tag}", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        slog = stack.enter_context((opts.logdir / f"{tag}.server.log").open("w"))
+        llog = stack.enter_context((opts.logdir / f"{tag}.driver.log").open("w"))
+        srv = stack.enter_context(
+            started([*pinned(0), *command], stdout=slog, stderr=slog, cwd=ROOT)
+        )
+        wait_listening(port, srv)
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        gen = stack.enter_context(started([*pinned(1), *driver], cwd=ROOT, **pipes))
+        assert gen.stdin is not None
+        assert gen.stdout is not None
+        assert gen.stderr is not None
+        err, out = Reader(gen.stderr, llog), Reader(gen.stdout)
+
+        def alive() -> bool:
+            return srv.poll() is None
+
+        def cpu() -> float:
+            return cpu_seconds(srv.pid) + (cpu_seconds(redis.proc.pid) if redis else 0.0)
+
+        err.wait("away" if scenario == "recovery" else "connected", 600.0, alive)
+        cpu0, busy0, wall0 = cpu(), machine_busy(), time.monotonic()
+        if scenario == "recovery":
+            gen.stdin.write("go\n")
+            gen.stdin.flush()
+            err.wait("recovered", 600.0, alive)
+        else:
+            time.sleep(opts.presence_idle)
+        cpu1, busy, wall = cpu(), machine_busy() - busy0, time.monotonic() - wall0
+        driver_cpu = cpu_seconds(gen.pid)
+        gen.stdin.write("go\n")
+        gen.stdin.close()
+        gen.wait(300)
+        out.thread.join(10)
+        err.thread.join(5)
+        if gen.returncode != 0:
+            raise RuntimeError(f"streams.py exited with {gen.returncode}; see {llog.name}")
+        result: dict[str, Any] = json.loads("".join(out.lines))
+    server_cpu = cpu1 - cpu0
+    result.update(
+        scenario=scenario,
+        broker="redis" if redis else "memory",
+        flags=flags,
+        realtime_state=git_state()[0],
+        server_cpu_s=round(server_cpu, 4),
+        window_s=round(wall, 3),
+        server_cpu_share=round(server_cpu / wall, 4) if wall > 0 else None,
+        other_cpu_share=round((busy - server_cpu) / wall, 3) if wall > 0 else None,
+        driver_cpu_s=round(driver_cpu, 3),
+    )
+    return result
+
+
+def streams_tables(results: list[dict[str, Any]]) -> str:
+    """Issue 8's recovery and presence rows."""
+    text = ""
+    recoveries = [r for r in results if r.get("scenario") == "recovery"]
+    if recoveries:
+        header = ["broker", "clients", "behind", "recovered", "wrong / failed", "all back in",
+                  "server CPU per recovery", "server time p50 / p99 / max",
+                  f"p99 <= {RECOVERY_P99_MS:g} ms"]  # fmt: skip
+        rows = []
+        for r in recoveries:
+            if "error" in r:
+                rows.append([r.get("broker", "?"), "error: " + r["error"]] + [""] * 7)
+                continue
+            ms = r["server_ms"]
+            per = r["server_cpu_s"] * 1000 / r["clients"] if r["clients"] else None
+            rows.append(
+                [
+                    r["broker"], str(r["clients"]), str(r["behind"]), str(r["recovered"]),
+                    f"{r['wrong']} / {r['failed'] + r['failed_first']}", f"{r['back_s']:.2f} s",
+                    f"{fmt(per, 2)} ms",
+                    f"{fmt(ms['p50'], 2)} / {fmt(ms['p99'], 2)} / {fmt(ms['max'], 2)} ms",
+                    met(ms["p99"] is not None and ms["p99"] <= RECOVERY_P99_MS
+                        and r["recovered"] == r["clients"]),
+                ]
+            )  # fmt: skip
+        text += "Recovery: clients back at once, each --recovery-behind publications behind\n\n"
+        text += table(header, rows)
+    presences = [r for r in results if r.get("scenario") == "presence"]
+    if presences:
+        on = next((r for r in presences if r.get("presence_on") and "error" not in r), None)
+        off = next((r for r in presences if not r.get("presence_on") and "error" not in r), None)
+        header = ["presence", "broker", "clients", "channels", "idle window",
+                  "server + redis CPU", "presence_stats right", "lost while idle"]  # fmt: skip
+        rows = []
+        for r in presences:
+            if "error" in r:
+                rows.append(["on" if r.get("presence_on") else "off", "error: " + r["error"]]
+                            + [""] * 6)  # fmt: skip
+                continue
+            rows.append(
+                [
+                    "on" if r["presence_on"] else "off", r["broker"], str(r["connected"]),
+                    str(r["channels"]), f"{r['window_s']:.0f} s",
+                    f"{r['server_cpu_share'] * 100:.2f} % of a core",
+                    str(r["presence_right"]) if r["presence_on"] else "n/a (108)",
+                    str(r["lost_while_idle"]),
+                ]
+            )  # fmt: skip
+        text += ("\n\n" if text else "") + "Presence upkeep: connected clients, idle\n\n"
+        text += table(header, rows)
+        if on is not None and off is not None:
+            upkeep = on["server_cpu_share"] - off["server_cpu_share"]
+            ok = upkeep <= PRESENCE_UPKEEP_SHARE and bool(on["presence_right"])
+            text += (
+                f"\npresence upkeep (on - off): {upkeep * 100:.2f} % of a core; "
+                f"target <= {PRESENCE_UPKEEP_SHARE:.0%}: {met(ok)}\n"
+            )
+    return text
 
 
 def somaxconn() -> int | None:
@@ -1607,6 +1783,25 @@ def parse_args() -> argparse.Namespace:
         + " (those in --servers)",
     )
     p.add_argument(
+        "--recovery",
+        type=int,
+        default=0,
+        help="issue 8: clients that come back at once and recover (default off; 1000)",
+    )
+    p.add_argument(
+        "--recovery-behind", type=int, default=50, help="publications each one missed (50)"
+    )
+    p.add_argument(
+        "--presence",
+        type=int,
+        default=0,
+        help="issue 8: idle clients in presence channels, over Redis (default off; 10000)",
+    )
+    p.add_argument("--presence-channels", type=int, default=100, help="their channels (100)")
+    p.add_argument(
+        "--presence-idle", type=float, default=60.0, help="seconds of idle measured (60)"
+    )
+    p.add_argument(
         "--sustained-seconds",
         type=float,
         default=60.0,
@@ -1710,6 +1905,36 @@ def parse_args() -> argparse.Namespace:
     return opts
 
 
+def run_streams(opts: argparse.Namespace, report: dict[str, Any], path: Path) -> None:
+    """Issue 8's rows: recovery on memory:// (and redis://), presence on and off."""
+
+    def one(tag: str, scenario: str, flags: list[str], redis: RedisServer | None,
+            **extra: Any) -> None:  # fmt: skip
+        try:
+            result = measure_streams(tag, scenario, opts, flags, redis)
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            result = {"scenario": scenario, "error": str(exc),
+                      "broker": "redis" if redis else "memory"}  # fmt: skip
+            print(f"    error: {exc}", file=sys.stderr)
+        result.update(extra)
+        report["streams"].append(result)
+        path.write_text(json.dumps(report, indent=2))
+
+    recovery = ["--channel", RECOVERY_CHANNELS]
+    if opts.recovery:
+        one(f"recovery-memory-{opts.recovery}", "recovery", recovery, None)
+    if opts.skip_redis:
+        return
+    with redis_server(opts.logdir) as redis:
+        if opts.recovery:
+            one(f"recovery-redis-{opts.recovery}", "recovery", recovery, redis)
+        if opts.presence:
+            for on in (True, False):
+                tag = f"presence-{'on' if on else 'off'}-{opts.presence}"
+                flags = ["--channel", PRESENCE_CHANNELS[on]]
+                one(tag, "presence", flags, redis, presence_on=on)
+
+
 def on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -1740,6 +1965,7 @@ def main() -> int:
         "slow": [],
         "storm": [],
         "sustained": [],
+        "streams": [],
         "anchors": str(opts.anchors),
         "go": go_version(),
         "somaxconn": somaxconn(),
@@ -1827,6 +2053,8 @@ def main() -> int:
             except (RuntimeError, OSError) as exc:
                 report["redis_error"] = str(exc)
                 print(f"    multi-process scenario not run: {exc}", file=sys.stderr)
+        if opts.recovery or opts.presence:
+            run_streams(opts, report, path)
         if not opts.skip_slow and "realtime" in opts.servers:
             for slow in (0, 5):
                 run("slow", "realtime", 100, messages=opts.slow_messages, size=6 * 1024, slow=slow)
@@ -1860,6 +2088,8 @@ def main() -> int:
         text += multi_tables(report["multi"])
     elif report.get("redis_error"):
         text += f"\n\nmulti-process scenario not run: {report['redis_error']}"
+    if report["streams"]:
+        text += "\n\n" + streams_tables(report["streams"])
     if report["slow"]:
         text += "\n\n" + slow_table(report["slow"])
     print(text)

@@ -28,6 +28,8 @@ from centrifuge import (
     ConnectingContext,
     DisconnectedContext,
     ErrorContext,
+    JoinContext,
+    LeaveContext,
     PublicationContext,
     ServerPublicationContext,
     SubscribedContext,
@@ -246,6 +248,14 @@ class SubEvents(SubscriptionEventHandler):
     unsubscribed: asyncio.Queue[UnsubscribedContext] = field(default_factory=asyncio.Queue)
     publications: asyncio.Queue[PublicationContext] = field(default_factory=asyncio.Queue)
     errors: asyncio.Queue[SubscriptionErrorContext] = field(default_factory=asyncio.Queue)
+    joins: asyncio.Queue[JoinContext] = field(default_factory=asyncio.Queue)
+    leaves: asyncio.Queue[LeaveContext] = field(default_factory=asyncio.Queue)
+
+    async def on_join(self, ctx: JoinContext) -> None:
+        self.joins.put_nowait(ctx)
+
+    async def on_leave(self, ctx: LeaveContext) -> None:
+        self.leaves.put_nowait(ctx)
 
     async def on_subscribed(self, ctx: SubscribedContext) -> None:
         self.subscribed.put_nowait(ctx)

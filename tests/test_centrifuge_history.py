@@ -23,7 +23,7 @@ from realtime_broker import BrokerUnavailable, Publication, get_broker
 from realtime_centrifuge.plugin import get_node
 
 from .conftest import RedisServer
-from .test_centrifuge_endpoint import Peer, connected, served_app
+from .test_centrifuge_endpoint import Peer, connected, peer, served_app, token
 from .test_fanout import hypercorn
 
 API_KEY = "history-api-key"
@@ -219,6 +219,62 @@ async def test_history_pages_through_the_stream(server: tuple[Quart, int]) -> No
     await client.ws.close()
 
 
+async def test_server_side_subscriptions_are_positioned_and_recover_at_connect(
+    server: tuple[Quart, int],
+) -> None:
+    """A token's channels in a namespace forcing recovery: the connect result says
+    where each stream stands, and a client back with its position in ``subs`` gets
+    what it missed there (Centrifuge's server-side subscription recovery)."""
+    app, port = server
+    await publish(app, "feed:s", 1)
+    first = await peer(port)
+    reply = await first.call("connect", token=token("alice", channels=["feed:s"]))
+    sub = reply["connect"]["subs"]["feed:s"]
+    assert sub["recoverable"] is True and sub["positioned"] is True
+    assert sub["offset"] == 1 and sub["epoch"]
+    epoch = sub["epoch"]
+    await publish(app, "feed:s", 2)
+    assert await pubs(first, 1) == [(2, 2)]
+    await first.ws.close()
+    await publish(app, "feed:s", 3)
+    await publish(app, "feed:s", 4)
+    back = await peer(port)
+    subs = {"feed:s": {"recover": True, "epoch": epoch, "offset": 2}}
+    reply = await back.call("connect", token=token("alice", channels=["feed:s"]), subs=subs)
+    sub = reply["connect"]["subs"]["feed:s"]
+    assert sub["recovered"] is True and sub["was_recovering"] is True
+    assert [(p["data"]["n"], p["offset"]) for p in sub["publications"]] == [(3, 3), (4, 4)]
+    await publish(app, "feed:s", 5)
+    assert await pubs(back, 1) == [(5, 5)]
+    # From another epoch: not recovered, and nothing replayed.
+    again = await peer(port)
+    subs = {"feed:s": {"recover": True, "epoch": "other", "offset": 2}}
+    reply = await again.call("connect", token=token("bob", channels=["feed:s"]), subs=subs)
+    sub = reply["connect"]["subs"]["feed:s"]
+    assert "recovered" not in sub and "publications" not in sub and sub["offset"] == 5
+    for client in (back, again):
+        await client.ws.close()
+
+
+async def test_a_server_api_subscribe_says_where_the_stream_stands(
+    server: tuple[Quart, int],
+) -> None:
+    app, port = server
+    await publish(app, "feed:p", 1)
+    client = await connected(port, "carol")
+    api = cent.AsyncClient(f"http://127.0.0.1:{port}/api", API_KEY)
+    try:
+        await api.subscribe(cent.SubscribeRequest(user="carol", channel="feed:p"))
+    finally:
+        await api.close()
+    push = (await client.push())["push"]
+    assert push["channel"] == "feed:p"
+    assert push["subscribe"]["recoverable"] is True and push["subscribe"]["offset"] == 1
+    await publish(app, "feed:p", 2)
+    assert await pubs(client, 1) == [(2, 2)]
+    await client.ws.close()
+
+
 async def test_the_server_api_reads_and_clears_history_with_cent(
     server: tuple[Quart, int],
 ) -> None:
@@ -403,3 +459,44 @@ async def test_a_history_call_gets_at_most_the_configured_limit(tmp_path: Path) 
             assert [p["offset"] for p in page["publications"]] == [1, 2], limit
             assert page["offset"] == 4
         await client.ws.close()
+
+
+async def test_a_failed_stream_read_fails_the_subscribe_and_leaves_it_unsubscribed(
+    server: tuple[Quart, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never a success without its stream fields: 100 (temporary), the SDK retries."""
+    app, port = server
+    broker = get_broker(get_host(app))
+    client = await connected(port)
+    epoch = (await client.call("subscribe", channel="feed:f"))["subscribe"]["epoch"]
+    await client.call("unsubscribe", channel="feed:f")
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerUnavailable("redis is away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(broker, "_read_history", down)
+        reply = await client.call(
+            "subscribe", channel="feed:f", recover=True, epoch=epoch, offset=0
+        )
+        assert reply["error"]["code"] == 100 and reply["error"]["temporary"] is True
+    await publish(app, "feed:f", 1)  # not subscribed: nothing comes
+    with pytest.raises(TimeoutError):
+        await client.push(timeout=0.3)
+    sub = await client.call("subscribe", channel="feed:f", recover=True, epoch=epoch, offset=0)
+    assert sub["subscribe"]["recovered"] is True
+    assert [p["offset"] for p in sub["subscribe"]["publications"]] == [1]
+    await client.ws.close()
+
+
+async def test_over_redis_a_burst_of_reads_waits_for_connections_rather_than_failing(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """More commands in flight than the pool's connections: each waits its turn
+    (redis-py's default pool refused the 101st with "Too many connections")."""
+    app = await served_app(tmp_path, channel=CHANNELS, broker=redis_server.url)
+    async with hypercorn(app):
+        broker = get_broker(get_host(app))
+        await publish(app, "feed:b", 1)
+        pages = await asyncio.gather(*(broker.history("feed:b", limit=-1) for _ in range(300)))
+        assert {len(page.publications) for page in pages} == {1}

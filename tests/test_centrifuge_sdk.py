@@ -120,6 +120,36 @@ async def test_python_clients_get_script_broadcasts_and_each_others_posts(
         await bob.close()
 
 
+async def test_python_presence_and_joins_and_leaves_with_the_sdks_own_api(
+    sdk_server: Server,
+) -> None:
+    """Chat rooms keep presence by default: centrifuge-python's presence(),
+    presence_stats(), on_join and on_leave work unchanged."""
+    url = centrifuge_url(sdk_server.url)
+    ada = PyClient(url, token=fetch_token(sdk_server.url, user="ada"))
+    bob = PyClient(url, token=fetch_token(sdk_server.url, user="bob"))
+    try:
+        await ada.connect()
+        bob_id = (await bob.connect()).client
+        room = await ada.subscribe("chat:here")
+        assert (await next_item(room.joins)).info.user == "ada"  # its own, first
+        await bob.subscribe("chat:here")
+        joined = await next_item(room.joins)
+        assert (joined.info.user, joined.info.client) == ("bob", bob_id)
+        sub, _ = ada.subs["chat:here"]
+        presence = await sub.presence()
+        assert {info.user for info in presence.clients.values()} == {"ada", "bob"}
+        stats = await sub.presence_stats()
+        assert (stats.num_clients, stats.num_users) == (2, 2)
+        await bob.close()
+        left = await next_item(room.leaves)
+        assert (left.info.user, left.info.client) == ("bob", bob_id)
+        assert (await sub.presence_stats()).num_clients == 1
+    finally:
+        await ada.close()
+        await bob.close()
+
+
 async def test_python_anonymous_token_reads_top_level_channels_only(sdk_server: Server) -> None:
     url = centrifuge_url(sdk_server.url)
     anonymous = PyClient(url, token=fetch_token(sdk_server.url, user=""))

@@ -78,7 +78,7 @@ from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Mapp
 from itertools import islice
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -149,6 +149,10 @@ REPORT_EVERY = 10.0
 #: must not pile up for ever. A process still listening when it expires follows the
 #: next epoch without a loss.
 META_TTL = 30 * 24 * 3600
+
+#: Connections to Redis a process opens at most for its commands (the subscription
+#: has its own): more commands in flight wait for one.
+POOL_SIZE = 64
 
 #: How long a process's channel map and info outlive its last write, seconds. Only
 #: GC: readers already skip processes whose client count is older than NODE_TTL.
@@ -811,13 +815,22 @@ class RedisBroker(Broker):
     def _client(self, retries: int, **options: Any) -> Redis:
         """A client without redis-py's default retries: ten, with backoff, they would
         stretch a failing call past ``broker_timeout`` and renew a lost subscription
-        behind this broker's back (missing what was published meanwhile, unnoticed)."""
-        return Redis.from_url(
+        behind this broker's back (missing what was published meanwhile, unnoticed).
+
+        Its pool holds at most POOL_SIZE connections and makes a command wait for one
+        (within the broker's timeout) rather than fail: redis-py's default pool
+        refuses the 101st command in flight ("Too many connections"), which a burst
+        of clients resubscribing or publishing at once reaches.
+        """
+        pool = BlockingConnectionPool.from_url(
             self.url,
+            max_connections=POOL_SIZE,
+            timeout=self.timeout,
             socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), retries),
             **options,
         )
+        return Redis.from_pool(pool)
 
     async def start(self) -> None:
         if self._listener is not None:

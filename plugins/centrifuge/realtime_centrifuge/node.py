@@ -35,6 +35,8 @@ log = logging.getLogger("realtime.centrifuge")
 CONTROL_CHANNEL = "\x01centrifuge-control"
 #: Recovering subscribes whose duration is kept.
 RECOVERY_TIMES = 10_000
+#: Subscriptions that may join their stream at once in one process.
+RECOVERIES_AT_ONCE = 4
 #: Largest control message accepted from the broker, bytes.
 MAX_CONTROL_SIZE = 64 * 1024
 
@@ -85,6 +87,10 @@ class Node:
         #: How long the last recovering subscribes took, seconds (for the benchmark,
         #: later for /metrics): wall time from the command to its result.
         self.recovery_times: deque[float] = deque(maxlen=RECOVERY_TIMES)
+        #: Subscriptions joining their stream at once (reading it, merging): the rest
+        #: wait their turn, so a burst of returning clients takes its time rather than
+        #: have every read time out behind all the others.
+        self.recovery_slots = asyncio.Semaphore(RECOVERIES_AT_ONCE)
         #: Connected clients of each signed-in user, by hub id, for the server API.
         self.users: dict[str, dict[int, Client]] = {}
         self._hooks = {
@@ -322,7 +328,7 @@ class Node:
         else:
             log.warning("control message refused: %r", op)
             return
-        lines = [push for push in pushes if push is not None]
+        lines = [push for push in pushes if push is not None] + session.take_pushes()
         if lines:
             self.hub.send(client, "\n".join(lines))
         if session.joining:

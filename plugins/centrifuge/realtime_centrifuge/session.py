@@ -19,6 +19,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
@@ -138,7 +139,11 @@ class Backend(Protocol):
         """Clients and distinct users in the channel."""
 
     def recovered(self, seconds: float) -> None:
-        """A subscribe that asked to recover took ``seconds`` (join, read, merge)."""
+        """A recovery took ``seconds``: from its turn (:meth:`recovery_slot`) to its
+        encoded reply (join, read, merge, encode)."""
+
+    def recovery_slot(self) -> AbstractAsyncContextManager[Any]:
+        """Held while a subscription joins its stream (a few at a time per process)."""
 
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
         """Publish ``data`` to ``channel``'s subscribers; ``info`` is the publisher."""
@@ -172,6 +177,9 @@ class HistoryPage:
     offset: int
     epoch: str
 
+
+#: What a server-side ``subscribe`` push says of the channel's stream.
+SUBSCRIBE_PUSH_FIELDS = ("recoverable", "epoch", "offset", "positioned")
 
 #: Subscribe flag bit: answer 112 rather than ``recovered: false`` (Go's
 #: ``subscriptionFlagRejectUnrecovered``).
@@ -233,8 +241,8 @@ class Session:
     # Ten thousand connections hold one each: no per-instance __dict__.
     __slots__ = (
         "_connected", "_expire_at", "_joining", "_last_ping", "_next_ping", "_pong_deadline",
-        "_pushes", "_rand", "_rejected", "_subs", "backend", "client_id", "clock", "info",
-        "meta", "options", "rules", "user", "verifier",
+        "_pushes", "_rand", "_recovering", "_rejected", "_subs", "backend", "client_id",
+        "clock", "info", "meta", "options", "rules", "user", "verifier",
     )  # fmt: skip
 
     #: Each method's handler, by name: one table for every session, not one each.
@@ -285,6 +293,8 @@ class Session:
         self._pushes: list[str] = []
         #: Channels to enter in presence once the replies went out (:meth:`after_reply`).
         self._joining: list[str] = []
+        #: When the recovery being answered started (perf_counter), to time it.
+        self._recovering: float | None = None
         self._next_ping: float | None = None
         self._last_ping: float | None = None
         self._pong_deadline: float | None = None
@@ -363,8 +373,13 @@ class Session:
         if isinstance(result, Error):
             if command.method == "connect":
                 self._rejected = True
-            return encode_error(command.id, result)
-        return encode_reply(command.id, command.method, result)
+            reply = encode_error(command.id, result)
+        else:
+            reply = encode_reply(command.id, command.method, result)
+        if self._recovering is not None:
+            self.backend.recovered(time.perf_counter() - self._recovering)
+            self._recovering = None
+        return reply
 
     def _pong(self) -> None:
         if self._last_ping is None:
@@ -479,11 +494,17 @@ class Session:
             raise DisconnectError(DISCONNECT_CHANNEL_LIMIT)
         if expire_at is not None:
             expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS)
+        # What the client knew of each (its stream position, to recover from).
+        requested = command.get_map("subs")
+        streams: dict[str, dict[str, Any]] = {}
         try:
             for channel, sub in subs.items():
-                await self.backend.subscribe(channel, self._pushes_join_leave(channel))
-                self._subs[channel] = sub
-                self._join_later(channel)
+                request = Command(0, "subscribe", requested.get(channel) or {})
+                joined = await self._join_server_side(channel, sub, request)
+                if isinstance(joined, Error):
+                    await self._drop_all()
+                    return joined  # as Go: the connect fails, and the client tries again
+                streams[channel] = joined
         except Exception:
             await self._drop_all()
             raise
@@ -500,22 +521,15 @@ class Session:
             "expires": expire_at is not None,
             "ttl": self._ttl(expire_at, now),
             "data": data,
-            "subs": {channel: {"data": sub_data.get(channel)} for channel in subs},
+            "subs": {
+                channel: {"data": sub_data.get(channel), **streams[channel]} for channel in subs
+            },
             "ping": int(interval),
             "pong": interval > 0 and self.options.pong_timeout > 0,
         }
 
     async def _subscribe(self, command: Command) -> Result:
         """Go's checks (name, 105, 106), then Centrifugo's decision order."""
-        if not command.get_bool("recover"):
-            return await self._subscribe_to(command)
-        started = time.perf_counter()
-        try:
-            return await self._subscribe_to(command)
-        finally:
-            self.backend.recovered(time.perf_counter() - started)
-
-    async def _subscribe_to(self, command: Command) -> Result:
         channel = self._channel(command)
         if command.get_int("type"):
             return ERROR_NOT_AVAILABLE  # map and shared-poll subscriptions
@@ -551,32 +565,88 @@ class Session:
                 return ERROR_EXPIRED
             expire_at = min(expire_at, int(now) + MAX_TTL_SECONDS)
         recovery = self._stream_features(channel, command)
-        # The stream is read after joining. Where joining and reading happen with no
-        # wait between (one process), every publication is either live or in what is
-        # read; across processes the publications arriving meanwhile are held aside
-        # and merged (Centrifuge's PubSubSync).
         join_leave = self._pushes_join_leave(channel, command)
-        held = None
-        if recovery is not None and not self.backend.recovers():
-            held = await self.backend.subscribe_held(channel)
-        else:
-            await self.backend.subscribe(channel, join_leave)
-        self._subs[channel] = _Subscription(
+        subscription = _Subscription(
             "client", expire_at=expire_at, info=claims.info if claims else None
         )
-        result: dict[str, Any] = {
+        stream: dict[str, Any] = {}
+        if recovery is None:
+            await self.backend.subscribe(channel, join_leave)
+            self._subs[channel] = subscription
+        else:
+            async with self.backend.recovery_slot():
+                if command.get_bool("recover"):
+                    self._recovering = time.perf_counter()  # timed up to the encoded reply
+                joined = await self._join_stream(
+                    channel, command, recovery, join_leave, subscription
+                )
+            if isinstance(joined, Error):
+                return joined
+            stream = joined
+        self._join_later(channel)
+        return {
             "expires": expire_at is not None,
             "ttl": self._ttl(expire_at, now),
             "data": claims.data if claims else None,
             "was_recovering": command.get_bool("recover") or None,
+            **stream,
         }
+
+    async def _join_server_side(
+        self, channel: str, subscription: _Subscription, request: Command
+    ) -> dict[str, Any] | Error:
+        """A server-side subscription: positioned and recovering where the namespace
+        forces it (Centrifugo's rule), from ``request``'s ``recover``, ``epoch`` and
+        ``offset`` (the connect command's ``subs``); its stream fields."""
+        options = self.rules.namespace_of(channel)
+        recovery: bool | None = None
+        forced = options is not None and (options.force_recovery or options.force_positioning)
+        if options is not None and forced and self._keeps_history(options):
+            recovery = options.force_recovery
+        join_leave = self._pushes_join_leave(channel)
         if recovery is None:
+            await self.backend.subscribe(channel, join_leave)
+            self._subs[channel] = subscription
             self._join_later(channel)
-            return result
+            return {}
+        async with self.backend.recovery_slot():
+            joined = await self._join_stream(channel, request, recovery, join_leave, subscription)
+        if isinstance(joined, Error):
+            return joined
+        self._join_later(channel)
+        if request.get_bool("recover"):
+            joined["was_recovering"] = True
+        return joined
+
+    async def _join_stream(
+        self,
+        channel: str,
+        request: Command,
+        recovery: bool,
+        join_leave: bool,
+        subscription: _Subscription,
+    ) -> dict[str, Any] | Error:
+        """Subscribe where the channel keeps a stream: the result's stream fields (its
+        position; with ``recover`` in ``request``, what was missed), or the Error
+        that leaves the channel unsubscribed.
+
+        The stream is read after joining. Where joining and reading happen with no
+        wait between (one process), every publication is either live or in what is
+        read; across processes the publications arriving meanwhile are held aside and
+        merged (Centrifuge's PubSubSync). Callers hold a :meth:`Backend.recovery_slot`.
+        """
+        held = None
+        if not self.backend.recovers():
+            held = await self.backend.subscribe_held(channel)
+        else:
+            await self.backend.subscribe(channel, join_leave)
+        self._subs[channel] = subscription
         stream: dict[str, Any] | Error = {}
         top = None  # the stream's position as read (offset, epoch)
         try:
-            stream, top = await self._stream_state(channel, command, recovery=recovery)
+            stream, top = await self._stream_state(channel, request, recovery=recovery)
+        except Error as error:
+            stream = error  # the broker failed on a second read: not subscribed either
         finally:
             released = None
             if held is not None:
@@ -587,12 +657,9 @@ class Session:
             self._subs.pop(channel, None)
             await self.backend.unsubscribe(channel)
             return stream
-        subscription = self._subs.get(channel)
-        if subscription is not None and stream.get("positioned"):
+        if stream.get("positioned"):
             subscription.positioned = True
-        result.update(stream)
-        self._join_later(channel)
-        return result
+        return stream
 
     @property
     def positioned(self) -> bool:
@@ -739,8 +806,10 @@ class Session:
             else:
                 page = await self.backend.history(channel, limit=0, since=None, reverse=False)
         except Error as error:
-            if error.code != ERROR_UNRECOVERABLE_POSITION.code:
+            if error.code == ERROR_NOT_AVAILABLE.code:
                 return state, None  # no history here after all: nothing to position by
+            if error.code != ERROR_UNRECOVERABLE_POSITION.code:
+                return error, None  # the broker failed: the subscribe too (the SDK retries)
             page = await self.backend.history(channel, limit=0, since=None, reverse=False)
         rejected = command.get_int("flag") & FLAG_REJECT_UNRECOVERED
         top = (page.offset, page.epoch)
@@ -944,14 +1013,19 @@ class Session:
             logger.warning("client %s is at its channel limit: not subscribed to %r",
                            self.client_id, channel)  # fmt: skip
             return None
-        self._subs[channel] = _Subscription("server", info=info)
-        try:
-            await self.backend.subscribe(channel, self._pushes_join_leave(channel))
-        except Exception:
-            self._subs.pop(channel, None)
-            raise
-        self._join_later(channel)
-        return encode_push(channel, "subscribe", {"data": data})
+        subscription = _Subscription("server", info=info)
+        joined = await self._join_server_side(channel, subscription, Command(0, "subscribe"))
+        if isinstance(joined, Error):
+            logger.warning("client %s not subscribed to %r: %r", self.client_id, channel, joined)
+            return None
+        # The Subscribe push: where the stream stands, where the channel keeps one.
+        stream = {key: joined[key] for key in SUBSCRIBE_PUSH_FIELDS if key in joined}
+        return encode_push(channel, "subscribe", {"data": data, **stream})
+
+    def take_pushes(self) -> list[str]:
+        """Pushes that follow a server-side subscribe push (held publications)."""
+        pushes, self._pushes = self._pushes, []
+        return pushes
 
     def server_refresh(self, expired: bool, expire_at: int) -> str | None:
         """The server sets this connection's expiry (server API ``refresh``).

@@ -220,6 +220,9 @@ class ConnectionBackend:
     def recovered(self, seconds: float) -> None:
         self.node.recovery_times.append(seconds)
 
+    def recovery_slot(self) -> asyncio.Semaphore:
+        return self.node.recovery_slots
+
     async def history(
         self, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
     ) -> HistoryPage:
