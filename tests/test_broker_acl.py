@@ -24,7 +24,7 @@ REALTIME_USER = (
     "realtime on >s3cret resetkeys ~realtime:* resetchannels &realtime:* -@all "
     "+evalsha +script|load +hget +hmget +hset +hincrby +hgetall +hdel +del +expire "
     "+publish +subscribe +unsubscribe +ping +select +pexpire +xadd +xrange +xrevrange +time "
-    "+zadd +zrem +zrangebyscore +hlen +hscan"
+    "+zadd +zrem +zrangebyscore +zscore +hlen +hscan"
 )
 ADMIN = ("--user", "admin", "--pass", "adminpw", "--no-auth-warning")
 

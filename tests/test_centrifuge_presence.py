@@ -350,3 +350,40 @@ async def test_over_redis_a_killed_hosts_clients_each_leave_once_within_the_ttl(
             await watcher.ws.close()
     finally:
         doomed.stop()
+
+
+async def test_over_redis_a_renewal_or_a_late_join_never_brings_back_a_client_that_left(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The races a renewal and a join in flight have with a leave sent on another
+    connection: whichever runs first in Redis, a client that left stays gone, and
+    each join and leave is announced once."""
+    app = await served_app(tmp_path, channel=CHANNELS, broker=redis_server.url)
+    async with hypercorn(app) as port:
+        watcher, _ = await own_id(port, "watcher")
+        await subscribe(watcher, "room:race")
+        await event(watcher)  # its own join
+        broker: Any = get_broker(get_host(app))
+        # A renewal built before "c1" left, sent after its leave ran: renews nothing.
+        await broker.join_presence("room:race", Member("c1", "u1"))
+        assert await event(watcher) == ("join", "u1", "c1")
+        await broker.leave_presence("room:race", "c1")
+        assert await event(watcher) == ("leave", "u1", "c1")
+        await broker._renew_chunk("room:race", ["c1"])
+        # A join whose leave overtook it (the client is gone here when it returns).
+        await broker._add_members("room:race", [Member("c2", "u2")], True)
+        assert await event(watcher) == ("join", "u2", "c2")
+        assert await event(watcher) == ("leave", "u2", "c2")
+        with pytest.raises(TimeoutError):
+            await watcher.push(timeout=0.5)
+        # A member Redis lost (restart, eviction) is added back, with a join.
+        await broker.join_presence("room:race", Member("c3", "u3"))
+        assert await event(watcher) == ("join", "u3", "c3")
+        keys = broker.presence_keys("room:race")
+        redis_server.cli("HDEL", keys[0], "c3")
+        redis_server.cli("ZREM", keys[1], "c3")
+        await broker._renew_chunk("room:race", ["c3"])
+        assert await event(watcher) == ("join", "u3", "c3")
+        presence = (await watcher.call("presence", channel="room:race"))["presence"]["presence"]
+        assert sorted(info["user"] for info in presence.values()) == ["u3", "watcher"]
+        await watcher.ws.close()

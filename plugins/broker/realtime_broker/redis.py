@@ -261,8 +261,10 @@ return {epoch, top, entries}
 #: to leave; the client id's length in bytes, ``:``, the client id; then the member as
 #: stored (the user's length, ``:``, the user, the info).
 PRESENCE_MAGIC = b"realtime/2p "
-#: Members renewed, or removed, by one script call.
+#: Members renewed, or removed, by one script call...
 PRESENCE_CHUNK = 500
+#: ...and such calls in flight at once (renewals, and leaving on close).
+PRESENCE_CALLS_AT_ONCE = 16
 
 #: Shared by the presence scripts. KEYS: members hash, expiry sorted set, users hash.
 #: ARGV[1..3]: "1" to announce joins and leaves, the Pub/Sub channel, PRESENCE_MAGIC.
@@ -335,6 +337,29 @@ for i = 1, 3 do
   redis.call('PEXPIRE', KEYS[i], 2 * ttl)
 end
 return added
+"""
+)
+
+#: ARGV[4]: presence_ttl in ms; then client ids. Renews those still there (never adds
+#: one: a client that left meanwhile must not come back); returns the others.
+PRESENCE_RENEW_SCRIPT = (
+    PRESENCE_LUA
+    + """
+local ttl = tonumber(ARGV[4])
+local now = now_ms()
+prune(now)
+local missing = {}
+for i = 5, #ARGV do
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
+  else
+    table.insert(missing, ARGV[i])
+  end
+end
+for i = 1, 3 do
+  redis.call('PEXPIRE', KEYS[i], 2 * ttl)
+end
+return missing
 """
 )
 
@@ -847,6 +872,7 @@ class RedisBroker(Broker):
             name: self._publisher.register_script(script)
             for name, script in (
                 ("join", PRESENCE_JOIN_SCRIPT),
+                ("renew", PRESENCE_RENEW_SCRIPT),
                 ("leave", PRESENCE_LEAVE_SCRIPT),
                 ("read", PRESENCE_READ_SCRIPT),
             )
@@ -982,7 +1008,9 @@ class RedisBroker(Broker):
         return HistoryResult(tuple(publications), StreamPosition(int(top), epoch))
 
     async def caught_up(self, channel: str, position: StreamPosition) -> None:
-        if position.offset <= 0 or self._delivered_up_to(channel, position):
+        if position.offset <= 0 or channel not in self.subscribers:
+            return  # nothing to wait for, or nobody here to wait for it (gone meanwhile)
+        if self._delivered_up_to(channel, position):
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (position, waiter)
@@ -1041,12 +1069,26 @@ class RedisBroker(Broker):
 
     async def _join_presence(self, channel: str, member: Member, announce: bool) -> None:
         self._present.setdefault(channel, {})[member.client] = member
-        args = [self._ttl_ms(), member.client, member_value(member)]
+        await self._add_members(channel, [member], announce)
+
+    async def _add_members(self, channel: str, members: list[Member], announce: bool) -> None:
+        args: list[Any] = [self._ttl_ms()]
+        for member in members:
+            args += [member.client, member_value(member)]
         try:
             await self._presence_call("join", channel, announce, args)
         except BrokerUnavailable as exc:
             # Renewed (so added) once Redis is back.
             self.tally.add("presence", f"adding a client to presence failed ({exc})")
+            return
+        # A leave sent meanwhile took another connection and may have run first: then
+        # the client is in Redis with nobody to renew it. Take it out again (a no-op
+        # if the leave came second).
+        present = self._present.get(channel, {})
+        gone = [member.client for member in members if member.client not in present]
+        if gone:
+            with contextlib.suppress(BrokerUnavailable):
+                await self._presence_call("leave", channel, announce, gone)
 
     async def _leave_presence(self, channel: str, client: str, announce: bool) -> None:
         members = self._present.get(channel)
@@ -1071,6 +1113,8 @@ class RedisBroker(Broker):
             member = member_of(client, value)
             if member is not None:
                 members[member.client] = member
+                if len(members) >= MAX_PRESENCE_MEMBERS:
+                    break  # HSCAN's COUNT is only a hint
         return members
 
     async def _read_presence_stats(self, channel: str) -> PresenceStats:
@@ -1081,36 +1125,58 @@ class RedisBroker(Broker):
 
     async def _renew_presence(self) -> None:
         """Renew this process's members every ``presence_update_interval`` (pruning,
-        and announcing the leaves of, members no process renewed in time)."""
+        and announcing the leaves of, members no process renewed in time), on a fixed
+        schedule, PRESENCE_CALLS_AT_ONCE calls at a time."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(self.presence_update_interval)
-            for channel, members in list(self._present.items()):
-                mode = self.presence_mode(channel)
-                if mode is None:
-                    continue
-                batch = list(members.values())
-                for start in range(0, len(batch), PRESENCE_CHUNK):
-                    args: list[Any] = [self._ttl_ms()]
-                    for member in batch[start : start + PRESENCE_CHUNK]:
-                        args += [member.client, member_value(member)]
-                    try:
-                        await self._presence_call("join", channel, mode.announced, args)
-                    except BrokerUnavailable as exc:
-                        self.tally.add("presence", f"renewing presence failed ({exc})")
-                    except Exception:
-                        self.tally.add("presence", "renewing presence failed", exc_info=True)
+            due += self.presence_update_interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            chunks = [
+                (channel, clients[start : start + PRESENCE_CHUNK])
+                for channel, members in list(self._present.items())
+                for clients in (list(members),)
+                for start in range(0, len(clients), PRESENCE_CHUNK)
+            ]
+            await _bounded(
+                (self._renew_chunk(channel, clients) for channel, clients in chunks),
+                PRESENCE_CALLS_AT_ONCE,
+            )
+
+    async def _renew_chunk(self, channel: str, clients: list[str]) -> None:
+        mode = self.presence_mode(channel)
+        if mode is None:
+            return
+        try:
+            missing = await self._presence_call(
+                "renew", channel, mode.announced, [self._ttl_ms(), *clients]
+            )
+            # Not in Redis (it lost them, or they were pruned while this process was
+            # stalled): added back, with a join, if still here.
+            present = self._present.get(channel, {})
+            again = [present[c] for c in map(_text, missing) if c in present]
+            if again:
+                await self._add_members(channel, again, mode.announced)
+        except BrokerUnavailable as exc:
+            self.tally.add("presence", f"renewing presence failed ({exc})")
+        except Exception:
+            self.tally.add("presence", "renewing presence failed", exc_info=True)
 
     async def _leave_all_presence(self) -> None:
-        """On close: this process's members leave now, not a TTL later."""
+        """On close: this process's members leave now, not a TTL later (within a few
+        broker timeouts: past them, they expire with presence_ttl instead)."""
         present, self._present = self._present, {}
+        calls = []
         for channel, members in present.items():
             mode = self.presence_mode(channel)
+            announce = mode is not None and mode.announced
             clients = list(members)
             for start in range(0, len(clients), PRESENCE_CHUNK):
-                announce = mode is not None and mode.announced
                 chunk = clients[start : start + PRESENCE_CHUNK]
-                with contextlib.suppress(BrokerUnavailable):
-                    await self._presence_call("leave", channel, announce, chunk)
+                calls.append(self._presence_call("leave", channel, announce, chunk))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3 * self.timeout):
+                await _bounded(calls, PRESENCE_CALLS_AT_ONCE)
 
     def _count(self, nodes: Mapping[bytes, bytes]) -> int:
         """This process's clients now, plus every other live process's last report."""
@@ -1782,6 +1848,21 @@ class RedisBroker(Broker):
                 stale.append(node)
         if stale:
             await self._publisher.hdel(self.nodes_key, *stale)
+
+
+async def _bounded(calls: Iterable[Coroutine[Any, Any, Any]], limit: int) -> None:
+    """Await ``calls``, at most ``limit`` at a time; failures are the callers' to log."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Coroutine[Any, Any, Any]) -> None:
+        try:
+            async with gate:
+                with contextlib.suppress(BrokerUnavailable):
+                    await call
+        finally:
+            call.close()  # cancelled before its turn: never started, and no warning
+
+    await asyncio.gather(*(one(call) for call in calls))
 
 
 def _text(value: Any) -> str:

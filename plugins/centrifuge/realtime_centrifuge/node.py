@@ -331,8 +331,8 @@ class Node:
         lines = [push for push in pushes if push is not None] + session.take_pushes()
         if lines:
             self.hub.send(client, "\n".join(lines))
-        if session.joining:
-            await session.after_reply()
+        if op == "subscribe" and pushes[0] is not None:
+            await session.enter_presence(channel)
 
 
 def _decoded(value: RawJSON | None) -> Any:

@@ -377,7 +377,8 @@ class Session:
         else:
             reply = encode_reply(command.id, command.method, result)
         if self._recovering is not None:
-            self.backend.recovered(time.perf_counter() - self._recovering)
+            if not isinstance(result, Error):  # the time of recoveries, not of failures
+                self.backend.recovered(time.perf_counter() - self._recovering)
             self._recovering = None
         return reply
 
@@ -503,6 +504,8 @@ class Session:
                 joined = await self._join_server_side(channel, sub, request)
                 if isinstance(joined, Error):
                     await self._drop_all()
+                    self._pushes.clear()  # held publications of the channels before
+                    self._joining.clear()
                     return joined  # as Go: the connect fails, and the client tries again
                 streams[channel] = joined
         except Exception:
@@ -595,6 +598,15 @@ class Session:
     async def _join_server_side(
         self, channel: str, subscription: _Subscription, request: Command
     ) -> dict[str, Any] | Error:
+        """See :meth:`_join_server_side_now`; presence entered after the reply."""
+        joined = await self._join_server_side_now(channel, subscription, request)
+        if not isinstance(joined, Error):
+            self._join_later(channel)
+        return joined
+
+    async def _join_server_side_now(
+        self, channel: str, subscription: _Subscription, request: Command
+    ) -> dict[str, Any] | Error:
         """A server-side subscription: positioned and recovering where the namespace
         forces it (Centrifugo's rule), from ``request``'s ``recover``, ``epoch`` and
         ``offset`` (the connect command's ``subs``); its stream fields."""
@@ -607,13 +619,11 @@ class Session:
         if recovery is None:
             await self.backend.subscribe(channel, join_leave)
             self._subs[channel] = subscription
-            self._join_later(channel)
             return {}
         async with self.backend.recovery_slot():
             joined = await self._join_stream(channel, request, recovery, join_leave, subscription)
         if isinstance(joined, Error):
             return joined
-        self._join_later(channel)
         if request.get_bool("recover"):
             joined["was_recovering"] = True
         return joined
@@ -635,6 +645,9 @@ class Session:
         read; across processes the publications arriving meanwhile are held aside and
         merged (Centrifuge's PubSubSync). Callers hold a :meth:`Backend.recovery_slot`.
         """
+        if self._rejected:
+            # Closed while waiting for its turn: nothing to join, nobody to answer.
+            return ERROR_INTERNAL
         held = None
         if not self.backend.recovers():
             held = await self.backend.subscribe_held(channel)
@@ -736,12 +749,17 @@ class Session:
         the subscriber's own join then follows its subscribe reply (as in Centrifuge)."""
         channels, self._joining = self._joining, []
         for channel in channels:
-            if channel not in self._subs:
-                continue  # unsubscribed since
-            try:
-                await self.backend.join_presence(channel, self._client_info(channel))
-            except Exception:
-                logger.exception("entering %r in presence for client %s", channel, self.client_id)
+            await self.enter_presence(channel)
+
+    async def enter_presence(self, channel: str) -> None:
+        """Put this client in ``channel``'s presence, if it still is subscribed and the
+        channel keeps presence."""
+        if channel not in self._subs or self.rules.presence_of(channel) is None:
+            return  # unsubscribed since, or nothing to enter
+        try:
+            await self.backend.join_presence(channel, self._client_info(channel))
+        except Exception:
+            logger.exception("entering %r in presence for client %s", channel, self.client_id)
 
     def _history_access(self, options: NamespaceOptions, channel: str) -> bool:
         """Centrifugo's history permission: as a subscriber, or as any (signed-in) client."""
@@ -1014,7 +1032,9 @@ class Session:
                            self.client_id, channel)  # fmt: skip
             return None
         subscription = _Subscription("server", info=info)
-        joined = await self._join_server_side(channel, subscription, Command(0, "subscribe"))
+        # Its presence is entered by the caller once the push is out (enter_presence):
+        # not through after_reply, which a frame being handled meanwhile may run.
+        joined = await self._join_server_side_now(channel, subscription, Command(0, "subscribe"))
         if isinstance(joined, Error):
             logger.warning("client %s not subscribed to %r: %r", self.client_id, channel, joined)
             return None

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, Protocol
 
+from realtime_broker import PresenceEvent
+
 from .channels import ChannelRules
 from .connection import ConnectionGone, Handler
 from .fastpath import (
@@ -610,9 +612,12 @@ class Hub:
         protocol then fails its subscribe), so a stalled read cannot grow it.
         """
         others: Channel = {}
+        event = isinstance(publication, PresenceEvent)  # a join or leave: not held
         for fmt, clients in members.items():
             if not isinstance(fmt, Held):
                 others[fmt] = clients
+            elif event:
+                continue
             elif len(fmt.publications) < self.max_held:
                 fmt.publications.append(publication)
             else:
