@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -828,3 +829,15 @@ async def test_ttl_counts_whole_seconds_as_go_and_is_never_left_out(
         "expires": True,
         "ttl": 1,
     }
+
+
+def test_client_ids_are_random_uuid4_strings() -> None:
+    ids = {
+        Session(RULES, TokenVerifier(hmac_secret=SECRET), FakeBackend()).client_id
+        for _ in range(2000)
+    }
+    assert len(ids) == 2000
+    for client_id in ids:
+        parsed = uuid.UUID(client_id)
+        assert str(parsed) == client_id
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122

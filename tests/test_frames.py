@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from realtime_hub import frames
-from realtime_hub.fastpath import IncomingLimits
+from realtime_hub.fastpath import IncomingLimits, Socket
 from realtime_hub.frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -485,3 +487,63 @@ def test_control_frame_round_trips_through_a_parser_when_masked() -> None:
 def test_a_length_not_in_its_shortest_form_is_1002(header: bytes) -> None:
     fail = failure(header + b"\x00\x00\x00\x00hello")
     assert (fail.code, fail.limit) == (1002, False)
+
+
+class _Transport:
+    """What a Socket writes to, recorded: reading paused or not, bytes written."""
+
+    def __init__(self) -> None:
+        self.reading = True
+        self.pauses = 0
+        self.written: list[bytes] = []
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _SlowHandler:
+    """Takes each message in turn, finishing it only when the test says."""
+
+    def __init__(self) -> None:
+        self.got: list[object] = []
+        self.release = asyncio.Event()
+
+    def received(self, data: object) -> Any:
+        self.got.append(data)
+        return self.release.wait()
+
+    def closed(self) -> None:
+        pass
+
+
+async def test_a_busy_handler_gets_later_messages_in_order_and_a_flood_pauses_reading() -> None:
+    """While a handler is at a message, later ones wait in the socket's buffer, with no
+    pause and resume each time; past a largest message's worth, reading pauses."""
+    transport = _Transport()
+    handler = _SlowHandler()
+    sock = Socket(transport, IncomingLimits(1000), client=1)
+    sock.start(handler, lambda _: None)
+    sock.data_received(frame(OP_TEXT, b"one") + frame(OP_TEXT, b"two"))
+    assert handler.got == ["one"] and transport.reading and transport.pauses == 0
+    sock.data_received(frame(OP_TEXT, b"x" * 900))  # still within the bound
+    assert transport.reading
+    sock.data_received(frame(OP_TEXT, b"y" * 200))  # past it: the kernel holds the rest
+    assert not transport.reading and transport.pauses == 1
+    handler.release.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert handler.got == ["one", "two", "x" * 900, "y" * 200]
+    assert transport.reading

@@ -185,10 +185,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: ``json.loads(line, parse_constant=...)`` without a new decoder for every line.
+_loads = json.JSONDecoder(parse_constant=_no_constant).decode
+
+
 def decode_command(line: str) -> Command:
     """One command line, or :class:`DisconnectError` (3501) if Go would refuse it."""
     try:
-        obj = json.loads(line, parse_constant=_no_constant)
+        obj = _loads(line)
     except (ValueError, RecursionError):
         raise _bad_request() from None
     if not isinstance(obj, dict):

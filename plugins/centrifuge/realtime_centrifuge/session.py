@@ -15,9 +15,9 @@ docstring says so.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -73,6 +73,16 @@ logger = logging.getLogger(__name__)
 MAX_TTL_SECONDS = 365 * 24 * 3600
 
 Result = Mapping[str, Any] | Error
+
+
+def _uuid4() -> str:
+    """``str(uuid.uuid4())``, without the UUID object: a client id for every connect."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+#: RFC 4122 variant bits (10xx) set in the clock_seq_hi nibble.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +287,7 @@ class Session:
         self.verifier = verifier
         self.backend = backend
         self.options = options or SessionOptions()
-        self.client_id = client_id or str(uuid.uuid4())
+        self.client_id = client_id or _uuid4()
         #: Unix time, the tokens' clock; the transport converts deadlines with it.
         self.clock = clock
         self._rand = rand
@@ -415,12 +425,14 @@ class Session:
         self, user: str, meta: Any, channel: str, has_token: bool, data: Any
     ) -> Error | None:
         """The rules' decision, with the hook's answer where the rules ask for it."""
+        rules = self.rules
+        gate = rules.subscribe_gate(user, channel, has_token)  # once: then the hook, maybe
         answer: HookAnswer = None
-        if self.rules.subscribe_asks_hook(user, channel, has_token):
+        if gate is False:
             answer = await self.backend.authorize_subscribe(
                 client=self.client_id, user=user, meta=meta, channel=channel, data=data
             )
-        return self.rules.can_subscribe(user, channel, has_token, answer)
+        return rules.subscribe_verdict(gate, user, channel, answer)
 
     @staticmethod
     def _ttl(expire_at: float | None, now: float) -> int:

@@ -80,6 +80,9 @@ def _no_grants() -> Mapping[str, ChannelGrant]:
     return MappingProxyType({})
 
 
+_NO_GRANTS = _no_grants()
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionClaims:
     """What a connection token grants."""
@@ -102,6 +105,8 @@ class ConnectionClaims:
         """Server-side subscriptions: ``subs`` if given, else ``channels``."""
         if self.subs:
             return self.subs
+        if not self.channels:
+            return _NO_GRANTS  # most tokens: no server-side subscription
         return MappingProxyType(dict.fromkeys(self.channels, ChannelGrant()))
 
 

@@ -279,6 +279,27 @@ class ChannelRules:
             return ERROR_PERMISSION_DENIED
         return False
 
+    def subscribe_gate(self, user: str, channel: str, has_valid_token: bool) -> Error | bool:
+        """:meth:`can_subscribe` in two steps, the gate checked once: False asks the
+        hook, then :meth:`subscribe_verdict` with its answer."""
+        return self._subscribe_gate(user, channel, has_valid_token)
+
+    def subscribe_verdict(
+        self, gate: Error | bool, user: str, channel: str, hook: HookAnswer = None
+    ) -> Error | None:
+        """:meth:`can_subscribe`'s answer, from :meth:`subscribe_gate`'s."""
+        if gate is True:
+            return None
+        if isinstance(gate, Error):
+            return gate
+        if hook is not None:
+            return _answer(hook)
+        options = self.namespace_of(channel)
+        assert options is not None  # the gate refused unknown namespaces
+        if options.allow_subscribe_for_client and (user or options.allow_subscribe_for_anonymous):
+            return None
+        return ERROR_PERMISSION_DENIED
+
     def subscribe_asks_hook(self, user: str, channel: str, has_valid_token: bool) -> bool:
         """Whether ``can_subscribe`` would consult the hook: ask it only then."""
         return self._subscribe_gate(user, channel, has_valid_token) is False
@@ -293,18 +314,9 @@ class ChannelRules:
         is listed or 103; the hook's answer; ``allow_subscribe_for_client`` (and
         ``allow_subscribe_for_anonymous`` for ``user == ""``); otherwise 103.
         """
-        gate = self._subscribe_gate(user, channel, has_valid_token)
-        if gate is True:
-            return None
-        if isinstance(gate, Error):
-            return gate
-        if hook is not None:
-            return _answer(hook)
-        options = self.namespace_of(channel)
-        assert options is not None  # the gate refused unknown namespaces
-        if options.allow_subscribe_for_client and (user or options.allow_subscribe_for_anonymous):
-            return None
-        return ERROR_PERMISSION_DENIED
+        return self.subscribe_verdict(
+            self._subscribe_gate(user, channel, has_valid_token), user, channel, hook
+        )
 
     def can_publish(
         self, user: str, channel: str, subscribed: bool, hook: HookAnswer = None

@@ -485,6 +485,7 @@ class Socket(FrameParser, asyncio.Protocol):
     __slots__ = (
         "_busy",
         "_drain_waiter",
+        "_held_back",
         "_lost",
         "_on_lost",
         "_paused",
@@ -506,6 +507,8 @@ class Socket(FrameParser, asyncio.Protocol):
         self.state = OPEN
         self._busy = True  # nothing is handed over before start()
         self._paused = False  # writing, by the transport's flow control
+        #: Reading paused because too much arrived while its handler was busy.
+        self._held_back = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._waiters: list[asyncio.Future[None]] | None = None
         self._on_lost: Callable[[Socket], None] | None = None
@@ -570,8 +573,9 @@ class Socket(FrameParser, asyncio.Protocol):
                 self.transport.write(control_frame(OP_CLOSE, close_payload(code, reason)))
         if self._lost:
             return
-        if self._busy and self.state == CLOSING and not self.transport.is_closing():
+        if self._held_back and self.state == CLOSING and not self.transport.is_closing():
             # Closed from within its handler: the client's close frame must still be read.
+            self._held_back = False
             self.transport.resume_reading()
         waiter = asyncio.get_running_loop().create_future()
         if self._waiters is None:
@@ -588,6 +592,11 @@ class Socket(FrameParser, asyncio.Protocol):
         self.feed(data)
         if not self._busy or self.state == CLOSING:  # closing: no handler is called
             self._process()
+        elif not self._held_back and self.buffered > self._limits.max_size:
+            # The handler is still at an earlier message: what comes meanwhile waits
+            # in the buffer, up to a largest message; past that, in the kernel's.
+            self._held_back = True
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.state = CLOSED  # the client half-closed without a close frame: so do we
@@ -644,8 +653,9 @@ class Socket(FrameParser, asyncio.Protocol):
                     self._fail(Failure(CLOSE_INTERNAL_ERROR, "internal error"))
                     return
                 if pending is not None:
+                    # Later frames wait in the buffer meanwhile (data_received bounds it):
+                    # no pause and resume, two system calls, for every awaited message.
                     self._busy = True
-                    transport.pause_reading()
                     asyncio.get_running_loop().create_task(self._finish(pending))
                     return
             elif opcode == OP_PING:
@@ -669,8 +679,10 @@ class Socket(FrameParser, asyncio.Protocol):
         if self.state == CLOSED:
             return
         self._busy = False
-        if not self.transport.is_closing():
-            self.transport.resume_reading()
+        if self._held_back:
+            self._held_back = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
         self._process()
 
     def _fail(self, failure: Failure) -> None:

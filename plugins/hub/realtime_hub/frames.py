@@ -112,6 +112,11 @@ class FrameParser:
             self._pos = 0
         self._pending = pending + data if pending else data
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not parsed yet."""
+        return len(self._pending) - self._pos
+
     def discard(self) -> None:
         """Drop what is buffered: nothing more will be parsed."""
         self._pending = b""
