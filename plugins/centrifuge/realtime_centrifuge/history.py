@@ -3,6 +3,9 @@ API ask for them: the broker's failures as the protocol's errors."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from realtime_broker import (
     Broker,
     BrokerUnavailable,
@@ -18,6 +21,20 @@ from realtime_broker import (
 from .codes import ERROR_INTERNAL, ERROR_NOT_AVAILABLE, ERROR_UNRECOVERABLE_POSITION, Error
 
 
+@contextmanager
+def _as_protocol_errors() -> Iterator[None]:
+    """108 where the channel keeps none, 112 for a position not in the stream, 100
+    (temporary: clients retry) when the broker cannot be reached."""
+    try:
+        yield
+    except (HistoryUnavailable, PresenceUnavailable):
+        raise Error(ERROR_NOT_AVAILABLE.code) from None
+    except UnrecoverablePosition:
+        raise Error(ERROR_UNRECOVERABLE_POSITION.code) from None
+    except BrokerUnavailable:
+        raise Error(ERROR_INTERNAL.code) from None
+
+
 async def read_history(
     broker: Broker,
     channel: str,
@@ -26,44 +43,25 @@ async def read_history(
     since: tuple[int, str] | None = None,
     reverse: bool = False,
 ) -> HistoryResult:
-    """``broker.history`` with its failures as the protocol's errors (108, 112, 100)."""
-    try:
+    with _as_protocol_errors():
         return await broker.history(
             channel,
             limit=limit,
             since=None if since is None else StreamPosition(*since),
             reverse=reverse,
         )
-    except HistoryUnavailable:
-        raise Error(ERROR_NOT_AVAILABLE.code) from None
-    except UnrecoverablePosition:
-        raise Error(ERROR_UNRECOVERABLE_POSITION.code) from None
-    except BrokerUnavailable:
-        raise Error(ERROR_INTERNAL.code) from None  # temporary: clients retry
 
 
 async def remove_history(broker: Broker, channel: str) -> None:
-    try:
+    with _as_protocol_errors():
         await broker.remove_history(channel)
-    except HistoryUnavailable:
-        raise Error(ERROR_NOT_AVAILABLE.code) from None
-    except BrokerUnavailable:
-        raise Error(ERROR_INTERNAL.code) from None
 
 
 async def read_presence(broker: Broker, channel: str) -> dict[str, Member]:
-    try:
+    with _as_protocol_errors():
         return await broker.presence(channel)
-    except PresenceUnavailable:
-        raise Error(ERROR_NOT_AVAILABLE.code) from None
-    except BrokerUnavailable:
-        raise Error(ERROR_INTERNAL.code) from None
 
 
 async def read_presence_stats(broker: Broker, channel: str) -> PresenceStats:
-    try:
+    with _as_protocol_errors():
         return await broker.presence_stats(channel)
-    except PresenceUnavailable:
-        raise Error(ERROR_NOT_AVAILABLE.code) from None
-    except BrokerUnavailable:
-        raise Error(ERROR_INTERNAL.code) from None

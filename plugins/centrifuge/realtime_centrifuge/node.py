@@ -26,7 +26,7 @@ from .codes import ERROR_INTERNAL, Disconnect, DisconnectError, Error
 from .history import read_history, read_presence, read_presence_stats, remove_history
 from .session import Session, SessionOptions
 from .tokens import TokenSigner, TokenVerifier
-from .transport import CentrifugeFormat, payload
+from .transport import CentrifugeFormat, member_info, payload
 
 log = logging.getLogger("realtime.centrifuge")
 
@@ -171,12 +171,11 @@ class Node:
     async def presence(self, channel: str) -> Mapping[str, Any]:
         """The server API's presence result: ClientInfo objects by client id."""
         members = await read_presence(self.broker, channel)
+        infos = {client: member_info(member) for client, member in members.items()}
         return {
             "presence": {
-                client: json.loads(member.info)
-                if member.info
-                else {"user": member.user, "client": member.client}
-                for client, member in members.items()
+                client: json.loads(info) if isinstance(info, RawJSON) else info
+                for client, info in infos.items()
             }
         }
 
