@@ -299,6 +299,12 @@ local function remove(client)
     tell('l', client, value)
   end
 end
+local function keep(ttl)
+  -- Twice the TTL after the last renewal: gone once no process is left to prune it.
+  for i = 1, 3 do
+    redis.call('PEXPIRE', KEYS[i], 2 * ttl)
+  end
+end
 local function prune(now)
   -- Members whose process stopped renewing them: gone, each leave told once.
   local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
@@ -333,9 +339,7 @@ for i = 5, #ARGV, 2 do
     end
   end
 end
-for i = 1, 3 do
-  redis.call('PEXPIRE', KEYS[i], 2 * ttl)
-end
+keep(ttl)
 return added
 """
 )
@@ -356,9 +360,7 @@ for i = 5, #ARGV do
     table.insert(missing, ARGV[i])
   end
 end
-for i = 1, 3 do
-  redis.call('PEXPIRE', KEYS[i], 2 * ttl)
-end
+keep(ttl)
 return missing
 """
 )
