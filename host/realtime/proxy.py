@@ -25,9 +25,14 @@ class ForwardedHeadersMiddleware:
         entries = [entry for entry in trusted if entry]
         self.trust_all = "*" in entries
         self.networks = [ipaddress.ip_network(e, strict=False) for e in entries if e != "*"]
+        #: Single trusted addresses as a peer's address reads (127.0.0.1, ::1): most
+        #: peers are the proxy, known without parsing. Anything else is parsed.
+        self.exact = {
+            str(network.network_address) for network in self.networks if network.num_addresses == 1
+        }
 
     def _trusted(self, host: str) -> bool:
-        if self.trust_all:
+        if self.trust_all or host in self.exact:
             return True
         try:
             address = ipaddress.ip_address(host)

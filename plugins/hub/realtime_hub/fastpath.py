@@ -758,6 +758,20 @@ class Keepalive:
         self._timer = loop.call_later(min(self.interval, self.timeout), self._tick)
 
 
+def _server_headers(config: Any) -> bytes:
+    """``config.response_headers("h11")`` as header lines (date, server, alt-svc),
+    computed once a second: the same for every handshake within it. Kept on the
+    server's config, so nothing is shared between two servers."""
+    second = int(time.time())
+    cached = getattr(config, "realtime_header_lines", None)
+    if cached is not None and cached[0] == second:
+        lines: bytes = cached[1]
+        return lines
+    lines = b"".join(b"%s: %s\r\n" % pair for pair in config.response_headers("h11"))
+    config.realtime_header_lines = (second, lines)
+    return lines
+
+
 def take_over(asgi_send: Any, limits: IncomingLimits, client: int) -> Socket | None:
     """Accept the handshake on Hypercorn's behalf and take the socket away from it.
 
@@ -786,13 +800,10 @@ def take_over(asgi_send: Any, limits: IncomingLimits, client: int) -> Socket | N
         or transport.is_closing()
     ):
         return None
-    headers = [
-        (b"sec-websocket-accept", generate_accept_token(handshake.key)),
-        (b"upgrade", b"WebSocket"),
-        (b"connection", b"Upgrade"),
-        *stream.config.response_headers("h11"),
-    ]
-    response = b"HTTP/1.1 101 \r\n" + b"".join(b"%s: %s\r\n" % pair for pair in headers) + b"\r\n"
+    response = (
+        b"HTTP/1.1 101 \r\nsec-websocket-accept: %s\r\nupgrade: WebSocket\r\n"
+        b"connection: Upgrade\r\n%s\r\n"
+    ) % (generate_accept_token(handshake.key), _server_headers(stream.config))
     handshake.accepted = True
     stream.closed = True  # Hypercorn's stream ignores everything from now on
     writer, server.writer = server.writer, _DETACHED

@@ -70,15 +70,16 @@ def channel_of(scope: Any, rules: ChannelRules) -> str | None:
     Raw clients carry no credentials: they may listen where the rules let anonymous
     clients subscribe without a token (by default, any top-level name).
     """
-    try:
-        query = parse_qs(
-            scope.get("query_string", b"").decode("latin-1"),
-            keep_blank_values=True,
-            max_num_fields=10,
-        )
-    except ValueError:
-        return None
-    names = query.get("channel")
+    query_string = scope.get("query_string", b"")
+    names = None
+    if query_string:
+        try:
+            query = parse_qs(
+                query_string.decode("latin-1"), keep_blank_values=True, max_num_fields=10
+            )
+        except ValueError:
+            return None
+        names = query.get("channel")
     name: str = names[-1] if names else DEFAULT_CHANNEL
     if rules.can_subscribe("", name, has_valid_token=False) is not None:
         return None
