@@ -28,7 +28,8 @@ import time
 from typing import Any
 
 import httpx
-import jwt
+from loadgen import percentile
+from run import hs256_token
 from websockets.asyncio.client import ClientConnection, connect
 
 #: Dials in flight while the clients first connect.
@@ -44,7 +45,7 @@ async def wait_go() -> None:
 
 
 def token(secret: str, user: str) -> str:
-    return jwt.encode({"sub": user}, secret, algorithm="HS256")
+    return hs256_token(secret, {"sub": user})
 
 
 async def replies(ws: ClientConnection, ids: set[int], limit: float) -> dict[int, Any]:
@@ -88,13 +89,6 @@ async def bounded(jobs: list[Any], limit: int) -> list[Any]:
             return await job
 
     return await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def recovery(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,8 +163,8 @@ async def recovery(args: argparse.Namespace) -> dict[str, Any]:
         "samples": samples,
         "server_ms": {
             "count": len(times),
-            "p50": percentile(times, 0.5),
-            "p99": percentile(times, 0.99),
+            "p50": percentile(times, 50),
+            "p99": percentile(times, 99),
             "max": max(times) if times else None,
             "mean": statistics.fmean(times) if times else None,
         },

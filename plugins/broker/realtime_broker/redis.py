@@ -401,15 +401,23 @@ def member_value(member: Member) -> bytes:
     return b"%d:%s%s" % (len(user), user, (member.info or "").encode())
 
 
-def member_of(client: bytes, value: bytes) -> Member | None:
-    """The member stored as ``value``; None if it is not one realtime stored."""
-    length, colon, rest = value.partition(b":")
+def _prefixed(data: bytes) -> tuple[bytes, bytes] | None:
+    """``<length>:<that many bytes><rest>`` as (those bytes, rest); None if malformed."""
+    length, colon, rest = data.partition(b":")
     if not colon or not length.isdigit() or len(length) > 6 or int(length) > len(rest):
         return None
     n = int(length)
+    return rest[:n], rest[n:]
+
+
+def member_of(client: bytes, value: bytes) -> Member | None:
+    """The member stored as ``value``; None if it is not one realtime stored."""
+    parts = _prefixed(value)
+    if parts is None:
+        return None
+    user, info = parts
     try:
-        info = rest[n:].decode()
-        return Member(client.decode(), rest[:n].decode(), info or None)
+        return Member(client.decode(), user.decode(), info.decode() or None)
     except UnicodeDecodeError:
         return None
 
@@ -420,10 +428,8 @@ def decode_presence(raw: bytes) -> PresenceEvent | Drop:
     kind = raw[start : start + 1]
     if kind not in (b"j", b"J", b"l", b"L"):
         return Drop.FOREIGN
-    length, colon, rest = raw[start + 1 :].partition(b":")
-    if not colon or not length.isdigit() or len(length) > 6 or int(length) > len(rest):
-        return Drop.FOREIGN
-    member = member_of(rest[: int(length)], rest[int(length) :])
+    parts = _prefixed(raw[start + 1 :])
+    member = None if parts is None else member_of(*parts)
     if member is None:
         return Drop.FOREIGN
     return PresenceEvent(kind in (b"j", b"J"), member, kind.isupper())

@@ -520,6 +520,7 @@ class Session:
                     self._joining.clear()
                     return joined  # as Go: the connect fails, and the client tries again
                 streams[channel] = joined
+                self._join_later(channel)
         except Exception:
             await self._drop_all()
             raise
@@ -610,18 +611,10 @@ class Session:
     async def _join_server_side(
         self, channel: str, subscription: _Subscription, request: Command
     ) -> dict[str, Any] | Error:
-        """See :meth:`_join_server_side_now`; presence entered after the reply."""
-        joined = await self._join_server_side_now(channel, subscription, request)
-        if not isinstance(joined, Error):
-            self._join_later(channel)
-        return joined
-
-    async def _join_server_side_now(
-        self, channel: str, subscription: _Subscription, request: Command
-    ) -> dict[str, Any] | Error:
         """A server-side subscription: positioned and recovering where the namespace
         forces it (Centrifugo's rule), from ``request``'s ``recover``, ``epoch`` and
-        ``offset`` (the connect command's ``subs``); its stream fields."""
+        ``offset`` (the connect command's ``subs``); its stream fields. The caller
+        enters it in presence once its reply or push is out."""
         options = self.rules.namespace_of(channel)
         recovery: bool | None = None
         forced = options is not None and (options.force_recovery or options.force_positioning)
@@ -1046,7 +1039,7 @@ class Session:
         subscription = _Subscription("server", info=info)
         # Its presence is entered by the caller once the push is out (enter_presence):
         # not through after_reply, which a frame being handled meanwhile may run.
-        joined = await self._join_server_side_now(channel, subscription, Command(0, "subscribe"))
+        joined = await self._join_server_side(channel, subscription, Command(0, "subscribe"))
         if isinstance(joined, Error):
             logger.warning("client %s not subscribed to %r: %r", self.client_id, channel, joined)
             return None
