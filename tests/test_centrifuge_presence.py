@@ -387,3 +387,71 @@ async def test_over_redis_a_renewal_or_a_late_join_never_brings_back_a_client_th
         presence = (await watcher.call("presence", channel="room:race"))["presence"]["presence"]
         assert sorted(info["user"] for info in presence.values()) == ["u3", "watcher"]
         await watcher.ws.close()
+
+
+async def test_over_redis_forged_or_oversized_presence_messages_are_dropped(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Anyone who may PUBLISH on the channel can send what looks like a join: a
+    malformed one, or one over the size bound, is counted and dropped, and the
+    channel's real joins go on."""
+    app = await served_app(tmp_path, channel=CHANNELS, broker=redis_server.url)
+    async with hypercorn(app) as port:
+        watcher, _ = await own_id(port, "watcher")
+        await subscribe(watcher, "room:forged")
+        await event(watcher)  # its own join
+        broker: Any = get_broker(get_host(app))
+        name = broker.key("room:forged")
+        oversized = "realtime/2p j3:abc" + "5:alice" + "x" * (broker.max_message_size + 20_000)
+        for forged in (
+            "realtime/2p x3:abc5:alice",  # no such kind
+            "realtime/2p j99:abc",  # a length past the end
+            "realtime/2p j3:abc9999999:alice",  # a length of more than six digits
+            "realtime/2p j3:ab\xff5:alice",  # not UTF-8 once cut
+            oversized,
+        ):
+            redis_server.cli("PUBLISH", name, forged)
+        await broker.join_presence("room:forged", Member("c9", "real"))
+        assert await event(watcher) == ("join", "real", "c9")  # and nothing forged before
+        assert broker.tally.counts["foreign"] >= 3
+        assert broker.tally.counts["oversized"] >= 1
+        await watcher.ws.close()
+
+
+@pytest.mark.parametrize("broker_url", ["memory", "redis"])
+async def test_a_presence_read_returns_at_most_the_bound(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    broker_url: str,
+) -> None:
+    from realtime_broker import presence as presence_module
+    from realtime_broker import redis as redis_module
+
+    monkeypatch.setattr(presence_module, "MAX_PRESENCE_MEMBERS", 5)
+    monkeypatch.setattr(redis_module, "MAX_PRESENCE_MEMBERS", 5)
+    url = redis_server.url if broker_url == "redis" else "memory://"
+    app = await served_app(tmp_path, channel=CHANNELS, broker=url)
+    async with hypercorn(app):
+        broker = get_broker(get_host(app))
+        for n in range(12):
+            await broker.join_presence("room:many", Member(f"c{n}", f"u{n}"))
+        assert len(await broker.presence("room:many")) == 5
+        assert (await broker.presence_stats("room:many")).clients == 12  # counted, all
+
+
+async def test_a_member_info_over_the_bound_is_refused(tmp_path: Path) -> None:
+    app = await served_app(tmp_path, channel=CHANNELS)
+    async with hypercorn(app):
+        broker = get_broker(get_host(app))
+        with pytest.raises(ValueError, match="over"):
+            await broker.join_presence("room:big", Member("c1", "u", '"' + "x" * 17_000 + '"'))
+        assert (await broker.presence_stats("room:big")).clients == 0
+
+
+def test_a_renewal_interval_not_below_the_ttl_is_refused_at_start() -> None:
+    from realtime_broker import MemoryBroker
+
+    with pytest.raises(ValueError, match="--presence-update-interval must be"):
+        MemoryBroker("memory://", {"presence_ttl": 5.0, "presence_update_interval": 9.0})
+    MemoryBroker("memory://", {"presence_ttl": 5.0, "presence_update_interval": 2.0})
