@@ -108,10 +108,11 @@ async def test_with_compression_on_it_is_negotiated_and_each_client_encodes_its_
         assert await plain.recv() == text
 
 
-def stalled_client(port: int) -> socket.socket:
-    """A WebSocket client that completes the handshake and then never reads."""
+def stalled_client(port: int, rcvbuf: int | None = 4096) -> socket.socket:
+    """A WebSocket client that completes the handshake and then does not read."""
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         (
@@ -122,6 +123,62 @@ def stalled_client(port: int) -> socket.socket:
     )
     assert b" 101 " in sock.recv(1024)
     return sock
+
+
+def read_texts(sock: socket.socket, count: int) -> list[str]:
+    """``count`` unmasked text frames from the server."""
+    sock.settimeout(10)
+    buffer = b""
+    texts: list[str] = []
+    while len(texts) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        buffer += chunk
+        while len(buffer) >= 2:
+            assert buffer[0] == 0x81, buffer[:2]  # FIN + text: no frame cut into another
+            length, start = buffer[1], 2
+            if length == 126:
+                if len(buffer) < 4:
+                    break
+                length, start = int.from_bytes(buffer[2:4], "big"), 4
+            if len(buffer) < start + length:
+                break
+            texts.append(buffer[start : start + length].decode())
+            buffer = buffer[start + length :]
+    return texts
+
+
+@pytest.mark.parametrize("served", [{"client_buffer": 32 * 1024 * 1024}], indirect=True)
+async def test_a_client_that_falls_behind_gets_every_frame_whole_and_in_order(
+    served: tuple[Quart, int],
+) -> None:
+    """A fan-out writes to a keeping-up client's socket directly. Once the socket takes
+    only part of a frame, the transport holds the rest and the client leaves the direct
+    path, its next messages queued behind: no byte overtakes another. Caught up, it is
+    written to directly again."""
+    app, port = served
+    pool = hub_of(app)
+    sock = await asyncio.to_thread(stalled_client, port, None)  # blocks; the server is here
+    try:
+        await settle(lambda: len(pool) == 1)
+        (client,) = pool
+        assert client.direct is not None
+        # 8 MB: more than the kernel's send buffer takes (4 MB at most), within the client's
+        sent = [f"{i:04d}" + "y" * 4000 for i in range(4000)]
+        for text in sent[:2000]:
+            assert publish(pool, text) == 1
+        assert client.direct is None and client.queue  # the socket could not take it all
+        reader = asyncio.create_task(asyncio.to_thread(read_texts, sock, len(sent)))
+        for start in range(2000, 4000, 50):  # more while it catches up
+            for text in sent[start : start + 50]:
+                assert publish(pool, text) == 1
+            await asyncio.sleep(0.002)
+        assert await reader == sent
+        await settle(lambda: client.direct is not None)
+        assert publish(pool, "after") == 1
+        assert await asyncio.to_thread(read_texts, sock, 1) == ["after"]
+    finally:
+        sock.close()
 
 
 @pytest.mark.parametrize("policy", ["close", "drop-oldest"])

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,9 +51,10 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_MISSED = 1012
 #: RFC 6455 "going away": the server is shutting down.
 CLOSE_GOING_AWAY = 1001
-#: Below this many bytes waiting in its transport, a client is written to directly;
-#: above it, messages go to the client's backlog (where drop-oldest can act). It is
-#: also the largest chunk a sender joins from a backlog into one write.
+#: The largest chunk a sender joins from a client's backlog into one write. A fast-path
+#: client is written to directly only while its transport holds nothing back; else
+#: messages go to its backlog (where drop-oldest can act), and from there to the
+#: transport a chunk at a time, each once the one before is out.
 TRANSPORT_HIGH_WATER = 64 * 1024
 #: How long a close frame may take to reach a client before the socket is dropped.
 CLOSE_TIMEOUT = 1.0
@@ -170,6 +171,9 @@ class Client:
     sender: asyncio.Task[None] | None = None
     closing: bool = False
     overflow_logged: bool = False
+    #: The socket's ``send`` while the client may be written to directly (fast path,
+    #: open, keeping up, no backlog), else None: one lookup per delivery of a fan-out.
+    direct: Callable[[bytes], int] | None = None
 
 
 class Held:
@@ -226,8 +230,8 @@ class Hub:
         if max_buffer <= 0:
             raise ValueError("max_buffer must be positive")
         self.max_buffer = max_buffer
-        # A fast-path client's bytes sit in its transport (up to direct_limit plus a
-        # frame) and in its backlog (up to backlog_limit): together, max_buffer.
+        # A fast-path client's bytes sit in its transport (a chunk of up to direct_limit
+        # plus a frame) and in its backlog (up to backlog_limit): together, max_buffer.
         self.direct_limit = min(TRANSPORT_HIGH_WATER, max_buffer // 4)
         self.backlog_limit = max_buffer - self.direct_limit
         self.overflow: OverflowPolicy = overflow
@@ -343,6 +347,8 @@ class Hub:
             return None
         if sock is not None:
             client = Client(client_id, sock, sock)
+            sock.on_writable = partial(self._refresh, client)
+            self._refresh(client)
             detach = getattr(connection, "detach", None)
             if detach is not None:
                 client.release = detach()
@@ -409,6 +415,7 @@ class Hub:
     def forget(self, client: Client) -> None:
         """The connection ended (or is being closed): out of every channel, nothing queued."""
         client.closing = True
+        client.direct = None
         client.queue = None
         client.queued_bytes = 0
         if client.sender is not None:
@@ -550,6 +557,16 @@ class Hub:
             client.sender = None
             if client.queue is queue and not queue:
                 client.queue = None  # caught up: back to the fast path, no backlog kept
+                self._refresh(client)
+
+    @staticmethod
+    def _refresh(client: Client) -> None:
+        """Whether fan-outs may write to ``client`` directly (on every change of it)."""
+        wire = client.wire
+        if wire is not None and not client.closing and not client.queue and wire.writable():
+            client.direct = wire.send_now
+        else:
+            client.direct = None
 
     async def _close(self, client: Client, code: int, reason: str) -> None:
         self.forget(client)
@@ -624,28 +641,48 @@ class Hub:
                 fmt.lost += 1
         return others
 
-    def _deliver(self, message: Message, clients: Iterable[Client]) -> int:
-        """Write ``message`` to each client keeping up; queue it for the others."""
-        direct_limit = self.direct_limit
+    def _deliver(self, message: Message, clients: Collection[Client]) -> int:
+        """Write ``message`` to each client keeping up; queue it for the others.
+
+        The loop is the cost of a fan-out per client: a keeping-up client is one
+        lookup and the socket's ``send``; everything else is in :meth:`_other`.
+        """
         frame = message.frame
-        queued = 0
+        size = len(frame)
+        skipped = 0
         for client in clients:
-            wire = client.wire
-            if wire is not None and not client.queue:
-                if wire.state == OPEN:
-                    transport = wire.transport
-                    if transport.get_write_buffer_size() < direct_limit:
-                        transport.write(frame)
-                        queued += 1
-                        continue
-                else:
-                    continue  # closing or closed: nothing more goes out
-            if client.closing:
-                continue
-            if self._enqueue(client, message):
-                queued += 1
+            send = client.direct
+            if send is not None:
+                try:
+                    sent = send(frame)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    sent = -1
+                if sent != size:
+                    self._spill(client, frame, sent)
+            elif not self._other(client, message):
+                skipped += 1
+        queued = len(clients) - skipped
         self.stats.deliveries += queued
         return queued
+
+    @staticmethod
+    def _spill(client: Client, frame: bytes, sent: int) -> None:
+        """The socket took part of ``frame`` (``sent`` bytes, -1 on an error): the
+        transport takes the rest, and pauses writing (so the client leaves the direct
+        path), or meets the error itself and closes."""
+        assert client.wire is not None
+        client.wire.transport.write(frame[sent:] if sent > 0 else frame)
+
+    def _other(self, client: Client, message: Message) -> bool:
+        """A client not on the direct path: its backlog, unless it is closing."""
+        if client.closing:
+            return False
+        wire = client.wire
+        if wire is not None and wire.state != OPEN:
+            return False  # closing or closed: nothing more goes out
+        return self._enqueue(client, message)
 
     async def _drain_pending(self) -> None:
         """Deliver the pending fan-outs in order, a slice of clients per turn of the loop."""
@@ -675,17 +712,19 @@ class Hub:
         if client.closing:
             return False
         message = _message(data)
-        wire = client.wire
-        if (
-            wire is not None
-            and not client.queue
-            and wire.transport.get_write_buffer_size() < self.direct_limit
-        ):
-            if not wire.open():
-                return False
-            wire.transport.write(message.frame)
-            return True
-        return self._enqueue(client, message)
+        send = client.direct
+        if send is None:
+            return self._other(client, message)
+        frame = message.frame
+        try:
+            sent = send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = -1
+        if sent != len(frame):
+            self._spill(client, frame, sent)
+        return True
 
     def disconnect(self, client: Client, code: int, reason: str) -> None:
         """Close one client: out of its channels now, the close frame after what it holds."""
@@ -719,6 +758,7 @@ class Hub:
                 told(count)
         if client.queue is None:
             client.queue = deque()
+            client.direct = None
         client.queue.append(message)
         client.queued_bytes += message.size
         if client.sender is None:

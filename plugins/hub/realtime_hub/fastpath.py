@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 import time
 import zlib
+from asyncio import selector_events
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
 from typing import Any, Protocol
@@ -105,6 +107,7 @@ _GUARD_METHODS = (
     "resume_reading",
     "is_reading",
     "set_protocol",
+    "set_write_buffer_limits",
     "can_write_eof",
     "write_eof",
     "close",
@@ -263,6 +266,7 @@ class GuardTransport(Transport, Protocol):
     def resume_reading(self) -> None: ...
     def is_reading(self) -> bool: ...
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None: ...
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
     def can_write_eof(self) -> bool: ...
     def write_eof(self) -> None: ...
     def close(self) -> None: ...
@@ -469,6 +473,27 @@ class _Elsewhere:
 _ELSEWHERE = _Elsewhere()
 
 
+#: asyncio's plain TCP transport (not in typeshed): its ``_sock`` is the socket itself.
+_SELECTOR_TRANSPORT: type = getattr(selector_events, "_SelectorSocketTransport", type(None))
+
+
+def _sender(transport: Any) -> Callable[[bytes], int]:
+    """What writes a frame at once while the transport holds nothing back: the socket's
+    own ``send`` under asyncio's selector loop (a C call, no Python frame per client of
+    a fan-out), else the transport's ``write``, which takes it all. Returns the bytes
+    sent; the caller hands the rest to the transport."""
+    sock = getattr(transport, "_sock", None)
+    if isinstance(transport, _SELECTOR_TRANSPORT) and isinstance(sock, socket.socket):
+        return sock.send
+    write = transport.write
+
+    def send(frame: bytes) -> int:
+        write(frame)
+        return len(frame)
+
+    return send
+
+
 class Socket(FrameParser, asyncio.Protocol):
     """A WebSocket read and written here alone, once the handshake is done.
 
@@ -479,7 +504,10 @@ class Socket(FrameParser, asyncio.Protocol):
     client's messages are handled one at a time and in order. No task, queue or timer
     of its own: what a connection costs is this object, its transport and its socket.
 
-    It is also the hub's :class:`.connection.Connection` and its fast-path wire.
+    It is also the hub's :class:`.connection.Connection` and its fast-path wire. The
+    transport's high-water mark is zero (:func:`take_over`): it pauses writing as soon as
+    it holds anything back, so while :meth:`writable`, a frame may go to ``send_now``
+    (the socket itself) without overtaking a byte; ``on_writable`` hears every change.
     """
 
     __slots__ = (
@@ -492,7 +520,9 @@ class Socket(FrameParser, asyncio.Protocol):
         "_waiters",
         "client",
         "handler",
+        "on_writable",
         "pinged_at",
+        "send_now",
         "state",
         "transport",
     )
@@ -513,6 +543,10 @@ class Socket(FrameParser, asyncio.Protocol):
         self._waiters: list[asyncio.Future[None]] | None = None
         self._on_lost: Callable[[Socket], None] | None = None
         self._lost = False
+        #: Sends a frame now, returning the bytes sent: only while :meth:`writable`.
+        self.send_now = _sender(transport)
+        #: Called when :meth:`writable` may have changed (the hub's direct writes).
+        self.on_writable: Callable[[], None] | None = None
 
     def start(self, handler: Handler | None, on_lost: Callable[[Socket], None]) -> None:
         """Begin handing messages to ``handler``; ``on_lost`` once the connection ends."""
@@ -535,6 +569,15 @@ class Socket(FrameParser, asyncio.Protocol):
         """
         return self.state == OPEN
 
+    def writable(self) -> bool:
+        """Open, and the transport holds nothing back: :attr:`send_now` may write."""
+        return self.state == OPEN and not self._paused
+
+    def _changed(self) -> None:
+        notify = self.on_writable
+        if notify is not None:
+            notify()
+
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark again."""
         if self._paused and self.state != CLOSED:
@@ -546,6 +589,7 @@ class Socket(FrameParser, asyncio.Protocol):
     def abort(self) -> None:
         """Drop the TCP connection at once, discarding what the peer never read."""
         self.state = CLOSED
+        self._changed()
         self.transport.abort()
 
     async def accept(self) -> None:
@@ -569,6 +613,7 @@ class Socket(FrameParser, asyncio.Protocol):
         """
         if self.state == OPEN:
             self.state = CLOSING
+            self._changed()
             if not self.transport.is_closing():
                 self.transport.write(control_frame(OP_CLOSE, close_payload(code, reason)))
         if self._lost:
@@ -600,18 +645,22 @@ class Socket(FrameParser, asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.state = CLOSED  # the client half-closed without a close frame: so do we
+        self._changed()
         return False
 
     def pause_writing(self) -> None:
         self._paused = True
+        self._changed()
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._changed()
         self._wake_drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.state = CLOSED
+        self._changed()
         self._busy = True
         self.discard()
         self._wake_drain()
@@ -667,6 +716,7 @@ class Socket(FrameParser, asyncio.Protocol):
                     echo = b"" if code == CLOSE_NO_STATUS else close_payload(code)
                     transport.write(control_frame(OP_CLOSE, echo))
                 self.state = CLOSED
+                self._changed()
                 transport.close()  # the server closes TCP first, once the frame is out
                 return
 
@@ -696,6 +746,7 @@ class Socket(FrameParser, asyncio.Protocol):
         else:
             log.debug("client %d: %s; closing with %d", self.client, failure.reason, failure.code)
         state, self.state = self.state, CLOSED
+        self._changed()
         self.discard()
         transport = self.transport
         if transport.is_closing():
@@ -813,6 +864,8 @@ def take_over(asgi_send: Any, limits: IncomingLimits, client: int) -> Socket | N
     early = bytes(buffered)  # a client may not send before the 101: parsed anyway
     buffered.clear()
     transport.set_protocol(sock)
+    # Paused as soon as it holds anything back: until then the hub sends directly.
+    transport.set_write_buffer_limits(high=0)
     transport.write(response)
     if early:
         sock.feed(early)
