@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from realtime_centrifuge.tokens import (
+    MAX_HEADERS,
     ChannelGrant,
     ExpiredConnection,
     TokenExpired,
@@ -336,6 +337,14 @@ def _tokens_for_the_fast_path() -> list[str]:
         "",
         "...",
     ]
+    # JSON with whitespace around or inside it, signed: json.loads takes both.
+    for text in (
+        b' {"sub": "1", "aud": "app", "iss": "me"}\n',
+        b'{"sub":"1","aud":"app","iss":"me"}x',
+    ):
+        signing_input = f"{head}.{b64url(text)}"
+        mac = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+        tokens.append(f"{signing_input}.{b64url(mac)}")
     return tokens
 
 
@@ -360,4 +369,19 @@ def test_the_one_pass_check_takes_plain_valid_tokens_and_leaves_the_rest_to_pyjw
     verifier = TokenVerifier(hmac_secret="s" * 64, audience="app", issuer="me")
     tokens = _tokens_for_the_fast_path()
     taken = [token for token in tokens if verifier._hmac_fast(token) is not None]
-    assert taken == [*tokens[:4], tokens[9]]  # HS256/384/512, aud in a list, a kid
+    assert taken == [*tokens[:4], tokens[9], tokens[-2]]  # HS256/384/512, aud in a list,
+    # a kid, whitespace around the claims
+
+
+def test_a_verifier_remembers_a_bounded_number_of_token_headers() -> None:
+    """Each distinct header is judged once; a client making up headers fills nothing."""
+    verifier = TokenVerifier(hmac_secret=SECRET)
+    for kid in range(3 * MAX_HEADERS):
+        token = jwt.encode({"sub": "1"}, SECRET, algorithm="HS256", headers={"kid": str(kid)})
+        assert verifier.verify_connection(token, NOW).user == "1"
+        assert len(verifier._headers) <= MAX_HEADERS
+    forged = jwt.encode({"sub": "1"}, SECRET, algorithm="HS256", headers={"kid": "0"})
+    head, body, _ = forged.split(".")
+    for _ in range(2):  # a remembered header does not make a bad signature good
+        with pytest.raises(TokenInvalid):
+            verifier.verify_connection(f"{head}.{body}.{b64url(b'x' * 32)}", NOW)

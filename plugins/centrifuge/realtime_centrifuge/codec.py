@@ -185,8 +185,26 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def json_loads(decoder: json.JSONDecoder) -> Callable[[str], Any]:
+    """``decoder.decode``, that is ``json.loads``, minus its two whitespace matches
+    when there is no whitespace around the value (commands, tokens: as encoders write)."""
+    scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
+    decode = decoder.decode
+
+    def loads(text: str) -> Any:
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            return decode(text)  # whitespace first, or not JSON: its error
+        if end != len(text):
+            return decode(text)  # whitespace after, or more: as json.loads
+        return value
+
+    return loads
+
+
 #: ``json.loads(line, parse_constant=...)`` without a new decoder for every line.
-_loads = json.JSONDecoder(parse_constant=_no_constant).decode
+_loads = json_loads(json.JSONDecoder(parse_constant=_no_constant))
 
 
 def decode_command(line: str) -> Command:

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import HMACAlgorithm
 
+from .codec import json_loads
+
 _HMAC = ("HS256", "HS384", "HS512")
 _RSA = ("RS256", "RS384", "RS512")
 _ECDSA = ("ES256", "ES384", "ES512")
@@ -33,14 +35,28 @@ _HMAC_DIGESTS: Mapping[str, Any] = MappingProxyType(
 )
 #: Header fields a token may have and still be checked without PyJWT.
 _PLAIN_HEADER = frozenset({"alg", "typ", "kid"})
-_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_URL_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+#: Distinct token headers whose verdict a verifier remembers (an issuer makes one or two).
+MAX_HEADERS = 64
 
 
 def _b64url(segment: str) -> bytes:
-    """Unpadded base64url, strictly (no padding, no other character): ValueError else."""
-    if not _B64URL.issuperset(segment) or len(segment) % 4 == 1:
+    """Unpadded base64url, strictly (no padding, no other character): ValueError else.
+
+    ``+``, ``/`` and ``=`` are refused first; after the alphabet swap, binascii's
+    strict mode refuses anything else (a non-ASCII character fails the encode).
+    """
+    if "+" in segment or "/" in segment or "=" in segment or len(segment) % 4 == 1:
         raise ValueError("not unpadded base64url")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    padded = (segment + "=" * (-len(segment) % 4)).encode("ascii")
+    return binascii.a2b_base64(padded.translate(_URL_TO_STANDARD), strict_mode=True)
+
+
+_loads = json_loads(json.JSONDecoder())
+
+
+def _json(data: bytes) -> Any:
+    return _loads(data.decode())
 
 
 class TokenInvalid(Exception):
@@ -81,6 +97,9 @@ def _no_grants() -> Mapping[str, ChannelGrant]:
 
 
 _NO_GRANTS = _no_grants()
+_UNSEEN = object()
+#: Claims of a connection token that grants no channel, info or meta.
+_PLAIN_CONNECTION = frozenset({"sub", "exp", "iat", "nbf", "jti", "aud", "iss", "expire_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +171,9 @@ class TokenVerifier:
         self._keys: Mapping[str, Any] = MappingProxyType(keys)
         self._audience = audience or None
         self._issuer = issuer or None
+        #: The HMAC each plain header segment calls for, keyed, ready to copy; None
+        #: for a header PyJWT must judge. Bounded: a header seen once costs nothing more.
+        self._headers: dict[str, Any] = {}
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -184,19 +206,16 @@ class TokenVerifier:
         try:
             signing_input, _, signature = token.rpartition(".")
             header_segment, _, payload_segment = signing_input.partition(".")
-            header = json.loads(_b64url(header_segment))
-            if not isinstance(header, dict) or not header.keys() <= _PLAIN_HEADER:
+            keyed = self._headers.get(header_segment, _UNSEEN)
+            if keyed is _UNSEEN:
+                keyed = self._header(header_segment)
+            if keyed is None:
                 return None
-            algorithm = header.get("alg")
-            if not isinstance(algorithm, str) or algorithm not in _HMAC_DIGESTS:
+            mac = keyed.copy()
+            mac.update(signing_input.encode("ascii"))
+            if not hmac.compare_digest(mac.digest(), _b64url(signature)):
                 return None
-            digest, key = _HMAC_DIGESTS[algorithm], self._keys.get(algorithm)
-            if not isinstance(key, str):
-                return None
-            expected = hmac.new(key.encode(), signing_input.encode("ascii"), digest).digest()
-            if not hmac.compare_digest(expected, _b64url(signature)):
-                return None
-            payload = json.loads(_b64url(payload_segment))
+            payload = _json(_b64url(payload_segment))
         except (ValueError, TypeError, RecursionError):
             return None
         if not isinstance(payload, dict):
@@ -209,6 +228,24 @@ class TokenVerifier:
         if self._issuer is not None and payload.get("iss") != self._issuer:
             return None
         return payload
+
+    def _header(self, segment: str) -> Any:
+        """The keyed HMAC a plain HMAC header calls for, else None; remembered."""
+        keyed = None
+        try:
+            header = _json(_b64url(segment))
+        except (ValueError, TypeError, RecursionError):
+            header = None
+        if isinstance(header, dict) and header.keys() <= _PLAIN_HEADER:
+            algorithm = header.get("alg")
+            if isinstance(algorithm, str) and algorithm in _HMAC_DIGESTS:
+                key = self._keys.get(algorithm)
+                if isinstance(key, str):
+                    keyed = hmac.new(key.encode(), None, _HMAC_DIGESTS[algorithm])
+        if len(self._headers) >= MAX_HEADERS:
+            self._headers.clear()
+        self._headers[segment] = keyed
+        return keyed
 
     def _pyjwt(self, token: str) -> dict[str, Any]:
         try:
@@ -237,6 +274,11 @@ class TokenVerifier:
     def verify_connection(self, token: str, now: float) -> ConnectionClaims:
         """A connection token's claims, or TokenInvalid / TokenExpired / ExpiredConnection."""
         payload = self._payload(token, now)
+        if payload.keys() <= _PLAIN_CONNECTION:  # most tokens: who, and until when
+            claims = ConnectionClaims(_user(payload), _expire_at(payload))
+            if claims.expire_at is not None and claims.expire_at <= now:
+                raise ExpiredConnection(claims)
+            return claims
         if payload.get("channel") not in (None, ""):
             raise TokenInvalid("a connection token cannot have a channel claim")
         channels = payload.get("channels")

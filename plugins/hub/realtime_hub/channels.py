@@ -204,6 +204,8 @@ class ChannelRules:
 
     def namespace_of(self, channel: str) -> NamespaceOptions | None:
         """The channel's options; None for an unknown namespace (error 102)."""
+        if self.namespace_boundary not in channel:
+            return self.without_namespace  # asked several times a subscribe: no copies
         name = self.namespace_name(channel)
         return self.without_namespace if name == "" else self.namespaces.get(name)
 
