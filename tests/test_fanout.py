@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Quart
@@ -31,17 +38,21 @@ async def settle(condition: object, limit: float = 5.0) -> None:
 
 
 @asynccontextmanager
-async def hypercorn(app: Quart) -> AsyncIterator[int]:
-    """Serve ``app`` with Hypercorn in this test's own loop, so its pool can be inspected."""
+async def hypercorn(app: Quart, tls: tuple[Path, Path] | None = None) -> AsyncIterator[int]:
+    """Serve ``app`` with Hypercorn in this test's own loop, so its pool can be inspected
+    (over TLS with ``tls``, a certificate and key file)."""
     port = free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
+    if tls is not None:
+        config.certfile, config.keyfile = (str(path) for path in tls)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    async with httpx.AsyncClient() as http:
+    scheme = "https" if tls else "http"
+    async with httpx.AsyncClient(verify=False) as http:
         for _ in range(200):
             try:
-                await http.get(f"http://127.0.0.1:{port}/")
+                await http.get(f"{scheme}://127.0.0.1:{port}/")
                 break
             except httpx.HTTPError:
                 await asyncio.sleep(0.02)
@@ -125,6 +136,11 @@ def stalled_client(port: int, rcvbuf: int | None = 4096) -> socket.socket:
     return sock
 
 
+def send_buffer_max() -> int:
+    """The most a socket's send buffer grows to here (``tcp_wmem``'s maximum)."""
+    return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+
+
 def read_texts(sock: socket.socket, count: int) -> list[str]:
     """``count`` unmasked text frames from the server."""
     sock.settimeout(10)
@@ -148,7 +164,7 @@ def read_texts(sock: socket.socket, count: int) -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("served", [{"client_buffer": 32 * 1024 * 1024}], indirect=True)
+@pytest.mark.parametrize("served", [{"client_buffer": 64 * 1024 * 1024}], indirect=True)
 async def test_a_client_that_falls_behind_gets_every_frame_whole_and_in_order(
     served: tuple[Quart, int],
 ) -> None:
@@ -163,13 +179,14 @@ async def test_a_client_that_falls_behind_gets_every_frame_whole_and_in_order(
         await settle(lambda: len(pool) == 1)
         (client,) = pool
         assert client.direct is not None
-        # 8 MB: more than the kernel's send buffer takes (4 MB at most), within the client's
-        sent = [f"{i:04d}" + "y" * 4000 for i in range(4000)]
-        for text in sent[:2000]:
+        # Twice what the kernel's send buffer may grow to, then as much again.
+        burst = 2 * send_buffer_max() // 4000
+        sent = [f"{i:05d}" + "y" * 4000 for i in range(2 * burst)]
+        for text in sent[:burst]:
             assert publish(pool, text) == 1
         assert client.direct is None and client.queue  # the socket could not take it all
         reader = asyncio.create_task(asyncio.to_thread(read_texts, sock, len(sent)))
-        for start in range(2000, 4000, 50):  # more while it catches up
+        for start in range(burst, 2 * burst, 50):  # more while it catches up
             for text in sent[start : start + 50]:
                 assert publish(pool, text) == 1
             await asyncio.sleep(0.002)
@@ -179,6 +196,90 @@ async def test_a_client_that_falls_behind_gets_every_frame_whole_and_in_order(
         assert await asyncio.to_thread(read_texts, sock, 1) == ["after"]
     finally:
         sock.close()
+
+
+async def test_each_way_a_direct_send_falls_short_leaves_the_stream_whole(
+    served: tuple[Quart, int],
+) -> None:
+    """The socket takes half a frame, nothing (EAGAIN), or fails: each time the
+    transport takes the rest, in order, and the client stays on the direct path."""
+    app, port = served
+    pool = hub_of(app)
+    async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        await settle(lambda: len(pool) == 1)
+        (client,) = pool
+        wire = client.wire
+        assert wire is not None and wire.sends_itself
+        real = wire.send_now
+        outcomes = iter(["half", "nothing", "error"])
+
+        def short(frame: bytes) -> int:
+            outcome = next(outcomes, None)
+            if outcome == "half":
+                return real(frame[: len(frame) // 2])
+            if outcome == "nothing":
+                raise BlockingIOError
+            if outcome == "error":
+                raise ConnectionResetError  # the transport's own send then goes through
+            return real(frame)
+
+        wire.send_now = short
+        pool._refresh(client)
+        sent = [f"{i}:" + "z" * 300 for i in range(6)]
+        for text in sent:
+            assert publish(pool, text) == 1
+        assert [await asyncio.wait_for(ws.recv(), 5) for _ in sent] == sent
+        assert client.direct is short
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_over_tls_a_client_that_never_sends_gets_everything(tmp_path: Path) -> None:
+    """Taken over under TLS too, where the transport's own write stands in for the
+    socket's send: a subscriber that only listens gets every message, at once."""
+    app = create_app(tmp_path)
+    async with hypercorn(app, tls=self_signed(tmp_path)) as port:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        async with connect(f"wss://127.0.0.1:{port}/ws", ssl=context) as ws:
+            pool = hub_of(app)
+            await settle(lambda: len(pool) == 1)
+            (client,) = pool
+            assert client.wire is not None and not client.wire.sends_itself
+            sent = [f"m{i}:" + "t" * 2000 for i in range(300)]
+            for text in sent:
+                assert publish(pool, text) == 1
+            assert [await asyncio.wait_for(ws.recv(), 5) for _ in sent] == sent
 
 
 @pytest.mark.parametrize("policy", ["close", "drop-oldest"])

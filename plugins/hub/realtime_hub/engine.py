@@ -671,9 +671,13 @@ class Hub:
     def _spill(client: Client, frame: bytes, sent: int) -> None:
         """The socket took part of ``frame`` (``sent`` bytes, -1 on an error): the
         transport takes the rest, and pauses writing (so the client leaves the direct
-        path), or meets the error itself and closes."""
-        assert client.wire is not None
-        client.wire.transport.write(frame[sent:] if sent > 0 else frame)
+        path), or meets the error itself and closes (and the client leaves it now,
+        rather than at ``connection_lost`` on the next turn of the loop)."""
+        wire = client.wire
+        assert wire is not None
+        wire.transport.write(frame[sent:] if sent > 0 else frame)
+        if wire.transport.is_closing():
+            client.direct = None
 
     def _other(self, client: Client, message: Message) -> bool:
         """A client not on the direct path: its backlog, unless it is closing."""

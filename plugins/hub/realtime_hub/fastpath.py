@@ -477,21 +477,22 @@ _ELSEWHERE = _Elsewhere()
 _SELECTOR_TRANSPORT: type = getattr(selector_events, "_SelectorSocketTransport", type(None))
 
 
-def _sender(transport: Any) -> Callable[[bytes], int]:
-    """What writes a frame at once while the transport holds nothing back: the socket's
-    own ``send`` under asyncio's selector loop (a C call, no Python frame per client of
-    a fan-out), else the transport's ``write``, which takes it all. Returns the bytes
-    sent; the caller hands the rest to the transport."""
+def _sender(transport: Any) -> tuple[Callable[[bytes], int], bool]:
+    """What writes a frame at once while the transport holds nothing back, and whether
+    it is the socket's own ``send``: so under asyncio's selector loop (a C call, no
+    Python frame per client of a fan-out); else the transport's ``write``, which takes
+    it all (TLS, uvloop). It returns the bytes sent; the caller hands the rest to the
+    transport."""
     sock = getattr(transport, "_sock", None)
     if isinstance(transport, _SELECTOR_TRANSPORT) and isinstance(sock, socket.socket):
-        return sock.send
+        return sock.send, True
     write = transport.write
 
     def send(frame: bytes) -> int:
         write(frame)
         return len(frame)
 
-    return send
+    return send, False
 
 
 class Socket(FrameParser, asyncio.Protocol):
@@ -523,6 +524,7 @@ class Socket(FrameParser, asyncio.Protocol):
         "on_writable",
         "pinged_at",
         "send_now",
+        "sends_itself",
         "state",
         "transport",
     )
@@ -543,8 +545,10 @@ class Socket(FrameParser, asyncio.Protocol):
         self._waiters: list[asyncio.Future[None]] | None = None
         self._on_lost: Callable[[Socket], None] | None = None
         self._lost = False
-        #: Sends a frame now, returning the bytes sent: only while :meth:`writable`.
-        self.send_now = _sender(transport)
+        #: ``send_now`` sends a frame now, returning the bytes sent (only while
+        #: :meth:`writable`); ``sends_itself`` when that is the socket's own ``send``,
+        #: for which the transport must hold nothing back.
+        self.send_now, self.sends_itself = _sender(transport)
         #: Called when :meth:`writable` may have changed (the hub's direct writes).
         self.on_writable: Callable[[], None] | None = None
 
@@ -661,6 +665,7 @@ class Socket(FrameParser, asyncio.Protocol):
         self._lost = True
         self.state = CLOSED
         self._changed()
+        self.on_writable = None  # the hub's client refers to this socket: no cycle kept
         self._busy = True
         self.discard()
         self._wake_drain()
@@ -864,8 +869,10 @@ def take_over(asgi_send: Any, limits: IncomingLimits, client: int) -> Socket | N
     early = bytes(buffered)  # a client may not send before the 101: parsed anyway
     buffered.clear()
     transport.set_protocol(sock)
-    # Paused as soon as it holds anything back: until then the hub sends directly.
-    transport.set_write_buffer_limits(high=0)
+    if sock.sends_itself:
+        # Paused as soon as it holds anything back: until then the hub sends directly.
+        # (Not for TLS: its transport pauses at a high-water mark of 0 even when empty.)
+        transport.set_write_buffer_limits(high=0)
     transport.write(response)
     if early:
         sock.feed(early)
