@@ -642,6 +642,12 @@ class Hub:
         return others
 
     def _deliver(self, message: Message, clients: Collection[Client]) -> int:
+        """A publication to ``clients``: how many it was sent or queued to."""
+        queued = self._write(message, clients)
+        self.stats.deliveries += queued
+        return queued
+
+    def _write(self, message: Message, clients: Collection[Client]) -> int:
         """Write ``message`` to each client keeping up; queue it for the others.
 
         The loop is the cost of a fan-out per client: a keeping-up client is one
@@ -663,9 +669,7 @@ class Hub:
                     self._spill(client, frame, sent)
             elif not self._other(client, message):
                 skipped += 1
-        queued = len(clients) - skipped
-        self.stats.deliveries += queued
-        return queued
+        return len(clients) - skipped
 
     @staticmethod
     def _spill(client: Client, frame: bytes, sent: int) -> None:
@@ -713,22 +717,7 @@ class Hub:
 
     def send(self, client: Client, data: str | bytes) -> bool:
         """One message to one client (a reply), in order with its publications."""
-        if client.closing:
-            return False
-        message = _message(data)
-        send = client.direct
-        if send is None:
-            return self._other(client, message)
-        frame = message.frame
-        try:
-            sent = send(frame)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = -1
-        if sent != len(frame):
-            self._spill(client, frame, sent)
-        return True
+        return self._write(_message(data), (client,)) == 1
 
     def disconnect(self, client: Client, code: int, reason: str) -> None:
         """Close one client: out of its channels now, the close frame after what it holds."""
