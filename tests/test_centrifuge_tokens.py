@@ -337,6 +337,18 @@ def _tokens_for_the_fast_path() -> list[str]:
         "",
         "...",
     ]
+    # Fields PyJWT refuses unless they are strings.
+    plain = {"alg": "HS256", "typ": "JWT"}
+    for header, claims in (
+        ({**plain, "kid": 5}, base),
+        ({**plain, "kid": None}, base),
+        (plain, {**base, "jti": 5}),
+        (plain, {**base, "jti": None}),
+        (plain, {**base, "sub": None}),
+        (plain, {**base, "sub": 1}),
+        (plain, {**base, "aud": ["app", 1]}),
+    ):
+        tokens.append(forge(header, claims, secret.encode()))
     # JSON with whitespace around or inside it, signed: json.loads takes both.
     for text in (
         b' {"sub": "1", "aud": "app", "iss": "me"}\n',

@@ -282,6 +282,49 @@ async def test_over_tls_a_client_that_never_sends_gets_everything(tmp_path: Path
             assert [await asyncio.wait_for(ws.recv(), 5) for _ in sent] == sent
 
 
+def stalled_tls_client(port: int) -> ssl.SSLSocket:
+    """A WebSocket client over TLS that completes the handshake and then does not read."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", port))
+    sock = context.wrap_socket(raw)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert b" 101 " in sock.recv(1024)
+    return sock
+
+
+async def test_over_tls_a_stalled_client_holds_no_more_than_its_buffer(tmp_path: Path) -> None:
+    """Where the transport's write stands in for the socket's send, the transport
+    still holds at most a chunk before messages go to the backlog, where the
+    client's buffer bounds them."""
+    app = create_app(tmp_path, settings={"overflow_policy": "drop-oldest"})
+    async with hypercorn(app, tls=self_signed(tmp_path)) as port:
+        sock = await asyncio.to_thread(stalled_tls_client, port)
+        try:
+            pool = hub_of(app)
+            await settle(lambda: len(pool) == 1)
+            (client,) = pool
+            assert client.wire is not None
+            text = "s" * 6000
+            for _ in range(1500):  # 9 MB: past the kernel's buffers and the client's
+                publish(pool, text)
+                await asyncio.sleep(0)
+            held = client.wire.transport.get_write_buffer_size() + client.queued_bytes
+            assert client.queue and held <= pool.max_buffer + 2 * len(text)
+        finally:
+            sock.close()
+
+
 @pytest.mark.parametrize("policy", ["close", "drop-oldest"])
 @pytest.mark.parametrize("mode", [(), ("--no-fast-path",)], ids=["fast-path", "plain"])
 async def test_clients_that_stop_reading_hold_nobody_back(

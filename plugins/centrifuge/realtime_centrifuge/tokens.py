@@ -98,6 +98,8 @@ def _no_grants() -> Mapping[str, ChannelGrant]:
 
 _NO_GRANTS = _no_grants()
 _UNSEEN = object()
+#: Claims PyJWT refuses unless they are strings (when present).
+_STRING_CLAIMS = ("sub", "jti")
 #: Claims of a connection token that grants no channel, info or meta.
 _PLAIN_CONNECTION = frozenset({"sub", "exp", "iat", "nbf", "jti", "aud", "iss", "expire_at"})
 
@@ -220,10 +222,16 @@ class TokenVerifier:
             return None
         if not isinstance(payload, dict):
             return None
+        if any(not isinstance(payload.get(name, ""), str) for name in _STRING_CLAIMS):
+            return None  # PyJWT refuses these, null included
         if self._audience is not None:
             audience = payload.get("aud")
             audiences = [audience] if isinstance(audience, str) else audience
-            if not isinstance(audiences, list) or self._audience not in audiences:
+            if (
+                not isinstance(audiences, list)
+                or not all(isinstance(entry, str) for entry in audiences)
+                or self._audience not in audiences
+            ):
                 return None
         if self._issuer is not None and payload.get("iss") != self._issuer:
             return None
@@ -236,7 +244,11 @@ class TokenVerifier:
             header = _json(_b64url(segment))
         except (ValueError, TypeError, RecursionError):
             header = None
-        if isinstance(header, dict) and header.keys() <= _PLAIN_HEADER:
+        if (
+            isinstance(header, dict)
+            and header.keys() <= _PLAIN_HEADER
+            and isinstance(header.get("kid", ""), str)  # PyJWT's rule, null included
+        ):
             algorithm = header.get("alg")
             if isinstance(algorithm, str) and algorithm in _HMAC_DIGESTS:
                 key = self._keys.get(algorithm)

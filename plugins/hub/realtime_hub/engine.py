@@ -339,7 +339,12 @@ class Hub:
         try:
             if self.fast_path and asgi_send is not None:
                 sock = await connection.accept(  # type: ignore[call-arg, func-returns-value]
-                    partial(take_over, limits=self.incoming, client=client_id)
+                    partial(
+                        take_over,
+                        limits=self.incoming,
+                        client=client_id,
+                        high_water=self.direct_limit,
+                    )
                 )
             else:
                 await connection.accept()

@@ -828,7 +828,9 @@ def _server_headers(config: Any) -> bytes:
     return lines
 
 
-def take_over(asgi_send: Any, limits: IncomingLimits, client: int) -> Socket | None:
+def take_over(
+    asgi_send: Any, limits: IncomingLimits, client: int, high_water: int
+) -> Socket | None:
     """Accept the handshake on Hypercorn's behalf and take the socket away from it.
 
     Call instead of sending ``websocket.accept``, after ``websocket.connect`` was
@@ -869,10 +871,10 @@ def take_over(asgi_send: Any, limits: IncomingLimits, client: int) -> Socket | N
     early = bytes(buffered)  # a client may not send before the 101: parsed anyway
     buffered.clear()
     transport.set_protocol(sock)
-    if sock.sends_itself:
-        # Paused as soon as it holds anything back: until then the hub sends directly.
-        # (Not for TLS: its transport pauses at a high-water mark of 0 even when empty.)
-        transport.set_write_buffer_limits(high=0)
+    # Sending on the socket itself, paused as soon as it holds anything back. Else
+    # (TLS, uvloop: TLS pauses at a mark of 0 even when empty) at ``high_water``, so
+    # the transport holds no more than it did when the hub asked for its size.
+    transport.set_write_buffer_limits(high=0 if sock.sends_itself else high_water)
     transport.write(response)
     if early:
         sock.feed(early)
