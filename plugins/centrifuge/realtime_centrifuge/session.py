@@ -515,14 +515,12 @@ class Session:
                 request = Command(0, "subscribe", requested.get(channel) or {})
                 joined = await self._join_server_side(channel, sub, request)
                 if isinstance(joined, Error):
-                    await self._drop_all()
-                    self._pushes.clear()  # held publications of the channels before
-                    self._joining.clear()
+                    await self._abandon_connect()
                     return joined  # as Go: the connect fails, and the client tries again
                 streams[channel] = joined
                 self._join_later(channel)
         except Exception:
-            await self._drop_all()
+            await self._abandon_connect()
             raise
         self._connected = True
         self.user, self.info, self.meta, self._expire_at = user, info, meta, expire_at
@@ -543,6 +541,13 @@ class Session:
             "ping": int(interval),
             "pong": interval > 0 and self.options.pong_timeout > 0,
         }
+
+    async def _abandon_connect(self) -> None:
+        """A failed connect: out of the channels it joined, and nothing of theirs sent
+        (their held publications, their presence)."""
+        await self._drop_all()
+        self._pushes.clear()
+        self._joining.clear()
 
     async def _subscribe(self, command: Command) -> Result:
         """Go's checks (name, 105, 106), then Centrifugo's decision order."""
