@@ -121,6 +121,12 @@ class BrokerUnavailable(HTTPError):
     status = 503
 
 
+def over_info_size(info: str | None) -> bool:
+    """Whether a publisher's or member's info is over :data:`MAX_INFO_SIZE` bytes."""
+    # At most 4 bytes a character: most infos need no encoding just to be measured.
+    return info is not None and len(info) * 4 > MAX_INFO_SIZE and len(info.encode()) > MAX_INFO_SIZE
+
+
 def as_publication(data: str | bytes | Publication) -> Publication:
     """What a publisher passed, as the publication subscribers get (before numbering).
 
@@ -132,9 +138,7 @@ def as_publication(data: str | bytes | Publication) -> Publication:
         return Publication(data)
     if data.json and not isinstance(data.data, str):
         raise TypeError("a JSON publication's data is the document's text (str), not bytes")
-    info = data.info
-    # At most 4 bytes a character: most infos need no encoding just to be measured.
-    if info is not None and len(info) * 4 > MAX_INFO_SIZE and len(info.encode()) > MAX_INFO_SIZE:
+    if over_info_size(data.info):
         raise ValueError(f"the publisher info is over {MAX_INFO_SIZE} bytes; not sent")
     if data.epoch or data.offset:
         data = dataclasses.replace(data, epoch="", offset=0)  # the broker numbers it
@@ -494,8 +498,7 @@ class Broker(ABC):
         This process renews the member until :meth:`leave_presence`. Never raises for
         the store being out of reach: the renewal adds it once the store is back.
         """
-        info = member.info
-        if info and len(info) * 4 > MAX_INFO_SIZE and len(info.encode()) > MAX_INFO_SIZE:
+        if over_info_size(member.info):
             raise ValueError(f"the member's info is over {MAX_INFO_SIZE} bytes")
         mode = self.presence_mode(channel)
         if mode is not None:

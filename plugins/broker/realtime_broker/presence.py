@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 
 from realtime import HTTPError
 
@@ -125,10 +126,7 @@ class MemoryPresence:
         return left
 
     def members(self, channel: str) -> dict[str, Member]:
-        members = self._members.get(channel, {})
-        if len(members) <= MAX_PRESENCE_MEMBERS:
-            return dict(members)
-        return dict(list(members.items())[:MAX_PRESENCE_MEMBERS])
+        return dict(islice(self._members.get(channel, {}).items(), MAX_PRESENCE_MEMBERS))
 
     def stats(self, channel: str) -> PresenceStats:
         return PresenceStats(len(self._members.get(channel, ())), len(self._users.get(channel, ())))

@@ -1110,11 +1110,13 @@ class RedisBroker(Broker):
             # It expires within presence_ttl instead, and its leave is told then.
             self.tally.add("presence", f"removing a client from presence failed ({exc})")
 
-    async def _read_presence(self, channel: str) -> dict[str, Member]:
+    def _announces(self, channel: str) -> bool:
         mode = self.presence_mode(channel)
-        announce = mode is not None and mode.announced
+        return mode is not None and mode.announced
+
+    async def _read_presence(self, channel: str) -> dict[str, Member]:
         flat = await self._presence_call(
-            "read", channel, announce, ["members", MAX_PRESENCE_MEMBERS]
+            "read", channel, self._announces(channel), ["members", MAX_PRESENCE_MEMBERS]
         )
         members: dict[str, Member] = {}
         for client, value in zip(flat[::2], flat[1::2], strict=True):
@@ -1126,8 +1128,7 @@ class RedisBroker(Broker):
         return members
 
     async def _read_presence_stats(self, channel: str) -> PresenceStats:
-        mode = self.presence_mode(channel)
-        announce = mode is not None and mode.announced
+        announce = self._announces(channel)
         clients, users = await self._presence_call("read", channel, announce, ["stats", 0])
         return PresenceStats(int(clients), int(users))
 
@@ -1140,12 +1141,7 @@ class RedisBroker(Broker):
         while True:
             due += self.presence_update_interval
             await asyncio.sleep(max(0.0, due - loop.time()))
-            chunks = [
-                (channel, clients[start : start + PRESENCE_CHUNK])
-                for channel, members in list(self._present.items())
-                for clients in (list(members),)
-                for start in range(0, len(clients), PRESENCE_CHUNK)
-            ]
+            chunks = _chunks(self._present)
             await _bounded(
                 (self._renew_chunk(channel, clients) for channel, clients in chunks),
                 PRESENCE_CALLS_AT_ONCE,
@@ -1174,14 +1170,10 @@ class RedisBroker(Broker):
         """On close: this process's members leave now, not a TTL later (within a few
         broker timeouts: past them, they expire with presence_ttl instead)."""
         present, self._present = self._present, {}
-        calls = []
-        for channel, members in present.items():
-            mode = self.presence_mode(channel)
-            announce = mode is not None and mode.announced
-            clients = list(members)
-            for start in range(0, len(clients), PRESENCE_CHUNK):
-                chunk = clients[start : start + PRESENCE_CHUNK]
-                calls.append(self._presence_call("leave", channel, announce, chunk))
+        calls = [
+            self._presence_call("leave", channel, self._announces(channel), clients)
+            for channel, clients in _chunks(present)
+        ]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(3 * self.timeout):
                 await _bounded(calls, PRESENCE_CALLS_AT_ONCE)
@@ -1565,16 +1557,15 @@ class RedisBroker(Broker):
             return  # unsubscribed here since: nobody wants it, and its numbering is forgotten
         elif len(raw) > self.max_message_size + MAX_INFO_SIZE + ENVELOPE_OVERHEAD:
             self._oversized(channel)
-        elif raw.startswith(PRESENCE_MAGIC):
-            event = decode_presence(raw)
-            if isinstance(event, PresenceEvent):
-                queue.append((channel, event))
-            else:
-                self._drop("foreign", self.key(channel), Drop.FOREIGN.value)
         else:
             publication = decode(raw, self.max_message_size)
             if publication is Drop.FOREIGN:
-                self._drop("foreign", self.key(channel), Drop.FOREIGN.value)
+                # A join or leave (checked only here: publications come first)?
+                event = decode_presence(raw) if raw.startswith(PRESENCE_MAGIC) else None
+                if isinstance(event, PresenceEvent):
+                    queue.append((channel, event))
+                else:
+                    self._drop("foreign", self.key(channel), Drop.FOREIGN.value)
             elif publication is Drop.OVERSIZED:
                 self._oversized(channel)
             else:
@@ -1856,6 +1847,18 @@ class RedisBroker(Broker):
                 stale.append(node)
         if stale:
             await self._publisher.hdel(self.nodes_key, *stale)
+
+
+def _chunks(present: Mapping[str, Mapping[str, Member]]) -> list[tuple[str, list[str]]]:
+    """Each channel's clients, PRESENCE_CHUNK at a time: a Lua call each."""
+    chunks = []
+    for channel, members in present.items():
+        clients = list(members)
+        chunks += [
+            (channel, clients[start : start + PRESENCE_CHUNK])
+            for start in range(0, len(clients), PRESENCE_CHUNK)
+        ]
+    return chunks
 
 
 async def _bounded(calls: Iterable[Coroutine[Any, Any, Any]], limit: int) -> None:

@@ -428,10 +428,7 @@ class ServerAPI:
         return {"nodes": [dict(node) for node in await self.backend.info()]}
 
     async def _history(self, params: Params) -> Mapping[str, Any]:
-        channel = _get(params, "channel", str)
-        if not channel:
-            raise Error(107, "bad request: channel is required")
-        self._check_channel(channel)
+        channel = self._channel_param(params)
         limit = _get(params, "limit", int)
         reverse = _get(params, "reverse", bool)
         raw_since = _get(params, "since", dict)
@@ -446,10 +443,7 @@ class ServerAPI:
         return await self.backend.history(channel, limit=limit, since=since, reverse=reverse)
 
     async def _history_remove(self, params: Params) -> Mapping[str, Any]:
-        channel = _get(params, "channel", str)
-        if not channel:
-            raise Error(107, "bad request: channel is required")
-        self._check_channel(channel)
+        channel = self._channel_param(params)
         await self.backend.history_remove(channel)
         return {}
 

@@ -253,8 +253,8 @@ class ConnectionBackend:
         except BrokerUnavailable:
             held.lost += 1  # what should have come did not: the subscribe fails (100)
         self.node.hub.release(channel, self.client, held, self.node.format_for(join_leave))
-        pubs = [pub for pub in held.publications if isinstance(pub, Publication)]
-        return [publication_object(pub) for pub in pubs], held.lost
+        # Publications only: the hub never holds joins and leaves.
+        return [publication_object(pub) for pub in held.publications], held.lost
 
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
         publication = Publication(encode_json(data), json=True, info=client_info_json(info))

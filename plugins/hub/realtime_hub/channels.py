@@ -265,8 +265,11 @@ class ChannelRules:
             return ERROR_BAD_REQUEST  # printable: internal channels use control characters
         return None
 
-    def _subscribe_gate(self, user: str, channel: str, has_valid_token: bool) -> Error | bool:
-        """Steps before the hook: an Error refuses, True allows, False asks further."""
+    def subscribe_gate(self, user: str, channel: str, has_valid_token: bool) -> Error | bool:
+        """Steps before the hook: an Error refuses, True allows, False asks further.
+
+        :meth:`can_subscribe` in two steps, the gate checked once: False asks the
+        hook, then :meth:`subscribe_verdict` with its answer."""
         if error := self.check_channel(channel):
             return error
         if has_valid_token:
@@ -280,11 +283,6 @@ class ChannelRules:
                 return True
             return ERROR_PERMISSION_DENIED
         return False
-
-    def subscribe_gate(self, user: str, channel: str, has_valid_token: bool) -> Error | bool:
-        """:meth:`can_subscribe` in two steps, the gate checked once: False asks the
-        hook, then :meth:`subscribe_verdict` with its answer."""
-        return self._subscribe_gate(user, channel, has_valid_token)
 
     def subscribe_verdict(
         self, gate: Error | bool, user: str, channel: str, hook: HookAnswer = None
@@ -304,7 +302,7 @@ class ChannelRules:
 
     def subscribe_asks_hook(self, user: str, channel: str, has_valid_token: bool) -> bool:
         """Whether ``can_subscribe`` would consult the hook: ask it only then."""
-        return self._subscribe_gate(user, channel, has_valid_token) is False
+        return self.subscribe_gate(user, channel, has_valid_token) is False
 
     def can_subscribe(
         self, user: str, channel: str, has_valid_token: bool, hook: HookAnswer = None
@@ -317,7 +315,7 @@ class ChannelRules:
         ``allow_subscribe_for_anonymous`` for ``user == ""``); otherwise 103.
         """
         return self.subscribe_verdict(
-            self._subscribe_gate(user, channel, has_valid_token), user, channel, hook
+            self.subscribe_gate(user, channel, has_valid_token), user, channel, hook
         )
 
     def can_publish(
