@@ -21,7 +21,8 @@ from quart import Quart
 from websockets.asyncio.client import connect
 
 from realtime import get_host
-from realtime_broker import Member, PresenceMode, get_broker
+from realtime_broker import Member, PresenceEvent, PresenceMode, Publication, get_broker
+from realtime_centrifuge.plugin import get_node
 
 from .conftest import RedisServer, Server
 from .sdk import channel_config
@@ -255,6 +256,22 @@ async def test_memory_presence_counts_users_and_says_who_came_first_and_left_las
             (False, "c2", True),
         ]
         assert (await broker.presence_stats("room:z")).clients == 0
+
+
+async def test_both_kinds_of_subscriber_share_one_encoding_of_a_publication(
+    server: tuple[Quart, int],
+) -> None:
+    """Subscribers with joins and leaves and those without get the same text for a
+    publication (encoded once); only the first kind gets a join."""
+    app, _ = server
+    node = get_node(get_host(app))
+    publication = Publication('{"x":1}', json=True)
+    plain = node.format.encode("room:a", publication)
+    assert plain is not None and '"pub"' in plain
+    assert node.format_join_leave.encode("room:a", publication) is plain
+    join = PresenceEvent(True, Member("c1", "u1"))
+    assert node.format.encode("room:a", join) is None
+    assert '"join"' in (node.format_join_leave.encode("room:a", join) or "")
 
 
 # -- over Redis ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from realtime_broker import Publication
-from realtime_hub import CLOSE_OVERFLOW, Client, ConnectionGone, Hub, HubClosed
+from realtime_hub import CLOSE_OVERFLOW, Client, ConnectionGone, Hub, HubClosed, engine
 from realtime_websocket import RawFormat
 
 RAW = RawFormat()
@@ -215,6 +215,37 @@ async def test_each_format_encodes_a_publication_once() -> None:
     assert (
         sorted(str(c.received[0]) for c in connections) == ["[default] hello"] * 3 + ["hello"] * 3
     )
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_two_formats_giving_the_same_text_share_one_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A protocol with two kinds of subscriber (joins and leaves or not) hands both
+    the same text for a publication: the hub builds its frame once."""
+    text = "the same text"
+
+    class Same(RawFormat):
+        def encode(self, channel: str, publication: Any) -> str | bytes:
+            return text
+
+    built: list[str | bytes] = []
+    real = engine._message
+    monkeypatch.setattr(engine, "_message", lambda data: built.append(data) or real(data))
+    hub = Hub()
+    hub.start()
+    connections = [FakeConnection() for _ in range(4)]
+    tasks = [await connect(hub, connection) for connection in connections]
+    for client in hub:  # four groups, one format object each
+        hub.leave("default", client)
+        hub.join("default", client, Same())
+    formats = {id(fmt) for fmt in hub.channels["default"]}
+    assert len(formats) == 4
+    assert publish(hub, "ignored") == 4
+    assert built == [text]
+    await settle(lambda: all(c.received == [text] for c in connections))
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -83,7 +83,7 @@ class Node:
         self.version = version
         self.format = CentrifugeFormat(self)
         #: For subscribers that get the channel's joins and leaves too.
-        self.format_join_leave = CentrifugeFormat(self, join_leave=True)
+        self.format_join_leave = CentrifugeFormat(self, publications=self.format)
         #: How long the last recovering subscribes took, seconds (for the benchmark,
         #: later for /metrics): wall time from the command to its result.
         self.recovery_times: deque[float] = deque(maxlen=RECOVERY_TIMES)

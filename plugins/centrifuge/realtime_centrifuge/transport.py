@@ -80,17 +80,25 @@ class CentrifugeFormat:
     for subscribers that get them (``join_leave``); one object serves every Centrifuge
     connection of each kind."""
 
-    def __init__(self, node: Node, join_leave: bool = False) -> None:
+    def __init__(self, node: Node, publications: CentrifugeFormat | None = None) -> None:
         self._node = node
         self._numbered = node.broker.history_supported
-        self.join_leave = join_leave
+        #: Set for subscribers that get joins and leaves: that format encodes the
+        #: publications, so a channel with both kinds encodes each once.
+        self._publications = publications
+        self._last: tuple[Any, str, str] | None = None
 
     def encode(self, channel: str, publication: Any) -> str | None:
         if isinstance(publication, PresenceEvent):
-            if not self.join_leave:
+            if self._publications is None:
                 return None
             kind = "join" if publication.joined else "leave"
             return encode_push(channel, kind, {"info": member_info(publication.member)})
+        if self._publications is not None:
+            return self._publications.encode(channel, publication)
+        last = self._last
+        if last is not None and last[0] is publication and last[1] == channel:
+            return last[2]  # the same text object: the hub builds its frame once
         pub: Publication = publication
         info = RawJSON(pub.info) if pub.info else None
         # An offset only where the channel keeps history: its place in the stream
@@ -98,7 +106,9 @@ class CentrifugeFormat:
         offset = pub.offset
         if offset and not (self._numbered and self._node.broker.keeps_history(channel)):
             offset = 0
-        return encode_publication(channel, payload(pub), info, offset)
+        text = encode_publication(channel, payload(pub), info, offset)
+        self._last = (publication, channel, text)
+        return text
 
     def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
         """Insufficient state for this channel only: the SDK subscribes again (2500)."""

@@ -130,6 +130,13 @@ def _message(data: str | bytes) -> Message:
     return Message(data, encode_frame(data, text=False))
 
 
+def _reuse(message: Message | None, data: str | bytes) -> Message:
+    """The message of ``data``: the one before if two formats gave the same object."""
+    if message is not None and message.data is data:
+        return message
+    return _message(data)
+
+
 @dataclass(slots=True)
 class _Pending:
     """A fan-out under way: the message, the clients it was published to, how far it got."""
@@ -609,19 +616,23 @@ class Hub:
         if not pending and sum(map(len, members.values())) <= self.fan_out_slice:
             # Nothing below changes ``members`` synchronously (closes are tasks): no copy.
             count = 0
+            message = None
             for fmt, clients in members.items():
                 data = fmt.encode(channel, publication)
                 if data is not None:
-                    count += self._deliver(_message(data), clients.values())
+                    message = _reuse(message, data)
+                    count += self._deliver(message, clients.values())
             return count
         if len(pending) >= self.max_pending:
             # Backpressure, not a growing queue: the loop catches up here and now.
             self._flush_pending()
         count = 0
+        message = None
         for fmt, clients in members.items():
             data = fmt.encode(channel, publication)
             if data is not None:
-                pending.append(_Pending(_message(data), list(clients.values())))
+                message = _reuse(message, data)
+                pending.append(_Pending(message, list(clients.values())))
                 count += len(clients)
         if self._drainer is None:
             self._drainer = self._loop.create_task(self._drain_pending())
