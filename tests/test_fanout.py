@@ -12,6 +12,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -124,6 +125,14 @@ def stalled_client(port: int, rcvbuf: int | None = 4096) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    return handshake(sock, port)
+
+
+S = TypeVar("S", bound=socket.socket)
+
+
+def handshake(sock: S, port: int) -> S:
+    """The WebSocket upgrade of ``/ws``, by hand, on a connected socket."""
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         (
@@ -267,40 +276,34 @@ async def test_over_tls_a_client_that_never_sends_gets_everything(tmp_path: Path
     """Taken over under TLS too, where the transport's own write stands in for the
     socket's send: a subscriber that only listens gets every message, at once."""
     app = create_app(tmp_path)
-    async with hypercorn(app, tls=self_signed(tmp_path)) as port:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        async with connect(f"wss://127.0.0.1:{port}/ws", ssl=context) as ws:
-            pool = hub_of(app)
-            await settle(lambda: len(pool) == 1)
-            (client,) = pool
-            assert client.wire is not None and not client.wire.sends_itself
-            sent = [f"m{i}:" + "t" * 2000 for i in range(300)]
-            for text in sent:
-                assert publish(pool, text) == 1
-            assert [await asyncio.wait_for(ws.recv(), 5) for _ in sent] == sent
+    async with (
+        hypercorn(app, tls=self_signed(tmp_path)) as port,
+        connect(f"wss://127.0.0.1:{port}/ws", ssl=trusting()) as ws,
+    ):
+        pool = hub_of(app)
+        await settle(lambda: len(pool) == 1)
+        (client,) = pool
+        assert client.wire is not None and not client.wire.sends_itself
+        sent = [f"m{i}:" + "t" * 2000 for i in range(300)]
+        for text in sent:
+            assert publish(pool, text) == 1
+        assert [await asyncio.wait_for(ws.recv(), 5) for _ in sent] == sent
+
+
+def trusting() -> ssl.SSLContext:
+    """A client context that takes the test's self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def stalled_tls_client(port: int) -> ssl.SSLSocket:
     """A WebSocket client over TLS that completes the handshake and then does not read."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
     raw = socket.socket()
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     raw.connect(("127.0.0.1", port))
-    sock = context.wrap_socket(raw)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    assert b" 101 " in sock.recv(1024)
-    return sock
+    return handshake(trusting().wrap_socket(raw), port)
 
 
 async def test_over_tls_a_stalled_client_holds_no_more_than_its_buffer(tmp_path: Path) -> None:
