@@ -1477,8 +1477,10 @@ class RedisBroker(Broker):
                 self._fresh.clear()
                 for event in self._ready.values():
                     event.clear()
+                # Through Any: redis-py types aclose() from 8.2 on and not before.
+                close_pubsub: Any = pubsub.aclose
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await close_pubsub()
                 with contextlib.suppress(Exception):
                     await client.aclose()
             # Reached only after a failure (_serve never returns normally).
