@@ -158,7 +158,7 @@ async def test_history_and_presence_work_with_the_recommended_acl(
             clients.append(client)
         ada, bob = clients
         assert "join" in (await ada.push())["push"]  # ada's own
-        assert (await ada.push())["push"]["join"]["info"]["user"] == "bob"
+        assert (await ada.push())["push"]["join"]["info"]["user"] == "guest-bob"
         assert "publish" in await ada.call("publish", channel="chat:acl", data={"text": "hi"})
         assert (await ada.push())["push"]["pub"]["offset"] == 1
         history = (await bob.call("history", channel="chat:acl", limit=-1))["history"]
@@ -168,7 +168,7 @@ async def test_history_and_presence_work_with_the_recommended_acl(
         assert stats == {"num_clients": 2, "num_users": 2}
         await bob.ws.close()
         push = (await ada.push())["push"]  # no join again from the renewals: the leave
-        assert push["leave"]["info"]["user"] == "bob"
+        assert push["leave"]["info"]["user"] == "guest-bob"
         await ada.ws.close()
         assert "NOPERM" not in server.log and "no permissions" not in server.log, server.log
     finally:

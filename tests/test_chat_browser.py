@@ -44,7 +44,8 @@ async def sign_in(browser: Browser, caddy: str, name: str, query: str = "") -> P
     await page.click("#login button[type=submit]")
     status = page.locator("#status")
     await expect(status).to_have_attribute("data-state", "connected", timeout=10_000)
-    await expect(status).to_have_text(f"connected as {name}")
+    # chat_token.py signs guests only: the id is "guest-" + the name typed.
+    await expect(status).to_have_text(f"connected as guest-{name}")
     await expect(page.locator("#login")).to_be_hidden()
     assert errors == []
     return page
@@ -86,10 +87,10 @@ async def test_two_users_in_two_rooms_each_see_only_their_room(
     lobby = room(cleo, "chat:lobby").locator(".message")
     kitchen = room(cleo, "chat:kitchen").locator(".message")
     await expect(lobby).to_have_count(1)
-    await expect(lobby.locator(".user")).to_have_text("ada")
+    await expect(lobby.locator(".user")).to_have_text("guest-ada")
     await expect(lobby.locator(".text")).to_have_text("hello lobby <b>bold?</b>")
     await expect(kitchen).to_have_count(1)
-    await expect(kitchen.locator(".user")).to_have_text("bob")
+    await expect(kitchen.locator(".user")).to_have_text("guest-bob")
     # ada and bob each got their own message back, and nothing from the other room.
     await expect(ada.locator(".message .text")).to_have_text(["hello lobby <b>bold?</b>"])
     await expect(bob.locator(".message .text")).to_have_text(["hello kitchen"])
@@ -104,18 +105,22 @@ async def test_a_room_shows_who_is_here_as_they_come_and_go(
     ada = await sign_in(browser, caddy, "ada")
     await join(ada, "den")
     here = room(ada, "chat:den").locator(".members li")
-    await expect(here).to_have_text(["ada"])
+    await expect(here).to_have_text(["guest-ada"])
     bob = await sign_in(browser, caddy, "bob")
     await join(bob, "den")
-    await expect(here).to_have_text(["ada", "bob"])  # bob's join, pushed
-    await expect(room(bob, "chat:den").locator(".members li")).to_have_text(["ada", "bob"])
-    await expect(room(bob, "chat:den").locator(".members li[data-me]")).to_have_text("bob")
+    await expect(here).to_have_text(["guest-ada", "guest-bob"])  # bob's join, pushed
+    await expect(room(bob, "chat:den").locator(".members li")).to_have_text(
+        ["guest-ada", "guest-bob"]
+    )
+    await expect(room(bob, "chat:den").locator(".members li[data-me]")).to_have_text("guest-bob")
     tab = await sign_in(browser, caddy, "bob")  # bob's second tab: still two people
     await join(tab, "den")
-    await expect(room(tab, "chat:den").locator(".members li")).to_have_text(["ada", "bob"])
+    await expect(room(tab, "chat:den").locator(".members li")).to_have_text(
+        ["guest-ada", "guest-bob"]
+    )
     await bob.close()
     await tab.close()
-    await expect(here).to_have_text(["ada"])  # both of bob's leaves, pushed
+    await expect(here).to_have_text(["guest-ada"])  # both of bob's leaves, pushed
     await expect(room(ada, "chat:den")).to_have_attribute("data-members", "1")
 
 
@@ -157,7 +162,7 @@ async def test_short_lived_tokens_are_refreshed_without_a_gap(
     assert int(await status.get_attribute("data-tokens") or 0) >= 3
     # Still signed in as ada after the refreshes: her post carries her name.
     await post(ada, "chat:lobby", "still here")
-    await expect(room(ada, "chat:lobby").locator(".message .user").last).to_have_text("ada")
+    await expect(room(ada, "chat:lobby").locator(".message .user").last).to_have_text("guest-ada")
 
 
 async def test_a_room_shows_its_last_messages_and_a_tab_back_from_a_drop_gets_what_it_missed(
