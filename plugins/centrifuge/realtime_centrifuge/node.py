@@ -95,7 +95,7 @@ class Node:
         self.users: dict[str, dict[int, Client]] = {}
         self._hooks = {
             name: bool(getattr(host.hook, name).get_hookimpls())
-            for name in ("authorize_connect", "authorize_subscribe", "authorize_publish")
+            for name in ("authorize_connect", "authorize_subscribe", "authorize_publish", "rpc")
         }
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The server HTTP API (off without a key), an ASGI app.

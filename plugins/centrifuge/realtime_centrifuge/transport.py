@@ -29,6 +29,7 @@ from .codes import (
     DISCONNECT_STALE,
     ERROR_INTERNAL,
     ERROR_METHOD_NOT_FOUND,
+    ERROR_NOT_AVAILABLE,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
     DisconnectError,
     Error,
@@ -187,6 +188,9 @@ class ConnectionBackend:
         )
 
     async def rpc(self, *, client: str, user: str, meta: Any, method: str, data: Any) -> Any:
+        if not self.node.hooked("rpc"):
+            # Centrifugo's answer with no RPC proxy: 108, not 104 (centrifuge-js expects it).
+            raise Error(ERROR_NOT_AVAILABLE.code)
         result = await self._first(
             "rpc", client=client, user=user, meta=meta, method=method, data=data
         )
