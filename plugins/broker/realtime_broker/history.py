@@ -23,6 +23,17 @@ from .base import HistoryResult, Publication, StreamPosition, UnrecoverablePosit
 META_TTL = 24 * 3600.0
 #: The most publications one history call returns (and one recovery replays).
 MAX_HISTORY_LIMIT = 10_000
+#: The epoch a read answers for a stream nothing was published in (or that was
+#: forgotten): a read creates nothing. Offset 0 there is followed by offset 1 of
+#: whichever epoch the first publication starts, as the Redis broker's numbering
+#: already treats it; an SDK sends it back as is, and a recovery from it is checked
+#: by offset alone.
+EMPTY_EPOCH = ""
+#: Most streams one process keeps: past it, the least recently published is forgotten
+#: (its clients then get ``recovered: false``, as after a restart).
+MAX_STREAMS = 100_000
+#: Most streams one :meth:`MemoryStreams.prune` call looks at: never a pass over all.
+PRUNE_BATCH = 1000
 
 
 def new_epoch() -> str:
@@ -45,30 +56,61 @@ class MemoryStreams:
     """Every history-keeping channel's stream in this process. Time is passed in.
 
     Bounded: a stream holds at most its ``history_size`` publications, drops them all
-    ``history_ttl`` after the last one, and is forgotten :data:`META_TTL` after that
-    (:meth:`prune`, which the broker calls every few seconds).
+    ``history_ttl`` after the last one, and is forgotten :data:`META_TTL` after that;
+    at most ``max_streams`` are kept. Only a publication creates a stream: a read of
+    one that does not exist answers offset 0 in :data:`EMPTY_EPOCH` and keeps nothing.
+    Streams are kept least recently published first, so :meth:`prune` (called every
+    few seconds) looks at the oldest :data:`PRUNE_BATCH` and stops at the first that
+    is not due; a stream with a shorter ``history_ttl`` behind it is emptied when
+    read, or once it reaches the front.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int = MAX_STREAMS) -> None:
+        if max_streams < 1:
+            raise ValueError("max_streams must be at least 1")
+        self.max_streams = max_streams
+        #: Least recently published first.
         self._streams: dict[str, _Stream] = {}
+        #: Those holding publications, least recently published first.
+        self._holding: dict[str, None] = {}
+        #: Streams forgotten to stay within ``max_streams``.
+        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._streams)
 
-    def _stream(self, channel: str, now: float) -> _Stream:
+    def _live(self, channel: str, now: float) -> _Stream | None:
+        """The stream, once what is past its time is let go; None if there is none."""
         stream = self._streams.get(channel)
-        if stream is None or (stream.meta_expires and now >= stream.meta_expires):
-            stream = self._streams[channel] = _Stream(new_epoch())
-            stream.meta_expires = now + META_TTL
-        elif stream.items and now >= stream.expires:
+        if stream is None:
+            return None
+        if now >= stream.meta_expires:
+            self._forget(channel)
+            return None
+        if stream.items and now >= stream.expires:
             stream.items.clear()
+            self._holding.pop(channel, None)
         return stream
+
+    def _forget(self, channel: str) -> None:
+        del self._streams[channel]
+        self._holding.pop(channel, None)
 
     def add(
         self, channel: str, publication: Publication, size: int, ttl: float, now: float
     ) -> Publication:
         """Number ``publication`` and keep it; returns it with its epoch and offset."""
-        stream = self._stream(channel, now)
+        stream = self._live(channel, now)
+        if stream is None:
+            while len(self._streams) >= self.max_streams:
+                self._forget(next(iter(self._streams)))
+                self.evicted += 1
+            stream = _Stream(new_epoch())
+        else:
+            del self._streams[channel]  # to the end: the most recently published
+        self._streams[channel] = stream
+        self._holding.pop(channel, None)
+        self._holding[channel] = None
         stream.top += 1
         numbered = dataclasses.replace(publication, epoch=stream.epoch, offset=stream.top)
         items = stream.items
@@ -95,18 +137,22 @@ class MemoryStreams:
         when it is at or past the top; with ``reverse``, those before it, newest first.
         A ``since`` in another epoch raises :class:`UnrecoverablePosition` (an empty
         epoch is not checked). Whether that recovers a client is the caller's call:
-        the first offset must follow ``since`` and the last be the top.
+        the first offset must follow ``since`` and the last be the top. Creates nothing.
         """
-        stream = self._stream(channel, now)
-        position = StreamPosition(stream.top, stream.epoch)
-        if since is not None and since.epoch and since.epoch != stream.epoch:
+        stream = self._live(channel, now)
+        if stream is None:
+            position = StreamPosition(0, EMPTY_EPOCH)
+            items: deque[Publication] = deque()
+        else:
+            position = StreamPosition(stream.top, stream.epoch)
+            items = stream.items
+        if since is not None and since.epoch and since.epoch != position.epoch:
             raise UnrecoverablePosition("that position is in another epoch of the stream")
         if limit == 0:
             return HistoryResult((), position)
         if limit < 0 or limit > MAX_HISTORY_LIMIT:
             limit = MAX_HISTORY_LIMIT
-        items = stream.items
-        first = items[0].offset if items else stream.top + 1  # oldest retained offset
+        first = items[0].offset if items else position.offset + 1  # oldest retained offset
         if not reverse:
             start = 0 if since is None else max(since.offset - first + 1, 0)
             selected = [items[i] for i in range(start, min(start + limit, len(items)))]
@@ -120,11 +166,30 @@ class MemoryStreams:
         stream = self._streams.get(channel)
         if stream is not None:
             stream.items.clear()
+            self._holding.pop(channel, None)
 
-    def prune(self, now: float) -> None:
-        """Let publications past their TTL go, and positions past theirs."""
-        for channel, stream in list(self._streams.items()):
-            if now >= stream.meta_expires:
-                del self._streams[channel]
-            elif stream.items and now >= stream.expires:
-                stream.items.clear()
+    def prune(self, now: float, budget: int = PRUNE_BATCH) -> int:
+        """Let go of publications past their TTL and positions past theirs, looking at
+        ``budget`` streams at most from the least recently published; returns how
+        many it looked at."""
+        looked = 0
+        for order, drop in ((self._holding, self._clear_due), (self._streams, self._forget_due)):
+            while order and looked < budget:
+                looked += 1
+                if not drop(next(iter(order)), now):
+                    break
+        return looked
+
+    def _clear_due(self, channel: str, now: float) -> bool:
+        stream = self._streams[channel]
+        if now < stream.expires:
+            return False
+        stream.items.clear()
+        del self._holding[channel]
+        return True
+
+    def _forget_due(self, channel: str, now: float) -> bool:
+        if now < self._streams[channel].meta_expires:
+            return False
+        self._forget(channel)
+        return True

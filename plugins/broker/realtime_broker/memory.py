@@ -19,8 +19,9 @@ from .base import (
 from .history import MemoryStreams
 from .presence import Member, MemoryPresence, PresenceStats
 
-#: Seconds between two sweeps of expired history.
-PRUNE_INTERVAL = 5.0
+#: Seconds between two sweeps of expired history (each looks at a bounded number of
+#: streams: see :meth:`.history.MemoryStreams.prune`).
+PRUNE_INTERVAL = 1.0
 
 
 class MemoryBroker(Broker):

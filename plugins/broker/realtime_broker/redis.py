@@ -32,8 +32,9 @@ Names (``NAME`` is the channel's name as given, any characters; ``realtime`` is
 - ``realtime:channel:NAME``: the Pub/Sub channel (the name it had with one channel).
 - ``realtime:{ch:NAME}:meta``: a hash, the channel's numbering (``epoch``, ``seq``).
   The ``{ch:NAME}`` hash tag puts everything of one channel in one Redis Cluster slot
-  A publication creates it (or a history read); it expires ``META_TTL`` (30 days)
-  after its first publication, renewed every 64th.
+  A publication creates it (a read never does: a channel without one is at offset 0
+  in the empty epoch, which the first publication's epoch follows); it expires
+  ``META_TTL`` (30 days) after its first publication, renewed every 64th.
 - ``realtime:{ch:NAME}:history``: a stream, where the channel's namespace keeps
   history: entry ``N-1`` is publication N, at most ``history_size`` of them
   (``MAXLEN``), the whole stream expiring ``history_ttl`` after the last one. The
@@ -231,25 +232,22 @@ end
 return {receivers, redis.call('HGETALL', KEYS[2])}
 """
 
-#: KEYS: the channel's numbering hash, its history stream. ARGV: a new epoch if the
-#: channel has none, the first id (XRANGE syntax), the last, COUNT (0: none), "1" to
-#: read newest first, META_TTL. Returns {epoch, last number, entries}: the position
-#: and the entries read together, atomically.
+#: KEYS: the channel's numbering hash, its history stream. ARGV: the first id (XRANGE
+#: syntax), the last, COUNT (0: none), "1" to read newest first. Returns {epoch, last
+#: number, entries}: the position and the entries read together, atomically. Writes
+#: nothing: a channel never published in is offset 0 in the empty epoch.
 HISTORY_SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
-  redis.call('DEL', KEYS[2])
+  return {'', 0, {}}
 end
 local top = redis.call('HGET', KEYS[1], 'seq') or '0'
 local entries = {}
-if ARGV[4] ~= '0' then
-  if ARGV[5] == '1' then
-    entries = redis.call('XREVRANGE', KEYS[2], ARGV[3], ARGV[2], 'COUNT', ARGV[4])
+if ARGV[3] ~= '0' then
+  if ARGV[4] == '1' then
+    entries = redis.call('XREVRANGE', KEYS[2], ARGV[2], ARGV[1], 'COUNT', ARGV[3])
   else
-    entries = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+    entries = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
   end
 end
 return {epoch, top, entries}
@@ -995,7 +993,7 @@ class RedisBroker(Broker):
         else:
             first, last = f"({since.offset}-1", "+"
         keys = [self.meta_key(channel), self.history_key(channel)]
-        args = [os.urandom(4).hex(), first, last, count, int(reverse), META_TTL]
+        args = [first, last, count, int(reverse)]
         try:
             async with asyncio.timeout(self.timeout):
                 epoch, top, entries = await self._history_script(keys=keys, args=args)
