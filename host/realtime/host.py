@@ -96,6 +96,12 @@ HOST_OPTIONS = (
         "host's own (https://*.example.com); handshakes without Origin always pass",
     ),
     Option(
+        "allowed_hosts",
+        "",
+        "comma-separated Host name globs served here (example.com,*.example.com); any "
+        "other Host gets 400, which stops DNS-rebinding pages (empty: any host)",
+    ),
+    Option(
         "max_connections",
         0,
         "WebSocket connections this process holds at most; past it a handshake gets 503 "
@@ -553,7 +559,9 @@ def build_app(
         total=settings["max_connections"],
         per_address=settings["max_connections_per_ip"],
     )
-    app.asgi_app = OriginCheck(app.asgi_app, settings["allowed_origins"].split(","))  # type: ignore[method-assign]
+    app.asgi_app = OriginCheck(  # type: ignore[method-assign]
+        app.asgi_app, settings["allowed_origins"].split(","), settings["allowed_hosts"].split(",")
+    )
     trusted = [ip.strip() for ip in settings["forwarded_allow_ips"].split(",") if ip.strip()]
     app.asgi_app = ForwardedHeadersMiddleware(app.asgi_app, trusted)  # type: ignore[method-assign]
     return app

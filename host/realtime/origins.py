@@ -5,6 +5,12 @@ same-origin policy to it, so without this check any page a user visits could ope
 a connection in the user's name (cross-site WebSocket hijacking). A handshake with
 no ``Origin`` (a server-side client) passes; so does one from the page's own host,
 and one whose origin matches a glob of ``--allowed-origins``. Any other gets 403.
+
+"The page's own host" is what the request's ``Host`` says, and a DNS-rebinding page
+controls that: evil.test made to resolve to this server sends ``Host: evil.test`` and
+``Origin: http://evil.test``, which match. ``--allowed-hosts`` closes that door, as
+Django's ``ALLOWED_HOSTS`` does: every request and handshake whose ``Host`` matches
+none of its globs gets 400, before any route or origin check sees it.
 """
 
 from __future__ import annotations
@@ -32,14 +38,32 @@ def _netloc(scheme: str, host: str) -> str:
     return host
 
 
-class OriginCheck:
-    """Refuses WebSocket handshakes from origins that are neither this host nor allowed."""
+def _hostname(host: str) -> str:
+    """The name of a ``Host`` header, lower-cased, without its port (``[::1]`` kept)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
-    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+
+class OriginCheck:
+    """Refuses requests for hosts not allowed, and WebSocket handshakes from origins
+    that are neither this host nor allowed."""
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str], hosts: Iterable[str] = ()) -> None:
         self.app = app
         self.allowed = [glob.strip().lower().rstrip("/") for glob in allowed if glob.strip()]
+        #: ``Host`` name globs (no port); empty: any host.
+        self.hosts = [glob.strip().lower() for glob in hosts if glob.strip()]
         self.refused = 0
+        self.refused_hosts = 0
         self._throttle = LogThrottle()
+
+    def host_allowed(self, host: str) -> bool:
+        if not self.hosts:
+            return True
+        name = _hostname(host)
+        return bool(name) and any(fnmatch.fnmatchcase(name, glob) for glob in self.hosts)
 
     def permits(self, origin: str, host: str, scheme: str) -> bool:
         origin = origin.strip().lower()
@@ -56,7 +80,8 @@ class OriginCheck:
     def __call__(self, scope: Any, receive: Any, send: Any) -> Coroutine[Any, Any, None]:
         # Hands over the inner coroutine (see ForwardedHeadersMiddleware.__call__);
         # installed as Quart's asgi_app only, never served alone.
-        if scope["type"] != "websocket":
+        kind = scope["type"]
+        if kind != "websocket" and (kind != "http" or not self.hosts):
             return self.app(scope, receive, send)
         origin = host = None
         for name, value in scope["headers"]:
@@ -64,6 +89,10 @@ class OriginCheck:
                 origin = value.decode("latin-1")
             elif name == b"host":
                 host = value.decode("latin-1")
+        if not self.host_allowed(host or ""):
+            return self._refuse_host(scope, send, host or "")
+        if kind != "websocket":
+            return self.app(scope, receive, send)
         if origin is None or self.permits(origin, host or "", scope.get("scheme", "ws")):
             return self.app(scope, receive, send)
         self.refused += 1
@@ -76,3 +105,24 @@ class OriginCheck:
         )
         body = "this origin may not open a WebSocket here (see --allowed-origins)"
         return deny_websocket(scope, send, 403, body, close_code=1008)
+
+    def _refuse_host(self, scope: Any, send: Any, host: str) -> Coroutine[Any, Any, None]:
+        self.refused_hosts += 1
+        self._throttle.warn(
+            log, "host", "refused a request for host %r (not in --allowed-hosts)", host[:200]
+        )
+        body = "this host name is not served here (see --allowed-hosts)"
+        if scope["type"] == "websocket":
+            return deny_websocket(scope, send, 400, body, close_code=1008)
+        return _bad_request(send, body)
+
+
+async def _bad_request(send: Any, body: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+        }
+    )
+    await send({"type": "http.response.body", "body": f"{body}\n".encode()})
