@@ -107,11 +107,26 @@ def test_an_h2c_upgrade_straight_to_the_host_serves_nothing_inside(host: Server)
             assert head.startswith(b"HTTP/1.1 4")
 
 
-def test_caddy_refuses_upgrades_other_than_websocket(host: Server, tmp_path: Path) -> None:
-    caddy, port = start_caddy(host.port, tmp_path / "caddy.log")
+@pytest.mark.parametrize("config", ["Caddyfile", "deploy/Caddyfile.cluster"])
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        b"Upgrade: h2c\r\n",
+        # Two header lines: a matcher reading only the one that says websocket let
+        # this through (red team), and Caddy then tunnelled h2c.
+        b"Upgrade: h2c\r\nUpgrade: websocket\r\n",
+        b"Upgrade: websocket\r\nUpgrade: h2c\r\n",
+        b"Upgrade: h2c, websocket\r\n",
+    ],
+)
+def test_caddy_refuses_upgrades_other_than_websocket(
+    host: Server, tmp_path: Path, config: str, upgrade: bytes
+) -> None:
+    env = {"REALTIME_UPSTREAM_2": f"127.0.0.1:{host.port}"}
+    caddy, port = start_caddy(host.port, tmp_path / "caddy.log", config=config, extra_env=env)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(UPGRADE_REQUEST)
+            sock.sendall(UPGRADE_REQUEST.replace(b"Upgrade: h2c\r\n", upgrade))
             head = read_head(sock)
         assert head.startswith(b"HTTP/1.1 400"), head[:200]
         assert b"Only WebSocket upgrades" in head or b"Content-Length" in head
