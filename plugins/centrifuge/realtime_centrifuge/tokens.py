@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -25,38 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import HMACAlgorithm
 
-from .codec import json_loads
-
 _HMAC = ("HS256", "HS384", "HS512")
 _RSA = ("RS256", "RS384", "RS512")
 _ECDSA = ("ES256", "ES384", "ES512")
-_HMAC_DIGESTS: Mapping[str, Any] = MappingProxyType(
-    {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
-)
-#: Header fields a token may have and still be checked without PyJWT.
-_PLAIN_HEADER = frozenset({"alg", "typ", "kid"})
-_URL_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-#: Distinct token headers whose verdict a verifier remembers (an issuer makes one or two).
-MAX_HEADERS = 64
-
-
-def _b64url(segment: str) -> bytes:
-    """Unpadded base64url, strictly (no padding, no other character): ValueError else.
-
-    ``+``, ``/`` and ``=`` are refused first; after the alphabet swap, binascii's
-    strict mode refuses anything else (a non-ASCII character fails the encode).
-    """
-    if "+" in segment or "/" in segment or "=" in segment or len(segment) % 4 == 1:
-        raise ValueError("not unpadded base64url")
-    padded = (segment + "=" * (-len(segment) % 4)).encode("ascii")
-    return binascii.a2b_base64(padded.translate(_URL_TO_STANDARD), strict_mode=True)
-
-
-_loads = json_loads(json.JSONDecoder())
-
-
-def _json(data: bytes) -> Any:
-    return _loads(data.decode())
+#: Longest token verified, in characters: a few claims and a signature take far less,
+#: and a bigger one would be decoded and hashed in full before being refused.
+MAX_TOKEN_LENGTH = 16 * 1024
 
 
 class TokenInvalid(Exception):
@@ -173,9 +145,6 @@ class TokenVerifier:
         self._keys: Mapping[str, Any] = MappingProxyType(keys)
         self._audience = audience or None
         self._issuer = issuer or None
-        #: The HMAC each plain header segment calls for, keyed, ready to copy; None
-        #: for a header PyJWT must judge. Bounded: a header seen once costs nothing more.
-        self._headers: dict[str, Any] = {}
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -186,78 +155,17 @@ class TokenVerifier:
         """Signature, aud and iss checked, then exp and nbf against ``now``."""
         if not isinstance(token, str):
             raise TokenInvalid("a token is a string")
-        payload = self._hmac_fast(token)
-        if payload is None:
-            payload = self._pyjwt(token)
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise TokenInvalid(f"a token over {MAX_TOKEN_LENGTH} characters")
+        # PyJWT alone judges every token: a one-pass HMAC check beside it accepted
+        # signatures in non-canonical base64url that PyJWT refuses (issue 18).
+        payload = self._pyjwt(token)
         exp, nbf = payload.get("exp"), payload.get("nbf")
         if not (exp is None or _is_number(exp)) or not (nbf is None or _is_number(nbf)):
             raise TokenInvalid("exp and nbf must be numbers")
         if (exp is not None and exp <= now) or (nbf is not None and nbf > now):
             raise TokenExpired("token expired")
         return payload
-
-    def _hmac_fast(self, token: str) -> dict[str, Any] | None:
-        """The payload of a plain, valid HMAC token, in one pass; None: ask PyJWT.
-
-        PyJWT parses a token twice here (the header to pick the key, then all of it)
-        and checks it character by character: a third of a connect's cost. This only
-        ever accepts: any doubt (another header field, bad base64, a wrong signature,
-        aud or iss not as configured) goes to PyJWT, which gives the verdict and the
-        reason.
-        """
-        try:
-            signing_input, _, signature = token.rpartition(".")
-            header_segment, _, payload_segment = signing_input.partition(".")
-            keyed = self._headers.get(header_segment, _UNSEEN)
-            if keyed is _UNSEEN:
-                keyed = self._header(header_segment)
-            if keyed is None:
-                return None
-            mac = keyed.copy()
-            mac.update(signing_input.encode("ascii"))
-            if not hmac.compare_digest(mac.digest(), _b64url(signature)):
-                return None
-            payload = _json(_b64url(payload_segment))
-        except (ValueError, TypeError, RecursionError):
-            return None
-        if not isinstance(payload, dict):
-            return None
-        if any(not isinstance(payload.get(name, ""), str) for name in _STRING_CLAIMS):
-            return None  # PyJWT refuses these, null included
-        if self._audience is not None:
-            audience = payload.get("aud")
-            audiences = [audience] if isinstance(audience, str) else audience
-            if (
-                not isinstance(audiences, list)
-                or not all(isinstance(entry, str) for entry in audiences)
-                or self._audience not in audiences
-            ):
-                return None
-        if self._issuer is not None and payload.get("iss") != self._issuer:
-            return None
-        return payload
-
-    def _header(self, segment: str) -> Any:
-        """The keyed HMAC a plain HMAC header calls for, else None; remembered."""
-        keyed = None
-        try:
-            header = _json(_b64url(segment))
-        except (ValueError, TypeError, RecursionError):
-            header = None
-        if (
-            isinstance(header, dict)
-            and header.keys() <= _PLAIN_HEADER
-            and isinstance(header.get("kid", ""), str)  # PyJWT's rule, null included
-        ):
-            algorithm = header.get("alg")
-            if isinstance(algorithm, str) and algorithm in _HMAC_DIGESTS:
-                key = self._keys.get(algorithm)
-                if isinstance(key, str):
-                    keyed = hmac.new(key.encode(), None, _HMAC_DIGESTS[algorithm])
-        if len(self._headers) >= MAX_HEADERS:
-            self._headers.clear()
-        self._headers[segment] = keyed
-        return keyed
 
     def _pyjwt(self, token: str) -> dict[str, Any]:
         try:
