@@ -8,6 +8,7 @@ from realtime import Host, Option, hookimpl
 
 from .base import Broker
 from .presence import PRESENCE_TTL, PRESENCE_UPDATE_INTERVAL
+from .redis import POSITION_CHECK_INTERVAL
 from .state import EXTENSION_KEY, create_broker, get_broker
 
 log = logging.getLogger("realtime.broker")
@@ -28,6 +29,14 @@ def register_options() -> list[Option]:
             type=float,
         ),
         Option("broker_prefix", "realtime", "prefix of the broker's channel and key names"),
+        Option(
+            "position_check_interval",
+            POSITION_CHECK_INTERVAL,
+            "seconds between two checks, per channel keeping history with subscribers in "
+            "this process, that Redis still has the numbering they stand in (a Redis "
+            "restarted without persistence): if not, they are told (insufficient state)",
+            type=float,
+        ),
         Option(
             "presence_ttl",
             PRESENCE_TTL,

@@ -67,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import os
 import random
@@ -74,7 +75,7 @@ import re
 import socket
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Mapping
 from itertools import islice
 from typing import Any
@@ -97,6 +98,18 @@ from .base import (
 )
 from .history import MAX_HISTORY_LIMIT
 from .presence import MAX_PRESENCE_MEMBERS, Member, PresenceEvent, PresenceStats
+from .sequence import (
+    DELIVER,
+    NEW_EPOCH,
+    Mark,
+    Place,
+    Queue,
+    Sequence,
+    Tally,
+    Truth,
+    Verdict,
+    digest,
+)
 
 log = logging.getLogger("realtime.broker")
 
@@ -111,8 +124,6 @@ WITH_INFO = {b"T": TEXT, b"B": BINARY, b"J": JSON}
 #: What an epoch looks like (realtime makes 8 hex digits; a short token, nothing else).
 EPOCH = re.compile(rb"[0-9A-Za-z]{1,32}")
 EPOCH_MAX = 32
-#: Where a process stands when Redis has no epoch yet: the next number in any new one is next.
-NEW_EPOCH = ""
 #: Redis counts in a signed 64-bit integer: a sequence number has at most 19 digits.
 SEQ_DIGITS = 19
 INFO_DIGITS = len(str(MAX_INFO_SIZE))
@@ -132,24 +143,23 @@ BACKOFF_MIN, BACKOFF_MAX = 0.05, 1.0
 CLOSE_ROUNDS = 5
 #: How often an idle subscription is pinged (and must answer), so a dead one is noticed.
 IDLE_PING = 5.0
-#: How many recently delivered sequence numbers each channel remembers...
-RECENT = 1024
-#: ...and how many different messages one number may carry before more are dropped.
-COPIES = 4
 #: Messages already received that one question to Redis covers at most.
 BATCH = 1024
 #: What a command raises when Redis cannot be reached (or answer in time).
 UNREACHABLE = (RedisError, OSError, TimeoutError)
 #: Most messages held while waiting for a barrier's PONG (the rest are dropped, counted).
 BARRIER_LIMIT = 16 * BATCH
-#: Seconds between two log lines about the same kind of dropped message (as the host's LogThrottle).
-REPORT_EVERY = 10.0
 
 #: How long a channel's numbering lives, seconds, renewed by every 64th publication
 #: (the first included). Channels come and go (a room, a conversation): their hashes
 #: must not pile up for ever. A process still listening when it expires follows the
 #: next epoch without a loss.
 META_TTL = 30 * 24 * 3600
+
+#: Seconds between two checks of the positions of channels kept here that keep history
+#: against Redis (``--position-check-interval``, Centrifugo's default): a numbering Redis
+#: lost with nothing published since is found then, and its subscribers told.
+POSITION_CHECK_INTERVAL = 40.0
 
 #: Connections to Redis a process opens at most for its commands (the subscription
 #: has its own): more commands in flight wait for one.
@@ -409,14 +419,23 @@ def _prefixed(data: bytes) -> tuple[bytes, bytes] | None:
 
 
 def member_of(client: bytes, value: bytes) -> Member | None:
-    """The member stored as ``value``; None if it is not one realtime stored."""
+    """The member stored as ``value``; None if it is not one realtime stored.
+
+    Its info is parsed and encoded again (JSON, as every member's is): whoever can
+    PUBLISH on Redis, or write its keys, never gets bytes of their own into a client's
+    frame, only a JSON value at most :data:`MAX_INFO_SIZE` bytes long."""
     parts = _prefixed(value)
     if parts is None:
         return None
     user, info = parts
+    if len(info) > MAX_INFO_SIZE:
+        return None
     try:
-        return Member(client.decode(), user.decode(), info.decode() or None)
-    except UnicodeDecodeError:
+        text = info.decode()
+        if text:
+            text = json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+        return Member(client.decode(), user.decode(), text or None)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
 
 
@@ -505,11 +524,28 @@ def decode(raw: bytes, limit: int | None = None) -> Publication | Drop:
         return Publication(body, False, info, epoch.decode(), int(seq))
     if kind != TEXT and kind != JSON:
         return Drop.FOREIGN
+    if kind == JSON:
+        # Embedded as a value in clients' frames: it must be JSON, whoever sent it.
+        json_text = _json_text(body)
+        if json_text is None:
+            return Drop.FOREIGN
+        return Publication(json_text, True, info, epoch.decode(), int(seq))
     try:
         text = body.decode()
     except UnicodeDecodeError:
         return Drop.FOREIGN
-    return Publication(text, kind == JSON, info, epoch.decode(), int(seq))
+    return Publication(text, False, info, epoch.decode(), int(seq))
+
+
+def _json_text(data: bytes) -> str | None:
+    """``data`` as text if it is one JSON document (a JSON publication's body, which
+    protocols embed as a value in clients' frames), else None."""
+    try:
+        text = data.decode()
+        json.loads(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return text
 
 
 def parse_counter(value: Any) -> int | None:
@@ -517,241 +553,6 @@ def parse_counter(value: Any) -> int | None:
     if isinstance(value, bytes) and 0 < len(value) <= SEQ_DIGITS and value.isdigit():
         return int(value)
     return None
-
-
-#: Redis's word at one moment: each channel's epoch and counter (``None``: it has none).
-Truth = Mapping[str, tuple[str | None, int | None]]
-
-
-class Place(enum.Enum):
-    """Where a message's number stands relative to what this process delivered."""
-
-    NEXT = "next"  # the number after the last one: deliver, no questions asked
-    AGAIN = "again"  # a number delivered moments ago: a replay, or someone else's message
-    OFF = "off"  # anything else: Redis is asked before it is believed
-
-
-class Verdict(enum.Enum):
-    """What Redis's word makes of a message that looked off (the value says why it was dropped)."""
-
-    ACCEPT = "accepted"  # deliver, and this process moves on to its number
-    BEHIND = "accepted behind"  # deliver; forgeries had pushed this process ahead
-    RENUMBERED = "renumbered"  # deliver; Redis's counter started again (key reset or evicted)
-    FOREIGN_EPOCH = "with an epoch Redis does not have (not stamped by realtime)"
-    BEYOND = "numbered beyond Redis's counter (not stamped by realtime)"
-    OUT_OF_ORDER = "numbered ahead of messages that arrived after them (not stamped by realtime)"
-    STALE = "with a sequence number Redis had issued before it was last asked"
-
-
-DELIVER = {Verdict.ACCEPT, Verdict.BEHIND, Verdict.RENUMBERED}
-
-
-class Mark(enum.Enum):
-    """Redis confirmed a SUBSCRIBE or an UNSUBSCRIBE: queued in order with the messages,
-    since what arrived before it was heard under the other state."""
-
-    SUBSCRIBED = "subscribe"
-    UNSUBSCRIBED = "unsubscribe"
-
-
-#: Messages and confirmations received in order and not handled yet.
-Queue = deque[tuple[str, Publication | PresenceEvent | Mark]]
-
-
-def digest(publication: Publication) -> int:
-    """Tells two messages under one number apart (salted per process: not predictable)."""
-    data = publication.data
-    return hash((isinstance(data, str), publication.json, data, publication.info))
-
-
-class Sequence:
-    """Where one process is in each channel's numbering, and what Redis last said of it.
-
-    Pure bookkeeping, no I/O, so every rule can be tested on its own.
-    """
-
-    def __init__(self) -> None:
-        self.position: dict[str, tuple[str, int]] = {}
-        #: Redis's counter at the last check whose barrier completed: every message it
-        #: had numbered by then has been handled, so a number up to it is not new.
-        self.confirmed: dict[str, tuple[str, int]] = {}
-        self._recent: dict[str, dict[int, list[int]]] = {}
-        self._order: dict[str, deque[int]] = {}
-
-    def place(self, channel: str, epoch: str, seq: int) -> Place:
-        known = self.position.get(channel)
-        if known is None or known[0] not in (epoch, NEW_EPOCH):
-            return Place.OFF
-        if seq == known[1] + 1:
-            return Place.NEXT
-        if known[0] != epoch:
-            return Place.OFF
-        if seq <= known[1] and seq in self._recent.get(channel, ()):
-            return Place.AGAIN
-        return Place.OFF
-
-    def delivered(
-        self, channel: str, epoch: str, seq: int, mark: int, *, renumbered: bool = False
-    ) -> None:
-        """Move to ``seq`` (unless behind) and remember what it carried."""
-        known = self.position.get(channel)
-        if renumbered or known is None or known[0] != epoch:
-            if known is not None:
-                self._forget(channel)  # a new numbering: old numbers mean nothing in it
-            self.position[channel] = (epoch, seq)
-        elif seq > known[1]:
-            self.position[channel] = (epoch, seq)
-        recent = self._recent.get(channel)
-        if recent is None:  # not setdefault: no empty dict and deque made per message
-            recent = self._recent[channel] = {}
-            self._order[channel] = deque()
-        if seq in recent:
-            recent[seq].append(mark)
-            return
-        recent[seq] = [mark]
-        order = self._order[channel]
-        order.append(seq)
-        if len(order) > RECENT:
-            recent.pop(order.popleft(), None)
-
-    def again(self, channel: str, seq: int, mark: int) -> bool:
-        """A number already delivered came again: deliver it only if it carries something new.
-
-        Without a forger this never happens. With one, the genuine message may be the
-        second to arrive under its number: it is delivered too (the forger could add
-        messages anyway), never dropped in favour of the forgery. Exact repeats are not.
-        """
-        copies = self._recent[channel][seq]
-        return mark not in copies and len(copies) < COPIES
-
-    def judge(
-        self,
-        channel: str,
-        epoch: str,
-        seq: int,
-        truth: Truth,
-        later: Iterable[tuple[str, Publication | PresenceEvent | Mark]],
-    ) -> tuple[Verdict, int]:
-        """A message that looked off, received before ``truth`` was asked for and before a
-        barrier proved that everything Redis had numbered by then has arrived (``later``
-        holds what arrived after it): deliver it or not, and how many were missed.
-        """
-        current, counter = truth.get(channel, (None, None))
-        if current is None or counter is None or epoch != current:
-            return Verdict.FOREIGN_EPOCH, 0
-        if seq > counter:
-            # Redis had not issued this number when the message was already here.
-            return Verdict.BEYOND, 0
-        known = self.position.get(channel)
-        if known is None:
-            return Verdict.ACCEPT, 0
-        checked = self._checked(channel, epoch)
-        if known[0] == epoch and seq <= known[1]:
-            if checked is not None and counter < checked:
-                verdict, base = Verdict.RENUMBERED, 0
-            elif checked is not None and seq <= checked:
-                return Verdict.STALE, 0
-            else:
-                # Issued since Redis was last asked, so not a replay, yet behind this
-                # process: forged numbers had pushed it ahead. Never let that drop it.
-                return Verdict.BEHIND, 0
-        else:
-            verdict = Verdict.ACCEPT
-            base = known[1] if known[0] in (epoch, NEW_EPOCH) else 0
-        for c, e in later:
-            ahead = isinstance(e, Publication) and e.epoch == epoch and base < e.offset < seq
-            if c == channel and ahead:
-                # Redis delivers in order: had this been stamped by Redis, the numbers
-                # before it would have come first.
-                return Verdict.OUT_OF_ORDER, 0
-        return verdict, seq - base - 1
-
-    def check(self, channel: str, epoch: str | None, current: int | None) -> int:
-        """Once everything Redis numbered up to ``current`` has arrived: how many never did."""
-        if epoch is None:
-            # Redis has no epoch for the channel (nothing heard was ever published on
-            # it, or Redis lost it): the next publication starts one, numbered after
-            # the counter, with nothing before it to miss.
-            self.position[channel] = (NEW_EPOCH, current or 0)
-            self._forget(channel)
-            return 0
-        if current is None:
-            return 0
-        known = self.position.get(channel)
-        if known is None:
-            self.position[channel] = (epoch, current)
-            return 0
-        if known[0] != epoch:
-            missed = current  # a new numbering, none of which arrived
-            self._forget(channel)
-        elif current >= known[1]:
-            missed = current - known[1]
-        else:
-            checked = self._checked(channel, epoch)
-            if checked is None or current >= checked:
-                return 0  # behind this process's position: forged numbers pushed it ahead
-            missed = current  # the counter went back: a new numbering, none of it arrived
-            self._forget(channel)
-        self.position[channel] = (epoch, current)
-        return missed
-
-    def confirm(self, truth: Truth, channels: Collection[str]) -> None:
-        """Record Redis's word on ``channels`` once everything it had numbered then has
-        been handled."""
-        for channel in channels:
-            epoch, counter = truth.get(channel, (None, None))
-            if epoch is not None and counter is not None:
-                self.confirmed[channel] = (epoch, counter)
-
-    def drop(self, channel: str) -> None:
-        """Forget ``channel`` altogether: this process stopped listening to it."""
-        self.position.pop(channel, None)
-        self.confirmed.pop(channel, None)
-        self._forget(channel)
-
-    def _checked(self, channel: str, epoch: str) -> int | None:
-        confirmed = self.confirmed.get(channel)
-        return confirmed[1] if confirmed is not None and confirmed[0] == epoch else None
-
-    def _forget(self, channel: str) -> None:
-        self._recent.pop(channel, None)
-        self._order.pop(channel, None)
-
-
-class Tally:
-    """Counts events by kind and logs them without flooding the log: the first at once,
-    then at most one line per kind every ``every`` seconds, saying how many there were.
-    """
-
-    def __init__(self, logger: logging.Logger, every: float = REPORT_EVERY) -> None:
-        self.log = logger
-        self.every = every
-        self.counts: Counter[str] = Counter()
-        self._reported: dict[str, tuple[float, int]] = {}
-        self._text: dict[str, str] = {}
-
-    def add(self, kind: str, text: str, *, exc_info: bool = False) -> None:
-        self.counts[kind] += 1
-        self._text[kind] = text
-        reported = self._reported.get(kind)
-        if reported is None or time.monotonic() - reported[0] >= self.every:
-            self._report(kind, exc_info)
-
-    def flush(self) -> None:
-        """Report counts held back, once their kind's quiet time is over."""
-        now = time.monotonic()
-        for kind, (when, count) in list(self._reported.items()):
-            if self.counts[kind] > count and now - when >= self.every:
-                self._report(kind, False)
-
-    def _report(self, kind: str, exc_info: bool) -> None:
-        count = self.counts[kind]
-        before = self._reported.get(kind, (0.0, 0))[1]
-        self.log.warning(
-            "%s: %d since the last report, %d in all", self._text[kind], count - before, count,
-            exc_info=exc_info,
-        )  # fmt: skip
-        self._reported[kind] = (time.monotonic(), count)
 
 
 class RedisBroker(Broker):
@@ -817,6 +618,16 @@ class RedisBroker(Broker):
         self._fresh: set[str] = set()
         #: Per channel subscribed here: set once Redis confirmed it and it is looked up.
         self._ready: dict[str, asyncio.Event] = {}
+        self.position_check_interval = float(
+            settings.get("position_check_interval", POSITION_CHECK_INTERVAL)
+        )
+        if self.position_check_interval <= 0:
+            raise ValueError("--position-check-interval must be above 0")
+        #: Channels whose position the next settle checks against Redis, and when next.
+        self._checking: set[str] = set()
+        self._next_check = 0.0
+        #: Numberings Redis lost under this process's subscribers (epoch changes).
+        self.epochs_lost = 0
 
     def key(self, channel: str) -> str:
         """The Pub/Sub channel carrying ``channel``'s publications."""
@@ -1499,8 +1310,9 @@ class RedisBroker(Broker):
         self._published = None
         self._map_resets += 1
         self._beat_now_set()
+        self._next_check = time.monotonic() + self.position_check_interval
         while True:
-            message = await self._read(pubsub, IDLE_PING)
+            message = await self._read(pubsub, min(IDLE_PING, self.position_check_interval))
             if message is None:
                 # Idle: the subscription must answer a PING, or it is dead.
                 await self._barrier(pubsub, queue)
@@ -1511,7 +1323,7 @@ class RedisBroker(Broker):
                     queue.popleft()
                 else:
                     await self._settle(pubsub, queue)
-            if self._fresh:
+            if self._fresh or self._check_due():
                 await self._settle(pubsub, queue)
 
     def _salvage(self, queue: Queue) -> None:
@@ -1647,10 +1459,15 @@ class RedisBroker(Broker):
                     f"redis's counter for {self.key(channel)} went back (its key was reset "
                     "or evicted): following its new numbering",
                 )
-            if missed:
-                self._lost(channel, missed)
+            before = self.sequence.position.get(channel)
             renumbered = verdict is Verdict.RENUMBERED
             self._deliver(channel, publication, digest(publication), renumbered=renumbered)
+            if missed:
+                self._lost(channel, missed)
+            elif renumbered:
+                self._epoch_changed(channel, before, renumbered=True)
+            else:
+                self._epoch_changed(channel, before)
         except Exception:
             self.tally.add("failed", "handling a message from redis failed", exc_info=True)
         return True
@@ -1695,7 +1512,8 @@ class RedisBroker(Broker):
                 self._enqueue(message, queue)
             covered = len(queue)
             confirmed = set(self._fresh)
-            asked = set(self._fresh)
+            checking, self._checking = self._checking, set()
+            asked = set(self._fresh) | checking
             for channel, item in islice(queue, covered):
                 asked.add(channel)
                 if item is Mark.SUBSCRIBED:
@@ -1720,9 +1538,12 @@ class RedisBroker(Broker):
                     and (channel not in self._fresh or channel in confirmed)
                 ]
                 for channel in settled:
+                    before = self.sequence.position.get(channel)
                     missed = self.sequence.check(channel, *truth.get(channel, (None, None)))
                     if missed:
                         self._lost(channel, missed)
+                    else:
+                        self._epoch_changed(channel, before)
                 # Only now has everything Redis had numbered been handled (not before a
                 # round that stopped early: what it left queued is judged by the next).
                 self.sequence.confirm(truth, settled)
@@ -1733,6 +1554,47 @@ class RedisBroker(Broker):
                         event.set()
                 if not self._fresh:
                     return
+
+    def _check_due(self) -> bool:
+        """Whether the positions of this process's channels keeping history are due to be
+        checked against Redis (one counter read each, not one per client); if so, which."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + self.position_check_interval
+        known = self.sequence.position
+        self._checking = {
+            channel
+            for channel in self._live
+            if channel in known
+            and channel in self.subscribers
+            and self.keeps_history(channel) is not None
+        }
+        return bool(self._checking)
+
+    def _epoch_changed(
+        self, channel: str, before: tuple[str, int] | None, *, renumbered: bool = False
+    ) -> None:
+        """Tell ``channel``'s subscribers if the numbering they stood in is gone (Redis
+        restarted without persistence, was flushed, or evicted the key) though no
+        publication was missed: their positions mean nothing now. Only where the
+        channel keeps history: elsewhere nobody holds a position."""
+        if before is None or before[0] == NEW_EPOCH or self.keeps_history(channel) is None:
+            return
+        after = self.sequence.position.get(channel)
+        if not renumbered and after is not None and after[0] == before[0]:
+            return
+        self.epochs_lost += 1
+        log.warning(
+            "redis lost the numbering of %r (epoch %s at %d): telling its subscribers",
+            channel,
+            before[0],
+            before[1],
+        )
+        try:
+            self.report_loss(channel, 1)
+        except Exception:
+            log.exception("telling subscribers about a lost numbering failed")
 
     async def _truth(self, channels: Collection[str]) -> Truth:
         """Redis's epoch and counter for each of ``channels`` (one pipelined round trip)."""
