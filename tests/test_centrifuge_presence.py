@@ -425,12 +425,14 @@ async def test_over_redis_forged_or_oversized_presence_messages_are_dropped(
             "realtime/2p j99:abc",  # a length past the end
             "realtime/2p j3:abc9999999:alice",  # a length of more than six digits
             "realtime/2p j3:ab\xff5:alice",  # not UTF-8 once cut
+            "realtime/2p j3:abc5:alice{not json",  # info that is not JSON
+            'realtime/2p j3:abc5:alice{"a":1}\n{"id":1,"connect":{}}',  # a second frame
             oversized,
         ):
             redis_server.cli("PUBLISH", name, forged)
         await broker.join_presence("room:forged", Member("c9", "real"))
         assert await event(watcher) == ("join", "real", "c9")  # and nothing forged before
-        assert broker.tally.counts["foreign"] >= 3
+        assert broker.tally.counts["foreign"] >= 5
         assert broker.tally.counts["oversized"] >= 1
         await watcher.ws.close()
 

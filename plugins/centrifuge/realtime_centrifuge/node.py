@@ -16,9 +16,10 @@ from collections import deque
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from realtime import Host
-from realtime_broker import Broker, BrokerUnavailable, Publication
+from realtime import Host, HTTPError
+from realtime_broker import Broker, BrokerUnavailable, Publication, StreamPosition
 from realtime_hub import ChannelRules, Client, Hub
+from realtime_hub.channels import INTERNAL_PREFIX
 
 from .api import ServerAPI
 from .codec import RawJSON
@@ -30,9 +31,13 @@ from .transport import CentrifugeFormat, member_info, payload
 
 log = logging.getLogger("realtime.centrifuge")
 
-#: The broker channel control messages travel on. Clients cannot name it: channel
-#: names are printable, and this one starts with a control character.
-CONTROL_CHANNEL = "\x01centrifuge-control"
+#: The broker channel control messages travel on. Clients cannot name it: the hub's
+#: rules refuse every name with the internal prefix (and any control character). It
+#: keeps a short history, so that each control message from a distributed broker is
+#: checked against the broker's own stream before it is applied.
+CONTROL_CHANNEL = INTERNAL_PREFIX + "centrifuge-control"
+#: Control messages received and not yet checked against the broker's stream.
+MAX_CONTROL_PENDING = 1024
 #: Recovering subscribes whose duration is kept.
 RECOVERY_TIMES = 10_000
 #: Subscriptions that may join their stream at once in one process.
@@ -98,6 +103,11 @@ class Node:
             for name in ("authorize_connect", "authorize_subscribe", "authorize_publish", "rpc")
         }
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Control messages waiting for their check, in the order they came...
+        self._pending_control: deque[Publication] = deque()
+        self._control_worker: asyncio.Task[None] | None = None
+        #: ...and the last one applied (a repeat of it, or of an older one, is not).
+        self._applied_control: StreamPosition | None = None
         #: The server HTTP API (off without a key), an ASGI app.
         self.api = ServerAPI(
             self,
@@ -271,10 +281,64 @@ class Node:
     # Control messages, on every process ---------------------------------------
 
     def _control(self, publication: Publication) -> int:
+        if not self.broker.distributed:
+            self._apply_control(publication)  # this process's own: nobody else can send
+            return 0
+        if len(self._pending_control) >= MAX_CONTROL_PENDING:
+            log.warning("control message refused: %d already wait", MAX_CONTROL_PENDING)
+            return 0
+        self._pending_control.append(publication)
+        if self._control_worker is None or self._control_worker.done():
+            self._control_worker = asyncio.get_running_loop().create_task(self._check_control())
+            self._tasks.add(self._control_worker)
+            self._control_worker.add_done_callback(self._done)
+        return 0
+
+    async def _check_control(self) -> None:
+        """Apply each control message the broker's stream vouches for, in order.
+
+        Whoever can PUBLISH on a distributed broker can make a message that looks like
+        one; only the stream, written by the broker with the message's number, says what
+        a server API call published under that number. A repeat of a number already
+        applied is not applied again.
+        """
+        while self._pending_control:
+            publication = self._pending_control.popleft()
+            if self._genuine(publication) and await self._in_stream(publication):
+                self._applied_control = StreamPosition(publication.offset, publication.epoch)
+                self._apply_control(publication)
+            else:
+                log.warning(
+                    "control message refused: not what the broker's stream holds at %s/%d",
+                    publication.epoch,
+                    publication.offset,
+                )
+
+    def _genuine(self, publication: Publication) -> bool:
+        applied = self._applied_control
+        return publication.offset > 0 and not (
+            applied is not None
+            and applied.epoch == publication.epoch
+            and publication.offset <= applied.offset
+        )
+
+    async def _in_stream(self, publication: Publication) -> bool:
+        since = StreamPosition(publication.offset - 1, publication.epoch)
+        try:
+            found = await self.broker.history(CONTROL_CHANNEL, limit=1, since=since)
+        except HTTPError:  # BrokerUnavailable, HistoryUnavailable, UnrecoverablePosition
+            return False
+        return (
+            len(found.publications) == 1
+            and found.publications[0].offset == publication.offset
+            and found.publications[0].data == publication.data
+        )
+
+    def _apply_control(self, publication: Publication) -> None:
         data = publication.data
         if not isinstance(data, str) or len(data) > MAX_CONTROL_SIZE:
             log.warning("control message refused: not text or over %d bytes", MAX_CONTROL_SIZE)
-            return 0
+            return
         try:
             message = json.loads(data)
             op, user, client = message["op"], message["user"], message.get("client", "")
@@ -282,7 +346,7 @@ class Node:
                 raise TypeError("user and client are strings")
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             log.warning("control message refused: %r", exc)
-            return 0
+            return
         targets = [
             c
             for c in self.users.get(user, {}).values()
@@ -290,7 +354,6 @@ class Node:
         ]
         for target in targets:
             self.spawn(self._apply(op, target, message))
-        return 0
 
     async def _apply(self, op: str, client: Client, message: Mapping[str, Any]) -> None:
         session = client.state
@@ -312,6 +375,10 @@ class Node:
             return
         channel = message.get("channel")
         if not isinstance(channel, str):
+            return
+        if channel and (error := self.rules.check_channel(channel)):
+            # The same checks as the server API's own: whatever sent it.
+            log.warning("control message refused for channel %r: %r", channel, error)
             return
         pushes: list[str | None]
         if op == "subscribe" and channel:

@@ -19,6 +19,13 @@ from realtime_broker import PresenceMode
 from .errors import ERROR_BAD_REQUEST, ERROR_PERMISSION_DENIED, ERROR_UNKNOWN_CHANNEL, Error
 
 #: Centrifugo's namespace name pattern.
+#: What the names of internal channels start with (the Centrifuge node's control
+#: channel): refused to every client and server API call, never in presence.
+INTERNAL_PREFIX = "\x01"
+#: (history_size, history_ttl) of an internal channel: a short stream, so that what a
+#: distributed broker delivers on it can be checked against what it holds.
+INTERNAL_HISTORY = (256, 60.0)
+
 _NAMESPACE_NAME = re.compile(r"[-a-zA-Z0-9_.]{2,}")
 #: One term of a Go duration ("1h30m", "1.5s", "300ms").
 _DURATION_TERM = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
@@ -211,6 +218,8 @@ class ChannelRules:
 
     def history_of(self, channel: str) -> tuple[int, float] | None:
         """(history_size, history_ttl) where the channel's namespace keeps history."""
+        if channel.startswith(INTERNAL_PREFIX):
+            return INTERNAL_HISTORY
         options = self.namespace_of(channel)
         if options is None or options.history_size <= 0 or options.history_ttl <= 0:
             return None
@@ -218,6 +227,8 @@ class ChannelRules:
 
     def presence_of(self, channel: str) -> PresenceMode | None:
         """How the channel's namespace tracks presence, if it does."""
+        if channel.startswith(INTERNAL_PREFIX):
+            return None
         options = self.namespace_of(channel)
         if options is None or not (options.presence or options.join_leave):
             return None
@@ -246,11 +257,14 @@ class ChannelRules:
         return tuple(channel.rsplit(self.user_boundary, 1)[1].split(self.user_separator))
 
     def validate_name(self, channel: str) -> Error | None:
-        """107 for an empty name or one over ``max_channel_length`` bytes (as Go).
+        """107 for an empty name, one over ``max_channel_length`` bytes (as Go), or an
+        internal one (:data:`INTERNAL_PREFIX`): no client or API call reaches those.
 
         The session closes with 3501 on an empty channel before asking.
         """
         if not channel or len(channel.encode("utf-8", "surrogatepass")) > self.max_channel_length:
+            return ERROR_BAD_REQUEST
+        if channel.startswith(INTERNAL_PREFIX):
             return ERROR_BAD_REQUEST
         return None
 

@@ -1,0 +1,108 @@
+"""What someone allowed to PUBLISH on Redis can no longer do (issue 18, item 7).
+
+No foreign bytes reach clients' frames as JSON (a JSON publication's body must be one
+JSON document, a member's info is parsed and encoded again); a control message is applied only when
+the broker's stream holds it under its number, and only for channels the server API
+itself could name; internal channels are unreachable by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from realtime import get_host
+from realtime_broker import Publication
+from realtime_broker.redis import MAGIC, Drop, decode, member_of
+from realtime_centrifuge.node import CONTROL_CHANNEL
+from realtime_centrifuge.plugin import get_node
+from realtime_hub import ChannelRules
+from realtime_hub.channels import INTERNAL_HISTORY
+
+from .conftest import RedisServer
+from .test_centrifuge_endpoint import connected, served_app
+from .test_fanout import hypercorn
+
+
+async def read_all(ws: ClientConnection, frames: list[str]) -> None:
+    """Every frame until the connection closes (raises ConnectionClosed then)."""
+    async with asyncio.timeout(5):
+        while True:
+            frames.append(str(await ws.recv()))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"jnot json",  # a JSON publication whose data is not JSON
+        b'j{"a":1}\n{"id":1}',  # two documents: a second frame in a client's message
+        b"J3 \xff\xfe\xfd{}",  # publisher info that is not UTF-8
+    ],
+)
+def test_a_publication_carrying_what_is_not_json_is_dropped(body: bytes) -> None:
+    assert decode(MAGIC + b"ab12 7 " + body) is Drop.FOREIGN
+
+
+def test_json_publications_and_infos_still_decode() -> None:
+    got = decode(MAGIC + b'ab12 7 J12 {"user":"u"}{"a": [1, 2]}')
+    assert got == Publication('{"a": [1, 2]}', True, '{"user":"u"}', "ab12", 7)
+    assert decode(MAGIC + b"ab12 8 tnot json is fine as text") == Publication(
+        "not json is fine as text", False, None, "ab12", 8
+    )
+
+
+def test_a_member_info_is_parsed_and_encoded_again() -> None:
+    member = member_of(b"c1", b'1:u{ "name" :\n "Ann" }')
+    assert member is not None and member.info == '{"name":"Ann"}'
+    assert member_of(b"c1", b"1:u{not json") is None
+    assert member_of(b"c1", b'1:u{"a":1}\n{"b":2}') is None
+    assert member_of(b"c1", b"1:u") is not None  # no info at all
+
+
+@pytest.mark.parametrize("name", [CONTROL_CHANNEL, "\x01other", "\x01"])
+def test_internal_channels_are_refused_by_name_and_keep_no_presence(name: str) -> None:
+    rules = ChannelRules.from_config(
+        {"without_namespace": {"presence": True, "allow_subscribe_for_client": True}}
+    )
+    assert rules.validate_name(name) is not None
+    assert rules.check_channel(name) is not None
+    assert rules.presence_of(name) is None
+    assert rules.history_of(name) == INTERNAL_HISTORY  # checked against the stream
+
+
+async def test_a_forged_control_message_is_not_applied_and_a_real_one_is(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    app = await served_app(tmp_path, broker=redis_server.url)
+    async with hypercorn(app) as port:
+        node = get_node(get_host(app))
+        victim = await connected(port, "victim")
+        await node.disconnect("nobody")  # a genuine one: the control stream's numbering
+        meta = f"realtime:{{ch:{CONTROL_CHANNEL}}}:meta"
+        epoch, seq = redis_server.cli("HMGET", meta, "epoch", "seq").split()
+        forged = json.dumps(
+            {"op": "disconnect", "user": "victim", "code": 3503, "reason": "forged"}
+        )
+        for number in (int(seq) + 1, int(seq)):  # the next number, and a used one
+            redis_server.cli(
+                "PUBLISH",
+                f"realtime:channel:{CONTROL_CHANNEL}",
+                f"{MAGIC.decode()}{epoch} {number} j{forged}",
+            )
+        # A subscribe to the control channel itself, numbered by the broker as the
+        # server API's would be: refused by the channel checks when applied.
+        await node._send_control(
+            {"op": "subscribe", "user": "victim", "client": "", "channel": CONTROL_CHANNEL}
+        )
+        await node.disconnect("victim", reason="real")
+        frames: list[str] = []
+        with pytest.raises(ConnectionClosed) as closed:
+            await read_all(victim.ws, frames)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (3503, "real")
+        assert not any(CONTROL_CHANNEL in frame for frame in frames)  # never subscribed
