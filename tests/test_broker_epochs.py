@@ -20,8 +20,9 @@ from realtime_broker import Publication
 from realtime_broker.redis import RedisBroker
 
 from .conftest import RedisServer
+from .sdk import PyClient, centrifuge_url, next_item
 from .test_broker_channels import SETTINGS
-from .test_centrifuge_endpoint import connected, served_app
+from .test_centrifuge_endpoint import connected, served_app, token
 from .test_centrifuge_history import CHANNELS, publish, pubs
 from .test_fanout import hypercorn
 
@@ -146,3 +147,27 @@ async def test_a_centrifuge_subscriber_is_told_insufficient_state_and_not_recove
         assert again["was_recovering"] is True and "recovered" not in again  # false
         assert again.get("epoch", "") != epoch
         await client.ws.close()
+
+
+async def test_centrifuge_python_subscribes_again_not_recovered_after_a_redis_restart(
+    tmp_path: Path, restartable: RedisServer
+) -> None:
+    """The SDK is told (2500), subscribes again on its own, and learns it was not
+    recovered: within the check, with nothing published after the restart."""
+    app = await served_app(
+        tmp_path, channel=CHANNELS, broker=restartable.url, position_check_interval=0.5
+    )
+    async with hypercorn(app) as port:
+        await publish(app, "feed:a", 1)
+        client = PyClient(centrifuge_url(f"http://127.0.0.1:{port}"), token=token("alice"))
+        try:
+            await client.connect()
+            events = await client.subscribe("feed:a")
+            await publish(app, "feed:a", 2)
+            assert (await next_item(events.publications)).pub.offset == 2
+            restartable.stop()
+            restartable.start()
+            again = await next_item(events.subscribed, 15)
+            assert again.was_recovering and not again.recovered
+        finally:
+            await client.close()
