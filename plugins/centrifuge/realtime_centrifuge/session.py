@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Protocol
 
 from realtime_hub.channels import ChannelRules, HookAnswer, NamespaceOptions
 
+from .budget import COMMAND_BURST, COMMAND_RATE, MAX_INVALID_TOKENS, CommandBudget
 from .codec import (
     Command,
     decode_commands,
@@ -206,6 +207,11 @@ class SessionOptions:
     #: Commands per frame (3501 beyond): centrifuge-js sends its pending subscribes
     #: together, so this must exceed ``max_channels``.
     max_commands: int = 256
+    #: Commands a second and at once, and invalid subscription tokens, per connection
+    #: (:mod:`.budget`: 3013, 3500 past them).
+    command_rate: float = COMMAND_RATE
+    command_burst: int = COMMAND_BURST
+    max_invalid_tokens: int = MAX_INVALID_TOKENS
     #: Seconds between server pings ``{}``; 0: none. Sent to clients in whole seconds.
     ping_interval: float = 25.0
     #: Seconds a client has to answer a ping (3012 "no pong" after); 0: no pongs.
@@ -250,7 +256,8 @@ class Session:
 
     # Ten thousand connections hold one each: no per-instance __dict__.
     __slots__ = (
-        "_connected", "_expire_at", "_joining", "_last_ping", "_next_ping", "_pong_deadline",
+        "_commands", "_connected", "_expire_at", "_joining", "_last_ping", "_next_ping",
+        "_pong_deadline",
         "_pushes", "_rand", "_recovering", "_rejected", "_subs", "backend", "client_id",
         "clock", "info", "meta", "options", "rules", "user", "verifier",
     )  # fmt: skip
@@ -297,6 +304,9 @@ class Session:
         self.meta: Any = None
         self._connected = False
         self._rejected = False
+        self._commands = CommandBudget(
+            self.options.command_rate, self.options.command_burst, self.options.max_invalid_tokens
+        )
         self._expire_at: float | None = None
         self._subs: dict[str, _Subscription] = {}
         #: Pushes that follow the reply being made (held publications after a subscribe).
@@ -345,6 +355,7 @@ class Session:
         if self._rejected:
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
         commands = decode_commands(text, self.options.max_commands)
+        self._commands.spend(len(commands))  # 3013 past the connection's command budget
         replies: list[str] = []
         for command in commands:
             try:
@@ -576,6 +587,7 @@ class Session:
             except TokenMismatch:
                 raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
             except TokenInvalid:
+                self._commands.invalid_token()  # 3500 past a few
                 return ERROR_PERMISSION_DENIED
         has_token, data = claims is not None, command.params.get("data")
         if error := await self._may_subscribe(self.user, self.meta, channel, has_token, data):
