@@ -518,6 +518,7 @@ class Socket(FrameParser, asyncio.Protocol):
         "_lost",
         "_on_lost",
         "_paused",
+        "_pong",
         "_waiters",
         "client",
         "handler",
@@ -539,6 +540,10 @@ class Socket(FrameParser, asyncio.Protocol):
         self.state = OPEN
         self._busy = True  # nothing is handed over before start()
         self._paused = False  # writing, by the transport's flow control
+        #: The latest ping's payload, unanswered while writing is paused (RFC 6455
+        #: §5.5.3 allows answering only the latest): a client that pings but does not
+        #: read costs one pong at most, not one per ping.
+        self._pong: bytes | None = None
         #: Reading paused because too much arrived while its handler was busy.
         self._held_back = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -635,7 +640,8 @@ class Socket(FrameParser, asyncio.Protocol):
     # asyncio's side ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.pinged_at = None
+        if not self._paused:  # a client that takes nothing is not answering by sending
+            self.pinged_at = None
         if self.state == CLOSED:
             return  # refused or done: nothing more is parsed
         self.feed(data)
@@ -658,6 +664,10 @@ class Socket(FrameParser, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        self.pinged_at = None  # it took what was held back: alive
+        pong, self._pong = self._pong, None
+        if pong is not None and self.state == OPEN:
+            self.transport.write(control_frame(OP_PONG, pong))
         self._changed()
         self._wake_drain()
 
@@ -676,6 +686,7 @@ class Socket(FrameParser, asyncio.Protocol):
         on_lost, self._on_lost = self._on_lost, None
         if on_lost is not None:
             on_lost(self)
+        self.handler = None  # it refers to the hub's client, which refers to this socket
 
     def _wake_drain(self) -> None:
         waiter, self._drain_waiter = self._drain_waiter, None
@@ -713,7 +724,9 @@ class Socket(FrameParser, asyncio.Protocol):
                     asyncio.get_running_loop().create_task(self._finish(pending))
                     return
             elif opcode == OP_PING:
-                if self.state == OPEN:
+                if self._paused:
+                    self._pong = payload  # type: ignore[assignment]
+                elif self.state == OPEN:
                     transport.write(control_frame(OP_PONG, payload))  # type: ignore[arg-type]
             elif opcode == OP_CLOSE:
                 code: int = payload[0]  # type: ignore[index]
@@ -770,7 +783,9 @@ class Keepalive:
     """Pings every taken-over socket each ``interval``; drops one silent ``timeout`` after.
 
     One timer for all of them, in place of Hypercorn's ping task per connection and
-    its read timeout. Any frame from a client counts as an answer.
+    its read timeout. Any frame from a client counts as an answer, unless the socket
+    holds data back that the client does not take (writing paused): then only taking
+    it counts, so a client that pings but never reads cannot keep itself alive.
     """
 
     def __init__(self, interval: float, timeout: float) -> None:
@@ -870,6 +885,7 @@ def take_over(
     buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
     early = bytes(buffered)  # a client may not send before the 101: parsed anyway
     buffered.clear()
+    stream_protocol = transport.get_protocol()
     transport.set_protocol(sock)
     # Sending on the socket itself, paused as soon as it holds anything back. Else
     # (TLS, uvloop: TLS pauses at a mark of 0 even when empty) at ``high_water``, so
@@ -880,7 +896,9 @@ def take_over(
         sock.feed(early)
     if not transport.is_reading():  # the stream reader had paused it for its buffer
         transport.resume_reading()
-    reader.feed_eof()  # Hypercorn's read loop ends, and its connection with it
+    # Hypercorn's read loop ends at the EOF this feeds, and its connection with it;
+    # the stream protocol lets go of its writer and task (else a cycle each).
+    stream_protocol.connection_lost(None)
     log_access = stream.config.log
     if getattr(log_access, "access_logger", None) is not None:  # --access-log, as Hypercorn
         took = time.time() - getattr(stream, "start_time", time.time())
