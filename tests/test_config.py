@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime import Option, PluginError, create_app, get_host, hookimpl
+from realtime import Option, PluginError, create_app, gcpolicy, get_host, hookimpl
 from realtime.cli import server_config, tune_garbage_collector
 from realtime.options import resolve
 
@@ -121,7 +121,7 @@ def test_the_garbage_collector_threshold_is_set_for_the_serving_process() -> Non
         tune_garbage_collector(0)  # Python's own
         assert gc.get_threshold() == before
         tune_garbage_collector(20_000)
-        assert gc.get_threshold() == (20_000, *before[1:])
+        assert gc.get_threshold() == (20_000, gcpolicy.MIDDLE, gcpolicy.OLDEST)
     finally:
         gc.set_threshold(*before)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ from typing import Any
 
 from hypercorn.config import Config as ServerConfig
 
+from . import gcpolicy
 from .errors import PluginError
 from .host import all_options, build_app, get_host
 from .limits import raise_open_file_limit
@@ -154,15 +154,14 @@ def server_config(app: Any) -> ServerConfig:
 
 
 def tune_garbage_collector(threshold: int) -> None:
-    """Collect the youngest generation every ``threshold`` allocations (0: Python's 700).
+    """Collect the youngest generation every ``threshold`` allocations (0: Python's 700),
+    the older ones rarely (:mod:`realtime.gcpolicy`).
 
     Process-wide, so set here, for the serving process (and the workers it forks),
     never by ``create_app``. At 700, a connect storm runs the full collection over
     every connection held so often that it was half the CPU of a connect (bench/README).
     """
-    if threshold > 0:
-        _, middle, oldest = gc.get_threshold()
-        gc.set_threshold(threshold, middle, oldest)
+    gcpolicy.tune(threshold)
 
 
 def run(app: Any) -> int:

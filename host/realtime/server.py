@@ -17,7 +17,7 @@ from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config as ServerConfig
 from hypercorn.utils import LifespanFailureError, wrap_app
 
-from . import tcp
+from . import gcpolicy, tcp
 from .errors import PluginError
 from .host import get_host
 from .limits import LogThrottle, throttled_exception_handler
@@ -83,7 +83,8 @@ async def _serve(app: Any, config: ServerConfig) -> None:
         config.graceful_timeout = DRAINED_GRACE
         loop.set_exception_handler(_quiet_cancellations)
 
-    wrapped = wrap_app(app, config.wsgi_max_body_size, mode="asgi")
+    # Frozen in each worker once its start-up is done (after the fork, plugins started).
+    wrapped = wrap_app(gcpolicy.frozen_after_startup(app), config.wsgi_max_body_size, mode="asgi")
     tcp.install()
     await worker_serve(wrapped, config, shutdown_trigger=shutdown_trigger)
 

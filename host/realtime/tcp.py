@@ -99,6 +99,15 @@ class TCPServer(HYPERCORN_TCP_SERVER):
         super().__init__(*args)
         self.idle_task = _IdleTimer(self)  # type: ignore[assignment]  # same methods
 
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            # Its task group has ended: drop the cycles (server -> protocol -> the
+            # server's protocol_send; server <-> idle timer) so refcounting frees it.
+            for name in ("protocol", "_task_group", "idle_task"):
+                self.__dict__.pop(name, None)
+
     async def _read_data(self) -> None:
         reader = self.reader
         while not reader.at_eof():

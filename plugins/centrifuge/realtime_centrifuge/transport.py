@@ -357,7 +357,13 @@ class SessionHandler:
         if self.registered:
             self.registered = False
             self.node.unregister(self.client, self.session)
-        self.node.spawn(self.session.close())
+        self.node.spawn(self._close_session())
+
+    async def _close_session(self) -> None:
+        try:
+            await self.session.close()
+        finally:
+            self.client.state = None  # the session refers to the client: no cycle kept
 
     async def _frame(self, data: str | bytes) -> None:
         ticking = self._ticking
