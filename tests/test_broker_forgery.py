@@ -17,14 +17,15 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from realtime import get_host
-from realtime_broker import Publication
-from realtime_broker.redis import MAGIC, Drop, decode, member_of
+from realtime_broker import Member, PresenceEvent, PresenceMode, Publication
+from realtime_broker.redis import MAGIC, Drop, RedisBroker, decode, member_of
 from realtime_centrifuge.node import CONTROL_CHANNEL
 from realtime_centrifuge.plugin import get_node
 from realtime_hub import ChannelRules
 from realtime_hub.channels import INTERNAL_HISTORY
 
 from .conftest import RedisServer
+from .test_broker_channels import SETTINGS
 from .test_centrifuge_endpoint import connected, served_app
 from .test_fanout import hypercorn
 
@@ -106,3 +107,42 @@ async def test_a_forged_control_message_is_not_applied_and_a_real_one_is(
         assert closed.value.rcvd is not None
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (3503, "real")
         assert not any(CONTROL_CHANNEL in frame for frame in frames)  # never subscribed
+
+
+async def test_a_forged_join_or_leave_is_not_told_and_real_ones_are(
+    redis_server: RedisServer,
+) -> None:
+    broker = RedisBroker(redis_server.url, SETTINGS)
+    broker.presence_policy = lambda channel: PresenceMode(True, True)
+    told: list[tuple[bool, str]] = []
+    arrived = asyncio.Event()
+
+    def seen(channel: str, event: PresenceEvent) -> None:
+        told.append((event.joined, event.member.client))
+        arrived.set()
+
+    broker.on_presence(seen)
+    await broker.start()
+    try:
+        broker.subscribe("room", lambda publication: 1)
+        await broker.ready("room")
+        await broker.join_presence("room", Member("c1", "u1", '{"a":1}'))
+        async with asyncio.timeout(5):
+            await arrived.wait()
+        name = broker.key("room")
+        redis_server.cli("PUBLISH", name, 'realtime/2p J2:c92:u9{"fake":true}')  # nobody
+        redis_server.cli("PUBLISH", name, 'realtime/2p L2:c12:u1{"a":1}')  # still there
+        await broker.join_presence("room", Member("c2", "u2"))
+        async with asyncio.timeout(5):
+            while len(told) < 2:
+                arrived.clear()
+                await arrived.wait()
+        await broker.leave_presence("room", "c1")
+        async with asyncio.timeout(5):
+            while len(told) < 3:
+                arrived.clear()
+                await arrived.wait()
+        assert told == [(True, "c1"), (True, "c2"), (False, "c1")]
+        assert broker.tally.counts["presence unconfirmed"] == 2
+    finally:
+        await broker.close()

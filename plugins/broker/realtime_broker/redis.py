@@ -98,6 +98,7 @@ from .base import (
 )
 from .history import MAX_HISTORY_LIMIT
 from .presence import MAX_PRESENCE_MEMBERS, Member, PresenceEvent, PresenceStats
+from .presence_check import PresenceCheck
 from .sequence import (
     DELIVER,
     NEW_EPOCH,
@@ -628,6 +629,12 @@ class RedisBroker(Broker):
         self._next_check = 0.0
         #: Numberings Redis lost under this process's subscribers (epoch changes).
         self.epochs_lost = 0
+        self.presence_check = PresenceCheck(
+            self._presence_values,
+            _is_member,
+            self._confirmed_presence,
+            lambda kind, why: self.tally.add(kind, f"ignored join or leave message(s) {why}"),
+        )
 
     def key(self, channel: str) -> str:
         """The Pub/Sub channel carrying ``channel``'s publications."""
@@ -713,6 +720,7 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         await super().close()
+        await self.presence_check.close()
         tasks, self._tasks = self._tasks, []
         if self._flush_task is not None:
             tasks.append(self._flush_task)
@@ -1417,7 +1425,7 @@ class RedisBroker(Broker):
         if channel not in self.subscribers:
             return True  # unsubscribed here since it arrived: nobody wants it
         if isinstance(item, PresenceEvent):
-            self.report_presence(channel, item)  # not numbered: in order, as it came
+            self.presence_check.add(channel, item)  # told once Redis's presence agrees
             return True
         publication = item
         try:
@@ -1554,6 +1562,20 @@ class RedisBroker(Broker):
                         event.set()
                 if not self._fresh:
                     return
+
+    async def _presence_values(self, asks: Collection[tuple[str, str]]) -> list[Any]:
+        """What Redis's presence hashes hold for each (channel, client id) now."""
+        if self._publisher is None:
+            raise BrokerUnavailable("the broker is not running")
+        async with asyncio.timeout(self.timeout):
+            pipe = self._publisher.pipeline(transaction=False)
+            for channel, client in asks:
+                pipe.hget(self.presence_keys(channel)[0], client)
+            return list(await pipe.execute())
+
+    def _confirmed_presence(self, channel: str, event: PresenceEvent) -> None:
+        if channel in self.subscribers:  # not if unsubscribed here meanwhile
+            self.report_presence(channel, event)
 
     def _check_due(self) -> bool:
         """Whether the positions of this process's channels keeping history are due to be
@@ -1736,6 +1758,12 @@ async def _bounded(calls: Iterable[Coroutine[Any, Any, Any]], limit: int) -> Non
             call.close()  # cancelled before its turn: never started, and no warning
 
     await asyncio.gather(*(one(call) for call in calls))
+
+
+def _is_member(event: PresenceEvent, stored: object) -> bool:
+    """Whether Redis's presence hash holds the announced member (``stored``: its value)."""
+    client = event.member.client
+    return isinstance(stored, bytes) and member_of(client.encode(), stored) == event.member
 
 
 def _text(value: Any) -> str:
