@@ -132,9 +132,10 @@ class Backend(Protocol):
     async def on_send(self, *, client: str, user: str, meta: Any, data: Any) -> None:
         """An asynchronous message from the client (no reply); may be ignored."""
 
-    async def subscribe(self, channel: str, join_leave: bool = False) -> None:
+    async def subscribe(self, channel: str, join_leave: bool = False) -> list[str] | None:
         """Start delivering ``channel``'s publications to this connection (and its
-        joins and leaves with ``join_leave``)."""
+        joins and leaves with ``join_leave``); the pushes of those that came while
+        joining, to send after the reply (they must not go before it)."""
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``'s publications to this connection (and take it
@@ -160,10 +161,20 @@ class Backend(Protocol):
         """Publish ``data`` to ``channel``'s subscribers; ``info`` is the publisher."""
 
     async def history(
-        self, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
+        self,
+        channel: str,
+        *,
+        limit: int,
+        since: tuple[int, str] | None,
+        reverse: bool,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         """The channel's stream (as the broker's ``history``); raise ``Error(108)``
-        where it keeps none, ``Error(112)`` when ``since`` is in another epoch."""
+        where it keeps none, ``Error(112)`` when ``since`` is in another epoch.
+
+        With ``max_bytes``, the publications stop before the one that would take them
+        past it (the first is always in): a reply never grows with what a channel
+        keeps."""
 
     def recovers(self) -> bool:
         """Whether joining then reading the stream gives every publication once."""
@@ -187,6 +198,8 @@ class HistoryPage:
     publications: list[dict[str, Any]]
     offset: int
     epoch: str
+    #: About how many bytes the publications take on the wire.
+    size: int = 0
 
 
 #: What a server-side ``subscribe`` push says of the channel's stream.
@@ -230,6 +243,12 @@ class SessionOptions:
     #: Most publications a ``history`` call returns (Centrifugo's
     #: ``client.history_max_publication_limit``).
     history_limit: int = 300
+    #: Most bytes of publications in one reply: a ``history`` reply (fewer
+    #: publications then: the client pages on from the last), a subscribe's recovery,
+    #: a connect's recoveries together (past it: ``recovered: false``). Centrifugo
+    #: bounds only the count; a count of big publications would fill the client's
+    #: buffer (``--client-buffer``: no reply is sent past half of it either).
+    reply_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
         if self.max_channels < 1 or self.max_commands < 1:
@@ -256,10 +275,9 @@ class Session:
 
     # Ten thousand connections hold one each: no per-instance __dict__.
     __slots__ = (
-        "_commands", "_connected", "_expire_at", "_joining", "_last_ping", "_next_ping",
-        "_pong_deadline",
-        "_pushes", "_rand", "_recovering", "_rejected", "_subs", "backend", "client_id",
-        "clock", "info", "meta", "options", "rules", "user", "verifier",
+        "_budget", "_commands", "_connected", "_expire_at", "_joining", "_last_ping", "_next_ping",
+        "_pong_deadline", "_pushes", "_rand", "_recovering", "_rejected", "_subs", "backend",
+        "client_id", "clock", "info", "meta", "options", "rules", "user", "verifier",
     )  # fmt: skip
 
     #: Each method's handler, by name: one table for every session, not one each.
@@ -315,6 +333,8 @@ class Session:
         self._joining: list[str] = []
         #: When the recovery being answered started (perf_counter), to time it.
         self._recovering: float | None = None
+        #: Bytes of publications the command being answered may still send.
+        self._budget = self.options.reply_bytes
         self._next_ping: float | None = None
         self._last_ping: float | None = None
         self._pong_deadline: float | None = None
@@ -345,12 +365,18 @@ class Session:
 
     # -- frames ---------------------------------------------------------------------
 
-    async def handle_frame(self, text: str) -> list[str]:
+    async def handle_frame(self, text: str, emit: Callable[[str], bool] | None = None) -> list[str]:
         """Run a frame's commands in order; the reply lines to send, in order.
 
-        Raises DisconnectError (carrying the replies of the commands before) when the
-        connection must close. After a refused connect the rest of the frame is
-        skipped, as Go stops reading then.
+        With ``emit``, each command's reply (and the pushes right after it) goes out
+        through it as the command finishes, as Centrifuge in Go does: a channel's
+        publications then never go before its subscribe reply, and no frame's replies
+        pile up. ``emit`` answering False (the client is closing: its buffer
+        overflowed, say) ends the frame: nothing more is worked out for it.
+
+        Raises DisconnectError (carrying the replies not sent yet) when the connection
+        must close. After a refused connect the rest of the frame is skipped, as Go
+        stops reading then.
         """
         if self._rejected:
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
@@ -367,6 +393,10 @@ class Session:
             if self._pushes:  # publications that go right after that reply
                 replies.extend(self._pushes)
                 self._pushes.clear()
+            if emit is not None and replies:
+                lines, replies = replies, []
+                if not emit("\n".join(lines)):
+                    break
             if self._rejected:
                 break
         return replies
@@ -378,6 +408,7 @@ class Session:
             self._pong()
             return None
         result: Result
+        self._budget = self.options.reply_bytes
         try:
             handler: Callable[[Command], Awaitable[Result]]
             handler = getattr(self, self._HANDLERS[command.method])
@@ -604,12 +635,17 @@ class Session:
         )
         stream: dict[str, Any] = {}
         if recovery is None:
-            await self.backend.subscribe(channel, join_leave)
+            self._pushes.extend(await self.backend.subscribe(channel, join_leave) or ())
             self._subs[channel] = subscription
         else:
-            async with self.backend.recovery_slot():
-                if command.get_bool("recover"):
-                    self._recovering = time.perf_counter()  # timed up to the encoded reply
+            if recovery and command.get_bool("recover"):
+                # A real recovery read: it waits its turn (a few at a time).
+                async with self.backend.recovery_slot():
+                    self._recovering = time.perf_counter()  # timed up to the reply
+                    joined = await self._join_stream(
+                        channel, command, recovery, join_leave, subscription
+                    )
+            else:  # only where the stream stands: one read of its top, no turn taken
                 joined = await self._join_stream(
                     channel, command, recovery, join_leave, subscription
                 )
@@ -639,10 +675,15 @@ class Session:
             recovery = options.force_recovery
         join_leave = self._pushes_join_leave(channel)
         if recovery is None:
-            await self.backend.subscribe(channel, join_leave)
+            self._pushes.extend(await self.backend.subscribe(channel, join_leave) or ())
             self._subs[channel] = subscription
             return {}
-        async with self.backend.recovery_slot():
+        if recovery and request.get_bool("recover"):
+            async with self.backend.recovery_slot():
+                joined = await self._join_stream(
+                    channel, request, recovery, join_leave, subscription
+                )
+        else:
             joined = await self._join_stream(channel, request, recovery, join_leave, subscription)
         if isinstance(joined, Error):
             return joined
@@ -665,7 +706,8 @@ class Session:
         The stream is read after joining. Where joining and reading happen with no
         wait between (one process), every publication is either live or in what is
         read; across processes the publications arriving meanwhile are held aside and
-        merged (Centrifuge's PubSubSync). Callers hold a :meth:`Backend.recovery_slot`.
+        merged (Centrifuge's PubSubSync). A recovering caller holds a
+        :meth:`Backend.recovery_slot` (a plain subscribe reads only the top).
         """
         if self._rejected:
             # Closed while waiting for its turn: nothing to join, nobody to answer.
@@ -674,7 +716,7 @@ class Session:
         if not self.backend.recovers():
             held = await self.backend.subscribe_held(channel)
         else:
-            await self.backend.subscribe(channel, join_leave)
+            self._pushes.extend(await self.backend.subscribe(channel, join_leave) or ())
         self._subs[channel] = subscription
         stream: dict[str, Any] | Error = {}
         top = None  # the stream's position as read (offset, epoch)
@@ -834,8 +876,13 @@ class Session:
             if recovery and wants_recovery:
                 limit = self.options.recovery_limit
                 page = await self.backend.history(
-                    channel, limit=limit if limit > 0 else -1, since=since, reverse=False
+                    channel,
+                    limit=limit if limit > 0 else -1,
+                    since=since,
+                    reverse=False,
+                    max_bytes=max(self._budget, 0),
                 )
+                self._budget -= page.size  # cut short: not all of it, not recovered
                 pubs = page.publications
                 if not pubs:
                     recovered = page.offset == since[0]
@@ -918,7 +965,9 @@ class Session:
         most = self.options.history_limit
         if most > 0 and (limit < 0 or limit > most):
             limit = most
-        page = await self.backend.history(channel, limit=limit, since=since, reverse=reverse)
+        page = await self.backend.history(
+            channel, limit=limit, since=since, reverse=reverse, max_bytes=self._budget
+        )
         return {"publications": page.publications, "epoch": page.epoch, "offset": page.offset}
 
     def _presence_check(self, command: Command) -> tuple[str, Error | None]:

@@ -48,6 +48,8 @@ ASGIEndpoint = Callable[[Any, Receive, Send], Coroutine[Any, Any, None]]
 PROTOBUF = "centrifuge-protobuf"
 #: After a refused connect the client has this long to close (as Go), seconds.
 REJECTED_GRACE = 5.0
+#: A publication object's keys and offset in a reply, bytes (about).
+PUBLICATION_OVERHEAD = 48
 
 
 def payload(pub: Publication) -> Any:
@@ -67,6 +69,12 @@ def publication_object(pub: Publication) -> dict[str, Any]:
         "info": RawJSON(pub.info) if pub.info else None,
         "offset": pub.offset,
     }
+
+
+def wire_size(pub: Publication) -> int:
+    """About the bytes ``pub`` takes in a reply (base64 for binary data, the keys)."""
+    data = len(pub.data) if pub.json or isinstance(pub.data, str) else len(pub.data) * 4 // 3
+    return data + len(pub.info or "") + PUBLICATION_OVERHEAD
 
 
 def member_info(member: Member) -> Any:
@@ -205,11 +213,19 @@ class ConnectionBackend:
         ):
             await answer(call)
 
-    async def subscribe(self, channel: str, join_leave: bool = False) -> None:
+    async def subscribe(self, channel: str, join_leave: bool = False) -> list[str] | None:
         hub = self.node.hub
-        hub.join(channel, self.client, self.node.format_for(join_leave))
-        # Heard by this process before the reply goes: one Redis round trip.
+        fmt = self.node.format_for(join_leave)
+        if hub.confirm is None:  # heard at once (one process): live from here
+            hub.join(channel, self.client, fmt)
+            return None
+        # Heard by this process before the reply goes: one Redis round trip, and what
+        # arrives meanwhile is held, to follow the reply rather than go before it.
+        held = hub.hold(channel, self.client)
         await hub.ready(channel)
+        hub.release(channel, self.client, held, fmt)
+        pushes = (fmt.encode(channel, pub) for pub in held.publications)
+        return [push for push in pushes if push is not None]
 
     async def unsubscribe(self, channel: str) -> None:
         self.node.hub.leave(channel, self.client)
@@ -238,16 +254,30 @@ class ConnectionBackend:
         return self.node.recovery_slots
 
     async def history(
-        self, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
+        self,
+        channel: str,
+        *,
+        limit: int,
+        since: tuple[int, str] | None,
+        reverse: bool,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         result = await read_history(
             self.node.broker, channel, limit=limit, since=since, reverse=reverse
         )
-        return HistoryPage(
-            [publication_object(pub) for pub in result.publications],
-            result.position.offset,
-            result.position.epoch,
-        )
+        # Never more than half the client's buffer: the reply must fit in it.
+        most = self.node.hub.max_buffer // 2
+        if max_bytes is not None:
+            most = min(most, max_bytes)
+        publications: list[dict[str, Any]] = []
+        size = 0
+        for pub in result.publications:
+            took = wire_size(pub)
+            if publications and size + took > most:
+                break  # the first is always in: a client paging on gets somewhere
+            publications.append(publication_object(pub))
+            size += took
+        return HistoryPage(publications, result.position.offset, result.position.epoch, size)
 
     def recovers(self) -> bool:
         return self.node.broker.recovers_atomically
@@ -373,9 +403,11 @@ class SessionHandler:
         try:
             if not isinstance(data, str):
                 raise DisconnectError(DISCONNECT_BAD_REQUEST)  # binary: not the JSON codec
-            lines = await session.handle_frame(data)
+            # Each reply goes out as its command finishes (in order with what the
+            # channels publish meanwhile); a closing client gets no more work.
+            lines = await session.handle_frame(data, self._emit)
             if lines:
-                self.node.hub.send(self.client, "\n".join(lines))
+                self._emit("\n".join(lines))
             if session.joining:
                 await session.after_reply()
             if session.rejected and not session.connected:
@@ -386,6 +418,10 @@ class SessionHandler:
         except DisconnectError as exc:
             await self._disconnect(exc)
         self._arm()
+
+    def _emit(self, text: str) -> bool:
+        """Send replies; False once the client is closing (its buffer overflowed)."""
+        return self.node.hub.send(self.client, text) and not self.client.closing
 
     def _arm(self) -> None:
         """Set the timer on the next deadline (connected: the session's; else connect_by)."""

@@ -732,8 +732,47 @@ class Hub:
             self._deliver(item.message, item.clients[item.next :])
 
     def send(self, client: Client, data: str | bytes) -> bool:
-        """One message to one client (a reply), in order with its publications."""
-        return self._write(_message(data), (client,)) == 1
+        """One message to one client (a reply), in order with its publications.
+
+        False when it was not sent: the client is closing, or the message is larger
+        than the room left in its buffer (then the overflow policy applies, even with
+        nothing queued: a reply never takes more than ``max_buffer``).
+        """
+        message = _message(data)
+        if client.closing or not self._room_for(client, message.size):
+            return False
+        return self._write(message, (client,)) == 1
+
+    def _room_for(self, client: Client, size: int) -> bool:
+        """Whether ``size`` more bytes fit in what ``client`` holds (its backlog, and
+        what its transport holds on the fast path), after the overflow policy."""
+        wire = client.wire
+        held = wire.transport.get_write_buffer_size() if wire is not None else 0
+        if held + client.queued_bytes + size <= self.max_buffer:
+            return True
+        self.stats.overflows += 1
+        if self.overflow == "drop-oldest" and held + size <= self.max_buffer:
+            self._overflowed(client, "dropping its oldest messages")
+            self._drop_oldest(client, self.max_buffer - held - size)
+            return True
+        self._overflowed(client, "closing it")
+        self.stats.disconnected_slow += 1
+        reason = f"outgoing buffer overflow ({self.max_buffer} bytes)"
+        self.forget(client)  # closing from now: the protocol stops answering it at once
+        self._spawn(self._close(client, CLOSE_OVERFLOW, reason))
+        return False
+
+    def _drop_oldest(self, client: Client, room: int) -> None:
+        """Drop the oldest queued messages until ``client`` holds at most ``room``."""
+        count = 0
+        while client.queue and client.queued_bytes > room:
+            dropped = client.queue.popleft()
+            client.queued_bytes -= dropped.size
+            count += 1
+        self.stats.dropped += count
+        told = getattr(client.handler, "dropped", None)
+        if told is not None and count:  # a protocol whose clients notice holes
+            told(count)
 
     def disconnect(self, client: Client, code: int, reason: str) -> None:
         """Close one client: out of its channels now, the close frame after what it holds."""
@@ -747,24 +786,17 @@ class Hub:
 
     def _enqueue(self, client: Client, message: Message) -> bool:
         limit = self.backlog_limit if client.wire is not None else self.max_buffer
-        if client.queued_bytes + message.size > limit and client.queue:
+        if client.queued_bytes + message.size > limit:
+            # Even with nothing queued: one message never takes more than the bound.
             self.stats.overflows += 1
-            if self.overflow == "close":
+            if self.overflow == "close" or message.size > limit:
                 self._overflowed(client, "closing it")
                 self.stats.disconnected_slow += 1
                 reason = f"outgoing buffer overflow ({self.max_buffer} bytes)"
                 self._spawn(self._close(client, CLOSE_OVERFLOW, reason))
                 return False
             self._overflowed(client, "dropping its oldest messages")
-            count = 0
-            while client.queue and client.queued_bytes + message.size > limit:
-                dropped = client.queue.popleft()
-                client.queued_bytes -= dropped.size
-                count += 1
-            self.stats.dropped += count
-            told = getattr(client.handler, "dropped", None)
-            if told is not None:  # a protocol whose clients notice holes
-                told(count)
+            self._drop_oldest(client, limit - message.size)
         if client.queue is None:
             client.queue = deque()
             client.direct = None
