@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 import time
 from contextlib import suppress
+from pathlib import Path
+from typing import Any
 
 import pytest
 from quart import Quart
 from websockets.exceptions import ConnectionClosed
 
+from realtime.errors import PluginError
 from realtime_centrifuge.budget import COMMAND_BURST, CommandBudget
 from realtime_centrifuge.codes import DisconnectError
 from realtime_centrifuge.session import SessionOptions
 
-from .test_centrifuge_endpoint import connected, fan_out, server
+from .test_centrifuge_endpoint import connected, fan_out, served_app, server
 from .test_centrifuge_session import closed_with, send
 from .test_centrifuge_session import connected as session_connected
 
@@ -88,3 +91,19 @@ async def test_a_publish_flood_over_a_real_socket_is_closed_with_3013(
             await client.ws.send(frame)
     assert await client.closed() == (3013, "too many requests")
     assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"client_command_rate": -1.0},
+        {"client_command_burst": 0},
+        {"client_invalid_token_limit": -1},
+        {"client_join_leave_max_subscribers": -1},
+    ],
+)
+async def test_settings_out_of_range_are_refused_at_start_up(
+    tmp_path: Path, setting: dict[str, Any]
+) -> None:
+    with pytest.raises(PluginError, match="must be at least"):
+        await served_app(tmp_path, **setting)

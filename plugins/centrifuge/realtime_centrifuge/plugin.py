@@ -20,6 +20,7 @@ from realtime_hub import Receive, Send, get_hub
 
 from . import hooks
 from .api import ServerAPI, send_text
+from .budget import COMMAND_BURST, COMMAND_RATE, MAX_INVALID_TOKENS, MAX_JOIN_LEAVE_SUBSCRIBERS
 from .node import Node
 from .session import SessionOptions
 from .tokens import TokenSigner, TokenVerifier
@@ -77,6 +78,32 @@ def register_options() -> list[Option]:
             "client_history_max_publication_limit",
             300,
             "publications one history call returns at most (a larger limit is cut)",
+            type=int,
+        ),
+        Option(
+            "client_command_rate",
+            COMMAND_RATE,
+            "commands a second one Centrifuge connection may send on average (3013 past "
+            "it; 0: no limit)",
+            type=float,
+        ),
+        Option(
+            "client_command_burst",
+            COMMAND_BURST,
+            "commands one Centrifuge connection may send at once (never below a full frame)",
+            type=int,
+        ),
+        Option(
+            "client_invalid_token_limit",
+            MAX_INVALID_TOKENS,
+            "invalid subscription tokens one Centrifuge connection may send (3500 after)",
+            type=int,
+        ),
+        Option(
+            "client_join_leave_max_subscribers",
+            MAX_JOIN_LEAVE_SUBSCRIBERS,
+            "subscribers of a channel in this process above which its joins and leaves "
+            "are not pushed (0: no bound)",
             type=int,
         ),
         Option(
@@ -160,6 +187,14 @@ def validate(host: Host) -> None:
         raise ValueError("--client-connect-timeout must be positive")
     if settings["client_channel_limit"] < 1:
         raise ValueError("--client-channel-limit must be at least 1")
+    for name, least in (
+        ("client_command_rate", 0),
+        ("client_command_burst", 1),
+        ("client_invalid_token_limit", 0),
+        ("client_join_leave_max_subscribers", 0),
+    ):
+        if settings[name] < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {least}")
     for name in ("client_recovery_max_publication_limit", "client_history_max_publication_limit"):
         if not 1 <= settings[name] <= 10_000:
             raise ValueError(f"--{name.replace('_', '-')} must be 1 to 10000")
@@ -169,10 +204,15 @@ def validate(host: Host) -> None:
 
 def _session_options(settings: Mapping[str, Any]) -> SessionOptions:
     limit: int = settings["client_channel_limit"]
+    max_commands = max(256, 2 * limit)
     try:
         return SessionOptions(
             max_channels=limit,
-            max_commands=max(256, 2 * limit),
+            max_commands=max_commands,
+            command_rate=settings["client_command_rate"],
+            command_burst=max(settings["client_command_burst"], max_commands),
+            max_invalid_tokens=settings["client_invalid_token_limit"],
+            max_join_leave_subscribers=settings["client_join_leave_max_subscribers"],
             ping_interval=settings["client_ping_interval"],
             pong_timeout=settings["client_pong_timeout"],
             allow_anonymous_connect_without_token=settings["allow_anonymous_connect_without_token"],

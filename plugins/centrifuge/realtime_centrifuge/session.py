@@ -26,7 +26,13 @@ from typing import Any, ClassVar, Protocol
 
 from realtime_hub.channels import ChannelRules, HookAnswer, NamespaceOptions
 
-from .budget import COMMAND_BURST, COMMAND_RATE, MAX_INVALID_TOKENS, CommandBudget
+from .budget import (
+    COMMAND_BURST,
+    COMMAND_RATE,
+    MAX_INVALID_TOKENS,
+    MAX_JOIN_LEAVE_SUBSCRIBERS,
+    CommandBudget,
+)
 from .codec import (
     Command,
     decode_commands,
@@ -220,11 +226,6 @@ class SessionOptions:
     #: Commands per frame (3501 beyond): centrifuge-js sends its pending subscribes
     #: together, so this must exceed ``max_channels``.
     max_commands: int = 256
-    #: Commands a second and at once, and invalid subscription tokens, per connection
-    #: (:mod:`.budget`: 3013, 3500 past them).
-    command_rate: float = COMMAND_RATE
-    command_burst: int = COMMAND_BURST
-    max_invalid_tokens: int = MAX_INVALID_TOKENS
     #: Seconds between server pings ``{}``; 0: none. Sent to clients in whole seconds.
     ping_interval: float = 25.0
     #: Seconds a client has to answer a ping (3012 "no pong" after); 0: no pongs.
@@ -249,6 +250,14 @@ class SessionOptions:
     #: bounds only the count; a count of big publications would fill the client's
     #: buffer (``--client-buffer``: no reply is sent past half of it either).
     reply_bytes: int = 256 * 1024
+    #: Commands a second and at once, and invalid subscription tokens, per connection
+    #: (:mod:`.budget`: 3013, 3500 past them).
+    command_rate: float = COMMAND_RATE
+    command_burst: int = COMMAND_BURST
+    max_invalid_tokens: int = MAX_INVALID_TOKENS
+    #: Subscribers of a channel (in this process) above which joins and leaves are
+    #: not pushed (:func:`.budget.join_leave_pushed`); 0: no bound.
+    max_join_leave_subscribers: int = MAX_JOIN_LEAVE_SUBSCRIBERS
 
     def __post_init__(self) -> None:
         if self.max_channels < 1 or self.max_commands < 1:

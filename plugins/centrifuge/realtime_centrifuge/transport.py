@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 from realtime_broker import BrokerUnavailable, Member, PresenceEvent, Publication, StreamPosition
 from realtime_hub import ASGIConnection, Client, Held, Hub, Receive, Send
 
+from .budget import join_leave_pushed
 from .codec import RawJSON, encode_json, encode_publication, encode_push
 from .codes import (
     DISCONNECT_BAD_REQUEST,
@@ -101,6 +102,9 @@ class CentrifugeFormat:
         if isinstance(publication, PresenceEvent):
             if self._publications is None:
                 return None
+            clients = self._node.hub.channels.get(channel, {}).get(self, ())
+            if not join_leave_pushed(len(clients), self._node.options.max_join_leave_subscribers):
+                return None  # a big channel: N joins would cost N² pushes
             kind = "join" if publication.joined else "leave"
             return encode_push(channel, kind, {"info": member_info(publication.member)})
         if self._publications is not None:
