@@ -113,3 +113,38 @@ async def test_a_client_that_pings_and_never_reads_is_dropped(app_dir: Path) -> 
         finally:
             sock.close()
     assert dropped_after is not None, "a client that never reads was kept for 30 s"
+
+
+def _pings_until_refused(sock: socket.socket, seconds: float) -> int | None:
+    """Ping without reading until the server stops reading us or drops us: the bytes it
+    took by then, or None if it kept taking them for ``seconds``."""
+    ping = frame(OP_PING, b"p" * 125)
+    sock.settimeout(1.0)
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(ping * 400)
+        except TimeoutError:
+            return sent  # a second and not a byte taken: the server stopped reading
+        except OSError:
+            return sent  # reset: dropped
+        time.sleep(0.05)
+    return None
+
+
+async def test_with_no_fast_path_a_pinger_that_never_reads_is_cut_off(
+    app_dir: Path,
+) -> None:
+    """Hypercorn answers pings itself and waits for each pong to drain before reading on:
+    the pongs held for a client that never reads stop at its transport's high-water mark,
+    and Hypercorn then drops it (or stops reading it)."""
+    limits = ("--no-fast-path", "--max-incoming-rate", "5000")
+    async with running(app_dir, *limits) as server:
+        sock = await asyncio.to_thread(_handshake, server.port)
+        try:
+            taken = await asyncio.to_thread(_pings_until_refused, sock, 30.0)
+        finally:
+            sock.close()
+    assert taken is not None, "the server kept reading (and answering) for 30 s"
+    assert taken < 64 << 20, taken
