@@ -272,3 +272,37 @@ async def test_over_redis_no_publication_goes_before_its_subscribe_reply(
         finally:
             stop.set()
             await task
+
+
+async def test_a_presence_reply_over_the_byte_bound_is_refused_and_its_stats_still_answer(
+    tmp_path: Path,
+) -> None:
+    """Members' info (up to 16 KB each, 10,000 of them) could make a reply of 160 MB:
+    past half the client's buffer the reply is 106, not a list missing some."""
+    app = await served_app(tmp_path, client_buffer=16 * 1024)  # 8 KB of reply at most
+    async with hypercorn(app) as port:
+        members = []
+        for i in range(5):
+            member = await connected(port, f"user{i}", info={"bio": "x" * 2000})
+            assert "subscribe" in await member.call("subscribe", channel="chat:p")
+            members.append(member)
+        asker = members[0]
+
+        async def clients() -> int:
+            stats = await asker.call("presence_stats", channel="chat:p")
+            return int(stats["presence_stats"]["num_clients"])
+
+        async with asyncio.timeout(5):
+            while await clients() < 5:  # each enters presence after its reply went
+                pass
+        reply = await asker.call("presence", channel="chat:p")
+        assert reply["error"]["code"] == 106, reply
+        for member in members[1:3]:
+            await member.ws.close()
+        async with asyncio.timeout(5):
+            while await clients() > 3:
+                pass
+        smaller = await asker.call("presence", channel="chat:p")
+        assert len(smaller["presence"]["presence"]) == 3, smaller  # 3 x 2 KB fit
+        for member in (members[0], *members[3:]):
+            await member.ws.close()

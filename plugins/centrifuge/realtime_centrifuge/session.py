@@ -150,8 +150,9 @@ class Backend(Protocol):
     async def join_presence(self, channel: str, info: Mapping[str, Any]) -> None:
         """Put this connection in ``channel``'s presence, shown as ``info`` (ClientInfo)."""
 
-    async def presence(self, channel: str) -> dict[str, Any]:
-        """The channel's members as ``ClientInfo`` objects, by client id."""
+    async def presence(self, channel: str, max_bytes: int | None = None) -> dict[str, Any]:
+        """The channel's members as ``ClientInfo`` objects, by client id; with
+        ``max_bytes``, ``Error(106)`` when they would take more in the reply."""
 
     async def presence_stats(self, channel: str) -> tuple[int, int]:
         """Clients and distinct users in the channel."""
@@ -995,7 +996,7 @@ class Session:
         channel, error = self._presence_check(command)
         if error is not None:
             return error
-        return {"presence": await self.backend.presence(channel)}
+        return {"presence": await self.backend.presence(channel, self._budget)}
 
     async def _presence_stats(self, command: Command) -> Result:
         channel, error = self._presence_check(command)

@@ -29,6 +29,7 @@ from .codes import (
     DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_STALE,
     ERROR_INTERNAL,
+    ERROR_LIMIT_EXCEEDED,
     ERROR_METHOD_NOT_FOUND,
     ERROR_NOT_AVAILABLE,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
@@ -51,6 +52,8 @@ PROTOBUF = "centrifuge-protobuf"
 REJECTED_GRACE = 5.0
 #: A publication object's keys and offset in a reply, bytes (about).
 PUBLICATION_OVERHEAD = 48
+#: A presence member's keys in a reply, bytes (about).
+MEMBER_OVERHEAD = 32
 
 
 def payload(pub: Publication) -> Any:
@@ -243,8 +246,18 @@ class ConnectionBackend:
             member = Member(session.client_id, session.user, client_info_json(info))
             await self.node.broker.join_presence(channel, member)
 
-    async def presence(self, channel: str) -> dict[str, Any]:
+    async def presence(self, channel: str, max_bytes: int | None = None) -> dict[str, Any]:
         members = await read_presence(self.node.broker, channel)
+        most = self.node.hub.max_buffer // 2  # the reply must fit in the client's buffer
+        if max_bytes is not None:
+            most = min(most, max_bytes)
+        size = sum(
+            len(member.info or member.user) + len(client) + MEMBER_OVERHEAD
+            for client, member in members.items()
+        )
+        if size > most:
+            # Not a truncated list (who is missing?): presence_stats still answers.
+            raise Error(ERROR_LIMIT_EXCEEDED.code)
         return {client: member_info(member) for client, member in members.items()}
 
     async def presence_stats(self, channel: str) -> tuple[int, int]:
