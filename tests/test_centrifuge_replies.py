@@ -196,9 +196,11 @@ async def test_a_client_not_reading_its_history_replies_is_closed_and_no_more_ar
 
 
 async def test_a_plain_subscribe_does_not_wait_behind_recoveries(server: tuple[Quart, int]) -> None:
-    """Every recovery slot taken (slow recoveries); a plain subscribe to a stream, and
-    a recovery with nothing to recover elsewhere, go on; the recovery waits."""
+    """Every recovery slot taken (slow recoveries): a recovery with something to read
+    waits its turn; a plain subscribe to the stream, and a recovery that missed
+    nothing, go on meanwhile."""
     app, port = server
+    await fill(app, "room:a", 3)
     node = get_node(get_host(app))
     slots = node.recovery_slots
     taken = 0
@@ -213,14 +215,20 @@ async def test_a_plain_subscribe_does_not_wait_behind_recoveries(server: tuple[Q
         reply_task = asyncio.create_task(recovering.reply(waiting, timeout=10))
         plain = await connected(port)
         sub = (await plain.call("subscribe", channel="room:a"))["subscribe"]
-        assert sub["recoverable"] is True and sub["positioned"] is True
-        assert not reply_task.done()  # the recovery still waits for its turn
+        assert sub["recoverable"] is True and sub["offset"] == 3
+        current = await connected(port, "carol")
+        back = await current.call(
+            "subscribe", channel="room:a", recover=True, epoch=sub["epoch"], offset=3
+        )
+        assert back["subscribe"]["recovered"] is True  # nothing missed, no turn taken
+        assert not reply_task.done()  # the real recovery still waits for its turn
     finally:
         for _ in range(taken):
             slots.release()
-    assert "subscribe" in await reply_task
-    await plain.ws.close()
-    await recovering.ws.close()
+    recovered = (await reply_task)["subscribe"]
+    assert [p["offset"] for p in recovered["publications"]] == [1, 2, 3]
+    for client in (plain, current, recovering):
+        await client.ws.close()
 
 
 async def test_over_redis_no_publication_goes_before_its_subscribe_reply(

@@ -648,14 +648,19 @@ class Session:
             self._pushes.extend(await self.backend.subscribe(channel, join_leave) or ())
             self._subs[channel] = subscription
         else:
-            if recovery and command.get_bool("recover"):
+            if command.get_bool("recover"):
+                self._recovering = time.perf_counter()  # timed up to the encoded reply
+            if (
+                recovery
+                and command.get_bool("recover")
+                and not await self._at_top(channel, command)
+            ):
                 # A real recovery read: it waits its turn (a few at a time).
                 async with self.backend.recovery_slot():
-                    self._recovering = time.perf_counter()  # timed up to the reply
                     joined = await self._join_stream(
                         channel, command, recovery, join_leave, subscription
                     )
-            else:  # only where the stream stands: one read of its top, no turn taken
+            else:  # only where the stream stands (or nothing missed): no turn taken
                 joined = await self._join_stream(
                     channel, command, recovery, join_leave, subscription
                 )
@@ -688,7 +693,7 @@ class Session:
             self._pushes.extend(await self.backend.subscribe(channel, join_leave) or ())
             self._subs[channel] = subscription
             return {}
-        if recovery and request.get_bool("recover"):
+        if recovery and request.get_bool("recover") and not await self._at_top(channel, request):
             async with self.backend.recovery_slot():
                 joined = await self._join_stream(
                     channel, request, recovery, join_leave, subscription
@@ -747,6 +752,16 @@ class Session:
         if stream.get("positioned"):
             subscription.positioned = True
         return stream
+
+    async def _at_top(self, channel: str, request: Command) -> bool:
+        """Whether a recovering client missed nothing (its epoch and offset are the
+        stream's top): its recovery then reads nothing and waits no turn behind those
+        that do. One read of the top; a failure leaves the answer to the real read."""
+        try:
+            page = await self.backend.history(channel, limit=0, since=None, reverse=False)
+        except Error:
+            return False
+        return page.offset == request.get_int("offset") and page.epoch == request.get_str("epoch")
 
     @property
     def positioned(self) -> bool:
