@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from realtime import get_host
 from realtime_broker import Member, PresenceEvent, PresenceMode, Publication
@@ -146,3 +146,13 @@ async def test_a_forged_join_or_leave_is_not_told_and_real_ones_are(
         assert broker.tally.counts["presence unconfirmed"] == 2
     finally:
         await broker.close()
+
+
+async def test_a_raw_websocket_cannot_listen_to_the_control_channel(tmp_path: Path) -> None:
+    app = await served_app(tmp_path)
+    async with hypercorn(app) as port:
+        async with connect(f"ws://127.0.0.1:{port}/ws?channel=room") as allowed:
+            assert allowed.protocol.state.name == "OPEN"
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"ws://127.0.0.1:{port}/ws?channel=%01centrifuge-control")
+        assert refused.value.response.status_code == 403
