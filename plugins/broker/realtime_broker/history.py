@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 
 from .base import HistoryResult, Publication, StreamPosition, UnrecoverablePosition
 
@@ -69,10 +69,12 @@ class MemoryStreams:
         if max_streams < 1:
             raise ValueError("max_streams must be at least 1")
         self.max_streams = max_streams
-        #: Least recently published first.
-        self._streams: dict[str, _Stream] = {}
+        #: Least recently published first. Ordered dicts: a plain dict's first key
+        #: costs a scan past every entry deleted before it, so pruning from the front
+        #: would be quadratic.
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
         #: Those holding publications, least recently published first.
-        self._holding: dict[str, None] = {}
+        self._holding: OrderedDict[str, None] = OrderedDict()
         #: Streams forgotten to stay within ``max_streams``.
         self.evicted = 0
 
@@ -105,12 +107,11 @@ class MemoryStreams:
             while len(self._streams) >= self.max_streams:
                 self._forget(next(iter(self._streams)))
                 self.evicted += 1
-            stream = _Stream(new_epoch())
+            stream = self._streams[channel] = _Stream(new_epoch())
         else:
-            del self._streams[channel]  # to the end: the most recently published
-        self._streams[channel] = stream
-        self._holding.pop(channel, None)
+            self._streams.move_to_end(channel)  # the most recently published
         self._holding[channel] = None
+        self._holding.move_to_end(channel)
         stream.top += 1
         numbered = dataclasses.replace(publication, epoch=stream.epoch, offset=stream.top)
         items = stream.items
