@@ -19,8 +19,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from realtime import get_host
 from realtime_broker import Member, PresenceEvent, PresenceMode, Publication
 from realtime_broker.redis import MAGIC, Drop, RedisBroker, decode, member_of
+from realtime_centrifuge.codec import encode_reply
 from realtime_centrifuge.node import CONTROL_CHANNEL
 from realtime_centrifuge.plugin import get_node
+from realtime_centrifuge.transport import info_json, publication_object
 from realtime_hub import ChannelRules
 from realtime_hub.channels import INTERNAL_HISTORY
 
@@ -156,3 +158,19 @@ async def test_a_raw_websocket_cannot_listen_to_the_control_channel(tmp_path: Pa
         with pytest.raises(InvalidStatus) as refused:
             await connect(f"ws://127.0.0.1:{port}/ws?channel=%01centrifuge-control")
         assert refused.value.response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "info",
+    ['{"user":"u"}{"x":1}', 'u"},"data":{"forged":1', "[1]", "not json"],
+)
+def test_publisher_info_that_is_not_a_json_object_is_left_out(info: str) -> None:
+    """Info off Redis is spliced into frames: only a JSON object is; the rest is dropped,
+    the publication itself still delivered."""
+    pub = Publication('{"a":1}', True, info, "ab12", 3)
+    assert info_json(pub) is None
+    line = encode_reply(1, "history", {"publications": [publication_object(pub)]})
+    assert json.loads(line)["history"]["publications"] == [{"data": {"a": 1}, "offset": 3}]
+    good = Publication('{"a":1}', True, '{"user":"u"}', "ab12", 4)
+    line = encode_reply(1, "history", {"publications": [publication_object(good)]})
+    assert json.loads(line)["history"]["publications"][0]["info"] == {"user": "u"}

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import inspect
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -66,11 +67,28 @@ def payload(pub: Publication) -> Any:
     return pub.data
 
 
+def info_json(pub: Publication) -> RawJSON | None:
+    """A publication's publisher ``info`` to splice into frames, only if it is a JSON
+    object: it may come off Redis, where anyone who can PUBLISH can write it, and text
+    spliced as it is could break (or add to) the frame every subscriber gets."""
+    if not pub.info:
+        return None
+    try:
+        valid = isinstance(json.loads(pub.info), dict)
+    except ValueError:
+        valid = False
+    if not valid:
+        # debug: one line per publication would let a forger flood the log.
+        log.debug("dropped a publication's info: not a JSON object")
+        return None
+    return RawJSON(pub.info)
+
+
 def publication_object(pub: Publication) -> dict[str, Any]:
     """A ``Publication`` in a subscribe or history result."""
     return {
         "data": payload(pub),
-        "info": RawJSON(pub.info) if pub.info else None,
+        "info": info_json(pub),
         "offset": pub.offset,
     }
 
@@ -116,7 +134,7 @@ class CentrifugeFormat:
         if last is not None and last[0] is publication and last[1] == channel:
             return last[2]  # the same text object: the hub builds its frame once
         pub: Publication = publication
-        info = RawJSON(pub.info) if pub.info else None
+        info = info_json(pub)
         # An offset only where the channel keeps history: its place in the stream
         # (looked up only for a numbered publication, once per publication).
         offset = pub.offset
