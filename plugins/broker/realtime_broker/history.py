@@ -60,7 +60,7 @@ class MemoryStreams:
     at most ``max_streams`` are kept. Only a publication creates a stream: a read of
     one that does not exist answers offset 0 in :data:`EMPTY_EPOCH` and keeps nothing.
     Streams are kept least recently published first, so :meth:`prune` (called every
-    few seconds) looks at the oldest :data:`PRUNE_BATCH` and stops at the first that
+    second by the memory broker) looks at the oldest :data:`PRUNE_BATCH` and stops at the first that
     is not due; a stream with a shorter ``history_ttl`` behind it is emptied when
     read, or once it reaches the front.
     """
