@@ -8,7 +8,10 @@ tree (``realtime run`` as ``run.py`` starts it, on CPU 0) and drives it with
 ``loadgen.py`` (on CPU 1):
 
 - ``--measure connect``: server CPU per connection while ``--clients`` clients
-  dial (64 handshakes in flight), raw ``/ws`` clients and Centrifuge clients
+  dial (64 handshakes in flight), the handshake rate (connections a second of
+  wall-clock time from the load generator's start until all are in: a relative
+  figure, for trees compared in one run) and the server's resident memory per connection
+  once they all are in (KB), raw ``/ws`` clients and Centrifuge clients
   (``--modes raw,centrifuge``; the Centrifuge ones send connect and subscribe in
   one frame, as in ``run.py``'s ``realtime-centrifuge`` row);
 - ``--measure delivery``: server CPU per delivery over ``--messages`` broadcasts to
@@ -54,8 +57,9 @@ def server(tree: str, mode: str, bind: str) -> tuple[list[str], dict[str, str]]:
     return cmd, env
 
 
-def one(tree: str, mode: str, opts: argparse.Namespace) -> float:
-    """One fresh server and one load: server CPU µs per connection or per delivery."""
+def one(tree: str, mode: str, opts: argparse.Namespace) -> dict[str, float]:
+    """One fresh server and one load: server CPU µs per connection or per delivery;
+    for connect, also handshakes a second and KB of resident memory per connection."""
     port = R.free_port()
     bind = f"{R.HOST}:{port}"
     cmd, env = server(tree, mode, bind)
@@ -77,6 +81,8 @@ def one(tree: str, mode: str, opts: argparse.Namespace) -> float:
             assert gen.stdin is not None
             assert gen.stderr is not None
             before = R.cpu_seconds(proc.pid)
+            rss_before = R.rss_kb(proc.pid)
+            began = time.perf_counter()
             for line in gen.stderr:
                 if not line.startswith("@phase "):
                     continue
@@ -85,13 +91,17 @@ def one(tree: str, mode: str, opts: argparse.Namespace) -> float:
                     before = R.cpu_seconds(proc.pid)  # the broadcasts start now
                 elif phase == (end or start):
                     spent = R.cpu_seconds(proc.pid) - before
+                    wall = time.perf_counter() - began
+                    grown = R.rss_kb(proc.pid) - rss_before
                     break
                 gen.stdin.write("\n")
                 gen.stdin.flush()
             else:
                 raise RuntimeError(f"{tree} {mode}: the load generator ended early")
-    count = opts.clients if opts.measure == "connect" else opts.clients * opts.messages
-    return spent * 1e6 / count
+    if opts.measure == "delivery":
+        return {"cpu": spent * 1e6 / (opts.clients * opts.messages)}
+    return {"cpu": spent * 1e6 / opts.clients, "rate": opts.clients / wall,
+            "kb": grown / opts.clients}  # fmt: skip
 
 
 def main() -> int:
@@ -106,22 +116,32 @@ def main() -> int:
     if opts.measure == "connect":
         opts.messages = 1  # the broadcasts are not measured
     modes = opts.modes.split(",") if opts.measure == "connect" else ["raw"]
-    results: dict[tuple[str, str], list[float]] = {}
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for round_ in range(1, opts.rounds + 1):
         for tree in opts.trees.split(","):
             for mode in modes:
                 if tree == "floor" and mode != "raw":
                     continue
-                cost = one(tree, mode, opts)
-                results.setdefault((tree, mode), []).append(cost)
-                print(f"round {round_}: {tree} {mode} {cost:.2f} µs", file=sys.stderr)
+                got = one(tree, mode, opts)
+                results.setdefault((tree, mode), []).append(got)
+                shown = " ".join(f"{k}={v:.2f}" for k, v in got.items())
+                print(f"round {round_}: {tree} {mode} {shown}", file=sys.stderr)
     unit = "connection" if opts.measure == "connect" else "delivery"
-    print(f"| tree | clients | server CPU µs per {unit}: median | min | max |")
-    print("|---|---|---|---|---|")
-    for (tree, mode), costs in results.items():
+    head = f"| tree | clients | server CPU µs per {unit}: median | min | max |"
+    if opts.measure == "connect":
+        head += " handshakes/s: median | KB per connection: median |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for (tree, mode), runs in results.items():
         name = tree if opts.measure == "delivery" else f"{tree} ({mode})"
-        print(f"| {name} | {opts.clients:,} | {statistics.median(costs):.2f} | "
-              f"{min(costs):.2f} | {max(costs):.2f} |")  # fmt: skip
+        costs = [r["cpu"] for r in runs]
+        row = (f"| {name} | {opts.clients:,} | {statistics.median(costs):.2f} | "
+               f"{min(costs):.2f} | {max(costs):.2f} |")  # fmt: skip
+        if opts.measure == "connect":
+            rate = statistics.median(r["rate"] for r in runs)
+            kb = statistics.median(r["kb"] for r in runs)
+            row += f" {rate:,.0f} | {kb:.1f} |"
+        print(row)
     return 0
 
 
