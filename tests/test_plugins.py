@@ -13,6 +13,7 @@ from realtime import (
     Option,
     PluginError,
     Route,
+    Unavailable,
     WebSocketRoute,
     create_app,
     get_host,
@@ -113,6 +114,21 @@ async def test_asgi_routes_answer_their_exact_path_ahead_of_quart(tmp_path: Path
         assert await (await client.get("/raw")).get_data(as_text=True) == "raw /raw"
         assert (await client.get("/raw/more")).status_code == 404  # exact match only
         assert await (await client.get("/")).get_data(as_text=True) == "quart"
+
+
+async def test_an_http_error_from_a_quart_route_is_its_status(tmp_path: Path) -> None:
+    async def down() -> str:
+        raise Unavailable("the backend is down")
+
+    app = create_app(
+        tmp_path,
+        plugins=[plugin("down", register_routes=lambda: [Route("/down", down)])],
+        load_entrypoints=False,
+    )
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/down")
+        assert response.status_code == 503
+        assert await response.get_data(as_text=True) == "the backend is down\n"
 
 
 def test_function_names_the_host_uses_are_refused(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from werkzeug.datastructures import Headers, MultiDict
 
-from realtime import HTTPError, ScriptRequest, create_app, hookimpl
+from realtime import HTTPError, ScriptRequest, Unavailable, create_app, hookimpl
 from realtime.scripts import (
     BadRequest,
     CompileCache,
@@ -156,7 +156,10 @@ def register_functions() -> dict[str, object]:
     def brew() -> None:
         raise Teapot("short and stout")
 
-    return {"shout": lambda text: text.upper() + "!", "brew": brew}
+    def fetch() -> None:
+        raise Unavailable("the kettle is unplugged")
+
+    return {"shout": lambda text: text.upper() + "!", "brew": brew, "fetch": fetch}
 
 
 async def run(
@@ -214,6 +217,11 @@ async def test_json_response_and_exit(tmp_path: Path) -> None:
 async def test_http_errors_from_functions_become_their_status(tmp_path: Path) -> None:
     status, _, body = await run(tmp_path, "brew()")
     assert (status, body) == (418, "short and stout\n")
+
+
+async def test_an_unavailable_backend_is_a_503(tmp_path: Path) -> None:
+    status, _, body = await run(tmp_path, "fetch()")
+    assert (status, body) == (503, "the kettle is unplugged\n")
 
 
 async def test_syntax_error_is_a_500_naming_the_script(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """realtime: a Quart host that runs drop-in Python scripts and loads plugins by entry point."""
 
-from .errors import HTTPError, PluginError
+from .errors import HTTPError, PluginError, Unavailable
 from .hookspecs import hookimpl, hookspec
 from .host import Host, create_app, current_host, get_host
 from .limits import DETACH, LogThrottle
@@ -19,6 +19,7 @@ __all__ = [
     "Route",
     "ScriptRequest",
     "ScriptResponse",
+    "Unavailable",
     "WebSocketRoute",
     "create_app",
     "current_host",

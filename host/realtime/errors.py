@@ -20,3 +20,13 @@ class HTTPError(Exception):
         super().__init__(message)
         if status is not None:
             self.status = status
+
+
+class Unavailable(HTTPError):
+    """A backend the request needs is unavailable; the host answers 503.
+
+    Plugins derive their own (the broker's errors) so the host maps them without
+    knowing the plugin, and a script's caller learns to retry rather than that it failed.
+    """
+
+    status = 503

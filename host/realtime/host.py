@@ -268,6 +268,7 @@ class Host:
                 self.app.add_url_rule(
                     route.path, endpoint_name, route.endpoint, methods=list(route.methods)
                 )
+        self.app.register_error_handler(HTTPError, self.http_error)
         self.app.add_url_rule("/-/health", "realtime:health", self.health)
         for rule in ("/", "/<path:path>"):
             self.app.add_url_rule(
@@ -350,6 +351,15 @@ class Host:
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
+
+    async def http_error(self, exc: HTTPError) -> Response:
+        """A plugin's Quart route raised an ``HTTPError``: answer its status, as scripts do.
+
+        So a backend's :class:`~realtime.errors.Unavailable` is a 503 wherever it surfaces.
+        """
+        level = logging.WARNING if exc.status >= 500 else logging.INFO
+        log.log(level, "%s answered %d: %s", request.path, exc.status, exc)
+        return Response(f"{exc}\n", exc.status, content_type=TEXT)
 
     # Drop-in scripts and static files ---------------------------------------
 
