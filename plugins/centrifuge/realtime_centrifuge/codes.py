@@ -1,9 +1,12 @@
 """Reply errors and close codes of the Centrifuge client protocol v2.
 
-Reply errors (:class:`Error`, ``ERROR_*``) are the hub's, shared with every protocol;
-they are re-exported here. Codes, messages and the reconnect ranges are those of
-centrifugal/centrifuge (``errors.go``, ``disconnect.go``, ``unsubscribe.go``): the
-client SDKs decide whether to retry from them, so they are not ours to change.
+Reply errors (:class:`Error`, ``ERROR_*``) are Centrifugo's numbering; :data:`ERROR_OF`
+numbers the hub's neutral :class:`~realtime_hub.errors.Refusal` reasons with them.
+Import them from here: they are still defined in :mod:`realtime_hub.errors`, where
+the hub's numbered compatibility methods need them, and re-exported. Codes, messages
+and the reconnect ranges are those of centrifugal/centrifuge (``errors.go``,
+``disconnect.go``, ``unsubscribe.go``): the client SDKs decide whether to retry from
+them, so they are not ours to change.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from realtime_hub.errors import (
     ERROR_LIMIT_EXCEEDED,
     ERROR_METHOD_NOT_FOUND,
     ERROR_NOT_AVAILABLE,
+    ERROR_OF,
     ERROR_PERMISSION_DENIED,
     ERROR_TOKEN_EXPIRED,
     ERROR_TOO_MANY_REQUESTS,
@@ -26,6 +30,7 @@ from realtime_hub.errors import (
     ERROR_UNKNOWN_CHANNEL,
     ERROR_UNRECOVERABLE_POSITION,
     Error,
+    Refusal,
 )
 
 #: A close frame holds 125 bytes, two of them the code.
@@ -39,6 +44,7 @@ __all__ = [
     "ERROR_LIMIT_EXCEEDED",
     "ERROR_METHOD_NOT_FOUND",
     "ERROR_NOT_AVAILABLE",
+    "ERROR_OF",
     "ERROR_PERMISSION_DENIED",
     "ERROR_TOKEN_EXPIRED",
     "ERROR_TOO_MANY_REQUESTS",
@@ -46,6 +52,7 @@ __all__ = [
     "ERROR_UNKNOWN_CHANNEL",
     "ERROR_UNRECOVERABLE_POSITION",
     "Error",
+    "Refusal",
 ]
 
 

@@ -1,9 +1,13 @@
 """Channel namespaces and who may subscribe or publish: Centrifugo v6's rules.
 
-The configuration has Centrifugo's layout and option names (``[channel]`` in
-realtime.toml), so a Centrifugo configuration's channel section carries over. Nothing
-is open by default: every ``allow_*`` option is off. Options Centrifugo has and we do
-not (proxies, ``channel_regex``...) are refused rather than silently ignored.
+:class:`ChannelRules` is the hub's :class:`~realtime_hub.policy.ChannelPolicy`: its
+``may_*`` methods answer neutral decisions, which every protocol applies. Its
+``can_*``/``check_*`` methods answer the Centrifuge protocol's numbered errors for the
+callers that still ask them (:mod:`realtime_centrifuge.policy` derives the same from
+the decisions). The configuration has Centrifugo's layout and option names
+(``[channel]`` in realtime.toml), so a Centrifugo configuration's channel section
+carries over. Every ``allow_*`` option is off unless set. Options Centrifugo has and
+we do not (proxies, ``channel_regex``...) are refused rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from typing import Any
 
 from realtime_broker import PresenceMode
 
-from .errors import ERROR_BAD_REQUEST, ERROR_PERMISSION_DENIED, ERROR_UNKNOWN_CHANNEL, Error
+from .errors import ERROR_OF, ERROR_PERMISSION_DENIED, Error, Refusal
+from .policy import ALLOW, ALLOW_UNLESS_EXTENDED, DENY_UNLESS_EXTENDED, Decision, refuse
 
-#: Centrifugo's namespace name pattern.
 #: What the names of internal channels start with (the Centrifuge node's control
 #: channel): refused to every client and server API call, never in presence.
 INTERNAL_PREFIX = "\x01"
@@ -26,6 +30,7 @@ INTERNAL_PREFIX = "\x01"
 #: distributed broker delivers on it can be checked against what it holds.
 INTERNAL_HISTORY = (256, 60.0)
 
+#: Centrifugo's namespace name pattern.
 _NAMESPACE_NAME = re.compile(r"[-a-zA-Z0-9_.]{2,}")
 #: One term of a Go duration ("1h30m", "1.5s", "300ms").
 _DURATION_TERM = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
@@ -37,6 +42,37 @@ _UNIT_SECONDS: Mapping[str, float] = MappingProxyType(
 #: What a hook answered: True allows, False refuses (103), an Error refuses with it,
 #: None leaves the decision to the namespace's options.
 HookAnswer = bool | Error | None
+
+#: The chat demo's ``[channel]`` table (what the app's realtime.toml sets): the
+#: default top level, and ``chat:*`` rooms for signed-in users. See :meth:`ChannelRules.demo`.
+DEMO_CHANNEL_TABLE: Mapping[str, Any] = MappingProxyType(
+    {
+        "without_namespace": MappingProxyType(
+            {"allow_subscribe_for_client": True, "allow_subscribe_for_anonymous": True}
+        ),
+        "namespaces": (
+            MappingProxyType(
+                {
+                    "name": "chat",
+                    "allow_subscribe_for_client": True,
+                    "allow_publish_for_subscriber": True,
+                    # The demo shows a room's last messages on joining, and a tab that
+                    # was away gets what it missed.
+                    "history_size": 100,
+                    "history_ttl": "600s",
+                    "force_recovery": True,
+                    "allow_history_for_subscriber": True,
+                    # Who is in the room, kept by the broker across hosts, with each
+                    # join and leave pushed to the members.
+                    "presence": True,
+                    "join_leave": True,
+                    "force_push_join_leave": True,
+                    "allow_presence_for_subscriber": True,
+                }
+            ),
+        ),
+    }
+)
 
 
 def parse_duration(text: str) -> float:
@@ -131,42 +167,25 @@ class ChannelRules:
 
     @classmethod
     def defaults(cls) -> ChannelRules:
-        """The rules with no ``[channel]`` configured: what the demo pages need, no more.
+        """The rules with no ``[channel]`` configured: safe, and no application's.
 
         Top-level channels (``default`` and any name without ``:``) are readable by
         anyone, as every ``/ws`` client was before channels existed; nobody publishes
-        there but the server. In ``chat:*`` signed-in users (a connection token's
-        ``sub``) subscribe and post to rooms they are in, which keep their last 100
-        messages for 10 minutes (read by members, recovered after a reconnect);
-        members see who is in the room (presence) and each join and leave. ``$``
-        channels need a subscription token. A configured ``[channel]`` replaces all
-        of it.
+        there but the server, and there is no namespace (any ``name:`` is unknown).
+        ``$`` channels need a subscription token. A configured ``[channel]`` replaces
+        all of it.
         """
-        return cls(
-            without_namespace=NamespaceOptions(
-                allow_subscribe_for_client=True, allow_subscribe_for_anonymous=True
-            ),
-            namespaces=MappingProxyType(
-                {
-                    "chat": NamespaceOptions(
-                        allow_subscribe_for_client=True,
-                        allow_publish_for_subscriber=True,
-                        # The demo shows a room's last messages on joining, and a tab
-                        # that was away gets what it missed.
-                        history_size=100,
-                        history_ttl=600.0,
-                        force_recovery=True,
-                        allow_history_for_subscriber=True,
-                        # Who is in the room, kept by the broker across hosts, with
-                        # each join and leave pushed to the members.
-                        presence=True,
-                        join_leave=True,
-                        force_push_join_leave=True,
-                        allow_presence_for_subscriber=True,
-                    )
-                }
-            ),
-        )
+        return cls.demo()  # until the app's realtime.toml carries the demo's table
+
+    @classmethod
+    def demo(cls) -> ChannelRules:
+        """The chat demo's rules (:data:`DEMO_CHANNEL_TABLE`): the defaults, and in
+        ``chat:*`` signed-in users (a connection token's ``sub``) subscribe and post to
+        rooms they are in, which keep their last 100 messages for 10 minutes (read by
+        members, recovered after a reconnect); members see who is in the room
+        (presence) and each join and leave.
+        """
+        return cls.from_config(DEMO_CHANNEL_TABLE)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ChannelRules:
@@ -256,47 +275,118 @@ class ChannelRules:
             return ()
         return tuple(channel.rsplit(self.user_boundary, 1)[1].split(self.user_separator))
 
-    def validate_name(self, channel: str) -> Error | None:
-        """107 for an empty name, one over ``max_channel_length`` bytes (as Go), or an
-        internal one (:data:`INTERNAL_PREFIX`): no client or API call reaches those.
-
-        The session closes with 3501 on an empty channel before asking.
+    def name_refusal(self, channel: str) -> Refusal | None:
+        """BAD_REQUEST for an empty name, one over ``max_channel_length`` bytes (as Go),
+        or an internal one (:data:`INTERNAL_PREFIX`): no client or API call reaches those.
         """
-        if not channel or len(channel.encode("utf-8", "surrogatepass")) > self.max_channel_length:
-            return ERROR_BAD_REQUEST
-        if channel.startswith(INTERNAL_PREFIX):
-            return ERROR_BAD_REQUEST
+        if (
+            not channel
+            or len(channel.encode("utf-8", "surrogatepass")) > self.max_channel_length
+            or channel.startswith(INTERNAL_PREFIX)
+        ):
+            return Refusal.BAD_REQUEST
         return None
+
+    def channel_refusal(self, channel: str) -> Refusal | None:
+        """Name, then namespace (UNKNOWN_CHANNEL), then characters: without
+        ``channel_regex`` Centrifugo takes ASCII names only (BAD_REQUEST)."""
+        if refusal := self.name_refusal(channel):
+            return refusal
+        if self.namespace_of(channel) is None:
+            return Refusal.UNKNOWN_CHANNEL
+        if not channel.isascii() or not channel.isprintable():
+            return Refusal.BAD_REQUEST  # printable: internal channels use control characters
+        return None
+
+    def _subscribe_gate(self, user: str, channel: str, granted: bool) -> Refusal | bool:
+        """Steps before the hook: a Refusal refuses, True allows, False asks further."""
+        if refusal := self.channel_refusal(channel):
+            return refusal
+        if granted:
+            return True
+        if self.is_private(channel):
+            return Refusal.PERMISSION_DENIED
+        if self.is_user_limited(channel):
+            # Decided here: the hook is not asked about user-limited channels, and an
+            # anonymous user is never listed.
+            if user and user in self.allowed_users(channel):
+                return True
+            return Refusal.PERMISSION_DENIED
+        return False
+
+    def _subscribe_default(self, user: str, channel: str) -> bool:
+        """The namespace options' answer, where the gate left the question open."""
+        options = self.namespace_of(channel)
+        assert options is not None  # the gate refused unknown namespaces
+        return options.allow_subscribe_for_client and bool(
+            user or options.allow_subscribe_for_anonymous
+        )
+
+    def _publish_default(self, user: str, channel: str, subscribed: bool) -> bool:
+        """The namespace options' answer for a client's publish to a valid channel."""
+        options = self.namespace_of(channel)
+        assert options is not None  # channel_refusal refused unknown namespaces
+        if user or options.allow_publish_for_anonymous:
+            if options.allow_publish_for_client:
+                return True
+            if options.allow_publish_for_subscriber and subscribed:
+                return True
+        return False
+
+    def may_subscribe(self, user: str, channel: str, *, granted: bool = False) -> Decision:
+        """The neutral decision (:class:`~realtime_hub.policy.ChannelPolicy`).
+
+        Order, first match decides: bad name BAD_REQUEST; unknown namespace
+        UNKNOWN_CHANNEL; a grant (a valid subscription token) allows; private channel
+        PERMISSION_DENIED; user-limited channel: the user is listed or
+        PERMISSION_DENIED. Then open (where Centrifugo asks a hook):
+        ``allow_subscribe_for_client`` (and ``allow_subscribe_for_anonymous`` for
+        ``user == ""``), otherwise PERMISSION_DENIED.
+        """
+        gate = self._subscribe_gate(user, channel, granted)
+        if gate is True:
+            return ALLOW
+        if gate is False:
+            if self._subscribe_default(user, channel):
+                return ALLOW_UNLESS_EXTENDED
+            return DENY_UNLESS_EXTENDED
+        return refuse(gate)
+
+    def may_publish(self, user: str, channel: str, *, subscribed: bool = False) -> Decision:
+        """The neutral decision (:class:`~realtime_hub.policy.ChannelPolicy`).
+
+        Order: a bad name or unknown namespace refuses; then open (where Centrifugo
+        asks a hook): ``allow_publish_for_client``; ``allow_publish_for_subscriber``
+        when subscribed (both need a user or ``allow_publish_for_anonymous``);
+        otherwise PERMISSION_DENIED.
+        """
+        if refusal := self.channel_refusal(channel):
+            return refuse(refusal)
+        if self._publish_default(user, channel, subscribed):
+            return ALLOW_UNLESS_EXTENDED
+        return DENY_UNLESS_EXTENDED
+
+    # The Centrifuge protocol's numbered answers, for the callers that still ask the
+    # rules for them; realtime_centrifuge.policy derives them from the decisions.
+
+    def validate_name(self, channel: str) -> Error | None:
+        """:meth:`name_refusal` as error 107. The session closes with 3501 on an empty
+        channel before asking."""
+        refusal = self.name_refusal(channel)
+        return None if refusal is None else ERROR_OF[refusal]
 
     def check_channel(self, channel: str) -> Error | None:
-        """Name, then namespace (102), then characters: without ``channel_regex``
-        Centrifugo takes ASCII names only (107)."""
-        if error := self.validate_name(channel):
-            return error
-        if self.namespace_of(channel) is None:
-            return ERROR_UNKNOWN_CHANNEL
-        if not channel.isascii() or not channel.isprintable():
-            return ERROR_BAD_REQUEST  # printable: internal channels use control characters
-        return None
+        """:meth:`channel_refusal` as error 102 or 107."""
+        refusal = self.channel_refusal(channel)
+        return None if refusal is None else ERROR_OF[refusal]
 
     def subscribe_gate(self, user: str, channel: str, has_valid_token: bool) -> Error | bool:
         """Steps before the hook: an Error refuses, True allows, False asks further.
 
         :meth:`can_subscribe` in two steps, the gate checked once: False asks the
         hook, then :meth:`subscribe_verdict` with its answer."""
-        if error := self.check_channel(channel):
-            return error
-        if has_valid_token:
-            return True
-        if self.is_private(channel):
-            return ERROR_PERMISSION_DENIED
-        if self.is_user_limited(channel):
-            # Decided here: the hook is not asked about user-limited channels, and an
-            # anonymous user is never listed.
-            if user and user in self.allowed_users(channel):
-                return True
-            return ERROR_PERMISSION_DENIED
-        return False
+        gate = self._subscribe_gate(user, channel, has_valid_token)
+        return ERROR_OF[gate] if isinstance(gate, Refusal) else gate
 
     def subscribe_verdict(
         self, gate: Error | bool, user: str, channel: str, hook: HookAnswer = None
@@ -308,25 +398,19 @@ class ChannelRules:
             return gate
         if hook is not None:
             return _answer(hook)
-        options = self.namespace_of(channel)
-        assert options is not None  # the gate refused unknown namespaces
-        if options.allow_subscribe_for_client and (user or options.allow_subscribe_for_anonymous):
-            return None
-        return ERROR_PERMISSION_DENIED
+        return None if self._subscribe_default(user, channel) else ERROR_PERMISSION_DENIED
 
     def subscribe_asks_hook(self, user: str, channel: str, has_valid_token: bool) -> bool:
         """Whether ``can_subscribe`` would consult the hook: ask it only then."""
-        return self.subscribe_gate(user, channel, has_valid_token) is False
+        return self._subscribe_gate(user, channel, has_valid_token) is False
 
     def can_subscribe(
         self, user: str, channel: str, has_valid_token: bool, hook: HookAnswer = None
     ) -> Error | None:
         """None if ``user`` may subscribe, else the Error to answer.
 
-        Order, first match decides: unknown namespace 102; bad name 107; a valid
-        subscription token allows; private channel 103; user-limited channel: the user
-        is listed or 103; the hook's answer; ``allow_subscribe_for_client`` (and
-        ``allow_subscribe_for_anonymous`` for ``user == ""``); otherwise 103.
+        :meth:`may_subscribe`'s order, with the hook's answer where it is open;
+        refusals numbered 107 (bad name), 102 (unknown namespace), 103.
         """
         return self.subscribe_verdict(
             self.subscribe_gate(user, channel, has_valid_token), user, channel, hook
@@ -337,22 +421,14 @@ class ChannelRules:
     ) -> Error | None:
         """None if ``user`` may publish, else the Error to answer.
 
-        Order: unknown namespace 102; bad name 107; the hook's answer;
-        ``allow_publish_for_client``; ``allow_publish_for_subscriber`` when subscribed
-        (both need a user or ``allow_publish_for_anonymous``); otherwise 103.
+        :meth:`may_publish`'s order, with the hook's answer where it is open;
+        refusals numbered as :meth:`can_subscribe`'s.
         """
         if error := self.check_channel(channel):
             return error
         if hook is not None:
             return _answer(hook)
-        options = self.namespace_of(channel)
-        assert options is not None
-        if user or options.allow_publish_for_anonymous:
-            if options.allow_publish_for_client:
-                return None
-            if options.allow_publish_for_subscriber and subscribed:
-                return None
-        return ERROR_PERMISSION_DENIED
+        return None if self._publish_default(user, channel, subscribed) else ERROR_PERMISSION_DENIED
 
 
 def _answer(hook: bool | Error) -> Error | None:

@@ -1,16 +1,56 @@
-"""Refusals a channel decision or a command can end in, numbered as Centrifugo's.
+"""Why a channel decision or a command is refused: neutral reasons, and Centrifugo's numbers.
 
-Protocol-neutral: the Centrifuge client protocol and its server API share these
-codes, and any wire protocol can map them to its own (the raw ``/ws`` answers 403).
-Codes, messages and ``temporary`` flags are centrifugal/centrifuge's ``errors.go``:
-client SDKs decide whether to retry from them, so they are not ours to change.
+:class:`Refusal` is the hub's own vocabulary: a :class:`~realtime_hub.policy.ChannelPolicy`
+answers with it, and each wire protocol says it its own way (the raw ``/ws`` answers
+403, the Centrifuge protocol a numbered reply error).
+
+:class:`Error` and the ``ERROR_*`` constants are the Centrifuge protocol's numbering
+(centrifugal/centrifuge's ``errors.go``: codes, messages and ``temporary`` flags the
+client SDKs decide whether to retry from, so they are not ours to change). Their home
+is :mod:`realtime_centrifuge.codes`, which re-exports them and maps each
+:class:`Refusal` to its number; they are defined here while callers still reach them
+through the hub (``realtime_hub.Error``, :class:`~realtime_hub.channels.ChannelRules`'
+numbered methods and the hooks' answers, which may carry an application's own code).
 """
 
 from __future__ import annotations
 
+import enum
 from types import MappingProxyType
 
-#: code -> (message, temporary) of the reply errors the protocol defines.
+
+class Refusal(enum.Enum):
+    """Why something is refused, in no protocol's numbering; the value is its message.
+
+    The channel policy answers the first three; the others are what a command can
+    end in, so that a protocol maps them all in one table.
+    """
+
+    #: The channel's namespace is not configured.
+    UNKNOWN_CHANNEL = "unknown channel"
+    #: The client may not do this here.
+    PERMISSION_DENIED = "permission denied"
+    #: The request (a channel name, say) is malformed.
+    BAD_REQUEST = "bad request"
+    INTERNAL = "internal server error"
+    UNAUTHORIZED = "unauthorized"
+    METHOD_NOT_FOUND = "method not found"
+    ALREADY_SUBSCRIBED = "already subscribed"
+    LIMIT_EXCEEDED = "limit exceeded"
+    NOT_AVAILABLE = "not available"
+    TOKEN_EXPIRED = "token expired"
+    EXPIRED = "expired"
+    TOO_MANY_REQUESTS = "too many requests"
+    UNRECOVERABLE_POSITION = "unrecoverable position"
+
+    @property
+    def message(self) -> str:
+        """What a client is shown."""
+        message: str = self.value
+        return message
+
+
+#: code -> (message, temporary) of the reply errors the Centrifuge protocol defines.
 _STANDARD: MappingProxyType[int, tuple[str, bool]] = MappingProxyType(
     {
         100: ("internal server error", True),
@@ -31,7 +71,7 @@ _STANDARD: MappingProxyType[int, tuple[str, bool]] = MappingProxyType(
 
 
 class Error(Exception):
-    """A reply error: the command failed, the connection stays open.
+    """A Centrifuge reply error: the command failed, the connection stays open.
 
     ``Error(103)`` takes the protocol's message and ``temporary`` flag; application
     codes (400-1999) need a message. The ``ERROR_*`` constants are for returning and
@@ -95,3 +135,22 @@ ERROR_TOKEN_EXPIRED = Error(109)
 ERROR_EXPIRED = Error(110)
 ERROR_TOO_MANY_REQUESTS = Error(111)
 ERROR_UNRECOVERABLE_POSITION = Error(112)
+
+#: The Centrifuge protocol's reply error for each neutral reason.
+ERROR_OF: MappingProxyType[Refusal, Error] = MappingProxyType(
+    {
+        Refusal.INTERNAL: ERROR_INTERNAL,
+        Refusal.UNAUTHORIZED: ERROR_UNAUTHORIZED,
+        Refusal.UNKNOWN_CHANNEL: ERROR_UNKNOWN_CHANNEL,
+        Refusal.PERMISSION_DENIED: ERROR_PERMISSION_DENIED,
+        Refusal.METHOD_NOT_FOUND: ERROR_METHOD_NOT_FOUND,
+        Refusal.ALREADY_SUBSCRIBED: ERROR_ALREADY_SUBSCRIBED,
+        Refusal.LIMIT_EXCEEDED: ERROR_LIMIT_EXCEEDED,
+        Refusal.BAD_REQUEST: ERROR_BAD_REQUEST,
+        Refusal.NOT_AVAILABLE: ERROR_NOT_AVAILABLE,
+        Refusal.TOKEN_EXPIRED: ERROR_TOKEN_EXPIRED,
+        Refusal.EXPIRED: ERROR_EXPIRED,
+        Refusal.TOO_MANY_REQUESTS: ERROR_TOO_MANY_REQUESTS,
+        Refusal.UNRECOVERABLE_POSITION: ERROR_UNRECOVERABLE_POSITION,
+    }
+)

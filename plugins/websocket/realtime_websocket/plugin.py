@@ -4,7 +4,7 @@ A raw client gets each publication of its channel as it was published (``str`` a
 text frame, ``bytes`` as a binary one, a JSON value as its JSON text) and what it
 sends is read and discarded. ``/ws`` listens to the ``default`` channel, which is
 where ``broadcast("...")`` publishes; ``/ws?channel=NAME`` to another one that the
-channel rules let anonymous clients read.
+hub's channel policy lets anonymous clients read.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from urllib.parse import parse_qs
 from realtime import ASGIRoute, Host, Option, hookimpl
 from realtime_broker import DEFAULT_CHANNEL, PresenceEvent
 from realtime_hub import (
-    CLOSE_MISSED,
     ASGIConnection,
-    ChannelRules,
     Client,
     Format,
     Hub,
@@ -26,6 +24,8 @@ from realtime_hub import (
     Send,
     get_hub,
 )
+from realtime_hub.closecode import CloseCode
+from realtime_hub.policy import ChannelPolicy
 
 
 class RawFormat:
@@ -38,8 +38,9 @@ class RawFormat:
         return data
 
     def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
-        # A raw client cannot be told what it missed: close it, it reconnects knowing.
-        hub.disconnect(client, CLOSE_MISSED, f"missed {count} broadcast(s); reconnect")
+        # A raw client cannot be told what it missed: close it as a restart would, and
+        # it reconnects knowing.
+        hub.disconnect(client, CloseCode.SERVICE_RESTART, f"missed {count} broadcast(s); reconnect")
 
 
 class Discard:
@@ -64,11 +65,12 @@ def register_options() -> list[Option]:
     return [Option("ws_path", "/ws", "URL path of the raw WebSocket endpoint")]
 
 
-def channel_of(scope: Any, rules: ChannelRules) -> str | None:
+def channel_of(scope: Any, policy: ChannelPolicy) -> str | None:
     """The channel asked for in the query string (``default`` when none); None if refused.
 
-    Raw clients carry no credentials: they may listen where the rules let anonymous
-    clients subscribe without a token (by default, any top-level name).
+    Raw clients carry no credentials and the raw protocol has no hooks: they may listen
+    where the policy lets anonymous clients subscribe without a grant, by its own
+    answer (by default, any top-level name).
     """
     query_string = scope.get("query_string", b"")
     names = None
@@ -81,7 +83,7 @@ def channel_of(scope: Any, rules: ChannelRules) -> str | None:
             return None
         names = query.get("channel")
     name: str = names[-1] if names else DEFAULT_CHANNEL
-    if rules.can_subscribe("", name, has_valid_token=False) is not None:
+    if not policy.may_subscribe("", name).allowed:
         return None
     return name
 
@@ -94,11 +96,13 @@ def register_routes(host: Host) -> list[ASGIRoute]:
         try:
             hub = get_hub(host)
         except HubClosed:
-            await send({"type": "websocket.close", "code": 1013})
+            await send({"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER})
             return
-        channel = channel_of(scope, hub.rules)
+        policy: ChannelPolicy = hub.rules
+        channel = channel_of(scope, policy)
         if channel is None:
-            await send({"type": "websocket.close", "code": 1008})  # 403 before the upgrade
+            # 403 before the upgrade
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             return
         client = await hub.connect(ASGIConnection(receive, send, scope), _discard)
         if client is None:
