@@ -1,4 +1,8 @@
-"""Channel namespaces and Centrifugo's permission decision order, table by table."""
+"""Channel namespaces and Centrifugo's permission decision order, table by table.
+
+Each order is checked twice: through the rules' numbered methods, and as the protocol
+derives it from the hub's neutral decisions (realtime_centrifuge.policy).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 import pytest
 
 from realtime_centrifuge.codes import Error
+from realtime_centrifuge.policy import asks_hook, publish_verdict, subscribe_verdict, verdict
 from realtime_hub.channels import (
     ChannelRules,
     HookAnswer,
@@ -141,6 +146,7 @@ def test_subscribe_decision_order(
     user: str, channel: str, token: bool, hook: HookAnswer, expected: int | None
 ) -> None:
     assert code(RULES.can_subscribe(user, channel, token, hook)) == expected
+    assert code(subscribe_verdict(RULES, user, channel, token, hook)) == expected
 
 
 @pytest.mark.parametrize(
@@ -159,6 +165,7 @@ def test_hook_is_asked_only_where_it_decides(
     user: str, channel: str, token: bool, asks: bool
 ) -> None:
     assert RULES.subscribe_asks_hook(user, channel, token) is asks
+    assert asks_hook(RULES.may_subscribe(user, channel, granted=token)) is asks
 
 
 @pytest.mark.parametrize(
@@ -188,11 +195,18 @@ def test_publish_decision_order(
     user: str, channel: str, subscribed: bool, hook: HookAnswer, expected: int | None
 ) -> None:
     assert code(RULES.can_publish(user, channel, subscribed, hook)) == expected
+    assert code(publish_verdict(RULES, user, channel, subscribed, hook)) == expected
+    # The hook is asked exactly where the name and namespace are fine.
+    assert asks_hook(RULES.may_publish(user, channel, subscribed=subscribed)) is (
+        expected not in (102, 107)
+    )
 
 
 def test_hook_answer_must_be_one_of_the_four() -> None:
     with pytest.raises(TypeError):
         RULES.can_publish("42", "users:x", False, "yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        verdict(RULES.may_publish("42", "users:x"), "yes")  # type: ignore[arg-type]
 
 
 def test_config_as_in_realtime_toml() -> None:

@@ -11,12 +11,14 @@ from realtime_centrifuge.codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_NO_PONG,
     ERROR_INTERNAL,
+    ERROR_OF,
     ERROR_PERMISSION_DENIED,
     UNSUBSCRIBE_EXPIRED,
     UNSUBSCRIBE_SERVER,
     Disconnect,
     DisconnectError,
     Error,
+    Refusal,
 )
 
 #: Exactly as centrifugal/centrifuge errors.go has them.
@@ -72,6 +74,14 @@ def test_error_constants(name: str, expected: tuple[int, str, bool]) -> None:
 def test_disconnect_constants(name: str, expected: tuple[int, str, bool]) -> None:
     disconnect = getattr(codes, f"DISCONNECT_{name}")
     assert (disconnect.code, disconnect.reason, disconnect.reconnect) == expected
+
+
+def test_every_neutral_refusal_has_its_number() -> None:
+    """The hub says why; the protocol numbers it, with the same message."""
+    assert set(ERROR_OF) == set(Refusal)
+    for reason, error in ERROR_OF.items():
+        assert error == getattr(codes, f"ERROR_{reason.name}")
+        assert error.message == reason.message
 
 
 def test_error_is_raisable_and_comparable() -> None:
