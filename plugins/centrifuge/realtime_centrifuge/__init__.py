@@ -1,6 +1,11 @@
 """Centrifuge client protocol v2 (Centrifugo's), so centrifuge-js, centrifuge-python
-and cent work unchanged: codes, the JSON codec, channel rules, JWTs and the
-per-connection session. Nothing here touches a socket or a broker.
+and cent work unchanged: codes, the JSON codec, its extension of the hub's channel
+policy (tokens, hooks, numbered errors: :mod:`.policy`), JWTs and the per-connection
+session. Nothing here touches a socket or a broker.
+
+``ChannelRules``, ``NamespaceOptions``, ``HookAnswer`` and ``parse_duration`` are the
+hub's (:mod:`realtime_hub.channels`), re-exported for applications that import them
+from here.
 """
 
 from realtime_hub.channels import ChannelRules, HookAnswer, NamespaceOptions, parse_duration

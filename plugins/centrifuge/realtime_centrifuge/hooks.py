@@ -33,14 +33,18 @@ def authorize_subscribe(
 ) -> Any:
     """Decide a subscribe no token decided: True, False (103), an Error, or None.
 
-    Asked only where the rules leave it open: not for ``$`` channels, user-limited
+    Asked only where the hub's channel policy leaves the decision open (a decision
+    that is not ``final``, docs/channels.md): not for ``$`` channels, user-limited
     channels or subscriptions with a valid token.
     """
 
 
 @hookspec
 def authorize_publish(host: Any, client: str, user: str, meta: Any, channel: str, data: Any) -> Any:
-    """Decide a client's publish before the namespace options: True, False, an Error, or None."""
+    """Decide a client's publish before the namespace options: True, False, an Error, or None.
+
+    Asked once the channel's name and namespace are fine, as Centrifugo does.
+    """
 
 
 @hookspec
