@@ -69,9 +69,6 @@ def _no_grants() -> Mapping[str, ChannelGrant]:
 
 
 _NO_GRANTS = _no_grants()
-_UNSEEN = object()
-#: Claims PyJWT refuses unless they are strings (when present).
-_STRING_CLAIMS = ("sub", "jti")
 #: Claims of a connection token that grants no channel, info or meta.
 _PLAIN_CONNECTION = frozenset({"sub", "exp", "iat", "nbf", "jti", "aud", "iss", "expire_at"})
 

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 
 from realtime_broker import BrokerUnavailable, Member, PresenceEvent, Publication, StreamPosition
 from realtime_hub import ASGIConnection, Client, Held, Hub, Receive, Send
+from realtime_hub.closecode import CloseCode
 
 from .budget import join_leave_pushed
 from .codec import RawJSON, encode_json, encode_publication, encode_push
@@ -117,17 +118,13 @@ class CentrifugeFormat:
         #: Set for subscribers that get joins and leaves: that format encodes the
         #: publications, so a channel with both kinds encodes each once.
         self._publications = publications
-        self._last: tuple[Any, str, str] | None = None
+        #: The last publication (or, for joins and leaves, event) encoded, its channel
+        #: and its text: whoever asks again for the same gets the same, at no cost.
+        self._last: tuple[Any, str, str | None] | None = None
 
     def encode(self, channel: str, publication: Any) -> str | None:
         if isinstance(publication, PresenceEvent):
-            if self._publications is None:
-                return None
-            clients = self._node.hub.channels.get(channel, {}).get(self, ())
-            if not join_leave_pushed(len(clients), self._node.options.max_join_leave_subscribers):
-                return None  # a big channel: N joins would cost N² pushes
-            kind = "join" if publication.joined else "leave"
-            return encode_push(channel, kind, {"info": member_info(publication.member)})
+            return self._join_leave(channel, publication)
         if self._publications is not None:
             return self._publications.encode(channel, publication)
         last = self._last
@@ -142,6 +139,23 @@ class CentrifugeFormat:
             offset = 0
         text = encode_publication(channel, payload(pub), info, offset)
         self._last = (publication, channel, text)
+        return text
+
+    def _join_leave(self, channel: str, event: PresenceEvent) -> str | None:
+        """The ``join`` or ``leave`` push, or None where it is not pushed; decided once
+        per event (the channel's size bound included), however often it is asked."""
+        if self._publications is None:
+            return None
+        last = self._last
+        if last is not None and last[0] is event and last[1] == channel:
+            return last[2]
+        text = None
+        clients = self._node.hub.channels.get(channel, {}).get(self, ())
+        # Not on a big channel: N joins would cost N² pushes.
+        if join_leave_pushed(len(clients), self._node.options.max_join_leave_subscribers):
+            kind = "join" if event.joined else "leave"
+            text = encode_push(channel, kind, {"info": member_info(event.member)})
+        self._last = (event, channel, text)
         return text
 
     def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
@@ -264,11 +278,15 @@ class ConnectionBackend:
             member = Member(session.client_id, session.user, client_info_json(info))
             await self.node.broker.join_presence(channel, member)
 
+    def _reply_room(self, max_bytes: int | None) -> int:
+        """Bytes of a reply's publications or members: ``max_bytes`` (what the command
+        may still send), never more than half the client's buffer (it must fit in it)."""
+        most = self.node.hub.max_buffer // 2
+        return most if max_bytes is None else min(most, max_bytes)
+
     async def presence(self, channel: str, max_bytes: int | None = None) -> dict[str, Any]:
         members = await read_presence(self.node.broker, channel)
-        most = self.node.hub.max_buffer // 2  # the reply must fit in the client's buffer
-        if max_bytes is not None:
-            most = min(most, max_bytes)
+        most = self._reply_room(max_bytes)
         size = sum(
             len(member.info or member.user) + len(client) + MEMBER_OVERHEAD
             for client, member in members.items()
@@ -300,10 +318,7 @@ class ConnectionBackend:
         result = await read_history(
             self.node.broker, channel, limit=limit, since=since, reverse=reverse
         )
-        # Never more than half the client's buffer: the reply must fit in it.
-        most = self.node.hub.max_buffer // 2
-        if max_bytes is not None:
-            most = min(most, max_bytes)
+        most = self._reply_room(max_bytes)
         publications: list[dict[str, Any]] = []
         size = 0
         for pub in result.publications:
@@ -523,7 +538,8 @@ def endpoint(
         try:
             node = node_of()
         except LookupError:
-            await send({"type": "websocket.close", "code": 1013})
+            # Not started yet, or stopping: the client tries again later.
+            await send({"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER})
             return
         await serve_connection(node, scope, receive, send)
 
