@@ -474,3 +474,36 @@ def test_a_renewal_interval_not_below_the_ttl_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="--presence-update-interval must be"):
         MemoryBroker("memory://", {"presence_ttl": 5.0, "presence_update_interval": 9.0})
     MemoryBroker("memory://", {"presence_ttl": 5.0, "presence_update_interval": 2.0})
+
+
+def test_a_join_or_leave_is_decided_once_per_event_whoever_asks() -> None:
+    from types import SimpleNamespace
+
+    from realtime_centrifuge.transport import CentrifugeFormat
+
+    looked_up: list[str] = []
+
+    class Channels(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            looked_up.append(key)
+            return super().get(key, default)
+
+    hub = SimpleNamespace(channels=Channels())
+    node: Any = SimpleNamespace(
+        hub=hub,
+        options=SimpleNamespace(max_join_leave_subscribers=2),
+        broker=SimpleNamespace(history_supported=False),
+    )
+    publications = CentrifugeFormat(node)
+    join_leave = CentrifugeFormat(node, publications)
+    hub.channels["room:a"] = {join_leave: {1: "c1", 2: "c2"}}
+    join = PresenceEvent(True, Member("c1", "u1"))
+    first = join_leave.encode("room:a", join)
+    assert first is not None and json.loads(first)["push"]["join"]["info"]["user"] == "u1"
+    assert join_leave.encode("room:a", join) is first and looked_up == ["room:a"]
+    assert publications.encode("room:a", join) is None  # that kind gets no joins
+    # Past the bound: not pushed, and that too is decided once.
+    hub.channels["room:b"] = {join_leave: {n: f"c{n}" for n in range(3)}}
+    leave = PresenceEvent(False, Member("c1", "u1"))
+    assert join_leave.encode("room:b", leave) is None
+    assert join_leave.encode("room:b", leave) is None and looked_up == ["room:a", "room:b"]

@@ -841,3 +841,76 @@ def test_client_ids_are_random_uuid4_strings() -> None:
         parsed = uuid.UUID(client_id)
         assert str(parsed) == client_id
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+class HoldingBackend(FakeBackend):
+    """Publications arrive while each subscribe joins: their pushes follow its reply."""
+
+    async def subscribe(self, channel: str, join_leave: bool = False) -> list[str]:  # type: ignore[override]
+        await super().subscribe(channel, join_leave)
+        return [f'{{"push":{{"channel":"{channel}","pub":{{"data":{n}}}}}}}' for n in (1, 2)]
+
+
+async def test_with_emit_each_reply_goes_out_with_the_pushes_that_follow_it() -> None:
+    backend = HoldingBackend()
+    session = Session(
+        RULES, TokenVerifier(hmac_secret=SECRET), backend, client_id=CLIENT, clock=Clock()
+    )
+    sent: list[str] = []
+
+    def emit(text: str) -> bool:
+        sent.append(text)
+        return True
+
+    text = frame(
+        {"id": 1, "connect": {"token": token(sub="42")}},
+        {"id": 2, "subscribe": {"channel": "chat:a"}},
+        {"send": {"data": 1}},  # no reply: nothing sent for it
+        {"id": 3, "subscribe": {"channel": "chat:b"}},
+    )
+    assert await session.handle_frame(text, emit) == []  # all of it went through emit
+    frames = [[json.loads(line) for line in each.split("\n")] for each in sent]
+    assert [[line.get("id") for line in each] for each in frames] == [
+        [1],
+        [2, None, None],
+        [3, None, None],
+    ]
+    assert [line["push"]["pub"]["data"] for line in frames[1][1:]] == [1, 2]
+    assert {line["push"]["channel"] for line in frames[2][1:]} == {"chat:b"}
+
+
+async def test_emit_answering_false_ends_the_frame() -> None:
+    session, backend, _ = make()
+    sent: list[str] = []
+
+    def emit(text: str) -> bool:
+        sent.append(text)
+        return False  # the client is closing
+
+    text = frame(
+        {"id": 1, "connect": {"token": token(sub="42")}},
+        {"id": 2, "subscribe": {"channel": "chat:a"}},
+    )
+    assert await session.handle_frame(text, emit) == []
+    assert len(sent) == 1 and json.loads(sent[0])["id"] == 1
+    assert backend.joined() == []  # the subscribe never ran
+
+
+async def test_without_emit_pushes_follow_their_reply_in_the_lines() -> None:
+    backend = HoldingBackend()
+    session = Session(
+        RULES, TokenVerifier(hmac_secret=SECRET), backend, client_id=CLIENT, clock=Clock()
+    )
+    lines = await session.handle_frame(
+        frame(
+            {"id": 1, "connect": {"token": token(sub="42")}},
+            {"id": 2, "subscribe": {"channel": "chat:a"}},
+        )
+    )
+    assert [json.loads(line).get("id") for line in lines] == [1, 2, None, None]
+
+
+def test_a_session_keeps_no_instance_dict() -> None:
+    session, _, _ = make()
+    with pytest.raises(AttributeError):
+        session.__dict__  # noqa: B018
