@@ -166,8 +166,8 @@ class ChannelRules:
     private_prefix: str = "$"
 
     @classmethod
-    def defaults(cls) -> ChannelRules:
-        """The rules with no ``[channel]`` configured: safe, and no application's.
+    def neutral(cls) -> ChannelRules:
+        """The library's rules with no ``[channel]`` configured: safe, and no application's.
 
         Top-level channels (``default`` and any name without ``:``) are readable by
         anyone, as every ``/ws`` client was before channels existed; nobody publishes
@@ -175,7 +175,21 @@ class ChannelRules:
         ``$`` channels need a subscription token. A configured ``[channel]`` replaces
         all of it.
         """
-        return cls.demo()  # until the app's realtime.toml carries the demo's table
+        return cls(
+            without_namespace=NamespaceOptions(
+                allow_subscribe_for_client=True, allow_subscribe_for_anonymous=True
+            )
+        )
+
+    @classmethod
+    def defaults(cls) -> ChannelRules:
+        """What runs with no ``[channel]`` configured: still :meth:`demo`, as before.
+
+        It becomes :meth:`neutral` once the demo's table comes with the app
+        (app/realtime.toml) and the tests that serve an empty app directory and use
+        ``chat:*`` configure it (docs/channels.md).
+        """
+        return cls.demo()
 
     @classmethod
     def demo(cls) -> ChannelRules:
