@@ -1,7 +1,14 @@
-"""Shared fixtures: real servers (Hypercorn, Caddy) on free loopback ports."""
+"""Shared fixtures: real servers (Hypercorn, Caddy, Redis) on loopback, and polling waits.
+
+Ports: a server binds port 0, or a socket the test made and hands over, or a port the
+test reserves for as long as it runs (see ``reserve_port``); never a number found free,
+closed and passed on, which another process may take in between (docs/testing.md).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import signal
@@ -9,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -19,12 +26,114 @@ from playwright.async_api import Browser, async_playwright
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "app"
 
+#: Sockets the running test holds (port reservations, listening sockets): closed by
+#: the autouse fixture ``_release_sockets`` when the test ends, so a reserved port
+#: stays reserved across a server's restarts and no socket outlives its test.
+_HELD: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _release_sockets() -> Iterator[None]:
+    """Autouse fixtures are set up first, so this runs after every other teardown."""
+    yield
+    while _HELD:
+        _HELD.pop().close()
+
+
+def reserve_port(host: str = "127.0.0.1") -> int:
+    """A port only servers of this test can bind, until the test ends.
+
+    A socket bound with ``SO_REUSEPORT`` that never listens: Linux lets other
+    ``SO_REUSEPORT`` sockets of the same user bind the port beside it (Hypercorn's
+    workers, Caddy, ``listening_socket(port)``) and refuses anyone else. It takes no
+    connections itself, so a stopped server's port refuses them, as in production, and
+    a restarted server gets the same port back. ``host="0.0.0.0"`` keeps the port off
+    every IPv4 address (for Caddy, which listens on all of them).
+    """
+    sock = socket.socket()
+    _HELD.append(sock)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, 0))
+    port: int = sock.getsockname()[1]
+    return port
+
+
+def listening_socket(port: int = 0, host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket, held until the test ends (``port=0``: the kernel picks one).
+
+    With a ``port`` (one from ``reserve_port``) it is bound with ``SO_REUSEPORT`` beside
+    the reservation. Hand it to a server with ``inherited_bind``.
+    """
+    sock = socket.socket()
+    _HELD.append(sock)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def inherited_bind() -> tuple[str, int]:
+    """For Hypercorn in this process: ``config.bind = [bind]``, served on ``port``.
+
+    A listening socket on a port the kernel picks, given over to Hypercorn as
+    ``fd://N``: Hypercorn owns it from then on and closes it when it stops.
+    """
+    sock = listening_socket()
+    port: int = sock.getsockname()[1]
+    return f"fd://{sock.detach()}", port
+
 
 def free_port() -> int:
+    """Deprecated: a port that was free a moment ago, which anyone may take before it is
+    bound. Use ``inherited_bind``, ``reserve_port`` or a ``Server`` instead; kept for the
+    tests that still call it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def eventually(
+    predicate: Callable[[], object | Awaitable[object]],
+    timeout: float = 5.0,
+    interval: float = 0.02,
+    message: str = "",
+) -> object:
+    """Poll ``predicate`` (sync or async) until it returns something true; that value.
+
+    An AssertionError after ``timeout`` seconds, naming ``message`` and the last value.
+    For "this happens": never sleep a fixed time and count. (For "this does not happen",
+    a short settle before counting is the honest wait; say so where it is done.)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{message or 'condition'} not met within {timeout} s: {value!r}")
+        await asyncio.sleep(interval)
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float = 5.0,
+    interval: float = 0.02,
+    message: str = "",
+) -> object:
+    """``eventually`` for synchronous tests: polls ``predicate`` with ``time.sleep``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{message or 'condition'} not met within {timeout} s: {value!r}")
+        time.sleep(interval)
 
 
 def wait_for_http(
@@ -43,7 +152,14 @@ def wait_for_http(
 
 
 class Server:
-    """``realtime run`` in a subprocess, as a user starts it."""
+    """``realtime run`` in a subprocess, as a user starts it.
+
+    Its port is reserved for the whole test (``reserve_port``), so ``stop()`` and
+    ``start()`` again keep it and nothing else can take it in between. One worker is
+    handed a listening socket (``--bind fd://N``); several bind the port themselves
+    (Hypercorn sets ``SO_REUSEPORT`` for them), so the kernel spreads connections over
+    them as in production. ``port=`` binds that number as given (the caller's choice).
+    """
 
     def __init__(
         self,
@@ -54,7 +170,8 @@ class Server:
     ) -> None:
         self.app_dir = app_dir
         self.args = args
-        self.port = port or free_port()
+        self.reserved = port is None
+        self.port = reserve_port() if port is None else port
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = app_dir.parent / f"server-{self.port}.log"
@@ -67,17 +184,43 @@ class Server:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
+    @property
+    def workers(self) -> int:
+        """``--workers`` among the arguments (1 without)."""
+        args = list(self.args)
+        for index, arg in enumerate(args):
+            if arg == "--workers" and index + 1 < len(args):
+                return int(args[index + 1])
+            if arg.startswith("--workers="):
+                return int(arg.partition("=")[2])
+        return 1
+
     def start(self) -> Server:
+        listener: socket.socket | None = None
+        bind = f"127.0.0.1:{self.port}"
+        if self.reserved and self.workers == 1:
+            listener = listening_socket(self.port)
+            bind = f"fd://{listener.fileno()}"
         command = [
             sys.executable, "-m", "realtime", "run",
-            "--bind", f"127.0.0.1:{self.port}",
+            "--bind", bind,
             "--app", str(self.app_dir),
             *self.args,
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env
-            )
+        try:
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    pass_fds=() if listener is None else (listener.fileno(),),
+                )
+        finally:
+            # The server has its own copy now: once it exits, the port refuses
+            # connections (only the reservation, which never listens, stays).
+            if listener is not None:
+                listener.close()
         wait_for_http(self.url + "/", process=self.process)
         return self
 
@@ -154,14 +297,17 @@ def start_caddy(
     extra_env: Mapping[str, str] | None = None,
     attempts: int = 5,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Caddy serving on a free port, and that port.
+    """Caddy serving on a port reserved for the test (``reserve_port``), and that port.
 
-    The Caddyfile listens on every address, and a port free on 127.0.0.1 may still be
-    held on another loopback address (sockets in TIME_WAIT after a load run from
-    127.0.0.2-4): on "address already in use" another port is tried.
+    Debian's Caddy (2.6) cannot take a listening socket from its parent, but it binds
+    with ``SO_REUSEPORT``, so it can bind a port the test reserved: the port stays the
+    test's when Caddy is killed and started again on it (``caddy_process``). The
+    reservation is on every IPv4 address, since the Caddyfile listens on all of them.
+    Should Caddy still report "address already in use" (another user's socket bound
+    with ``SO_REUSEPORT`` too, say), another port is tried.
     """
     for attempt in range(attempts):
-        port = free_port()
+        port = reserve_port("0.0.0.0")
         process = caddy_process(upstream_port, port, log_path, config, extra_env)
         try:
             wait_for_http(f"http://127.0.0.1:{port}/", process=process)
@@ -184,7 +330,17 @@ def caddy(server: Server, tmp_path: Path) -> Iterator[str]:
 
 
 class RedisServer:
-    """Debian's redis-server on a free loopback port; stop() and start() keep the port."""
+    """Debian's redis-server on a loopback port; stop() and start() keep the port.
+
+    redis-server can neither take a listening socket from its parent nor bind with
+    ``SO_REUSEPORT`` (so ``reserve_port`` would lock it out), and ``--port 0`` turns TCP
+    off. So its port is picked free and, on "Address already in use" at the first
+    start, another is tried; a restart must keep the port, and one taken while Redis
+    was down fails naming it. Readiness is Redis's own log line, never a connection
+    that anything listening there would accept.
+    """
+
+    ATTEMPTS = 5
 
     def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
         self.port = free_port()
@@ -192,12 +348,32 @@ class RedisServer:
         #: Persist every write (AOF, fsync always): a killed Redis comes back with it all.
         self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
+        self.started = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "redis.log"
+
     def start(self) -> RedisServer:
+        for attempt in range(1 if self.started else self.ATTEMPTS):
+            if attempt:
+                self.port = free_port()
+            if self._launch():
+                self.started = True
+                return self
+        if self.started:
+            raise RuntimeError(
+                f"redis-server could not bind 127.0.0.1:{self.port} again: another process "
+                "took the port while Redis was down (see redis.log)"
+            )
+        raise RuntimeError(f"redis-server found no free port in {self.ATTEMPTS} attempts")
+
+    def _launch(self) -> bool:
+        """Start redis-server on ``self.port``: True once ready, False if the port is taken."""
         server = shutil.which("redis-server")
         if server is None:
             raise RuntimeError(
@@ -208,15 +384,28 @@ class RedisServer:
             "--save", "", "--dir", str(self.workdir),
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
         ]  # fmt: skip
-        with (self.workdir / "redis.log").open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        raise TimeoutError("redis-server did not start")
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.process = process
+
+        def outcome() -> str:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                text = log.read().decode(errors="replace")
+            if "Ready to accept connections" in text:
+                return "ready"
+            if process.poll() is not None:
+                return "in use" if "Address already in use" in text else "exited"
+            return ""
+
+        result = wait_until(outcome, timeout=10, message="redis-server ready")
+        if result == "ready":
+            return True
+        self.process = None
+        if result == "in use":
+            return False
+        raise RuntimeError(f"redis-server exited with {process.returncode}: see {self.log_path}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -63,21 +63,55 @@ async def test_an_untrusted_peer_cannot_set_forwarded_headers(app_dir: Path) -> 
         srv.stop()
 
 
-def test_a_port_held_on_another_loopback_address_is_retried(
+def test_a_port_held_on_another_loopback_address_is_never_reserved() -> None:
+    """After a load run from 127.0.0.2-4 a port free on 127.0.0.1 may be held there."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.2", 0))
+        held.listen()
+        with socket.socket() as reservation:
+            reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            with pytest.raises(OSError, match="in use"):
+                reservation.bind(("0.0.0.0", held.getsockname()[1]))
+        assert conftest.reserve_port("0.0.0.0") != held.getsockname()[1]
+
+
+def test_caddy_on_a_port_taken_anyway_is_started_on_another(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After a load run from 127.0.0.2-4 a port free on 127.0.0.1 may be held there."""
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     with upstream, socket.socket() as held:
         held.bind(("127.0.0.2", 0))
         held.listen()
-        ports = iter([held.getsockname()[1], conftest.free_port()])
-        monkeypatch.setattr(conftest, "free_port", lambda: next(ports))
+        ports = iter([held.getsockname()[1], conftest.reserve_port("0.0.0.0")])
+        monkeypatch.setattr(conftest, "reserve_port", lambda host: next(ports))
         process, port = conftest.start_caddy(upstream.server_port, tmp_path / "caddy.log")
         try:
             assert port != held.getsockname()[1]
             assert "address already in use" in (tmp_path / "caddy.log").read_text()
+        finally:
+            process.terminate()
+            process.wait(10)
+            upstream.shutdown()
+
+
+def test_caddy_started_again_gets_its_reserved_port_back(tmp_path: Path) -> None:
+    """Killed, its port refuses connections (the reservation never listens); started
+    again on it, it serves there: nothing else could take the port in between."""
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    log = tmp_path / "caddy.log"
+    with upstream:
+        process, port = conftest.start_caddy(upstream.server_port, log)
+        try:
+            process.kill()
+            process.wait(10)
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", port)) != 0
+            with socket.socket() as other, pytest.raises(OSError, match="in use"):
+                other.bind(("127.0.0.1", port))
+            process = conftest.caddy_process(upstream.server_port, port, log)
+            conftest.wait_for_http(f"http://127.0.0.1:{port}/", process=process)
         finally:
             process.terminate()
             process.wait(10)
