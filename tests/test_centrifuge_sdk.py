@@ -18,7 +18,7 @@ import jwt
 import pytest
 from centrifuge import ReplyError
 
-from .conftest import RedisServer, Server, start_caddy
+from .conftest import RedisServer, Server, eventually, start_caddy
 from .sdk import (
     NodeClient,
     PyClient,
@@ -276,7 +276,8 @@ async def test_python_connect_reply_has_a_ttl_however_close_the_expiry(
     server = configured_server("")
     while time.time() % 1 < 0.6:  # exp = next second: under 0.4 s away
         await asyncio.sleep(0.02)
-    token = jwt.encode({"sub": "ada", "exp": int(time.time()) + 1}, SECRET, algorithm="HS256")
+    expiry = int(time.time()) + 1
+    token = jwt.encode({"sub": "ada", "exp": expiry}, SECRET, algorithm="HS256")
 
     async def get_token() -> str:
         return mint("ada")
@@ -284,8 +285,10 @@ async def test_python_connect_reply_has_a_ttl_however_close_the_expiry(
     ada = PyClient(centrifuge_url(server.url), token=token, get_token=get_token)
     try:
         await ada.connect()
-        await asyncio.sleep(2)  # refreshed with a fresh token, still connected
-        assert ada.events.tokens_fetched >= 1
+        await eventually(lambda: ada.events.tokens_fetched >= 1, message="a token refresh")
+        # Nothing must happen next: past the first token's expiry (and a second the
+        # server may take to act on it), still connected.
+        await eventually(lambda: time.time() > expiry + 1, message="the first token's expiry")
         assert drain(ada.events.disconnected) == []
     finally:
         await ada.close()
