@@ -23,9 +23,11 @@ from realtime import (
 from realtime.plugins import Plugins
 
 
-def plugin(name: str, **hooks: Any) -> types.ModuleType:
+def plugin(name: str, requires: tuple[str, ...] = (), **hooks: Any) -> types.ModuleType:
     """A plugin object as a module, the way entry points deliver them."""
     module = types.ModuleType(name)
+    if requires:
+        module.REQUIRES = requires  # type: ignore[attr-defined]
     for hook, function in hooks.items():
         setattr(module, hook, hookimpl(function))
     return module
@@ -227,12 +229,119 @@ async def test_shutdown_runs_for_every_plugin_even_if_one_fails(tmp_path: Path) 
     assert events == ["c", "a"]  # reverse order; b's failure did not stop a
 
 
+def test_a_missing_requirement_stops_start_up_naming_both(tmp_path: Path) -> None:
+    needy = plugin("needy", requires=("absent",), startup=lambda: None)
+    with pytest.raises(PluginError, match="'needy' requires plugin 'absent', which is not inst"):
+        create_app(tmp_path, plugins=[needy], load_entrypoints=False)
+
+
+def test_requires_must_be_a_tuple_of_names(tmp_path: Path) -> None:
+    sloppy = plugin("sloppy")
+    sloppy.REQUIRES = "hub"  # type: ignore[attr-defined]
+    with pytest.raises(PluginError, match="'sloppy' is invalid: REQUIRES must be a tuple"):
+        create_app(tmp_path, plugins=[sloppy], load_entrypoints=False)
+
+
+def test_plugins_requiring_each_other_in_a_cycle_are_refused(tmp_path: Path) -> None:
+    a, b = plugin("a", requires=("b",)), plugin("b", requires=("a",))
+    with pytest.raises(PluginError, match="in a cycle: a -> b -> a"):
+        create_app(tmp_path, plugins=[a, b], load_entrypoints=False)
+
+
+async def test_start_up_follows_requirements_and_shutdown_reverses_it(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    def lifecycle(name: str, requires: tuple[str, ...] = ()) -> types.ModuleType:
+        return plugin(
+            name,
+            requires,
+            startup=lambda: events.append(f"start {name}"),
+            connect=lambda: events.append(f"connect {name}"),
+            disconnect=lambda: events.append(f"disconnect {name}"),
+            shutdown=lambda: events.append(f"stop {name}"),
+        )
+
+    # Loaded needing-first: load order alone would start them the wrong way round.
+    app = create_app(
+        tmp_path,
+        plugins=[lifecycle("app", ("web",)), lifecycle("web", ("db",)), lifecycle("db")],
+        load_entrypoints=False,
+    )
+    host = get_host(app)
+    await host.startup()
+    assert events == [
+        *("start db", "start web", "start app"),  # every startup, then every connect
+        *("connect db", "connect web", "connect app"),
+    ]
+    events.clear()
+    await host.shutdown()
+    assert events == [
+        *("disconnect app", "disconnect web", "disconnect db"),
+        *("stop app", "stop web", "stop db"),
+    ]
+
+
+def test_a_requirement_orders_every_hook_transitively(tmp_path: Path) -> None:
+    """Through a plugin that does not implement the hook, too."""
+    plugins = Plugins.discover(
+        [
+            plugin("top", ("middle",), validate=lambda: None),
+            plugin("middle", ("base",)),
+            plugin("other", validate=lambda: None),
+            plugin("base", validate=lambda: None),
+        ],
+        load_entrypoints=False,
+    )
+    assert [name for name, _ in plugins.bound("validate")] == ["base", "top", "other"]
+    assert plugins.requires["top"] == ("middle",)
+
+
+def test_the_hub_disabled_stops_start_up_naming_who_needs_it(tmp_path: Path) -> None:
+    with pytest.raises(PluginError) as caught:
+        create_app(tmp_path, disabled=["hub"])
+    assert "plugin 'centrifuge' requires plugin 'hub', which is disabled by " in str(caught.value)
+    assert "REALTIME_DISABLE_PLUGINS" in str(caught.value)
+    assert "HubClosed" not in str(caught.value)
+
+
+def test_the_broker_disabled_names_every_plugin_that_needs_it(tmp_path: Path) -> None:
+    with pytest.raises(PluginError) as caught:
+        create_app(tmp_path, disabled=["broker"])
+    for needy in ("hub", "broadcast", "centrifuge"):
+        assert f"plugin {needy!r} requires plugin 'broker'" in str(caught.value)
+
+
+async def test_the_broker_connects_after_every_plugin_wired_itself_to_it(tmp_path: Path) -> None:
+    """The hub and the centrifuge node subscribe and register callbacks on the broker in
+    ``startup``; the broker starts in ``connect``, so its first subscription has them."""
+    from realtime_broker import get_broker
+
+    seen: list[object] = []
+
+    def startup(host: Any) -> None:
+        broker = get_broker(host)
+        seen.append(broker.loop)  # None until the broker started
+        broker.subscribe("wired", lambda publication: 0)
+
+    app = create_app(tmp_path, plugins=[plugin("late", ("broker",), startup=startup)])
+    host = get_host(app)
+    starting = [name for name, _ in host.plugins.bound("startup", host=host)]
+    assert starting.index("hub") < starting.index("centrifuge")
+    assert [name for name, _ in host.plugins.bound("connect", host=host)] == ["broker"]
+    async with app.test_app():
+        broker = get_broker(host)
+        assert seen == [None] and broker.loop is not None
+        assert {"wired", "\x01centrifuge-control"} <= set(broker.subscribers)
+        assert broker.loss_handlers and broker.presence_handlers and broker.channel_counters
+
+
 def test_bundled_plugins_load_through_entry_points() -> None:
     plugins = Plugins.discover()
     names = {info.name: info for info in plugins.info()}
     assert {"websocket", "broadcast"} <= set(names)
     assert names["websocket"].distribution == "realtime"
     assert names["broadcast"].module == "realtime_broadcast.plugin"
+    assert names["centrifuge"].requires == ("hub", "broker")
 
 
 def test_plugins_can_be_disabled(tmp_path: Path) -> None:

@@ -68,7 +68,24 @@ def health(host: Host) -> str | None:
 
 @hookspec
 def startup(host: Host) -> Awaitable[None] | None:
-    """Provision: runs on the serving loop before the first request."""
+    """Provision: runs on the serving loop before the first request.
+
+    In requirement order: a plugin starts after every plugin in its ``REQUIRES``.
+    """
+
+
+@hookspec
+def connect(host: Host) -> Awaitable[None] | None:
+    """Reach outside services, once every plugin has started (Caddy's Start after Provision).
+
+    The broker connects here, after the plugins that use it have subscribed in their
+    ``startup``: its first subscription carries all of their channels.
+    """
+
+
+@hookspec
+def disconnect(host: Host) -> Awaitable[None] | None:
+    """Let go of outside services, in reverse order, before any plugin's ``shutdown``."""
 
 
 @hookspec
@@ -78,4 +95,7 @@ def drain(host: Host, grace: float) -> Awaitable[None] | None:
 
 @hookspec
 def shutdown(host: Host) -> Awaitable[None] | None:
-    """Clean up: runs for every started plugin, even when another one fails."""
+    """Clean up: runs for every started plugin, even when another one fails.
+
+    In reverse requirement order: a plugin is cleaned up before those it requires.
+    """

@@ -197,7 +197,9 @@ class Host:
         self.routes: list[tuple[str, AnyRoute]] = []
         self.compile_cache = CompileCache()
         self.executor: ScriptThreads | None = None
+        #: Plugins whose ``startup`` (``connect``) ran, in order, for undoing in reverse.
         self._started: list[str] = []
+        self._connected: list[str] = []
         self.draining = False
         #: Why start-up failed, for the command line to say in one line.
         self.startup_error: PluginError | None = None
@@ -285,19 +287,24 @@ class Host:
     # Lifecycle (Caddy's provision / cleanup) --------------------------------
 
     async def startup(self) -> None:
+        """Every plugin's ``startup``, then every ``connect``, in requirement order.
+
+        A failure stops start-up naming the plugin, after cleaning up what had started.
+        """
         self.executor = ScriptThreads(self.settings["threads"])
         token = _current.set(self)
         try:
-            for plugin, call in self.plugins.bound("startup", host=self):
-                try:
-                    await await_me_maybe(call())
-                except Exception as exc:
-                    await self.shutdown()
-                    self.startup_error = PluginError(
-                        f"plugin {plugin!r} failed to start: {type(exc).__name__}: {exc}"
-                    )
-                    raise self.startup_error from exc
-                self._started.append(plugin)
+            for hook, done in (("startup", self._started), ("connect", self._connected)):
+                for plugin, call in self.plugins.bound(hook, host=self):
+                    try:
+                        await await_me_maybe(call())
+                    except Exception as exc:
+                        await self.shutdown()
+                        self.startup_error = PluginError(
+                            f"plugin {plugin!r} failed to start: {type(exc).__name__}: {exc}"
+                        )
+                        raise self.startup_error from exc
+                    done.append(plugin)
         finally:
             _current.reset(token)
 
@@ -338,16 +345,22 @@ class Host:
         await asyncio.gather(scripts_done(), *(drain_plugin(p, c) for p, c in calls))
 
     async def shutdown(self) -> None:
-        calls = dict(self.plugins.bound("shutdown", host=self))
-        for plugin in reversed(self._started):
-            call = calls.get(plugin)
-            if call is None:
-                continue
-            try:
-                await await_me_maybe(call())
-            except Exception:
-                log.error("plugin %r failed to shut down", plugin, exc_info=True)
-        self._started.clear()
+        """``disconnect`` then ``shutdown``, each in reverse of the order they ran in.
+
+        Every plugin that got that far is called, even when another one fails.
+        """
+        for hook, done in (("disconnect", self._connected), ("shutdown", self._started)):
+            calls = dict(self.plugins.bound(hook, host=self))
+            for plugin in reversed(done):
+                call = calls.get(plugin)
+                if call is None:
+                    continue
+                try:
+                    await await_me_maybe(call())
+                except Exception:
+                    what = "shut down" if hook == "shutdown" else hook
+                    log.error("plugin %r failed to %s", plugin, what, exc_info=True)
+            done.clear()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None

@@ -21,6 +21,8 @@ from .errors import PluginError
 
 ENTRY_POINT_GROUP = "realtime.plugins"
 DISABLE_ENV = "REALTIME_DISABLE_PLUGINS"
+#: The module attribute naming the plugins a plugin needs (as pytest's ``pytest_plugins``).
+REQUIRES = "REQUIRES"
 #: Hooks the host calls itself, one implementation at a time.
 HOST_HOOKS = frozenset(
     name
@@ -45,6 +47,7 @@ class PluginInfo:
     distribution: str | None
     version: str | None
     hooks: tuple[str, ...]
+    requires: tuple[str, ...] = ()
 
 
 class Plugins:
@@ -54,6 +57,9 @@ class Plugins:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.manager.add_hookspecs(hookspecs)
         self._dists: dict[str, tuple[str | None, str | None]] = {}
+        #: What each plugin declares in ``REQUIRES``, and everything it needs transitively.
+        self.requires: dict[str, tuple[str, ...]] = {}
+        self._needs: dict[str, frozenset[str]] = {}
 
     @classmethod
     def discover(
@@ -100,6 +106,8 @@ class Plugins:
             name = getattr(obj, "__name__", None) or type(obj).__name__
             errors.extend(plugins._register(obj, name, None, None))
         if not errors:
+            errors.extend(plugins._check_requirements(blocked))
+        if not errors:
             errors.extend(plugins._add_plugin_hookspecs())
         if errors:
             raise PluginError("\n".join(errors))
@@ -108,6 +116,9 @@ class Plugins:
     def _register(self, obj: object, name: str, dist: str | None, version: str | None) -> list[str]:
         if self.manager.has_plugin(name) or self.manager.is_registered(obj):
             return [f"plugin {name!r} is registered twice"]
+        requires = getattr(obj, REQUIRES, ())
+        if isinstance(requires, str) or not all(isinstance(r, str) for r in requires):
+            return [f"plugin {name!r} is invalid: {REQUIRES} must be a tuple of plugin names"]
         try:
             self.manager.register(obj, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
@@ -126,7 +137,60 @@ class Plugins:
                         "name the plugin that fails); wrappers work on plugin-defined hooks"
                     ]
         self._dists[name] = (dist, version)
+        self.requires[name] = tuple(requires)
         return []
+
+    def _check_requirements(self, disabled: set[str]) -> list[str]:
+        """Refuse a plugin whose requirement is missing, naming both, or a cycle.
+
+        Then remember what each one needs transitively, which orders the hooks.
+        """
+        errors = []
+        for plugin, required in self.requires.items():
+            for name in required:
+                if name in self.requires:
+                    continue
+                why = f"disabled by {DISABLE_ENV}" if name in disabled else "not installed"
+                errors.append(f"plugin {plugin!r} requires plugin {name!r}, which is {why}")
+        if errors:
+            return errors
+
+        def needs(plugin: str, path: tuple[str, ...]) -> frozenset[str]:
+            if plugin in path:
+                cycle = " -> ".join((*path[path.index(plugin) :], plugin))
+                raise PluginError(f"plugins require each other in a cycle: {cycle}")
+            if plugin not in self._needs:
+                found: set[str] = set()
+                for name in self.requires[plugin]:
+                    found |= {name, *needs(name, (*path, plugin))}
+                self._needs[plugin] = frozenset(found)
+            return self._needs[plugin]
+
+        try:
+            for plugin in self.requires:
+                needs(plugin, ())
+        except PluginError as exc:
+            return [str(exc)]
+        return []
+
+    def _in_requirement_order(self, impls: list[pluggy.HookImpl]) -> list[pluggy.HookImpl]:
+        """``impls`` as given, except that each comes after those its plugin needs."""
+        done: set[str] = set()
+        ordered: list[pluggy.HookImpl] = []
+
+        def visit(impl: pluggy.HookImpl) -> None:
+            if impl.plugin_name in done:
+                return
+            done.add(impl.plugin_name)
+            needed = self._needs.get(impl.plugin_name, frozenset())
+            for other in impls:
+                if other.plugin_name in needed:
+                    visit(other)
+            ordered.append(impl)
+
+        for impl in impls:
+            visit(impl)
+        return ordered
 
     def _add_plugin_hookspecs(self) -> list[str]:
         """Let plugins declare hooks of their own, then check every implementation.
@@ -159,15 +223,19 @@ class Plugins:
         return self.manager.hook
 
     def bound(self, hook: str, **kwargs: Any) -> list[tuple[str, Callable[[], Any]]]:
-        """``hook``'s implementations in load order (``tryfirst`` ones first, ``trylast`` ones
-        last), each bound to the arguments it asks for."""
+        """``hook``'s implementations in requirement order, each bound to the arguments it
+        asks for.
+
+        A plugin comes after every plugin it requires (``REQUIRES``), transitively;
+        otherwise load order, ``tryfirst`` ones first and ``trylast`` ones last.
+        """
         impls = sorted(
             getattr(self.manager.hook, hook).get_hookimpls(),
             key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1,
         )
         return [
             (impl.plugin_name, partial(impl.function, **{n: kwargs[n] for n in impl.argnames}))
-            for impl in impls
+            for impl in self._in_requirement_order(impls)
         ]
 
     def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
@@ -194,5 +262,6 @@ class Plugins:
             dist, version = self._dists.get(name, (None, None))
             hooks = tuple(sorted(impl.name for impl in self.manager.get_hookcallers(obj) or ()))
             module = getattr(obj, "__name__", type(obj).__name__)
-            infos.append(PluginInfo(name, module, dist, version, hooks))
+            requires = self.requires.get(name, ())
+            infos.append(PluginInfo(name, module, dist, version, hooks, requires))
         return infos

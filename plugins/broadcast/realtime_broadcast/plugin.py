@@ -9,6 +9,9 @@ from realtime import Option, hookimpl
 
 from .functions import SETTING, broadcast, history, presence, presence_stats
 
+#: Every function goes through the broker (``realtime_broker.get_broker``).
+REQUIRES = ("broker",)
+
 
 @hookimpl
 def register_options() -> list[Option]:

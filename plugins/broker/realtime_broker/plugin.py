@@ -59,15 +59,17 @@ def validate(host: Host) -> None:
     create_broker(host)
 
 
-@hookimpl(trylast=True)
-async def startup(host: Host) -> None:
+@hookimpl
+async def connect(host: Host) -> None:
+    """After every plugin's ``startup``: they subscribed and registered their callbacks
+    on the broker (made in ``validate``), so one subscription covers their channels."""
     broker = get_broker(host)
     await broker.start()
     log.info("broker: %s", broker.describe())
 
 
 @hookimpl
-async def shutdown(host: Host) -> None:
+async def disconnect(host: Host) -> None:
     broker = host.app.extensions.pop(EXTENSION_KEY, None)
     if broker is not None:
         await broker.close()

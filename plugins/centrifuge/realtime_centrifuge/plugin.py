@@ -29,6 +29,8 @@ from .transport import endpoint
 log = logging.getLogger("realtime.centrifuge")
 
 EXTENSION_KEY = "realtime_centrifuge.node"
+#: Sessions live in the hub; publications, history and presence go through the broker.
+REQUIRES = ("hub", "broker")
 
 
 @hookimpl

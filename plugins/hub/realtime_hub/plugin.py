@@ -22,6 +22,9 @@ from .channels import ChannelRules
 from .engine import MAX_INCOMING_RATE, MAX_INCOMING_SIZE, OVERFLOW_POLICIES, Hub
 from .state import EXTENSION_KEY
 
+#: The hub wires itself to the broker in ``startup``; the broker connects afterwards.
+REQUIRES = ("broker",)
+
 
 def channel_table(text: str) -> Any:
     """``--channel`` or ``REALTIME_CHANNEL``: the ``[channel]`` table as JSON."""
@@ -125,7 +128,7 @@ def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
     config.websocket_max_message_size = settings["max_incoming_size"]
 
 
-@hookimpl(tryfirst=True)
+@hookimpl
 def startup(host: Host) -> None:
     hub = Hub(
         max_buffer=host.settings["client_buffer"],
