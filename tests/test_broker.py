@@ -13,6 +13,7 @@ import pytest
 from realtime import PluginError, create_app, get_host
 from realtime_broker import (
     DEFAULT_CHANNEL,
+    EMPTY_EPOCH,
     MAX_INFO_SIZE,
     BrokerUnavailable,
     MemoryBroker,
@@ -21,7 +22,6 @@ from realtime_broker import (
 )
 from realtime_broker.redis import (
     MAGIC,
-    NEW_EPOCH,
     Drop,
     Place,
     RedisBroker,
@@ -226,7 +226,7 @@ def test_only_the_next_number_is_delivered_without_asking_redis() -> None:
 def test_when_redis_has_no_epoch_the_first_number_of_any_new_one_is_next() -> None:
     sequence = Sequence()
     assert sequence.check("c", None, None) == 0  # a fresh Redis with nothing published
-    assert sequence.position["c"] == (NEW_EPOCH, 0)
+    assert sequence.position["c"] == (EMPTY_EPOCH, 0)
     assert sequence.place("c", E1, 1) is Place.NEXT
     assert sequence.place("c", E1, 2) is Place.OFF
     delivered(sequence, E1, 1)

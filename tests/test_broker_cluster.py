@@ -18,8 +18,8 @@ import pytest
 from redis.asyncio import Redis
 
 from realtime_broker import BrokerUnavailable, MemoryBroker
-from realtime_broker import redis as redis_module
 from realtime_broker.redis import MAP_FIELDS_PER_BEAT, NODE_KEYS_TTL, RedisBroker
+from realtime_broker.redis import cluster as cluster_module
 
 from .conftest import RedisServer
 
@@ -162,7 +162,7 @@ async def test_a_closed_process_removes_its_entries_at_once(processes: Start, re
 async def test_a_process_that_stops_reporting_is_left_out_and_its_keys_expire(
     processes: Start, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_module, "NODE_TTL", 1.5)
+    monkeypatch.setattr(cluster_module, "NODE_TTL", 1.5)
     one, two = await processes(), await processes()
     one.map, two.map = {"a": 1}, {"b": 1}
     await until_seen(one, {"a": 1, "b": 1})
@@ -177,7 +177,7 @@ async def test_unchanged_maps_are_not_written_again_and_changes_cost_one_evalsha
     processes: Start, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Renewals (every NODE_KEYS_RENEW s, EXPIRE only) are the next test's.
-    monkeypatch.setattr(redis_module, "NODE_KEYS_RENEW", 60.0)
+    monkeypatch.setattr(cluster_module, "NODE_KEYS_RENEW", 60.0)
     other = await processes()
     process = await processes()
     big = {f"room:{i}": 1 + i % 3 for i in range(25_000)}
@@ -221,7 +221,7 @@ async def test_unchanged_maps_are_not_written_again_and_changes_cost_one_evalsha
 async def test_an_unchanged_map_is_renewed_with_expire_only(
     processes: Start, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_module, "NODE_KEYS_RENEW", 1.0)
+    monkeypatch.setattr(cluster_module, "NODE_KEYS_RENEW", 1.0)
     process = await processes()
     process.map = {f"c{i}": 1 for i in range(5000)}
 
@@ -251,7 +251,7 @@ async def test_a_map_redis_lost_is_written_again(
     client = Redis.from_url(redis_server.url)
     try:
         await client.delete(node_key(two.node, "channels"))
-        two._published_at = 0.0  # renewal due now
+        two.cluster.published_at = 0.0  # renewal due now
         await until_seen(one, {"a": 1, "b": 2})
     finally:
         await client.aclose()

@@ -2,7 +2,7 @@
 
 No foreign bytes reach clients' frames as JSON (a JSON publication's body must be one
 JSON document, a member's info is parsed and encoded again); a control message is applied only when
-the broker's stream holds it under its number, and only for channels the server API
+Redis holds the proof its sender left, once, and only for channels the server API
 itself could name; internal channels are unreachable by name.
 """
 
@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from realtime import get_host
-from realtime_broker import Member, PresenceEvent, PresenceMode, Publication
-from realtime_broker.redis import MAGIC, Drop, RedisBroker, decode, member_of
+from realtime_broker import Member, PresenceEvent, PresenceMode, Publication, get_broker
+from realtime_broker.redis import CONTROL_MAGIC, MAGIC, Drop, RedisBroker, decode, member_of
 from realtime_centrifuge.codec import encode_reply
-from realtime_centrifuge.node import CONTROL_CHANNEL
 from realtime_centrifuge.plugin import get_node
 from realtime_centrifuge.transport import info_json, publication_object
 from realtime_hub import ChannelRules
@@ -30,6 +30,10 @@ from .conftest import RedisServer
 from .test_broker_channels import SETTINGS
 from .test_centrifuge_endpoint import connected, served_app
 from .test_fanout import hypercorn
+
+#: The data channel the server API's commands rode before the broker had a control
+#: channel: refused to clients like every internal name.
+CONTROL_CHANNEL = "\x01centrifuge-control"
 
 
 async def read_all(ws: ClientConnection, frames: list[str]) -> None:
@@ -84,21 +88,29 @@ async def test_a_forged_control_message_is_not_applied_and_a_real_one_is(
     app = await served_app(tmp_path, broker=redis_server.url)
     async with hypercorn(app) as port:
         node = get_node(get_host(app))
+        broker: Any = get_broker(get_host(app))
         victim = await connected(port, "victim")
-        await node.disconnect("nobody")  # a genuine one: the control stream's numbering
-        meta = f"realtime:{{ch:{CONTROL_CHANNEL}}}:meta"
-        epoch, seq = redis_server.cli("HMGET", meta, "epoch", "seq").split()
+        heard: list[bytes] = []
+        broker.on_control(heard.append)
+        await node.disconnect("nobody")  # a genuine one, and its proof
+        async with asyncio.timeout(5):
+            while not heard:
+                await asyncio.sleep(0.01)
+        (proof_key,) = redis_server.cli("KEYS", "realtime:control:*").split()
+        ident = proof_key.rpartition(":")[2]
         forged = json.dumps(
             {"op": "disconnect", "user": "victim", "code": 3503, "reason": "forged"}
         )
-        for number in (int(seq) + 1, int(seq)):  # the next number, and a used one
-            redis_server.cli(
-                "PUBLISH",
-                f"realtime:channel:{CONTROL_CHANNEL}",
-                f"{MAGIC.decode()}{epoch} {number} j{forged}",
-            )
-        # A subscribe to the control channel itself, numbered by the broker as the
-        # server API's would be: refused by the channel checks when applied.
+        magic = CONTROL_MAGIC.decode()
+        for raw in (
+            f"{magic}{ident} {forged}",  # a real id, another body
+            f"{magic}{'0' * 16} {forged}",  # an id with no proof
+            f"{magic}{ident} {heard[0].decode()}",  # a replay of the real one
+            f"{magic}short {forged}",  # malformed
+        ):
+            redis_server.cli("PUBLISH", "realtime:control", raw)
+        # A subscribe to an internal channel, sent as the server API's would be:
+        # refused by the channel checks when applied.
         await node._send_control(
             {"op": "subscribe", "user": "victim", "client": "", "channel": CONTROL_CHANNEL}
         )
@@ -109,6 +121,10 @@ async def test_a_forged_control_message_is_not_applied_and_a_real_one_is(
         assert closed.value.rcvd is not None
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (3503, "real")
         assert not any(CONTROL_CHANNEL in frame for frame in frames)  # never subscribed
+        assert len(heard) == 3  # the three genuine ones, once each
+        counts = broker.tally.counts
+        assert counts["control forged"] == 2 and counts["control replayed"] == 1
+        assert counts["foreign"] == 1
 
 
 async def test_a_forged_join_or_leave_is_not_told_and_real_ones_are(

@@ -2,18 +2,25 @@
 
 from .base import (
     DEFAULT_CHANNEL,
+    EMPTY_EPOCH,
+    MAX_CONTROL_SIZE,
     MAX_INFO_SIZE,
     Broker,
-    BrokerUnavailable,
     ChannelCounter,
+    ControlHandler,
     Counter,
     Deliver,
     HistoryPolicy,
     HistoryResult,
-    HistoryUnavailable,
     LossHandler,
     Publication,
     StreamPosition,
+)
+from .errors import (
+    BrokerError,
+    BrokerUnavailable,
+    HistoryUnavailable,
+    PresenceUnavailable,
     UnrecoverablePosition,
 )
 from .memory import MemoryBroker
@@ -21,19 +28,23 @@ from .presence import (
     Member,
     PresenceEvent,
     PresenceHandler,
+    PresenceManager,
     PresenceMode,
     PresencePolicy,
     PresenceStats,
-    PresenceUnavailable,
 )
 from .state import get_broker
 
 __all__ = [
     "DEFAULT_CHANNEL",
+    "EMPTY_EPOCH",
+    "MAX_CONTROL_SIZE",
     "MAX_INFO_SIZE",
     "Broker",
+    "BrokerError",
     "BrokerUnavailable",
     "ChannelCounter",
+    "ControlHandler",
     "Counter",
     "Deliver",
     "HistoryPolicy",
@@ -44,6 +55,7 @@ __all__ = [
     "MemoryBroker",
     "PresenceEvent",
     "PresenceHandler",
+    "PresenceManager",
     "PresenceMode",
     "PresencePolicy",
     "PresenceStats",

@@ -25,19 +25,24 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from realtime import HTTPError
-
+# Re-exported: they were defined here first.
+from .errors import BrokerUnavailable as BrokerUnavailable
+from .errors import HistoryUnavailable as HistoryUnavailable
+from .errors import PresenceUnavailable
+from .errors import UnrecoverablePosition as UnrecoverablePosition
 from .presence import (
     PRESENCE_TTL,
     PRESENCE_UPDATE_INTERVAL,
     Member,
     PresenceEvent,
     PresenceHandler,
+    PresenceManager,
     PresenceMode,
     PresencePolicy,
     PresenceStats,
-    PresenceUnavailable,
 )
+
+# Defined in .errors; importable from here as before.
 
 log = logging.getLogger("realtime.broker")
 
@@ -81,6 +86,15 @@ HANDOFF_TIMEOUT = 10.0
 #: The largest publisher ``info``, bytes of UTF-8: it travels in every copy of a
 #: publication, and a distributed broker bounds what it accepts from the wire.
 MAX_INFO_SIZE = 16 * 1024
+#: The largest control message, bytes (see :meth:`Broker.publish_control`).
+MAX_CONTROL_SIZE = 64 * 1024
+#: Told of each control message, on the loop, in the order they came.
+ControlHandler = Callable[[bytes], object]
+#: The epoch of a stream nothing was published in (or that was forgotten), and where
+#: a process stands before it knows one: offset 0 there is followed by offset 1 of
+#: whichever epoch the first publication starts. A read creates nothing; an SDK sends
+#: the position back as is, and a recovery from it is checked by offset alone.
+EMPTY_EPOCH = ""
 
 
 #: (history_size, history_ttl seconds) for a channel that keeps history, else None.
@@ -101,24 +115,6 @@ class HistoryResult:
 
     publications: tuple[Publication, ...]
     position: StreamPosition
-
-
-class HistoryUnavailable(HTTPError):
-    """The channel keeps no history (or this broker keeps none)."""
-
-    status = 404
-
-
-class UnrecoverablePosition(HTTPError):
-    """``since`` is not in the stream: another epoch, past its top, or trimmed away."""
-
-    status = 409
-
-
-class BrokerUnavailable(HTTPError):
-    """The broker could not take the message: nothing was delivered anywhere."""
-
-    status = 503
 
 
 def over_info_size(info: str | None) -> bool:
@@ -151,6 +147,12 @@ class Broker(ABC):
     Subscriptions are reference-counted per channel: the first :meth:`subscribe` to a
     channel calls :meth:`_listen_to`, the last :meth:`unsubscribe` :meth:`_stop_listening`
     (a distributed broker SUBSCRIBEs and UNSUBSCRIBEs there).
+
+    Presence is a separate interface (:class:`.presence.PresenceManager`): a broker
+    offers it by setting :attr:`presence_manager`, and its presence methods here then
+    check the channel's mode and hand over to it; without one, no channel tracks
+    presence. Control messages (:meth:`publish_control`) are a path of their own,
+    beside the channels: never numbered, never kept.
     """
 
     #: False for brokers that only reach their own process (refused with --workers > 1).
@@ -163,8 +165,6 @@ class Broker(ABC):
     #: not, a recovering subscriber holds what arrives during the read aside and
     #: merges it (the hub's ``hold`` and ``release``).
     recovers_atomically: ClassVar[bool] = False
-    #: True where :meth:`join_presence` and the presence reads work.
-    presence_supported: ClassVar[bool] = False
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         self.url = url
@@ -184,6 +184,9 @@ class Broker(ABC):
         #: Which channels track presence, and how (set by the hub from its rules).
         self.presence_policy: PresencePolicy | None = None
         self.presence_handlers: list[PresenceHandler] = []
+        #: Who is in each channel, where this broker offers presence (set by subclasses).
+        self.presence_manager: PresenceManager | None = None
+        self.control_handlers: list[ControlHandler] = []
         #: Seconds a member lasts unless renewed, and between two renewals.
         self.presence_ttl = float(settings.get("presence_ttl", PRESENCE_TTL))
         self.presence_update_interval = float(
@@ -471,12 +474,53 @@ class Broker(ABC):
         """:meth:`remove_history` where the channel keeps one."""
         raise NotImplementedError
 
+    # Control messages ----------------------------------------------------------
+
+    def on_control(self, handler: ControlHandler) -> Callable[[], None]:
+        """Be told of every control message, from every process; returns the undo.
+
+        Every handler gets every message: a plugin tells its own apart (the
+        Centrifuge node's are JSON objects with an ``op``).
+        """
+        self.control_handlers.append(handler)
+
+        def remove() -> None:
+            if handler in self.control_handlers:
+                self.control_handlers.remove(handler)
+
+        return remove
+
+    def report_control(self, data: bytes) -> None:
+        """Hand a control message to every handler; one that fails is logged, not fatal."""
+        for handler in list(self.control_handlers):
+            try:
+                handler(data)
+            except Exception:
+                log.exception("handling a control message failed")
+
+    @abstractmethod
+    async def publish_control(self, data: bytes) -> None:
+        """Send ``data`` to every process's control handlers (this one's included).
+
+        For what one process asks of another's connections (the server API's
+        per-user commands): not a channel, so never numbered, never kept as history,
+        never seen by a client. At most :data:`MAX_CONTROL_SIZE` bytes (else
+        ``ValueError``); raises :class:`BrokerUnavailable` within the broker's timeout
+        when it could not be handed over. A process whose connection to the broker
+        was down meanwhile does not get it (nor is told): a command is not a stream.
+        """
+
     # Presence --------------------------------------------------------------------
+
+    @property
+    def presence_supported(self) -> bool:
+        """Whether this broker offers presence (has a :attr:`presence_manager`)."""
+        return self.presence_manager is not None
 
     def presence_mode(self, channel: str) -> PresenceMode | None:
         """How ``channel`` tracks presence; None where it does not (or cannot here)."""
         policy = self.presence_policy
-        if policy is None or not self.presence_supported:
+        if policy is None or self.presence_manager is None:
             return None
         return policy(channel)
 
@@ -501,8 +545,8 @@ class Broker(ABC):
         if over_info_size(member.info):
             raise ValueError(f"the member's info is over {MAX_INFO_SIZE} bytes")
         mode = self.presence_mode(channel)
-        if mode is not None:
-            await self._join_presence(channel, member, mode.announced)
+        if mode is not None and self.presence_manager is not None:
+            await self.presence_manager.join(channel, member, mode.announced)
 
     async def leave_presence(self, channel: str, client: str) -> None:
         """Take ``client`` out of ``channel``'s presence (announcing the leave where the
@@ -512,21 +556,19 @@ class Broker(ABC):
         ``presence_ttl``, and its leave is announced then.
         """
         mode = self.presence_mode(channel)
-        if mode is not None:
-            await self._leave_presence(channel, client, mode.announced)
+        if mode is not None and self.presence_manager is not None:
+            await self.presence_manager.leave(channel, client, mode.announced)
 
     async def presence(self, channel: str) -> dict[str, Member]:
         """Every client in ``channel``, by client id, across processes.
 
         Raises :class:`PresenceUnavailable` where the channel lists no presence.
         """
-        self._check_presence(channel)
-        return await self._read_presence(channel)
+        return await self._check_presence(channel).members(channel)
 
     async def presence_stats(self, channel: str) -> PresenceStats:
         """How many clients, and distinct users, are in ``channel`` across processes."""
-        self._check_presence(channel)
-        return await self._read_presence_stats(channel)
+        return await self._check_presence(channel).stats(channel)
 
     def presence_sync(self, channel: str) -> dict[str, Member]:
         """:meth:`presence` for a script's worker thread: waits for the result."""
@@ -544,24 +586,14 @@ class Broker(ABC):
         )
         return result
 
-    def _check_presence(self, channel: str) -> None:
-        if not self.presence_supported:
+    def _check_presence(self, channel: str) -> PresenceManager:
+        manager = self.presence_manager
+        if manager is None:
             raise PresenceUnavailable(f"the {self.describe()} broker keeps no presence")
         mode = self.presence_mode(channel)
         if mode is None or not mode.listed:
             raise PresenceUnavailable(f"channel {channel!r} keeps no presence")
-
-    async def _join_presence(self, channel: str, member: Member, announce: bool) -> None:
-        raise NotImplementedError
-
-    async def _leave_presence(self, channel: str, client: str, announce: bool) -> None:
-        raise NotImplementedError
-
-    async def _read_presence(self, channel: str) -> dict[str, Member]:
-        raise NotImplementedError
-
-    async def _read_presence_stats(self, channel: str) -> PresenceStats:
-        raise NotImplementedError
+        return manager
 
     def problem(self) -> str | None:
         """Why this process should get no new clients (for ``/-/health``); ``None`` if none.

@@ -15,6 +15,7 @@ import dataclasses
 import secrets
 from collections import OrderedDict, deque
 
+from .base import EMPTY_EPOCH as EMPTY_EPOCH  # re-exported: it was defined here first
 from .base import HistoryResult, Publication, StreamPosition, UnrecoverablePosition
 
 #: How long a stream's position (epoch and last offset) outlives its publications,
@@ -23,12 +24,6 @@ from .base import HistoryResult, Publication, StreamPosition, UnrecoverablePosit
 META_TTL = 24 * 3600.0
 #: The most publications one history call returns (and one recovery replays).
 MAX_HISTORY_LIMIT = 10_000
-#: The epoch a read answers for a stream nothing was published in (or that was
-#: forgotten): a read creates nothing. Offset 0 there is followed by offset 1 of
-#: whichever epoch the first publication starts, as the Redis broker's numbering
-#: already treats it; an SDK sends it back as is, and a recovery from it is checked
-#: by offset alone.
-EMPTY_EPOCH = ""
 #: Most streams one process keeps: past it, the least recently published is forgotten
 #: (its clients then get ``recovered: false``, as after a restart).
 MAX_STREAMS = 100_000
@@ -90,9 +85,13 @@ class MemoryStreams:
             self._forget(channel)
             return None
         if stream.items and now >= stream.expires:
-            stream.items.clear()
-            self._holding.pop(channel, None)
+            self._empty(channel, stream)
         return stream
+
+    def _empty(self, channel: str, stream: _Stream) -> None:
+        """Drop the stream's publications; its position stays."""
+        stream.items.clear()
+        self._holding.pop(channel, None)
 
     def _forget(self, channel: str) -> None:
         del self._streams[channel]
@@ -166,8 +165,7 @@ class MemoryStreams:
         """Drop the publications (``history_remove``); the position stays."""
         stream = self._streams.get(channel)
         if stream is not None:
-            stream.items.clear()
-            self._holding.pop(channel, None)
+            self._empty(channel, stream)
 
     def prune(self, now: float, budget: int = PRUNE_BATCH) -> int:
         """Let go of publications past their TTL and positions past theirs, looking at
@@ -185,8 +183,7 @@ class MemoryStreams:
         stream = self._streams[channel]
         if now < stream.expires:
             return False
-        stream.items.clear()
-        del self._holding[channel]
+        self._empty(channel, stream)
         return True
 
     def _forget_due(self, channel: str, now: float) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import (
+    MAX_CONTROL_SIZE,
     Broker,
     BrokerUnavailable,
     HistoryResult,
@@ -17,7 +18,7 @@ from .base import (
     as_publication,
 )
 from .history import MemoryStreams
-from .presence import Member, MemoryPresence, PresenceStats
+from .presence import MemoryPresenceManager
 
 #: Seconds between two sweeps of expired history (each looks at a bounded number of
 #: streams: see :meth:`.history.MemoryStreams.prune`).
@@ -37,12 +38,11 @@ class MemoryBroker(Broker):
     distributed = False
     history_supported = True
     recovers_atomically = True
-    presence_supported = True
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         super().__init__(url, settings)
         self.streams = MemoryStreams()
-        self.members = MemoryPresence()
+        self.presence_manager = MemoryPresenceManager(self.report_presence)
         self._pruner: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
@@ -82,21 +82,15 @@ class MemoryBroker(Broker):
     async def _remove_history(self, channel: str) -> None:
         self.streams.remove(channel)
 
-    async def _join_presence(self, channel: str, member: Member, announce: bool) -> None:
-        event = self.members.add(channel, member)
-        if event is not None and announce:
-            self.report_presence(channel, event)
-
-    async def _leave_presence(self, channel: str, client: str, announce: bool) -> None:
-        event = self.members.remove(channel, client)
-        if event is not None and announce:
-            self.report_presence(channel, event)
-
-    async def _read_presence(self, channel: str) -> dict[str, Member]:
-        return self.members.members(channel)
-
-    async def _read_presence_stats(self, channel: str) -> PresenceStats:
-        return self.members.stats(channel)
+    async def publish_control(self, data: bytes) -> None:
+        """To this process's control handlers, now: nobody else can send or hear one."""
+        if not isinstance(data, bytes):
+            raise TypeError("a control message is bytes")
+        if len(data) > MAX_CONTROL_SIZE:
+            raise ValueError(f"the control message is {len(data)} bytes, over {MAX_CONTROL_SIZE}")
+        if self.loop is None:
+            raise BrokerUnavailable("the broker is not running")
+        self.report_control(data)
 
     def publish_sync(self, channel: str, data: str | bytes | Publication) -> int:
         """From a worker thread: hand over to the loop in FIFO order, wait for the count.

@@ -15,11 +15,13 @@ next, and its leave announced then.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 
-from realtime import HTTPError
+# Re-exported: it was defined here first.
+from .errors import PresenceUnavailable as PresenceUnavailable
 
 #: Centrifugo's defaults: a member not renewed for ``presence_ttl`` seconds is gone;
 #: each process renews its own every ``presence_update_interval`` seconds.
@@ -77,10 +79,38 @@ PresencePolicy = Callable[[str], PresenceMode | None]
 PresenceHandler = Callable[[str, PresenceEvent], object]
 
 
-class PresenceUnavailable(HTTPError):
-    """The channel keeps no presence (or this broker keeps none)."""
+class PresenceManager(ABC):
+    """Who is in each channel: the presence interface, apart from the broker's.
 
-    status = 404
+    A broker offers presence by holding one (:attr:`.base.Broker.presence_manager`;
+    ``None`` where it offers none), and callers go through the broker's presence
+    methods, which check the channel's :class:`PresenceMode` first and bound the
+    member's info. A manager changes and reads the store only: where it is told to
+    ``announce``, it reports each join and leave it made once, to the handler it was
+    given (the broker's :meth:`.base.Broker.report_presence`).
+    """
+
+    async def start(self) -> None:  # noqa: B027 (optional: not abstract)
+        """Start what runs in the background (renewals), on the serving loop."""
+
+    async def close(self) -> None:  # noqa: B027 (optional: not abstract)
+        """Stop; this process's members leave (or expire) with it."""
+
+    @abstractmethod
+    async def join(self, channel: str, member: Member, announce: bool) -> None:
+        """Add or renew ``member``; never raises for the store being out of reach."""
+
+    @abstractmethod
+    async def leave(self, channel: str, client: str, announce: bool) -> None:
+        """Remove ``client`` if it is there; never raises for the store being out of reach."""
+
+    @abstractmethod
+    async def members(self, channel: str) -> dict[str, Member]:
+        """Every client in ``channel`` by client id (at most :data:`MAX_PRESENCE_MEMBERS`)."""
+
+    @abstractmethod
+    async def stats(self, channel: str) -> PresenceStats:
+        """How many clients, and distinct users, are in ``channel``."""
 
 
 class MemoryPresence:
@@ -130,3 +160,27 @@ class MemoryPresence:
 
     def stats(self, channel: str) -> PresenceStats:
         return PresenceStats(len(self._members.get(channel, ())), len(self._users.get(channel, ())))
+
+
+class MemoryPresenceManager(PresenceManager):
+    """:class:`MemoryPresence` as a :class:`PresenceManager` (``memory://``)."""
+
+    def __init__(self, report: PresenceHandler) -> None:
+        self.store = MemoryPresence()
+        self._report = report
+
+    async def join(self, channel: str, member: Member, announce: bool) -> None:
+        event = self.store.add(channel, member)
+        if event is not None and announce:
+            self._report(channel, event)
+
+    async def leave(self, channel: str, client: str, announce: bool) -> None:
+        event = self.store.remove(channel, client)
+        if event is not None and announce:
+            self._report(channel, event)
+
+    async def members(self, channel: str) -> dict[str, Member]:
+        return self.store.members(channel)
+
+    async def stats(self, channel: str) -> PresenceStats:
+        return self.store.stats(channel)

@@ -1,9 +1,11 @@
 """One host's Centrifuge node: its settings, its connections by user, and the server API.
 
 What the server API asks of one user's connections (subscribe, unsubscribe,
-disconnect) may concern connections on other processes: it travels as a control
-message on the broker, on an internal channel no client can name, and every
-process applies it to its own connections.
+disconnect, refresh) may concern connections on other processes: it travels as a
+control message on the broker (:meth:`realtime_broker.Broker.publish_control`), beside
+the channels: never numbered, never kept as history, never seen by a client. Every
+process applies it to its own connections; a distributed broker hands over only the
+control messages it sent (a forged one on Redis is dropped there).
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import fnmatch
 import json
 import logging
 from collections import deque
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from realtime import Host, HTTPError
-from realtime_broker import Broker, BrokerUnavailable, Publication, StreamPosition
+from realtime import Host
+from realtime_broker import MAX_CONTROL_SIZE as MAX_CONTROL_SIZE  # re-exported: it was here
+from realtime_broker import Broker, BrokerUnavailable, Publication
 from realtime_hub import ChannelRules, Client, Hub
-from realtime_hub.channels import INTERNAL_PREFIX
 
 from .api import ServerAPI
 from .codec import RawJSON
@@ -31,19 +33,10 @@ from .transport import CentrifugeFormat, member_info, payload
 
 log = logging.getLogger("realtime.centrifuge")
 
-#: The broker channel control messages travel on. Clients cannot name it: the hub's
-#: rules refuse every name with the internal prefix (and any control character). It
-#: keeps a short history, so that each control message from a distributed broker is
-#: checked against the broker's own stream before it is applied.
-CONTROL_CHANNEL = INTERNAL_PREFIX + "centrifuge-control"
-#: Control messages received and not yet checked against the broker's stream.
-MAX_CONTROL_PENDING = 1024
 #: Recovering subscribes whose duration is kept.
 RECOVERY_TIMES = 10_000
 #: Subscriptions that may join their stream at once in one process.
 RECOVERIES_AT_ONCE = 4
-#: Largest control message accepted from the broker, bytes.
-MAX_CONTROL_SIZE = 64 * 1024
 
 
 def api_publication(pub: Publication) -> dict[str, Any]:
@@ -103,11 +96,8 @@ class Node:
             for name in ("authorize_connect", "authorize_subscribe", "authorize_publish", "rpc")
         }
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: Control messages waiting for their check, in the order they came...
-        self._pending_control: deque[Publication] = deque()
-        self._control_worker: asyncio.Task[None] | None = None
-        #: ...and the last one applied (a repeat of it, or of an older one, is not).
-        self._applied_control: StreamPosition | None = None
+        #: Stops this node's control messages (set by start).
+        self._stop_control: Callable[[], None] | None = None
         #: The server HTTP API (off without a key), an ASGI app.
         self.api = ServerAPI(
             self,
@@ -137,10 +127,12 @@ class Node:
     # Lifecycle ----------------------------------------------------------------
 
     def start(self) -> None:
-        self.broker.subscribe(CONTROL_CHANNEL, self._control)
+        self._stop_control = self.broker.on_control(self._control)
 
     async def close(self) -> None:
-        self.broker.unsubscribe(CONTROL_CHANNEL, self._control)
+        if self._stop_control is not None:
+            self._stop_control()
+            self._stop_control = None
         for task in list(self._tasks):
             task.cancel()
 
@@ -272,88 +264,37 @@ class Node:
         return [{**node, "version": self.version} for node in nodes]
 
     async def _send_control(self, message: Mapping[str, Any]) -> None:
-        text = json.dumps(message, separators=(",", ":"))
+        data = json.dumps(message, separators=(",", ":")).encode()
         try:
-            await self.broker.publish(CONTROL_CHANNEL, Publication(text, json=True))
+            await self.broker.publish_control(data)
         except BrokerUnavailable:
             raise Error(ERROR_INTERNAL.code) from None
 
     # Control messages, on every process ---------------------------------------
 
-    def _control(self, publication: Publication) -> int:
-        if not self.broker.distributed:
-            self._apply_control(publication)  # this process's own: nobody else can send
+    def _control(self, message: bytes | Publication) -> int:
+        """A control message the broker handed over (it vouches that a server API sent
+        it): applied to this process's connections. Returns 0 (no client counted)."""
+        data = message.data if isinstance(message, Publication) else message
+        if len(data) > MAX_CONTROL_SIZE:
+            log.warning("control message refused: over %d bytes", MAX_CONTROL_SIZE)
             return 0
-        if len(self._pending_control) >= MAX_CONTROL_PENDING:
-            log.warning("control message refused: %d already wait", MAX_CONTROL_PENDING)
-            return 0
-        self._pending_control.append(publication)
-        if self._control_worker is None or self._control_worker.done():
-            self._control_worker = asyncio.get_running_loop().create_task(self._check_control())
-            self._tasks.add(self._control_worker)
-            self._control_worker.add_done_callback(self._done)
-        return 0
-
-    async def _check_control(self) -> None:
-        """Apply each control message the broker's stream vouches for, in order.
-
-        Whoever can PUBLISH on a distributed broker can make a message that looks like
-        one; only the stream, written by the broker with the message's number, says what
-        a server API call published under that number. A repeat of a number already
-        applied is not applied again.
-        """
-        while self._pending_control:
-            publication = self._pending_control.popleft()
-            if self._genuine(publication) and await self._in_stream(publication):
-                self._applied_control = StreamPosition(publication.offset, publication.epoch)
-                self._apply_control(publication)
-            else:
-                log.warning(
-                    "control message refused: not what the broker's stream holds at %s/%d",
-                    publication.epoch,
-                    publication.offset,
-                )
-
-    def _genuine(self, publication: Publication) -> bool:
-        applied = self._applied_control
-        return publication.offset > 0 and not (
-            applied is not None
-            and applied.epoch == publication.epoch
-            and publication.offset <= applied.offset
-        )
-
-    async def _in_stream(self, publication: Publication) -> bool:
-        since = StreamPosition(publication.offset - 1, publication.epoch)
         try:
-            found = await self.broker.history(CONTROL_CHANNEL, limit=1, since=since)
-        except HTTPError:  # BrokerUnavailable, HistoryUnavailable, UnrecoverablePosition
-            return False
-        return (
-            len(found.publications) == 1
-            and found.publications[0].offset == publication.offset
-            and found.publications[0].data == publication.data
-        )
-
-    def _apply_control(self, publication: Publication) -> None:
-        data = publication.data
-        if not isinstance(data, str) or len(data) > MAX_CONTROL_SIZE:
-            log.warning("control message refused: not text or over %d bytes", MAX_CONTROL_SIZE)
-            return
-        try:
-            message = json.loads(data)
-            op, user, client = message["op"], message["user"], message.get("client", "")
+            parsed = json.loads(data)
+            op, user, client = parsed["op"], parsed["user"], parsed.get("client", "")
             if not (isinstance(user, str) and isinstance(client, str)):
                 raise TypeError("user and client are strings")
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             log.warning("control message refused: %r", exc)
-            return
+            return 0
         targets = [
             c
             for c in self.users.get(user, {}).values()
             if isinstance(c.state, Session) and (not client or c.state.client_id == client)
         ]
         for target in targets:
-            self.spawn(self._apply(op, target, message))
+            self.spawn(self._apply(op, target, parsed))
+        return 0
 
     async def _apply(self, op: str, client: Client, message: Mapping[str, Any]) -> None:
         session = client.state

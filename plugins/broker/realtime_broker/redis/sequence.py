@@ -1,25 +1,20 @@
 """Where a process stands in each channel's Redis numbering, and what to make of a
-message whose number looks off: pure bookkeeping, no I/O (see :mod:`.redis`)."""
+message whose number looks off: pure bookkeeping, no I/O (the listener in
+:mod:`.listener` asks Redis and hands the answers in)."""
 
 from __future__ import annotations
 
 import enum
-import logging
-import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 
-from .base import Publication
-from .presence import PresenceEvent
+from ..base import EMPTY_EPOCH, Publication
+from ..presence import PresenceEvent
 
-#: Where a process stands when Redis has no epoch yet: the next number in any new one is next.
-NEW_EPOCH = ""
 #: How many recently delivered sequence numbers each channel remembers...
 RECENT = 1024
 #: ...and how many different messages one number may carry before more are dropped.
 COPIES = 4
-#: Seconds between two log lines about the same kind of dropped message (as the host's LogThrottle).
-REPORT_EVERY = 10.0
 
 
 #: Redis's word at one moment: each channel's epoch and counter (``None``: it has none).
@@ -61,16 +56,14 @@ class Mark(enum.Enum):
 Queue = deque[tuple[str, Publication | PresenceEvent | Mark]]
 
 
-def digest(publication: Publication) -> int:
-    """Tells two messages under one number apart (salted per process: not predictable)."""
-    data = publication.data
-    return hash((isinstance(data, str), publication.json, data, publication.info))
-
-
 class Sequence:
     """Where one process is in each channel's numbering, and what Redis last said of it.
 
     Pure bookkeeping, no I/O, so every rule can be tested on its own.
+
+    What a number carried (its ``mark``) is anything compared with ``==``: the broker
+    passes the publication itself, so an in-order delivery costs no hash, and two
+    messages under one number are compared only when a number comes again.
     """
 
     def __init__(self) -> None:
@@ -78,12 +71,12 @@ class Sequence:
         #: Redis's counter at the last check whose barrier completed: every message it
         #: had numbered by then has been handled, so a number up to it is not new.
         self.confirmed: dict[str, tuple[str, int]] = {}
-        self._recent: dict[str, dict[int, list[int]]] = {}
+        self._recent: dict[str, dict[int, list[object]]] = {}
         self._order: dict[str, deque[int]] = {}
 
     def place(self, channel: str, epoch: str, seq: int) -> Place:
         known = self.position.get(channel)
-        if known is None or known[0] not in (epoch, NEW_EPOCH):
+        if known is None or known[0] not in (epoch, EMPTY_EPOCH):
             return Place.OFF
         if seq == known[1] + 1:
             return Place.NEXT
@@ -94,7 +87,7 @@ class Sequence:
         return Place.OFF
 
     def delivered(
-        self, channel: str, epoch: str, seq: int, mark: int, *, renumbered: bool = False
+        self, channel: str, epoch: str, seq: int, mark: object, *, renumbered: bool = False
     ) -> None:
         """Move to ``seq`` (unless behind) and remember what it carried."""
         known = self.position.get(channel)
@@ -117,7 +110,7 @@ class Sequence:
         if len(order) > RECENT:
             recent.pop(order.popleft(), None)
 
-    def again(self, channel: str, seq: int, mark: int) -> bool:
+    def again(self, channel: str, seq: int, mark: object) -> bool:
         """A number already delivered came again: deliver it only if it carries something new.
 
         Without a forger this never happens. With one, the genuine message may be the
@@ -160,7 +153,7 @@ class Sequence:
                 return Verdict.BEHIND, 0
         else:
             verdict = Verdict.ACCEPT
-            base = known[1] if known[0] in (epoch, NEW_EPOCH) else 0
+            base = known[1] if known[0] in (epoch, EMPTY_EPOCH) else 0
         for c, e in later:
             ahead = isinstance(e, Publication) and e.epoch == epoch and base < e.offset < seq
             if c == channel and ahead:
@@ -175,7 +168,7 @@ class Sequence:
             # Redis has no epoch for the channel (nothing heard was ever published on
             # it, or Redis lost it): the next publication starts one, numbered after
             # the counter, with nothing before it to miss.
-            self.position[channel] = (NEW_EPOCH, current or 0)
+            self.position[channel] = (EMPTY_EPOCH, current or 0)
             self._forget(channel)
             return 0
         if current is None:
@@ -219,39 +212,3 @@ class Sequence:
     def _forget(self, channel: str) -> None:
         self._recent.pop(channel, None)
         self._order.pop(channel, None)
-
-
-class Tally:
-    """Counts events by kind and logs them without flooding the log: the first at once,
-    then at most one line per kind every ``every`` seconds, saying how many there were.
-    """
-
-    def __init__(self, logger: logging.Logger, every: float = REPORT_EVERY) -> None:
-        self.log = logger
-        self.every = every
-        self.counts: Counter[str] = Counter()
-        self._reported: dict[str, tuple[float, int]] = {}
-        self._text: dict[str, str] = {}
-
-    def add(self, kind: str, text: str, *, exc_info: bool = False) -> None:
-        self.counts[kind] += 1
-        self._text[kind] = text
-        reported = self._reported.get(kind)
-        if reported is None or time.monotonic() - reported[0] >= self.every:
-            self._report(kind, exc_info)
-
-    def flush(self) -> None:
-        """Report counts held back, once their kind's quiet time is over."""
-        now = time.monotonic()
-        for kind, (when, count) in list(self._reported.items()):
-            if self.counts[kind] > count and now - when >= self.every:
-                self._report(kind, False)
-
-    def _report(self, kind: str, exc_info: bool) -> None:
-        count = self.counts[kind]
-        before = self._reported.get(kind, (0.0, 0))[1]
-        self.log.warning(
-            "%s: %d since the last report, %d in all", self._text[kind], count - before, count,
-            exc_info=exc_info,
-        )  # fmt: skip
-        self._reported[kind] = (time.monotonic(), count)

@@ -1,0 +1,67 @@
+"""The Redis broker's key and Pub/Sub channel names (``realtime`` is ``--broker-prefix``).
+
+- ``realtime:channel:NAME``: a channel's Pub/Sub channel (``NAME`` as given, any
+  characters): its publications, joins and leaves.
+- ``realtime:control``: the Pub/Sub channel of control messages, and
+  ``realtime:control:ID`` the proof the control script leaves for each (see
+  :mod:`.control`).
+- ``realtime:{ch:NAME}:meta``, ``...:history``, ``...:presence``,
+  ``...:presence-expire``, ``...:presence-users``: a channel's numbering, history and
+  presence. The ``{ch:NAME}`` hash tag puts everything of one channel in one Redis
+  Cluster slot.
+- ``realtime:nodes``, ``realtime:{node:NODE}:channels`` and ``...:info``: each
+  process's client count, channel map and description (see :mod:`.cluster`).
+
+Neither a name nor the fixed text around it can make two channels' names meet.
+"""
+
+from __future__ import annotations
+
+
+class Names:
+    """Every name the broker uses in Redis, from its prefix. Sans-IO."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.nodes = f"{prefix}:nodes"
+        self.control = f"{prefix}:control"
+        self.control_bytes = self.control.encode()
+        self.channel_prefix = f"{prefix}:channel:".encode()
+
+    def key(self, channel: str) -> str:
+        """The Pub/Sub channel carrying ``channel``'s publications."""
+        return f"{self.prefix}:channel:{channel}"
+
+    def channel_of(self, name: object) -> str | None:
+        """The channel whose Pub/Sub channel is ``name``, or ``None`` if it is none of ours."""
+        if not isinstance(name, bytes) or not name.startswith(self.channel_prefix):
+            return None
+        try:
+            return name[len(self.channel_prefix) :].decode()
+        except UnicodeDecodeError:
+            return None
+
+    def meta_key(self, channel: str) -> str:
+        """The hash numbering ``channel``'s publications (``epoch``, ``seq``)."""
+        return f"{self.prefix}:{{ch:{channel}}}:meta"
+
+    def history_key(self, channel: str) -> str:
+        """The stream keeping ``channel``'s history: entry ``N-1`` is publication N."""
+        return f"{self.prefix}:{{ch:{channel}}}:history"
+
+    def presence_keys(self, channel: str) -> list[str]:
+        """The hashes and sorted set holding ``channel``'s presence."""
+        base = f"{self.prefix}:{{ch:{channel}}}:presence"
+        return [base, f"{base}-expire", f"{base}-users"]
+
+    def control_key(self, ident: bytes) -> str:
+        """Where the control script leaves the proof of control message ``ident``."""
+        return f"{self.control}:{ident.decode()}"
+
+    def channels_key(self, node: str) -> str:
+        """The hash of ``node``'s subscribers per channel."""
+        return f"{self.prefix}:{{node:{node}}}:channels"
+
+    def info_key(self, node: str) -> str:
+        """The hash describing ``node`` for the cluster's view."""
+        return f"{self.prefix}:{{node:{node}}}:info"
