@@ -16,7 +16,10 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
+from realtime_broker.redis import RedisBroker
+
 from .conftest import RedisServer, Server
+from .test_broker_channels import SETTINGS
 from .test_centrifuge_endpoint import Peer
 
 #: The line in docs/operations.md, word for word (the password aside).
@@ -173,3 +176,22 @@ async def test_history_and_presence_work_with_the_recommended_acl(
         assert "NOPERM" not in server.log and "no permissions" not in server.log, server.log
     finally:
         server.stop()
+
+
+async def test_control_messages_work_with_the_recommended_acl(locked_down: RedisServer) -> None:
+    """The control script and the proofs' reads need no command beyond the ACL's."""
+    url = f"redis://realtime:s3cret@127.0.0.1:{locked_down.port}/0"
+    broker = RedisBroker(url, SETTINGS)
+    heard: list[bytes] = []
+    broker.on_control(heard.append)
+    await broker.start()
+    try:
+        assert broker.subscribed
+        await broker.publish_control(b'{"op":"refresh","user":"nobody"}')
+        async with asyncio.timeout(5):
+            while not heard:
+                await asyncio.sleep(0.01)
+        assert heard == [b'{"op":"refresh","user":"nobody"}']
+        assert not broker.tally.counts, broker.tally.counts
+    finally:
+        await broker.close()

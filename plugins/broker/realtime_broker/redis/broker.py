@@ -310,7 +310,7 @@ class RedisBroker(RedisListener):
         async with asyncio.timeout(self.timeout):
             pipe = self._publisher.pipeline(transaction=False)
             for ident in idents:
-                pipe.get(self.names.control_key(ident))
+                pipe.hget(self.names.control_key(ident), "p")
             return list(await pipe.execute())
 
     # Presence and the cluster's view ------------------------------------------------

@@ -1,7 +1,8 @@
 """Control messages over Redis: their own Pub/Sub channel, checked before they are told.
 
 ``publish_control`` runs ``control.lua``: it stores a proof of the message (the SHA-1
-of its body) under ``realtime:control:ID`` for :data:`PROOF_TTL` seconds, then
+of its body, field ``p`` of the hash ``realtime:control:ID``) for :data:`PROOF_TTL`
+seconds, with only commands the recommended ACL grants, then
 PUBLISHes ``realtime/2c ID BODY`` on ``realtime:control``. Nothing is numbered and
 nothing is kept past the proof: not a channel, no history, no offset.
 
