@@ -1,14 +1,17 @@
 """The fan-out engine: connections, the channels they are in, and delivery that never waits.
 
 Protocol-neutral: a wire protocol (the raw ``/ws``, the Centrifuge protocol) brings
-its :class:`Format`, which says what a publication looks like on its connections,
-and the engine encodes each publication once per format present in the channel,
-then hands the same frame to every subscriber: straight onto the connection's
-transport when it is keeping up (the fast path, :mod:`.fastpath`), or into the
-connection's bounded backlog otherwise, which a short-lived sender task drains. A
-client that stops reading fills only its own backlog; then the overflow policy
-decides what happens to it. The cost of a publication follows the channel's
-subscribers, never the number of connected clients.
+its :class:`Format`, which says what a publication looks like on its connections, and
+each connection its :class:`.Framing`, which says how a message becomes its bytes (a
+WebSocket frame, a Server-Sent Event, an HTTP chunk). The engine encodes each
+publication once per format present in the channel and frames it once per framing,
+then hands the same bytes to every subscriber: straight to the connection when it is
+keeping up (the fast path: a taken-over WebSocket, :mod:`.fastpath`, or any
+:class:`.Stream` a transport attaches), or into the connection's bounded backlog
+otherwise (:mod:`.backlog`), which a short-lived sender task drains. A client that
+stops reading fills only its own backlog; then the overflow policy decides what
+happens to it. The cost of a publication follows the channel's subscribers, never the
+number of connected clients.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, Protocol
+from typing import Any, cast
 
 from realtime_broker import PresenceEvent
 
+from .backlog import OVERFLOW_POLICIES, TRANSPORT_HIGH_WATER, Backlogs, OverflowPolicy
 from .channels import ChannelRules
+from .clients import Channel, Client, Connection, Format, Group, Held, HubStats, Message
+from .closecode import CloseCode
 from .connection import ConnectionGone, Handler
 from .fastpath import (
-    OPEN,
     IncomingLimits,
     Keepalive,
     Socket,
@@ -37,25 +42,25 @@ from .fastpath import (
     guard,
     take_over,
 )
+from .stream import WEBSOCKET, Framing, Stream
+
+__all__ = [
+    "OVERFLOW_POLICIES",
+    "TRANSPORT_HIGH_WATER",
+    "Channel",
+    "Client",
+    "Connection",
+    "Format",
+    "Held",
+    "Hub",
+    "HubClosed",
+    "HubStats",
+    "Message",
+    "OverflowPolicy",
+]
 
 log = logging.getLogger("realtime.hub")
 
-OverflowPolicy = Literal["close", "drop-oldest"]
-OVERFLOW_POLICIES: tuple[OverflowPolicy, ...] = ("close", "drop-oldest")
-
-#: RFC 6455 "policy violation": the client broke the deal by not reading.
-CLOSE_OVERFLOW = 1008
-#: RFC 6455 "internal error": sending to the client failed.
-CLOSE_INTERNAL_ERROR = 1011
-#: RFC 6455 "service restart": this process missed broadcasts; reconnect.
-CLOSE_MISSED = 1012
-#: RFC 6455 "going away": the server is shutting down.
-CLOSE_GOING_AWAY = 1001
-#: The largest chunk a sender joins from a client's backlog into one write. A fast-path
-#: client is written to directly only while its transport holds nothing back; else
-#: messages go to its backlog (where drop-oldest can act), and from there to the
-#: transport a chunk at a time, each once the one before is out.
-TRANSPORT_HIGH_WATER = 64 * 1024
 #: How long a close frame may take to reach a client before the socket is dropped.
 CLOSE_TIMEOUT = 1.0
 #: Clients written to in one turn of the event loop by a fan-out (about 8 ms of it).
@@ -78,63 +83,18 @@ class HubClosed(RuntimeError):
     """The hub is not serving (not started yet, or shut down)."""
 
 
-class Format(Protocol):
-    """How a publication looks on one wire protocol's connections.
-
-    One object per protocol, shared by all its connections: the engine groups a
-    channel's subscribers by format and encodes a publication once per format.
-    """
-
-    def encode(self, channel: str, publication: Any) -> str | bytes | None:
-        """The WebSocket message (text for ``str``, binary for ``bytes``); None when
-        this format's clients get nothing of it (a join or leave, say)."""
-        ...
-
-    def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
-        """This process missed ``count`` publications on ``channel``: tell ``client``."""
-        ...
-
-
-class Connection(Protocol):
-    """What the hub needs of a connection (:class:`.connection.ASGIConnection`).
-
-    ``receive`` raises :class:`.connection.ConnectionGone` (or the task is cancelled)
-    when the client leaves. A connection may carry ``asgi_send``, for the fast path,
-    and then its ``accept`` takes a ``handover`` (:meth:`.ASGIConnection.accept`).
-    """
-
-    async def accept(self) -> None: ...
-    async def receive(self) -> Any: ...
-    async def send(self, data: Any) -> None: ...
-    async def close(self, code: int, reason: str = "") -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One outgoing message: a publication in one format, or a reply to one client.
-
-    ``frame`` is the encoded WebSocket frame, shared by every fast-path subscriber.
-    """
-
-    data: str | bytes
-    frame: bytes
-
-    @property
-    def size(self) -> int:
-        return len(self.frame)
-
-
 def _message(data: str | bytes) -> Message:
+    """``data`` as a WebSocket message (its frame built once, for every subscriber)."""
     if isinstance(data, str):
         return Message(data, encode_frame(data.encode(), text=True))
     return Message(data, encode_frame(data, text=False))
 
 
-def _reuse(message: Message | None, data: str | bytes) -> Message:
-    """The message of ``data``: the one before if two formats gave the same object."""
-    if message is not None and message.data is data:
-        return message
-    return _message(data)
+def _framed(data: str | bytes, framing: Framing) -> Message:
+    """``data`` as a message of ``framing``."""
+    if framing is WEBSOCKET:
+        return _message(data)
+    return Message(data, framing.frame(data))
 
 
 @dataclass(slots=True)
@@ -146,67 +106,7 @@ class _Pending:
     next: int = 0
 
 
-@dataclass
-class HubStats:
-    connected: int = 0
-    messages: int = 0
-    deliveries: int = 0
-    overflows: int = 0
-    dropped: int = 0
-    disconnected_slow: int = 0
-
-
-@dataclass(eq=False, slots=True)
-class Client:
-    """A connected client. ``wire`` is set when the fast path took its socket over
-    (it is then its ``connection`` too)."""
-
-    id: int
-    connection: Connection
-    wire: Socket | None
-    #: The protocol plugin's reader of this client's messages.
-    handler: Handler | None = None
-    #: Tells the host's connection count this connection ended (taken-over sockets).
-    release: Callable[[], None] | None = None
-    #: Channels this client is in (usually one or a few: a list is smaller than a set).
-    channels: list[str] = field(default_factory=list)
-    #: What the protocol keeps on the connection (a Centrifuge session, say).
-    state: Any = None
-    #: Backlog, created only while the client lags (an empty deque costs 760 bytes).
-    queue: deque[Message] | None = None
-    queued_bytes: int = 0
-    sender: asyncio.Task[None] | None = None
-    closing: bool = False
-    overflow_logged: bool = False
-    #: The socket's ``send`` while the client may be written to directly (fast path,
-    #: open, keeping up, no backlog), else None: one lookup per delivery of a fan-out.
-    direct: Callable[[bytes], int] | None = None
-
-
-class Held:
-    """A client's publications of one channel kept aside between :meth:`Hub.hold` and
-    :meth:`Hub.release`. It stands in the channel as its own format group: the fan-out
-    hands it the publications instead of encoding them."""
-
-    __slots__ = ("lost", "publications")
-
-    def __init__(self) -> None:
-        self.publications: list[Any] = []
-        #: Publications this process missed meanwhile (the broker lost them).
-        self.lost = 0
-
-    def encode(self, channel: str, publication: Any) -> str | bytes | None:
-        raise RuntimeError("held publications are not encoded")
-
-    def missed(self, hub: Hub, client: Client, channel: str, count: int) -> None:
-        self.lost += count
-
-
-Channel = dict[Any, dict[int, Client]]
-"""A channel's subscribers, grouped by format: ``{format: {client id: client}}``."""
-
-
-class Hub:
+class Hub(Backlogs):
     """Connections and channels of one host. Lives in ``app.extensions``: hosts share nothing.
 
     ``on_first(channel)`` and ``on_last(channel)`` are called when the first local
@@ -285,7 +185,7 @@ class Hub:
 
     async def close(
         self,
-        code: int = CLOSE_GOING_AWAY,
+        code: int = CloseCode.GOING_AWAY,
         reason: str = "server shutting down",
         grace: float = 5.0,
     ) -> None:
@@ -336,7 +236,7 @@ class Hub:
         :meth:`serve`, which reads an ASGI connection until it ends.
         """
         if not self.running:
-            await connection.close(1013, "server not ready")
+            await connection.close(CloseCode.TRY_AGAIN_LATER, "server not ready")
             return None
         asgi_send = getattr(connection, "asgi_send", None)
         if asgi_send is not None and not self.compression:
@@ -357,27 +257,66 @@ class Hub:
                 await connection.accept()
         except ConnectionGone:
             return None
-        if sock is not None:
-            client = Client(client_id, sock, sock)
-            sock.on_writable = partial(self._refresh, client)
-            self._refresh(client)
-            detach = getattr(connection, "detach", None)
-            if detach is not None:
-                client.release = detach()
-        else:
+        if sock is None:
             client = Client(client_id, connection, None)
             if asgi_send is not None:
                 guard(asgi_send, self.incoming, client_id)  # what the client sends
-        log.debug("client %d connected (%s)", client_id, "taken over" if sock else "ASGI")
-        self._clients[client_id] = client
+            log.debug("client %d connected (ASGI)", client_id)
+            self._register(client, handler)
+            return client
+        detach = getattr(connection, "detach", None)
+        release = detach() if detach is not None else None
+        log.debug("client %d connected (taken over)", client_id)
+        return self._adopt(client_id, sock, WEBSOCKET, handler, release)
+
+    def attach(
+        self,
+        stream: Stream,
+        framing: Framing,
+        handler: Callable[[Client], Handler] | None = None,
+        *,
+        release: Callable[[], None] | None = None,
+    ) -> Client:
+        """Hold a connection another transport accepted, written on the fast path.
+
+        For a transport that is not a taken-over WebSocket (a Server-Sent-Events
+        response, an HTTP streaming body): ``stream`` says how to write to it and
+        when it ends (:class:`.Stream`), ``framing`` how a message becomes its bytes
+        (:data:`.EVENT_STREAM`, :data:`.CHUNKED`, or the transport's own). The client
+        then joins channels in the protocol's :class:`Format` like any other, and gets
+        each publication's bytes written directly while it keeps up, the same backlog
+        and overflow policy when not. ``handler(client)`` reads what the stream hands
+        over; ``release`` is called once the stream has ended (the host's count, say).
+        """
+        if not self.running:
+            raise HubClosed("the hub is not running")
+        client_id = next(self._ids)
+        log.debug("client %d attached (%s)", client_id, type(framing).__name__)
+        return self._adopt(client_id, stream, framing, handler, release)
+
+    def _adopt(
+        self,
+        client_id: int,
+        stream: Stream,
+        framing: Framing,
+        handler: Callable[[Client], Handler] | None,
+        release: Callable[[], None] | None,
+    ) -> Client:
+        """A stream the hub writes to directly: it reads by itself and says when it ends."""
+        client = Client(client_id, stream, stream, release=release, framing=framing)
+        stream.on_writable = partial(self._refresh, client)
+        self._refresh(client)
+        self._register(client, handler)
+        if self.keepalive is not None and isinstance(stream, Socket):
+            self.keepalive.sockets.add(stream)
+        stream.start(client.handler, partial(self._stream_lost, client))
+        return client
+
+    def _register(self, client: Client, handler: Callable[[Client], Handler] | None) -> None:
+        self._clients[client.id] = client
         self.stats.connected = len(self._clients)
         if handler is not None:
             client.handler = handler(client)
-        if sock is not None:
-            if self.keepalive is not None:
-                self.keepalive.sockets.add(sock)
-            sock.start(client.handler, partial(self._lost_socket, client))
-        return client
 
     async def serve(self, client: Client, setup: Awaitable[Any] | None = None) -> None:
         """Hand an ASGI connection's messages to its handler until it ends.
@@ -390,7 +329,7 @@ class Hub:
             if setup is not None:
                 await setup
             return
-        connection = client.connection
+        connection = cast(Connection, client.connection)  # no stream: an ASGI connection
         try:
             if setup is not None:
                 await setup
@@ -405,13 +344,13 @@ class Hub:
             pass
         except Exception:
             log.exception("client %d: its message handler failed", client.id)
-            await self.close_client(client, CLOSE_INTERNAL_ERROR, "internal error")
+            await self.close_client(client, CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._ended(client)
 
-    def _lost_socket(self, client: Client, sock: Socket) -> None:
-        if self.keepalive is not None:
-            self.keepalive.sockets.discard(sock)
+    def _stream_lost(self, client: Client, stream: Stream) -> None:
+        if self.keepalive is not None and isinstance(stream, Socket):
+            self.keepalive.sockets.discard(stream)
         self._ended(client)
 
     def _ended(self, client: Client) -> None:
@@ -448,8 +387,15 @@ class Hub:
             members = self.channels[channel] = {}
             if self.on_first is not None:
                 self.on_first(channel)
-        members.setdefault(fmt, {})[client.id] = client
+        self._group(members, fmt, client).add(client)
         client.channels.append(channel)
+
+    @staticmethod
+    def _group(members: Channel, fmt: Any, client: Client) -> Group:
+        group = members.get(fmt)
+        if group is None:
+            group = members[fmt] = Group(client.framing)
+        return group
 
     def hold(self, channel: str, client: Client) -> Held:
         """Put ``client`` in ``channel`` with its publications kept aside, not sent.
@@ -467,7 +413,7 @@ class Hub:
             members = self.channels[channel] = {}
             if self.on_first is not None:
                 self.on_first(channel)
-        members[held] = {client.id: client}
+        self._group(members, held, client).add(client)
         client.channels.append(channel)
         self._holding[channel] = self._holding.get(channel, 0) + 1
         return held
@@ -479,7 +425,7 @@ class Hub:
         if members is None or members.pop(held, None) is None:
             return  # left (or gone) meanwhile
         self._unhold(channel)
-        members.setdefault(fmt, {})[client.id] = client
+        self._group(members, fmt, client).add(client)
 
     def _unhold(self, channel: str) -> None:
         left = self._holding[channel] - 1
@@ -496,7 +442,7 @@ class Hub:
         if members is None:
             return
         for fmt, clients in list(members.items()):
-            if clients.pop(client.id, None) is not None and not clients:
+            if clients.discard(client) and not clients:
                 del members[fmt]
                 if isinstance(fmt, Held):
                     self._unhold(channel)
@@ -536,50 +482,6 @@ class Hub:
             for client in list(clients.values()):
                 fmt.missed(self, client, channel, count)
 
-    async def _drain_backlog(self, client: Client) -> None:
-        """Send a client's backlog in order, then end: no task idles per client."""
-        wire = client.wire
-        queue = client.queue
-        assert queue is not None  # _enqueue creates it before starting this task
-        try:
-            while queue and not client.closing:
-                if wire is not None:
-                    await wire.drain()  # wait until the transport has room again
-                    if client.closing or not wire.open():
-                        break
-                    chunk = []
-                    chunk_bytes = 0
-                    while queue and chunk_bytes < self.direct_limit:
-                        message = queue.popleft()
-                        chunk.append(message.frame)
-                        chunk_bytes += message.size
-                    client.queued_bytes -= chunk_bytes
-                    wire.transport.write(b"".join(chunk))
-                else:
-                    message = queue.popleft()
-                    client.queued_bytes -= message.size
-                    await client.connection.send(message.data)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The connection broke under us: forget the client now and close what is left.
-            log.debug("client %d send failed: %r", client.id, exc)
-            self._spawn(self._close(client, CLOSE_INTERNAL_ERROR, "send failed"))
-        finally:
-            client.sender = None
-            if client.queue is queue and not queue:
-                client.queue = None  # caught up: back to the fast path, no backlog kept
-                self._refresh(client)
-
-    @staticmethod
-    def _refresh(client: Client) -> None:
-        """Whether fan-outs may write to ``client`` directly (on every change of it)."""
-        wire = client.wire
-        if wire is not None and not client.closing and not client.queue and wire.writable():
-            client.direct = wire.send_now
-        else:
-            client.direct = None
-
     async def _close(self, client: Client, code: int, reason: str) -> None:
         self.forget(client)
         try:
@@ -590,17 +492,29 @@ class Hub:
             if client.wire is not None:
                 client.wire.abort()
 
+    def disconnect(self, client: Client, code: int, reason: str) -> None:
+        """Close one client: out of its channels now, the close frame after what it holds."""
+        if not client.closing:
+            self._spawn(self._close(client, code, reason))
+
+    async def close_client(self, client: Client, code: int, reason: str) -> None:
+        """:meth:`disconnect`, awaited: the close frame is on its way (or the socket dropped)."""
+        if not client.closing:
+            await self._close(client, code, reason)
+
     # Fan-out ------------------------------------------------------------------
 
     def publish(self, channel: str, publication: Any) -> int:
         """Queue ``publication`` for every subscriber of ``channel``; call on the loop.
 
-        Encoded once per format in the channel; returns how many clients it was queued
-        for. A channel of at most ``fan_out_slice`` clients is written to at once;
-        a bigger one, or any while others wait, goes to the pending fan-outs, which a
-        task delivers in slices of that many clients with a turn of the loop between:
-        a broadcast to 10,000 clients never holds the loop for its whole length, so
-        HTTP requests, handshakes and the publisher's own answer go on meanwhile.
+        Encoded once per format in the channel and framed once per framing (formats
+        that give the same object share its frames); returns how many clients it was
+        queued for. A channel of at most ``fan_out_slice`` clients is written to at
+        once; a bigger one, or any while others wait, goes to the pending fan-outs,
+        which a task delivers in slices of that many clients with a turn of the loop
+        between: a broadcast to 10,000 clients never holds the loop for its whole
+        length, so HTTP requests, handshakes and the publisher's own answer go on
+        meanwhile.
         """
         if self._loop is None:
             raise HubClosed("the hub is not running")
@@ -613,28 +527,47 @@ class Hub:
             if not members:
                 return self._holding.get(channel, 0)
         pending = self._pending
-        if not pending and sum(map(len, members.values())) <= self.fan_out_slice:
-            # Nothing below changes ``members`` synchronously (closes are tasks): no copy.
-            count = 0
-            message = None
-            for fmt, clients in members.items():
-                data = fmt.encode(channel, publication)
-                if data is not None:
-                    message = _reuse(message, data)
-                    count += self._deliver(message, clients.values())
-            return count
-        if len(pending) >= self.max_pending:
+        now = not pending and sum(map(len, members.values())) <= self.fan_out_slice
+        if not now and len(pending) >= self.max_pending:
             # Backpressure, not a growing queue: the loop catches up here and now.
             self._flush_pending()
         count = 0
-        message = None
+        # The last message built, shared by formats that give the same object; and by
+        # framing, once a format's members differ in framing (an SSE stream among them).
+        last: Message | None = None
+        last_framing: Framing = WEBSOCKET
+        built: dict[Framing, Message] | None = None
+        # Nothing below changes ``members`` synchronously (closes are tasks): no copy.
         for fmt, clients in members.items():
             data = fmt.encode(channel, publication)
-            if data is not None:
-                message = _reuse(message, data)
-                pending.append(_Pending(message, list(clients.values())))
-                count += len(clients)
-        if self._drainer is None:
+            if data is None:
+                continue
+            split = clients.split
+            if split is None and built is None:  # one framing so far: nearly always
+                if last is None or last.data is not data or last_framing is not clients.framing:
+                    last_framing = clients.framing
+                    last = (
+                        _message(data) if last_framing is WEBSOCKET else _framed(data, last_framing)
+                    )
+                if now:
+                    count += self._deliver(last, clients.values())
+                else:
+                    pending.append(_Pending(last, list(clients.values())))
+                    count += len(clients)
+                continue
+            if built is None:
+                built = {} if last is None else {last_framing: last}
+            groups = split.items() if split is not None else ((clients.framing, clients),)
+            for framing, group in groups:
+                message = built.get(framing)
+                if message is None or message.data is not data:
+                    message = built[framing] = _framed(data, framing)
+                if now:
+                    count += self._deliver(message, group.values())
+                else:
+                    pending.append(_Pending(message, list(group.values())))
+                    count += len(group)
+        if not now and self._drainer is None:
             self._drainer = self._loop.create_task(self._drain_pending())
         return count
 
@@ -667,7 +600,7 @@ class Hub:
         """Write ``message`` to each client keeping up; queue it for the others.
 
         The loop is the cost of a fan-out per client: a keeping-up client is one
-        lookup and the socket's ``send``; everything else is in :meth:`_other`.
+        lookup and its stream's ``send_now``; everything else is in :meth:`_other`.
         """
         frame = message.frame
         size = len(frame)
@@ -686,27 +619,6 @@ class Hub:
             elif not self._other(client, message):
                 skipped += 1
         return len(clients) - skipped
-
-    @staticmethod
-    def _spill(client: Client, frame: bytes, sent: int) -> None:
-        """The socket took part of ``frame`` (``sent`` bytes, -1 on an error): the
-        transport takes the rest, and pauses writing (so the client leaves the direct
-        path), or meets the error itself and closes (and the client leaves it now,
-        rather than at ``connection_lost`` on the next turn of the loop)."""
-        wire = client.wire
-        assert wire is not None
-        wire.transport.write(frame[sent:] if sent > 0 else frame)
-        if wire.transport.is_closing():
-            client.direct = None
-
-    def _other(self, client: Client, message: Message) -> bool:
-        """A client not on the direct path: its backlog, unless it is closing."""
-        if client.closing:
-            return False
-        wire = client.wire
-        if wire is not None and wire.state != OPEN:
-            return False  # closing or closed: nothing more goes out
-        return self._enqueue(client, message)
 
     async def _drain_pending(self) -> None:
         """Deliver the pending fan-outs in order, a slice of clients per turn of the loop."""
@@ -735,88 +647,23 @@ class Hub:
         """One message to one client (a reply), in order with its publications.
 
         False when it was not sent: the client is closing, or the message is larger
-        than the room left in its buffer (then the overflow policy applies, even with
-        nothing queued: a reply never takes more than ``max_buffer``).
+        than the room left in its buffer (its backlog and what its stream holds; then
+        the overflow policy applies, even with nothing queued: a reply never takes
+        more than ``max_buffer``).
         """
-        message = _message(data)
-        if client.closing or not self._room_for(client, message.size):
+        if client.closing:
             return False
-        return self._write(message, (client,)) == 1
-
-    def _room_for(self, client: Client, size: int) -> bool:
-        """Whether ``size`` more bytes fit in what ``client`` holds (its backlog, and
-        what its transport holds on the fast path), after the overflow policy."""
+        message = _framed(data, client.framing)
         wire = client.wire
-        held = wire.transport.get_write_buffer_size() if wire is not None else 0
-        if held + client.queued_bytes + size <= self.max_buffer:
-            return True
-        self.stats.overflows += 1
-        if self.overflow == "drop-oldest" and held + size <= self.max_buffer:
-            self._overflowed(client, "dropping its oldest messages")
-            self._drop_oldest(client, self.max_buffer - held - size)
-            return True
-        self._overflowed(client, "closing it")
-        self.stats.disconnected_slow += 1
-        reason = f"outgoing buffer overflow ({self.max_buffer} bytes)"
-        self.forget(client)  # closing from now: the protocol stops answering it at once
-        self._spawn(self._close(client, CLOSE_OVERFLOW, reason))
-        return False
-
-    def _drop_oldest(self, client: Client, room: int) -> None:
-        """Drop the oldest queued messages until ``client`` holds at most ``room``."""
-        count = 0
-        while client.queue and client.queued_bytes > room:
-            dropped = client.queue.popleft()
-            client.queued_bytes -= dropped.size
-            count += 1
-        self.stats.dropped += count
-        told = getattr(client.handler, "dropped", None)
-        if told is not None and count:  # a protocol whose clients notice holes
-            told(count)
-
-    def disconnect(self, client: Client, code: int, reason: str) -> None:
-        """Close one client: out of its channels now, the close frame after what it holds."""
-        if not client.closing:
-            self._spawn(self._close(client, code, reason))
-
-    async def close_client(self, client: Client, code: int, reason: str) -> None:
-        """:meth:`disconnect`, awaited: the close frame is on its way (or the socket dropped)."""
-        if not client.closing:
-            await self._close(client, code, reason)
-
-    def _enqueue(self, client: Client, message: Message) -> bool:
-        limit = self.backlog_limit if client.wire is not None else self.max_buffer
-        if client.queued_bytes + message.size > limit:
-            # Even with nothing queued: one message never takes more than the bound.
-            self.stats.overflows += 1
-            if self.overflow == "close" or message.size > limit:
-                self._overflowed(client, "closing it")
-                self.stats.disconnected_slow += 1
-                reason = f"outgoing buffer overflow ({self.max_buffer} bytes)"
-                self._spawn(self._close(client, CLOSE_OVERFLOW, reason))
-                return False
-            self._overflowed(client, "dropping its oldest messages")
-            self._drop_oldest(client, limit - message.size)
-        if client.queue is None:
-            client.queue = deque()
-            client.direct = None
-        client.queue.append(message)
-        client.queued_bytes += message.size
-        if client.sender is None:
-            client.sender = asyncio.get_running_loop().create_task(self._drain_backlog(client))
+        if wire is not None:
+            if not wire.open():
+                return False  # closing or closed: nothing more goes out
+            held = wire.transport.get_write_buffer_size()
+        else:
+            held = 0
+        if not self._admit(client, message.size, held, self.max_buffer):
+            return False
+        if client.direct is not None:
+            return self._write(message, (client,)) == 1
+        self._append(client, message)
         return True
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _overflowed(self, client: Client, action: str) -> None:
-        if not client.overflow_logged:
-            client.overflow_logged = True
-            log.warning(
-                "client %d is not reading: its %d-byte buffer overflowed, %s",
-                client.id,
-                self.max_buffer,
-                action,
-            )
