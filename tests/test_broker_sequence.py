@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from realtime_broker import EMPTY_EPOCH, Publication
-from realtime_broker.redis.sequence import COPIES, RECENT, Mark, Place, Sequence, Verdict
+from realtime_broker.redis.sequence import (
+    COPIES,
+    INLINE_MARK,
+    RECENT,
+    Mark,
+    Place,
+    Sequence,
+    Verdict,
+    mark,
+)
 
 E1, E2 = "e1e1e1e1", "e2e2e2e2"
 
@@ -162,3 +171,16 @@ def test_a_channel_dropped_starts_afresh() -> None:
 def test_marks_are_what_redis_confirmed() -> None:
     assert Mark("subscribe") is Mark.SUBSCRIBED and Mark("unsubscribe") is Mark.UNSUBSCRIBED
     assert Verdict.BEYOND.value.endswith("(not stamped by realtime)")
+
+
+def test_small_publications_are_their_own_mark_and_large_ones_a_hash() -> None:
+    small = Publication("x" * INLINE_MARK, epoch=E1, offset=1)
+    assert mark(small) is small  # no hash on the way
+    large = Publication("x" * INLINE_MARK, info="{}", epoch=E1, offset=1)
+    assert isinstance(mark(large), int)
+    assert mark(large) == mark(Publication("x" * INLINE_MARK, info="{}", epoch=E1, offset=1))
+    assert mark(large) != mark(Publication(b"x" * INLINE_MARK, info="{}", epoch=E1, offset=1))
+    sequence = Sequence()
+    sequence.delivered("c", E1, 1, mark(large))
+    assert not sequence.again("c", 1, mark(large))  # a replay of a large one
+    assert sequence.again("c", 1, mark(small))

@@ -54,7 +54,7 @@ from .envelope import (
     parse_counter,
 )
 from .names import Names
-from .sequence import DELIVER, Mark, Place, Queue, Sequence, Truth, Verdict
+from .sequence import DELIVER, Mark, Place, Queue, Sequence, Truth, Verdict, mark
 from .tally import Tally
 
 log = logging.getLogger("realtime.broker")
@@ -435,7 +435,7 @@ class RedisListener(Broker):
                 return True
             if place is Place.AGAIN:
                 # Only here are two messages under one number compared.
-                if self.sequence.again(channel, publication.offset, publication):
+                if self.sequence.again(channel, publication.offset, mark(publication)):
                     self.tally.add(
                         "second",
                         f"delivered message(s) on redis channel {self.key(channel)} under a "
@@ -645,10 +645,8 @@ class RedisListener(Broker):
                 self._enqueue(message, queue)
 
     def _deliver(self, channel: str, publication: Publication, *, renumbered: bool = False) -> None:
-        # The publication is what its number carried: compared only if the number
-        # comes again, so an in-order delivery costs no hash.
         self.sequence.delivered(
-            channel, publication.epoch, publication.offset, publication, renumbered=renumbered
+            channel, publication.epoch, publication.offset, mark(publication), renumbered=renumbered
         )
         if self._catching_up:
             self._wake_catching_up(channel)

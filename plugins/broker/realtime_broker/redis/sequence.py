@@ -15,6 +15,10 @@ from ..presence import PresenceEvent
 RECENT = 1024
 #: ...and how many different messages one number may carry before more are dropped.
 COPIES = 4
+#: Publications with at most this much data and info (characters or bytes) are
+#: remembered as they are; larger ones by a hash, so no channel keeps RECENT copies
+#: of large messages.
+INLINE_MARK = 512
 
 
 #: Redis's word at one moment: each channel's epoch and counter (``None``: it has none).
@@ -56,14 +60,26 @@ class Mark(enum.Enum):
 Queue = deque[tuple[str, Publication | PresenceEvent | Mark]]
 
 
+def mark(publication: Publication) -> object:
+    """What a delivered number is remembered to have carried (see :meth:`Sequence.again`).
+
+    A small publication is its own mark: no hash per in-order delivery, and two are
+    compared (``==``) only when a number comes again. A large one is hashed (salted per
+    process: not predictable), at the cost of one pass over it.
+    """
+    data, info = publication.data, publication.info
+    if len(data) + (len(info) if info is not None else 0) <= INLINE_MARK:
+        return publication
+    return hash((isinstance(data, str), publication.json, data, info))
+
+
 class Sequence:
     """Where one process is in each channel's numbering, and what Redis last said of it.
 
     Pure bookkeeping, no I/O, so every rule can be tested on its own.
 
     What a number carried (its ``mark``) is anything compared with ``==``: the broker
-    passes the publication itself, so an in-order delivery costs no hash, and two
-    messages under one number are compared only when a number comes again.
+    passes :func:`mark` of the publication.
     """
 
     def __init__(self) -> None:
