@@ -275,6 +275,89 @@ def test_a_group_splits_by_framing_only_while_its_members_differ() -> None:
     assert group.split is None and group.framing is EVENT_STREAM
 
 
+class FakeStream:
+    """A stream that takes every write at once, recording it (no socket)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.transport = self
+        self.on_writable: Callable[[], None] | None = None
+        self.on_lost: Callable[[Any], None] | None = None
+
+    def send_now(self, data: bytes) -> int:
+        self.written.append(data)
+        return len(data)
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def start(self, handler: Any, on_lost: Callable[[Any], None]) -> None:
+        self.on_lost = on_lost
+
+    def open(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    async def drain(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    async def close(self, code: int, reason: str = "") -> None:
+        pass
+
+
+async def test_two_formats_and_two_framings_build_each_frame_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Formats that give the same object share its frames across framings too."""
+    built: list[str | bytes] = []
+    real = engine._message
+    monkeypatch.setattr(engine, "_message", lambda data: built.append(data) or real(data))
+    text = "the same text"
+
+    class Same(Raw):
+        def encode(self, channel: str, publication: Any) -> str | bytes | None:
+            self.encoded += 1
+            return text
+
+    hub = Hub()
+    hub.start()
+    events = CountingEvents()
+    formats = [Same(), Same()]
+    streams: list[FakeStream] = []
+    for fmt in formats:
+        for framing in (WEBSOCKET, events):
+            stream = FakeStream()
+            hub.join("room", hub.attach(stream, framing), fmt)
+            streams.append(stream)
+    assert publish(hub, "ignored", "room") == 4
+    assert [fmt.encoded for fmt in formats] == [1, 1]
+    assert built == [text] and events.framed == 1
+    ws_frames = [streams[0].written[0], streams[2].written[0]]
+    sse_events = [streams[1].written[0], streams[3].written[0]]
+    assert ws_frames[0] is ws_frames[1] and sse_events[0] is sse_events[1]
+    assert sse_events[0] == b"data: the same text\n\n"
+    # A reply goes out in the client's own framing, on the direct path.
+    sse_client = next(client for client in hub if client.connection is streams[1])
+    assert hub.send(sse_client, "just you")
+    assert streams[1].written[-1] == b"data: just you\n\n"
+    for stream in streams:  # each stream ends: out of the channel
+        assert stream.on_lost is not None
+        stream.on_lost(stream)
+    assert "room" not in hub.channels and len(hub) == 0
+    await hub.close()
+
+
 # Over loopback TCP, beside real WebSocket clients -----------------------------------
 
 
