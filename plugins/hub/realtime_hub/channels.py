@@ -44,7 +44,7 @@ _UNIT_SECONDS: Mapping[str, float] = MappingProxyType(
 HookAnswer = bool | Error | None
 
 #: The chat demo's ``[channel]`` table (what the app's realtime.toml sets): the
-#: default top level, and ``chat:*`` rooms for signed-in users. See :meth:`ChannelRules.demo`.
+#: neutral top level, and ``chat:*`` rooms for signed-in users (:meth:`ChannelRules.demo`).
 DEMO_CHANNEL_TABLE: Mapping[str, Any] = MappingProxyType(
     {
         "without_namespace": MappingProxyType(
@@ -193,7 +193,7 @@ class ChannelRules:
 
     @classmethod
     def demo(cls) -> ChannelRules:
-        """The chat demo's rules (:data:`DEMO_CHANNEL_TABLE`): the defaults, and in
+        """The chat demo's rules (:data:`DEMO_CHANNEL_TABLE`): :meth:`neutral`'s, and in
         ``chat:*`` signed-in users (a connection token's ``sub``) subscribe and post to
         rooms they are in, which keep their last 100 messages for 10 minutes (read by
         members, recovered after a reconnect); members see who is in the room
