@@ -17,7 +17,7 @@ from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config as ServerConfig
 from hypercorn.utils import LifespanFailureError, wrap_app
 
-from . import gcpolicy, tcp
+from . import gcpolicy, internals, tcp
 from .errors import PluginError
 from .host import get_host
 from .limits import LogThrottle, throttled_exception_handler
@@ -85,6 +85,9 @@ async def _serve(app: Any, config: ServerConfig) -> None:
 
     # Frozen in each worker once its start-up is done (after the fork, plugins started).
     wrapped = wrap_app(gcpolicy.frozen_after_startup(app), config.wsgi_max_body_size, mode="asgi")
+    # Once per process: where the libraries are not what the fast path knows, say so
+    # (the takeover, the guard and the lean TCP server then stay off by themselves).
+    internals.warn(log)
     tcp.install()
     await worker_serve(wrapped, config, shutdown_trigger=shutdown_trigger)
 

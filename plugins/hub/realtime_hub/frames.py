@@ -8,41 +8,104 @@ negotiated on such a connection, so every RSV bit must be clear.
 
 It checks what wsproto checks (masking, opcodes, lengths in their shortest form,
 control-frame rules, fragmentation, UTF-8, close codes) and what the hub's
-:class:`.fastpath.IncomingLimits` bound (a message's size from the frame header,
+:class:`.guard.IncomingLimits` bound (a message's size from the frame header,
 before a byte of it is buffered; frames a second), and reports the first violation
-as :class:`Failure` with its close code.
+as :class:`Failure` with its close code (tests/test_frames_fuzz.py holds it to
+wsproto's verdicts). It also encodes what the server sends: :func:`encode_frame`,
+:func:`control_frame`.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
+
+from .closecode import CloseCode
 
 if TYPE_CHECKING:
-    from .fastpath import IncomingLimits
+    from .guard import IncomingLimits
 
-OP_CONTINUATION = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+OP_CONTINUATION: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
 
-#: RFC 6455 close codes the parser reports.
-CLOSE_NORMAL = 1000
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
+#: RFC 6455 close codes the parser reports (the :class:`.closecode.CloseCode` members;
+#: these names stay for code that imported them).
+CLOSE_NORMAL: Final = CloseCode.NORMAL
+CLOSE_PROTOCOL_ERROR: Final = CloseCode.PROTOCOL_ERROR
+CLOSE_INVALID_DATA: Final = CloseCode.INVALID_DATA
+CLOSE_POLICY_VIOLATION: Final = CloseCode.POLICY_VIOLATION
+CLOSE_TOO_BIG: Final = CloseCode.MESSAGE_TOO_BIG
 #: "No status received": what a close frame without a code means (never sent).
-CLOSE_NO_STATUS = 1005
-
-#: What a fragment that does not end its message yields: nothing yet.
-_FRAGMENT = (-1, None)
+CLOSE_NO_STATUS: Final = CloseCode.NO_STATUS
 
 _SHORT = struct.Struct("!H")
 _LONG = struct.Struct("!Q")
+#: Builds an event without NamedTuple's generated ``__new__`` (a Python call): the
+#: per-frame cost stays a tuple's.
+_new = tuple.__new__
+
+
+# Events ---------------------------------------------------------------------------
+# Each is a NamedTuple ``(opcode, data)``: typed for the reader, as cheap as a tuple
+# to make, and equal to the ``(opcode, payload)`` tuples the parser returned before.
+
+
+class Text(NamedTuple):
+    """A whole text message, decoded."""
+
+    opcode: Literal[0x1]
+    data: str
+
+
+class Binary(NamedTuple):
+    """A whole binary message."""
+
+    opcode: Literal[0x2]
+    data: bytes
+
+
+class Ping(NamedTuple):
+    """A ping: answer with a pong carrying ``data``."""
+
+    opcode: Literal[0x9]
+    data: bytes
+
+
+class Pong(NamedTuple):
+    """A pong (an answer, or a unilateral heartbeat)."""
+
+    opcode: Literal[0xA]
+    data: bytes
+
+
+class CloseStatus(NamedTuple):
+    """What a close frame says: its code (1005 when it had none) and its reason."""
+
+    code: int
+    reason: str
+
+
+class Close(NamedTuple):
+    """The client's close frame."""
+
+    opcode: Literal[0x8]
+    data: CloseStatus
+
+    @property
+    def code(self) -> int:
+        return self.data.code
+
+    @property
+    def reason(self) -> str:
+        return self.data.reason
+
+
+Event = Text | Binary | Ping | Pong | Close
 
 
 class Failure(Exception):
@@ -59,9 +122,14 @@ class Failure(Exception):
         self.limit = limit
 
 
+#: The registered codes a peer may send: every :class:`CloseCode` but the two that
+#: only report (1005, 1006); 1004 is reserved and not a member.
+_PEER_CODES = frozenset(CloseCode) - {CloseCode.NO_STATUS, CloseCode.ABNORMAL}
+
+
 def valid_close_code(code: int) -> bool:
-    """Codes a peer may send (RFC 6455 §7.4): the defined ones and 3000-4999."""
-    return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
+    """Codes a peer may send (RFC 6455 §7.4): the registered ones and 3000-4999."""
+    return code in _PEER_CODES or 3000 <= code <= 4999
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
@@ -85,13 +153,27 @@ def control_frame(opcode: int, payload: bytes = b"") -> bytes:
     return bytes((0x80 | opcode, len(payload))) + payload
 
 
+def encode_frame(payload: bytes, text: bool) -> bytes:
+    """One unmasked, unfragmented server data frame (RFC 6455 §5.2), RSV bits clear."""
+    first = 0x81 if text else 0x82  # FIN and the opcode
+    length = len(payload)
+    if length < 126:
+        header = bytes((first, length))
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + payload
+
+
 class FrameParser:
     """Incremental reader of one client's frames.
 
     :meth:`feed` bytes as they arrive, then call :meth:`next_event` until it returns
-    ``None``. Events are ``(opcode, payload)``: ``OP_TEXT`` with a ``str``,
-    ``OP_BINARY``, ``OP_PING`` and ``OP_PONG`` with ``bytes``, ``OP_CLOSE`` with
-    ``(code, reason)``. A violation raises :class:`Failure`; the parser is then done.
+    ``None``. Events are :class:`Text` (a ``str``), :class:`Binary`, :class:`Ping`,
+    :class:`Pong` (``bytes``) and :class:`Close` (a :class:`CloseStatus`), each an
+    ``(opcode, data)`` NamedTuple. A violation raises :class:`Failure`; the parser
+    is then done.
     """
 
     __slots__ = ("_limits", "_message", "_opcode", "_pending", "_pos", "_size", "_tat")
@@ -103,7 +185,7 @@ class FrameParser:
         self._opcode = 0  # of the fragmented message under assembly, 0 if none
         self._message: list[bytes] | None = None  # its fragments
         self._size = 0  # its bytes so far
-        self._tat = 0.0  # the rate limit's virtual clock (GCRA, as IncomingGuard)
+        self._tat = 0.0  # the frame rate's clock (realtime.rate.Rate, as IncomingGuard)
 
     def feed(self, data: bytes) -> None:
         pending = self._pending
@@ -122,52 +204,76 @@ class FrameParser:
         self._pending = b""
         self._pos = 0
 
-    def next_event(self) -> tuple[int, object] | None:
+    def next_event(self) -> Event | None:
+        """The next whole event, or ``None`` until more is fed; :class:`Failure` if bad.
+
+        Whole text and binary frames, what a client nearly always sends, are read
+        here without another call; the rest goes through the helpers below.
+        """
         while True:
-            event = self._next_frame()
-            if event is not _FRAGMENT:
+            data, start = self._pending, self._pos
+            available = len(data) - start
+            if available < 2:
+                return None
+            first, second = data[start], data[start + 1]
+            length = second & 0x7F
+            offset = 2
+            if length == 126:
+                if available < 4:
+                    return None
+                (length,) = _SHORT.unpack_from(data, start + 2)
+                offset = 4
+                if length < 126:
+                    raise Failure(CLOSE_PROTOCOL_ERROR, "a length not in its shortest form")
+            elif length == 127:
+                if available < 10:
+                    return None
+                (length,) = _LONG.unpack_from(data, start + 2)
+                offset = 10
+                if length < 1 << 16 or length >> 63:
+                    raise Failure(CLOSE_PROTOCOL_ERROR, "a length not in its shortest form")
+            whole = (first == 0x81 or first == 0x82) and second & 0x80 and not self._opcode
+            if whole:  # FIN, text or binary, masked, no message under assembly
+                max_size = self._limits.max_size
+                if length > max_size:
+                    raise Failure(CLOSE_TOO_BIG, f"a message over {max_size} bytes", limit=True)
+            else:
+                self._check_header(first, second, length)
+            end = offset + 4 + length
+            if available < end:
+                return None  # the header was checked: the payload is within the limits
+            mask = data[start + offset : start + offset + 4]
+            payload = unmask(data[start + offset + 4 : start + end], mask)
+            if end < available:
+                self._pos = start + end
+            else:
+                self._pending = b""
+                self._pos = 0
+            rate = self._limits.frames
+            if rate.interval:
+                now = time.monotonic()
+                tat = rate.take(self._tat, now)
+                if tat < 0:
+                    raise Failure(CLOSE_POLICY_VIOLATION, rate.describe("frames"), limit=True)
+                self._tat = tat
+            if first == 0x81 and whole:
+                try:
+                    return _new(Text, (OP_TEXT, payload.decode()))
+                except UnicodeDecodeError:
+                    raise Failure(CLOSE_INVALID_DATA, "text message is not UTF-8") from None
+            if first == 0x82 and whole:
+                return _new(Binary, (OP_BINARY, payload))
+            opcode = first & 0x0F
+            event = (
+                self._control(opcode, payload)
+                if opcode >= OP_CLOSE
+                else self._data(opcode, first & 0x80, payload)
+            )
+            if event is not None:  # else a fragment that does not end its message
                 return event
 
-    def _next_frame(self) -> tuple[int, object] | None:
-        data, start = self._pending, self._pos
-        available = len(data) - start
-        if available < 2:
-            return None
-        first, second = data[start], data[start + 1]
-        length = second & 0x7F
-        offset = 2
-        if length == 126:
-            if available < 4:
-                return None
-            (length,) = _SHORT.unpack_from(data, start + 2)
-            offset = 4
-            if length < 126:
-                raise Failure(CLOSE_PROTOCOL_ERROR, "a length not in its shortest form")
-        elif length == 127:
-            if available < 10:
-                return None
-            (length,) = _LONG.unpack_from(data, start + 2)
-            offset = 10
-            if length < 1 << 16 or length >> 63:
-                raise Failure(CLOSE_PROTOCOL_ERROR, "a length not in its shortest form")
+    def _check_header(self, first: int, second: int, length: int) -> None:
         opcode = first & 0x0F
-        fin = first & 0x80
-        self._check_header(first, second, opcode, fin, length)
-        end = offset + 4 + length
-        if available < end:
-            return None  # the header was checked: the payload is within the limits
-        mask = data[start + offset : start + offset + 4]
-        payload = unmask(data[start + offset + 4 : start + end], mask)
-        if end < available:
-            self._pos = start + end
-        else:
-            self.discard()
-        self._count_frame()
-        if opcode >= OP_CLOSE:
-            return self._control(opcode, payload)
-        return self._data(opcode, fin, payload)
-
-    def _check_header(self, first: int, second: int, opcode: int, fin: int, length: int) -> None:
         if first & 0x70:
             raise Failure(CLOSE_PROTOCOL_ERROR, "reserved bits set without an extension")
         if not second & 0x80:
@@ -175,7 +281,7 @@ class FrameParser:
         if opcode >= OP_CLOSE:
             if opcode > OP_PONG:
                 raise Failure(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-            if not fin or length > 125:
+            if not first & 0x80 or length > 125:
                 raise Failure(CLOSE_PROTOCOL_ERROR, "a control frame fragmented or over 125 bytes")
             return
         if opcode > OP_BINARY:
@@ -189,25 +295,13 @@ class FrameParser:
         if length > max_size - self._size:
             raise Failure(CLOSE_TOO_BIG, f"a message over {max_size} bytes", limit=True)
 
-    def _count_frame(self) -> None:
-        limits = self._limits
-        if not limits.rate:
-            return
-        now = time.monotonic()
-        tat = max(self._tat, now) + limits.interval
-        if tat > now + limits.window:
-            raise Failure(
-                CLOSE_POLICY_VIOLATION,
-                f"over {limits.rate} frames a second (bursts of {limits.burst})",
-                limit=True,
-            )
-        self._tat = tat
-
-    def _control(self, opcode: int, payload: bytes) -> tuple[int, object]:
-        if opcode != OP_CLOSE:
-            return opcode, payload
+    def _control(self, opcode: int, payload: bytes) -> Ping | Pong | Close:
+        if opcode == OP_PING:
+            return _new(Ping, (OP_PING, payload))
+        if opcode == OP_PONG:
+            return _new(Pong, (OP_PONG, payload))
         if not payload:
-            return OP_CLOSE, (CLOSE_NO_STATUS, "")
+            return Close(OP_CLOSE, CloseStatus(CLOSE_NO_STATUS, ""))
         if len(payload) == 1:
             raise Failure(CLOSE_PROTOCOL_ERROR, "a close frame with a 1-byte payload")
         (code,) = _SHORT.unpack_from(payload)
@@ -217,16 +311,17 @@ class FrameParser:
             reason = payload[2:].decode()
         except UnicodeDecodeError:
             raise Failure(CLOSE_INVALID_DATA, "close reason is not UTF-8") from None
-        return OP_CLOSE, (code, reason)
+        return Close(OP_CLOSE, CloseStatus(code, reason))
 
-    def _data(self, opcode: int, fin: int, payload: bytes) -> tuple[int, object]:
+    def _data(self, opcode: int, fin: int, payload: bytes) -> Text | Binary | None:
+        """A message that a fragment completes; ``None`` for one that does not end it."""
         if opcode == OP_CONTINUATION:
             assert self._message is not None
             if payload:
                 self._message.append(payload)
                 self._size += len(payload)
             if not fin:
-                return _FRAGMENT
+                return None
             opcode = self._opcode
             payload = b"".join(self._message)
             self._opcode = 0
@@ -236,10 +331,10 @@ class FrameParser:
             self._opcode = opcode
             self._message = [payload]
             self._size = len(payload)
-            return _FRAGMENT
+            return None
         if opcode == OP_BINARY:
-            return OP_BINARY, payload
+            return _new(Binary, (OP_BINARY, payload))
         try:
-            return OP_TEXT, payload.decode()
+            return _new(Text, (OP_TEXT, payload.decode()))
         except UnicodeDecodeError:
             raise Failure(CLOSE_INVALID_DATA, "text message is not UTF-8") from None
