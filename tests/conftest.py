@@ -41,17 +41,20 @@ def _release_sockets() -> Iterator[None]:
 
 
 def reserve_port(host: str = "127.0.0.1") -> int:
-    """A port only servers of this test can bind, until the test ends.
+    """A port number the kernel hands to no one else until the test ends.
 
-    A socket bound with ``SO_REUSEPORT`` that never listens: Linux lets other
-    ``SO_REUSEPORT`` sockets of the same user bind the port beside it (Hypercorn's
-    workers, Caddy, ``listening_socket(port)``) and refuses anyone else. It takes no
+    A socket bound with ``SO_REUSEADDR`` and ``SO_REUSEPORT`` that never listens. The
+    kernel never picks its port for another ``bind(0)`` or outgoing connection, and
+    refuses a plain ``bind`` to it; a server that binds the number with
+    ``SO_REUSEADDR`` (Hypercorn, redis-server, Caddy, ``listening_socket(port)``) or
+    ``SO_REUSEPORT`` (Hypercorn's workers, Caddy) binds beside it. It takes no
     connections itself, so a stopped server's port refuses them, as in production, and
-    a restarted server gets the same port back. ``host="0.0.0.0"`` keeps the port off
-    every IPv4 address (for Caddy, which listens on all of them).
+    a server started again gets the same port back. ``host="0.0.0.0"`` keeps the port
+    off every IPv4 address (for Caddy, which listens on all of them).
     """
     sock = socket.socket()
     _HELD.append(sock)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, 0))
     port: int = sock.getsockname()[1]
@@ -86,13 +89,9 @@ def inherited_bind() -> tuple[str, int]:
 
 
 def free_port() -> int:
-    """Deprecated: a port that was free a moment ago, which anyone may take before it is
-    bound. Use ``inherited_bind``, ``reserve_port`` or a ``Server`` instead; kept for the
-    tests that still call it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """The old name of ``reserve_port()``: the port stays reserved until the test ends
+    (it used to be a number found free and closed, which anyone could take)."""
+    return reserve_port()
 
 
 async def eventually(
@@ -299,12 +298,12 @@ def start_caddy(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Caddy serving on a port reserved for the test (``reserve_port``), and that port.
 
-    Debian's Caddy (2.6) cannot take a listening socket from its parent, but it binds
-    with ``SO_REUSEPORT``, so it can bind a port the test reserved: the port stays the
-    test's when Caddy is killed and started again on it (``caddy_process``). The
-    reservation is on every IPv4 address, since the Caddyfile listens on all of them.
-    Should Caddy still report "address already in use" (another user's socket bound
-    with ``SO_REUSEPORT`` too, say), another port is tried.
+    Debian's Caddy (2.6) cannot take a listening socket from its parent (``fd/N``
+    addresses came later), but it binds with ``SO_REUSEADDR`` and ``SO_REUSEPORT``, so
+    it binds a reserved port, and gets it back when killed and started again on it
+    (``caddy_process``). The reservation is on every IPv4 address, since the Caddyfile
+    listens on all of them. Should Caddy still report "address already in use" (a
+    socket bound beside the reservation by hand), another port is tried.
     """
     for attempt in range(attempts):
         port = reserve_port("0.0.0.0")
@@ -332,18 +331,19 @@ def caddy(server: Server, tmp_path: Path) -> Iterator[str]:
 class RedisServer:
     """Debian's redis-server on a loopback port; stop() and start() keep the port.
 
-    redis-server can neither take a listening socket from its parent nor bind with
-    ``SO_REUSEPORT`` (so ``reserve_port`` would lock it out), and ``--port 0`` turns TCP
-    off. So its port is picked free and, on "Address already in use" at the first
-    start, another is tried; a restart must keep the port, and one taken while Redis
-    was down fails naming it. Readiness is Redis's own log line, never a connection
-    that anything listening there would accept.
+    redis-server takes no listening socket from its parent and ``--port 0`` turns TCP
+    off, but it binds with ``SO_REUSEADDR``, so it binds a port the test reserved
+    (``reserve_port``): killed and started again, it gets the same port, which nothing
+    else could take meanwhile. Should it still report "Address already in use" at its
+    first start, another port is tried; at a restart that fails naming the port.
+    Readiness is Redis's own log line, never a connection that anything listening
+    there would accept.
     """
 
     ATTEMPTS = 5
 
     def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
-        self.port = free_port()
+        self.port = reserve_port()
         self.workdir = workdir
         #: Persist every write (AOF, fsync always): a killed Redis comes back with it all.
         self.appendonly = appendonly
@@ -361,14 +361,14 @@ class RedisServer:
     def start(self) -> RedisServer:
         for attempt in range(1 if self.started else self.ATTEMPTS):
             if attempt:
-                self.port = free_port()
+                self.port = reserve_port()
             if self._launch():
                 self.started = True
                 return self
         if self.started:
             raise RuntimeError(
                 f"redis-server could not bind 127.0.0.1:{self.port} again: another process "
-                "took the port while Redis was down (see redis.log)"
+                "bound the port while Redis was down (see redis.log)"
             )
         raise RuntimeError(f"redis-server found no free port in {self.ATTEMPTS} attempts")
 
