@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from realtime import Option, PluginError, create_app, gcpolicy, get_host, hookimpl
-from realtime.cli import server_config, tune_garbage_collector
+from realtime.cli import server_config
+from realtime.gcpolicy import tune as tune_garbage_collector
 from realtime.options import resolve
 
 from .conftest import free_port, wait_for_http
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def settings_of(tmp_path: Path, toml: str, environ: dict[str, str] | None = None, **given: object):
@@ -76,6 +79,73 @@ def test_plugin_options_come_from_the_file_too(tmp_path: Path) -> None:
         environ={},
     )
     assert get_host(app).settings["shout_suffix"] == "?!"
+
+
+def test_the_app_directory_ships_its_own_settings_below_the_operators(tmp_path: Path) -> None:
+    app_dir = tmp_path / "site"
+    app_dir.mkdir()
+    (app_dir / "realtime.toml").write_text("threads = 3\nmax_body_size = 100\nbacklog = 7\n")
+    operator = tmp_path / "operator.toml"
+    operator.write_text("max_body_size = 200\n")
+    host = get_host(
+        create_app(
+            app_dir,
+            settings={"config": str(operator)},
+            environ={"REALTIME_BACKLOG": "9"},
+        )
+    )
+    # The app's file is below the operator's file, the environment and flags.
+    assert (host.settings["threads"], host.settings["max_body_size"]) == (3, 200)
+    assert host.settings["backlog"] == 9
+    assert host.config_files == (operator, app_dir / "realtime.toml")
+    assert host.settings["config"] == str(operator)
+    alone = get_host(create_app(app_dir, environ={}))
+    assert alone.settings["threads"] == 3 and alone.config_files == (app_dir / "realtime.toml",)
+
+
+@pytest.mark.parametrize("key", ["app", "config"])
+def test_the_apps_file_may_not_move_the_app_or_name_another_file(tmp_path: Path, key: str) -> None:
+    (tmp_path / "realtime.toml").write_text(f'{key} = "elsewhere"\n')
+    with pytest.raises(PluginError, match=f"ships with the app: it may not set {key}"):
+        create_app(tmp_path, environ={})
+
+
+def test_a_bad_key_in_the_apps_file_names_that_file(tmp_path: Path) -> None:
+    (tmp_path / "realtime.toml").write_text("thread = 3\n")
+    with pytest.raises(PluginError, match=r"realtime.toml'.*unknown setting\(s\): thread"):
+        create_app(tmp_path, environ={})
+
+
+async def test_the_apps_settings_file_is_never_served(tmp_path: Path) -> None:
+    (tmp_path / "realtime.toml").write_text("threads = 2\n")
+    (tmp_path / "notes.toml").write_text("public = true\n")
+    app = create_app(tmp_path, environ={})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get("/realtime.toml")).status_code == 404
+        assert (await client.get("/notes.toml")).status_code == 200
+
+
+def test_the_demo_app_ships_the_chat_namespace(tmp_path: Path) -> None:
+    """``--app app`` gets ``chat:*`` for signed-in users from app/realtime.toml, whatever
+    the library's default rules are."""
+    from realtime_hub.channels import ChannelRules
+
+    host = get_host(create_app(ROOT / "app", environ={}))
+    assert host.config_files == (ROOT / "app" / "realtime.toml",)
+    rules = ChannelRules.from_config(host.settings["channel"])
+    chat = rules.namespace_of("chat:room")
+    assert chat is not None and chat.allow_subscribe_for_client
+    assert not chat.allow_subscribe_for_anonymous and chat.allow_publish_for_subscriber
+    assert (chat.history_size, chat.history_ttl, chat.presence) == (100, 600.0, True)
+    top = rules.namespace_of("news")
+    assert top is not None and top.allow_subscribe_for_anonymous
+    assert rules.namespace_of("other:room") is None
+    # An operator's [channel] replaces the app's table whole.
+    operator = tmp_path / "operator.toml"
+    operator.write_text("[channel.without_namespace]\nallow_subscribe_for_client = true\n")
+    host = get_host(create_app(ROOT / "app", settings={"config": str(operator)}, environ={}))
+    assert "namespaces" not in host.settings["channel"]
 
 
 def test_a_secret_that_does_not_parse_is_not_echoed() -> None:

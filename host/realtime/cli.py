@@ -20,6 +20,16 @@ from .options import Option
 from .plugins import DISABLE_ENV, Plugins
 from .routes import route_kinds
 from .server import loop_factory, serve_process, supervise
+from .settings import (
+    ACCESS_LOG,
+    BACKLOG,
+    BIND,
+    GC_THRESHOLD,
+    LOG_LEVEL,
+    LOOP,
+    SHUTDOWN_TIMEOUT,
+    WORKERS,
+)
 
 log = logging.getLogger("realtime")
 
@@ -98,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return list_plugins(app, as_json=args.json)
     settings = get_host(app).settings
     logging.basicConfig(
-        level=settings["log_level"].upper(),
+        level=LOG_LEVEL.get(settings).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return run(app)
@@ -142,26 +152,15 @@ def list_plugins(app: Any, *, as_json: bool) -> int:
 def server_config(app: Any) -> ServerConfig:
     host = get_host(app)
     config = ServerConfig()
-    config.bind = [host.settings["bind"]]
-    config.backlog = host.settings["backlog"]
-    config.graceful_timeout = host.settings["shutdown_timeout"]
+    config.bind = [host.setting(BIND)]
+    config.backlog = host.setting(BACKLOG)
+    config.graceful_timeout = host.setting(SHUTDOWN_TIMEOUT)
     # Through the logging module, so one configuration formats everything.
     config.errorlog = logging.getLogger("hypercorn.error")
-    if host.settings["access_log"]:
+    if host.setting(ACCESS_LOG):
         config.accesslog = logging.getLogger("hypercorn.access")
     host.plugins.call_each("configure_server", config=config, settings=host.settings)
     return config
-
-
-def tune_garbage_collector(threshold: int) -> None:
-    """Collect the youngest generation every ``threshold`` allocations (0: Python's 700),
-    the older ones rarely (:mod:`realtime.gcpolicy`).
-
-    Process-wide, so set here, for the serving process (and the workers it forks),
-    never by ``create_app``. At 700, a connect storm runs the full collection over
-    every connection held so often that it was half the CPU of a connect (bench/README).
-    """
-    gcpolicy.tune(threshold)
 
 
 def run(app: Any) -> int:
@@ -171,22 +170,26 @@ def run(app: Any) -> int:
         return 2
     config = server_config(app)
     try:
-        factory = loop_factory(host.settings["loop"])
+        factory = loop_factory(host.setting(LOOP))
     except ImportError:
         print("realtime: --loop uvloop needs the uvloop package", file=sys.stderr)
         return 2
-    workers: int = host.settings["workers"]
-    if host.settings["config"]:
+    workers: int = host.setting(WORKERS)
+    if host.config_files:
         log.info(
-            "settings from %s (flags and REALTIME_* variables override it)", host.settings["config"]
+            "settings from %s (flags and REALTIME_* variables override %s)",
+            ", then ".join(map(str, host.config_files)),
+            "it" if len(host.config_files) == 1 else "them",
         )
     open_files = raise_open_file_limit()
     log.info("open-file limit: %d", open_files)
-    tune_garbage_collector(host.settings["gc_threshold"])
+    # Process-wide, so here, for the serving process and the workers it forks, never in
+    # create_app: at Python's 700 a connect storm spent half its CPU collecting.
+    gcpolicy.tune(host.setting(GC_THRESHOLD))
     log.info(
         "serving %s on http://%s (%s loop, %d worker%s)",
         host.app_dir.resolve(),
-        host.settings["bind"],
+        host.setting(BIND),
         "asyncio" if factory is None else "uvloop",
         workers,
         "" if workers == 1 else "s",

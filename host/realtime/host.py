@@ -14,7 +14,7 @@ import os
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from quart import Quart, Response, request, send_file
 from werkzeug.datastructures import Headers, MultiDict
@@ -23,7 +23,7 @@ from werkzeug.http import parse_range_header
 from .errors import HTTPError, PluginError
 from .executor import ScriptThreads
 from .limits import ConnectionLimits
-from .options import Option, config_path, read_config, resolve
+from .options import CONFIG_FILE, Option, app_config_path, config_path, read_config, resolve
 from .origins import OriginCheck
 from .plugins import Plugins, await_me_maybe
 from .proxy import ForwardedHeadersMiddleware
@@ -37,8 +37,6 @@ from .routes import (
     route_kinds,
 )
 from .scripts import (
-    DEFAULT_MAX_FORM_FIELDS,
-    DEFAULT_MAX_FORM_SIZE,
     RESERVED_NAMES,
     SCRIPT_SUFFIX,
     CompileCache,
@@ -50,113 +48,38 @@ from .scripts import (
 from .scripts import (
     resolve as resolve_path,
 )
+from .settings import (
+    ALLOWED_HOSTS,
+    ALLOWED_ORIGINS,
+    APP,
+    BACKLOG,
+    CONFIG,
+    DEBUG,
+    FORWARDED_ALLOW_IPS,
+    GC_THRESHOLD,
+    HOST_OPTIONS,
+    MAX_BODY_SIZE,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_IP,
+    MAX_FORM_FIELDS,
+    MAX_FORM_SIZE,
+    SCRIPT_TIMEOUT,
+    SHUTDOWN_TIMEOUT,
+    THREADS,
+    WORKERS,
+)
+from .settings import (
+    DEFAULT_APP_DIR as DEFAULT_APP_DIR,  # still importable from here
+)
+from .settings import (
+    LOG_LEVELS as LOG_LEVELS,
+)
 
 log = logging.getLogger("realtime")
 
-EXTENSION_KEY = "realtime"
-DEFAULT_APP_DIR = "app"
-LOG_LEVELS = ("debug", "info", "warning", "error")
+T = TypeVar("T")
 
-#: Settings of the host itself; plugins add theirs through ``register_options``.
-HOST_OPTIONS = (
-    Option("bind", "127.0.0.1:8000", "HOST:PORT to listen on (Caddy proxies to the default)"),
-    Option(
-        "config",
-        "",
-        "TOML file of settings, one key per option (default: ./realtime.toml if present); "
-        "flags and environment variables override it",
-    ),
-    Option("app", DEFAULT_APP_DIR, "directory of drop-in scripts and static files"),
-    Option("threads", 8, "worker threads that run drop-in scripts", type=int),
-    Option(
-        "workers",
-        1,
-        "server processes sharing the port (more than 1 needs a shared --broker)",
-        type=int,
-    ),
-    Option(
-        "loop",
-        "asyncio",
-        "event loop: asyncio, or uvloop (pip install 'realtime[uvloop]'; measured no faster "
-        "here, see bench/README.md)",
-        choices=("asyncio", "uvloop"),
-    ),
-    Option("debug", False, "put tracebacks in 500 responses", type=bool),
-    Option("log_level", "info", "least severe log records shown", choices=LOG_LEVELS),
-    Option("access_log", False, "log every request", type=bool),
-    Option(
-        "forwarded_allow_ips",
-        "127.0.0.1,::1",
-        "comma-separated peers whose X-Forwarded-* headers are trusted ('*' for any)",
-    ),
-    Option(
-        "allowed_origins",
-        "",
-        "comma-separated origin globs whose pages may open WebSockets here, besides this "
-        "host's own (https://*.example.com); handshakes without Origin always pass",
-    ),
-    Option(
-        "allowed_hosts",
-        "",
-        "comma-separated Host name globs served here (example.com,*.example.com); any "
-        "other Host gets 400, which stops DNS-rebinding pages (empty: any host)",
-    ),
-    Option(
-        "max_connections",
-        0,
-        "WebSocket connections this process holds at most; past it a handshake gets 503 "
-        "(0: 90% of the open-file limit, which is raised to its hard limit at start)",
-        type=int,
-    ),
-    Option(
-        "max_connections_per_ip",
-        1000,
-        "WebSocket connections one client address may hold; past it a handshake gets 429 "
-        "(behind Caddy, the browser's address; 0: no limit)",
-        type=int,
-    ),
-    Option(
-        "backlog",
-        4096,
-        "connections the kernel queues for accepting (the listen backlog; capped by "
-        "net.core.somaxconn): room for every client reconnecting at once",
-        type=int,
-    ),
-    Option(
-        "gc_threshold",
-        20_000,
-        "allocations between the garbage collector's youngest-generation runs (Python's "
-        "default: 700, which makes it sweep every connection again and again while "
-        "thousands connect; 0 keeps Python's)",
-        type=int,
-    ),
-    Option("max_body_size", 1024 * 1024, "largest request body a script accepts, bytes", type=int),
-    Option(
-        "shutdown_timeout",
-        5.0,
-        "seconds a graceful stop (SIGTERM, Ctrl-C) waits for connections to flush and close",
-        type=float,
-    ),
-    Option(
-        "script_timeout",
-        30.0,
-        "seconds a script may run before the request gets 504 (PHP's max_execution_time)",
-        type=float,
-    ),
-    Option(
-        "max_form_size",
-        DEFAULT_MAX_FORM_SIZE,
-        "largest urlencoded or JSON body, or multipart text fields in all, a script may "
-        "parse, bytes (413 above; uploaded files may use all of --max-body-size)",
-        type=int,
-    ),
-    Option(
-        "max_form_fields",
-        DEFAULT_MAX_FORM_FIELDS,
-        "most fields (multipart: parts) a form may have (413 above)",
-        type=int,
-    ),
-)
+EXTENSION_KEY = "realtime"
 
 _current: contextvars.ContextVar[Host] = contextvars.ContextVar("realtime_current_host")
 
@@ -189,8 +112,10 @@ class Host:
         #: Plugin-declared hooks, called through pluggy (``host.hook.authorize(...)``).
         self.hook = plugins.hook
         self.settings: Mapping[str, Any] = dict(settings)
-        self.app_dir = Path(self.settings["app"])
-        self.debug: bool = self.settings["debug"]
+        self.app_dir = Path(self.setting(APP))
+        #: The settings files read, the operator's before the app's (for the log).
+        self.config_files: tuple[Path, ...] = ()
+        self.debug: bool = self.setting(DEBUG)
         self.functions: dict[str, Callable[..., Any]] = {}
         #: Which plugin registered each function, for conflicts and ``realtime plugins``.
         self.function_owner: dict[str, str] = {}
@@ -206,6 +131,11 @@ class Host:
         self._scripts_running = 0
         self._scripts_idle = asyncio.Event()
         self._scripts_idle.set()
+
+    def setting(self, option: Option[T]) -> T:
+        """``option``'s value, typed as its owner declared it (its default if the owner
+        is not loaded): ``host.setting(MAX_BODY_SIZE)`` rather than a string and a fallback."""
+        return option.get(self.settings)
 
     # Registration -----------------------------------------------------------
 
@@ -240,11 +170,11 @@ class Host:
 
     def validate(self) -> None:
         """Let every plugin refuse the configuration before anything is served."""
-        if self.settings["workers"] < 1 or self.settings["threads"] < 1:
+        if self.setting(WORKERS) < 1 or self.setting(THREADS) < 1:
             raise PluginError("--workers and --threads must be at least 1")
-        if self.settings["backlog"] < 1:
+        if self.setting(BACKLOG) < 1:
             raise PluginError("--backlog must be at least 1")
-        if self.settings["gc_threshold"] < 0:
+        if self.setting(GC_THRESHOLD) < 0:
             raise PluginError("--gc-threshold must be 0 (Python's default) or positive")
         for plugin, call in self.plugins.bound("validate", host=self):
             try:
@@ -291,7 +221,7 @@ class Host:
 
         A failure stops start-up naming the plugin, after cleaning up what had started.
         """
-        self.executor = ScriptThreads(self.settings["threads"])
+        self.executor = ScriptThreads(self.setting(THREADS))
         token = _current.set(self)
         try:
             for hook, done in (("startup", self._started), ("connect", self._connected)):
@@ -329,7 +259,7 @@ class Host:
         Both are bounded by the ``shutdown_timeout`` setting.
         """
         self.draining = True
-        timeout = self.settings["shutdown_timeout"]
+        timeout = self.setting(SHUTDOWN_TIMEOUT)
 
         async def drain_plugin(plugin: str, call: Callable[[], Any]) -> None:
             try:
@@ -383,8 +313,8 @@ class Host:
         links whose URL and target disagree on being a script.
         """
         target = resolve_path(self.app_dir, path)
-        if target is None:
-            return "Not Found\n", 404
+        if target is None or target == self.app_dir.resolve() / CONFIG_FILE:
+            return "Not Found\n", 404  # the app's settings file is not for browsers
         if target.suffix == SCRIPT_SUFFIX:
             return await self.run_script(target)
         if request.method not in ("GET", "HEAD"):
@@ -441,7 +371,7 @@ class Host:
             finally:
                 script_request.close()
 
-        deadline = asyncio.timeout(self.settings["script_timeout"])
+        deadline = asyncio.timeout(self.setting(SCRIPT_TIMEOUT))
         self._scripts_running += 1
         self._scripts_idle.clear()
         try:
@@ -452,7 +382,7 @@ class Host:
                 if not deadline.expired():
                     raise  # the script's own: handled below like any other exception
                 # A thread cannot be killed: the script runs on, but its client is not kept waiting.
-                log.error("script %s ran over %s s", relative, self.settings["script_timeout"])
+                log.error("script %s ran over %s s", relative, self.setting(SCRIPT_TIMEOUT))
                 return Response(f"{relative} did not finish in time\n", 504, content_type=TEXT)
         except HTTPError as exc:
             level = logging.WARNING if exc.status >= 500 else logging.INFO
@@ -475,7 +405,7 @@ class Host:
         Form and JSON are parsed on first use in the script's thread, within
         ``max_form_size`` and ``max_form_fields``: a form bomb must not stall the loop.
         """
-        limit = self.settings["max_body_size"]
+        limit = self.setting(MAX_BODY_SIZE)
         too_large = f"request body is over the {limit}-byte limit\n"
         if request.content_length is not None and request.content_length > limit:
             return Response(too_large, 413, content_type=TEXT)
@@ -492,8 +422,8 @@ class Host:
             scheme=request.scheme,
             host=request.host,
             cookies=dict(request.cookies),
-            max_form_size=self.settings["max_form_size"],
-            max_form_fields=self.settings["max_form_fields"],
+            max_form_size=self.setting(MAX_FORM_SIZE),
+            max_form_fields=self.setting(MAX_FORM_FIELDS),
         )
 
 
@@ -554,37 +484,56 @@ def build_app(
     *,
     look_in_cwd: bool = False,
 ) -> Quart:
-    """The app for resolved settings: flag or code, then environment, then file, then default.
+    """The app for resolved settings: flag or code, then environment, then the operator's
+    file, then the app's, then default.
 
-    The file is ``given["config"]``, else ``REALTIME_CONFIG``, else (``look_in_cwd``, as
-    the command line does) ``realtime.toml`` in the working directory if present.
+    The operator's file is ``given["config"]``, else ``REALTIME_CONFIG``, else
+    (``look_in_cwd``, as the command line does) ``realtime.toml`` in the working
+    directory if present. The app's is ``realtime.toml`` in the app directory, if the
+    app ships one (the demo's channel namespaces): it may not set ``app`` or ``config``.
     """
     options = [option for _, option in all_options(plugins)]
     try:
-        path = config_path(given.get("config"), environ, look_in_cwd=look_in_cwd)
+        path = config_path(CONFIG.get(given) or None, environ, look_in_cwd=look_in_cwd)
         file = read_config(path) if path is not None else {}
-        if "config" in file:
+        if CONFIG.name in file:
             raise ValueError(f"config file {str(path)!r} may not name another config file")
-        settings = resolve(options, given, environ, file, source=f"config file {str(path)!r}")
-        settings["config"] = str(path) if path is not None else ""
+        source = f"config file {str(path)!r}"
+        settings = resolve(options, given, environ, file, source=source)
+        shipped = app_config_path(APP.get(settings))
+        if shipped is not None and not (path is not None and path.samefile(shipped)):
+            table = read_config(shipped)
+            for key in (APP.name, CONFIG.name):
+                if key in table:
+                    raise ValueError(
+                        f"config file {str(shipped)!r} ships with the app: it may not set {key}"
+                    )
+            below = [(table, f"config file {str(shipped)!r}")]
+            settings = resolve(options, given, environ, file, source=source, below=below)
+        else:
+            shipped = None
+        settings[CONFIG.name] = str(path) if path is not None else ""
     except ValueError as exc:
         raise PluginError(str(exc)) from None
     app = Quart("realtime", static_folder=None)
     app.url_map.merge_slashes = False
-    app.config["MAX_CONTENT_LENGTH"] = settings["max_body_size"]
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_SIZE.get(settings)
     host = Host(app, plugins, settings)
+    host.config_files = tuple(p for p in (path, shipped) if p is not None)
     app.extensions[EXTENSION_KEY] = host
     host.collect()
     host.validate()
     host.install()
     app.asgi_app = ConnectionLimits(  # type: ignore[method-assign]
         app.asgi_app,
-        total=settings["max_connections"],
-        per_address=settings["max_connections_per_ip"],
+        total=MAX_CONNECTIONS.get(settings),
+        per_address=MAX_CONNECTIONS_PER_IP.get(settings),
     )
     app.asgi_app = OriginCheck(  # type: ignore[method-assign]
-        app.asgi_app, settings["allowed_origins"].split(","), settings["allowed_hosts"].split(",")
+        app.asgi_app,
+        ALLOWED_ORIGINS.get(settings).split(","),
+        ALLOWED_HOSTS.get(settings).split(","),
     )
-    trusted = [ip.strip() for ip in settings["forwarded_allow_ips"].split(",") if ip.strip()]
+    trusted = [ip.strip() for ip in FORWARDED_ALLOW_IPS.get(settings).split(",") if ip.strip()]
     app.asgi_app = ForwardedHeadersMiddleware(app.asgi_app, trusted)  # type: ignore[method-assign]
     return app

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 ENV_PREFIX = "REALTIME_"
-#: Read from the working directory when neither ``--config`` nor its variable names a file.
+#: Read from the working directory when neither ``--config`` nor its variable names a
+#: file, and from the app directory (below those) when the app ships one.
 CONFIG_FILE = "realtime.toml"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+if TYPE_CHECKING:
+    # A bare ``Option`` (in ``register_options() -> list[Option]``) means ``Option[Any]``;
+    # TypeVar defaults are Python 3.13's, so only the type checker sees this one.
+    from typing_extensions import TypeVar as DefaultTypeVar
+
+    T = DefaultTypeVar("T", default=Any)
+else:
+    T = TypeVar("T")
 
 
 def parse_bool(value: str | bool) -> bool:
@@ -36,11 +46,16 @@ _TYPED: Mapping[object, tuple[type, ...]] = {
 
 
 @dataclass(frozen=True)
-class Option:
-    """One setting: ``name`` becomes ``--name-with-dashes`` and ``REALTIME_NAME``."""
+class Option(Generic[T]):
+    """One setting: ``name`` becomes ``--name-with-dashes`` and ``REALTIME_NAME``.
+
+    Declared once, by the plugin that owns it, as a module constant it returns from
+    ``register_options`` and others import: ``host.setting(MAX_MESSAGE_SIZE)`` is then an
+    ``int`` with no name typed twice and no fallback written again.
+    """
 
     name: str
-    default: Any
+    default: T
     help: str
     type: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
@@ -58,6 +73,14 @@ class Option:
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    def get(self, settings: Mapping[str, Any]) -> T:
+        """The resolved value in ``settings``; the default where the owner is not loaded.
+
+        For code handed the settings mapping (a broker, ``configure_server``); with a
+        host at hand, ``host.setting(option)`` says the same.
+        """
+        return cast(T, settings.get(self.name, self.default))
 
     def convert(self, raw: Any) -> Any:
         """A flag's or variable's string, or a value already typed (from TOML or code)."""
@@ -109,33 +132,47 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ValueError(f"config file {str(path)!r} cannot be read: {exc}") from None
 
 
+def app_config_path(app_dir: str | os.PathLike[str]) -> Path | None:
+    """The settings file shipped with the app, ``<app>/realtime.toml``, if there is one."""
+    path = Path(app_dir) / CONFIG_FILE
+    return path if path.is_file() else None
+
+
 def resolve(
-    options: Iterable[Option],
+    options: Iterable[Option[Any]],
     given: Mapping[str, Any],
     environ: Mapping[str, str],
     file: Mapping[str, Any] | None = None,
     source: str = "config file",
+    *,
+    below: Sequence[tuple[Mapping[str, Any], str]] = (),
 ) -> dict[str, Any]:
-    """Apply precedence: explicit value (flag or code), environment, the file, default."""
+    """Apply precedence: explicit value (flag or code), environment, the file, default.
+
+    ``below`` are more files, each with its name for errors, read after ``file`` in
+    that order (the app's own realtime.toml): a key is taken from the first that has it.
+    """
     known = {option.name: option for option in options}
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
-    file = file or {}
-    unknown = sorted(set(file) - set(known))
-    if unknown:
-        raise ValueError(f"{source}: unknown setting(s): {', '.join(unknown)}")
+    files = [(file or {}, source), *below]
+    for table, where in files:
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise ValueError(f"{where}: unknown setting(s): {', '.join(unknown)}")
     settings: dict[str, Any] = {}
     for name, option in known.items():
         if given.get(name) is not None:
             raw, where = given[name], f"{option.flag} / {option.env}"
         elif option.env in environ:
             raw, where = environ[option.env], option.env
-        elif name in file:
-            raw, where = file[name], f"{name} in {source}"
         else:
-            settings[name] = option.default
-            continue
+            found = next(((t[name], f"{name} in {w}") for t, w in files if name in t), None)
+            if found is None:
+                settings[name] = option.default
+                continue
+            raw, where = found
         try:
             settings[name] = option.convert(raw)
         except (TypeError, ValueError) as exc:

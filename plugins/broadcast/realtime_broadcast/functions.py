@@ -15,8 +15,10 @@ from realtime_broker import (
     StreamPosition,
     get_broker,
 )
+from realtime_broker.plugin import MAX_MESSAGE_SIZE
 
-SETTING = "max_message_size"
+#: The limit's name; the broker plugin declares it (``MAX_MESSAGE_SIZE``).
+SETTING = MAX_MESSAGE_SIZE.name
 
 
 class MessageTooLarge(HTTPError, ValueError):
@@ -87,7 +89,7 @@ def broadcast(message: str | bytes | JSONValue, channel: str = DEFAULT_CHANNEL) 
         size = len(message)
     _check_channel(channel)
     host = current_host()
-    limit: int = host.settings[SETTING]
+    limit = host.setting(MAX_MESSAGE_SIZE)
     if size > limit:
         raise MessageTooLarge(f"message is {size} bytes, over the {limit}-byte limit; not sent")
     publication = Publication(message, json=True) if is_json else message

@@ -5,17 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from realtime import Option, hookimpl
+from realtime import hookimpl
 
-from .functions import SETTING, broadcast, history, presence, presence_stats
+from .functions import broadcast, history, presence, presence_stats
 
 #: Every function goes through the broker (``realtime_broker.get_broker``).
 REQUIRES = ("broker",)
-
-
-@hookimpl
-def register_options() -> list[Option]:
-    return [Option(SETTING, 64 * 1024, "largest message broadcast() accepts, bytes", type=int)]
 
 
 @hookimpl

@@ -7,50 +7,71 @@ import logging
 from realtime import Host, Option, hookimpl
 
 from .base import Broker
-from .presence import PRESENCE_TTL, PRESENCE_UPDATE_INTERVAL
-from .redis import POSITION_CHECK_INTERVAL
+from .presence import PRESENCE_TTL as DEFAULT_PRESENCE_TTL
+from .presence import PRESENCE_UPDATE_INTERVAL as DEFAULT_PRESENCE_UPDATE_INTERVAL
+from .redis import POSITION_CHECK_INTERVAL as DEFAULT_POSITION_CHECK_INTERVAL
 from .state import EXTENSION_KEY, create_broker, get_broker
 
 log = logging.getLogger("realtime.broker")
 
 
+#: The broker's settings, declared once: others read them with ``host.setting(...)``
+#: (or ``OPTION.get(settings)`` where they hold the settings, as a broker does).
+BROKER = Option(
+    "broker",
+    "memory://",
+    "where broadcasts travel: memory:// (this process only) or redis://HOST:PORT/DB",
+)
+
+BROKER_TIMEOUT = Option(
+    "broker_timeout",
+    1.0,
+    "seconds before broadcast() gives up on the broker and raises (503)",
+    type=float,
+)
+
+BROKER_PREFIX = Option("broker_prefix", "realtime", "prefix of the broker's channel and key names")
+
+#: Every publisher's limit: broadcast(), the server API and the Redis envelope.
+MAX_MESSAGE_SIZE = Option(
+    "max_message_size", 64 * 1024, "largest message broadcast() accepts, bytes", type=int
+)
+
+POSITION_CHECK_INTERVAL = Option(
+    "position_check_interval",
+    DEFAULT_POSITION_CHECK_INTERVAL,
+    "seconds between two checks, per channel keeping history with subscribers in "
+    "this process, that Redis still has the numbering they stand in (a Redis "
+    "restarted without persistence): if not, they are told (insufficient state)",
+    type=float,
+)
+
+PRESENCE_TTL = Option(
+    "presence_ttl",
+    DEFAULT_PRESENCE_TTL,
+    "seconds a client stays in a channel's presence unless its process renews it: "
+    "how late the leaves of a host that died are announced",
+    type=float,
+)
+
+PRESENCE_UPDATE_INTERVAL = Option(
+    "presence_update_interval",
+    DEFAULT_PRESENCE_UPDATE_INTERVAL,
+    "seconds between two renewals of a process's clients in presence (below --presence-ttl)",
+    type=float,
+)
+
+
 @hookimpl
 def register_options() -> list[Option]:
     return [
-        Option(
-            "broker",
-            "memory://",
-            "where broadcasts travel: memory:// (this process only) or redis://HOST:PORT/DB",
-        ),
-        Option(
-            "broker_timeout",
-            1.0,
-            "seconds before broadcast() gives up on the broker and raises (503)",
-            type=float,
-        ),
-        Option("broker_prefix", "realtime", "prefix of the broker's channel and key names"),
-        Option(
-            "position_check_interval",
-            POSITION_CHECK_INTERVAL,
-            "seconds between two checks, per channel keeping history with subscribers in "
-            "this process, that Redis still has the numbering they stand in (a Redis "
-            "restarted without persistence): if not, they are told (insufficient state)",
-            type=float,
-        ),
-        Option(
-            "presence_ttl",
-            PRESENCE_TTL,
-            "seconds a client stays in a channel's presence unless its process renews it: "
-            "how late the leaves of a host that died are announced",
-            type=float,
-        ),
-        Option(
-            "presence_update_interval",
-            PRESENCE_UPDATE_INTERVAL,
-            "seconds between two renewals of a process's clients in presence (below "
-            "--presence-ttl)",
-            type=float,
-        ),
+        BROKER,
+        BROKER_TIMEOUT,
+        BROKER_PREFIX,
+        MAX_MESSAGE_SIZE,
+        POSITION_CHECK_INTERVAL,
+        PRESENCE_TTL,
+        PRESENCE_UPDATE_INTERVAL,
     ]
 
 

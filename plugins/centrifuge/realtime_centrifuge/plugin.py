@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from realtime import ASGIRoute, Host, Option, current_host, hookimpl
+from realtime.settings import MAX_BODY_SIZE, WORKERS
 from realtime_broker import get_broker
+from realtime_broker.plugin import MAX_MESSAGE_SIZE
 from realtime_hub import Receive, Send, get_hub
 
 from . import hooks
@@ -38,137 +40,178 @@ def register_hookspecs() -> object:
     return hooks
 
 
+#: The plugin's settings, declared once: others read them with ``host.setting(...)``.
+CENTRIFUGE_PATH = Option(
+    "centrifuge_path",
+    "/connection/websocket",
+    "URL path of the Centrifuge protocol endpoint (centrifuge-js, centrifuge-python...)",
+)
+
+CLIENT_CONNECT_TIMEOUT = Option(
+    "client_connect_timeout",
+    10.0,
+    "seconds a Centrifuge client has to send connect before it is closed (3502)",
+    type=float,
+)
+
+CLIENT_PING_INTERVAL = Option(
+    "client_ping_interval",
+    25.0,
+    "seconds between the Centrifuge protocol's pings (0: none)",
+    type=float,
+)
+
+CLIENT_PONG_TIMEOUT = Option(
+    "client_pong_timeout",
+    8.0,
+    "seconds a Centrifuge client has to answer a ping before it is closed (3012)",
+    type=float,
+)
+
+CLIENT_CHANNEL_LIMIT = Option(
+    "client_channel_limit",
+    128,
+    "channels one Centrifuge connection may subscribe to (error 106 past it)",
+    type=int,
+)
+
+CLIENT_RECOVERY_MAX_PUBLICATION_LIMIT = Option(
+    "client_recovery_max_publication_limit",
+    300,
+    "publications one recovery may replay; more missed gives recovered: false",
+    type=int,
+)
+
+CLIENT_HISTORY_MAX_PUBLICATION_LIMIT = Option(
+    "client_history_max_publication_limit",
+    300,
+    "publications one history call returns at most (a larger limit is cut)",
+    type=int,
+)
+
+CLIENT_COMMAND_RATE = Option(
+    "client_command_rate",
+    COMMAND_RATE,
+    "commands a second one Centrifuge connection may send on average (3013 past it; 0: no limit)",
+    type=float,
+)
+
+CLIENT_COMMAND_BURST = Option(
+    "client_command_burst",
+    COMMAND_BURST,
+    "commands one Centrifuge connection may send at once (never below a full frame)",
+    type=int,
+)
+
+CLIENT_INVALID_TOKEN_LIMIT = Option(
+    "client_invalid_token_limit",
+    MAX_INVALID_TOKENS,
+    "invalid subscription tokens one Centrifuge connection may send (3500 after)",
+    type=int,
+)
+
+CLIENT_JOIN_LEAVE_MAX_SUBSCRIBERS = Option(
+    "client_join_leave_max_subscribers",
+    MAX_JOIN_LEAVE_SUBSCRIBERS,
+    "subscribers of a channel in this process above which its joins and leaves "
+    "are not pushed (0: no bound)",
+    type=int,
+)
+
+ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN = Option(
+    "allow_anonymous_connect_without_token",
+    False,
+    "let Centrifuge clients connect with no token and no hook's word, as user ''",
+    type=bool,
+)
+
+TOKEN_HMAC_SECRET = Option(
+    "token_hmac_secret",
+    "",
+    "HMAC secret of connection and subscription tokens (HS256/384/512); unset and "
+    "no public key: one is made up at start-up, for a single process only",
+    secret=True,
+)
+
+TOKEN_RSA_PUBLIC_KEY = Option(
+    "token_rsa_public_key",
+    "",
+    "RSA public key (PEM, or a path to a PEM file) verifying RS256/384/512 tokens",
+)
+
+TOKEN_ECDSA_PUBLIC_KEY = Option(
+    "token_ecdsa_public_key",
+    "",
+    "ECDSA public key (PEM, or a path to a PEM file) verifying ES256/384/512 tokens",
+)
+
+TOKEN_AUDIENCE = Option(
+    "token_audience", "", "required aud claim of every token (unset: not checked)"
+)
+
+TOKEN_ISSUER = Option("token_issuer", "", "required iss claim of every token (unset: not checked)")
+
+API_KEY = Option(
+    "api_key",
+    "",
+    "key of the server HTTP API (X-API-Key or 'Authorization: apikey KEY'); unset: the API is off",
+    secret=True,
+)
+
+API_PATH = Option(
+    "api_path", "/api", "URL prefix of the server HTTP API: POST {api_path}/publish..."
+)
+
+
 @hookimpl
 def register_options() -> list[Option]:
     return [
-        Option(
-            "centrifuge_path",
-            "/connection/websocket",
-            "URL path of the Centrifuge protocol endpoint (centrifuge-js, centrifuge-python...)",
-        ),
-        Option(
-            "client_connect_timeout",
-            10.0,
-            "seconds a Centrifuge client has to send connect before it is closed (3502)",
-            type=float,
-        ),
-        Option(
-            "client_ping_interval",
-            25.0,
-            "seconds between the Centrifuge protocol's pings (0: none)",
-            type=float,
-        ),
-        Option(
-            "client_pong_timeout",
-            8.0,
-            "seconds a Centrifuge client has to answer a ping before it is closed (3012)",
-            type=float,
-        ),
-        Option(
-            "client_channel_limit",
-            128,
-            "channels one Centrifuge connection may subscribe to (error 106 past it)",
-            type=int,
-        ),
-        Option(
-            "client_recovery_max_publication_limit",
-            300,
-            "publications one recovery may replay; more missed gives recovered: false",
-            type=int,
-        ),
-        Option(
-            "client_history_max_publication_limit",
-            300,
-            "publications one history call returns at most (a larger limit is cut)",
-            type=int,
-        ),
-        Option(
-            "client_command_rate",
-            COMMAND_RATE,
-            "commands a second one Centrifuge connection may send on average (3013 past "
-            "it; 0: no limit)",
-            type=float,
-        ),
-        Option(
-            "client_command_burst",
-            COMMAND_BURST,
-            "commands one Centrifuge connection may send at once (never below a full frame)",
-            type=int,
-        ),
-        Option(
-            "client_invalid_token_limit",
-            MAX_INVALID_TOKENS,
-            "invalid subscription tokens one Centrifuge connection may send (3500 after)",
-            type=int,
-        ),
-        Option(
-            "client_join_leave_max_subscribers",
-            MAX_JOIN_LEAVE_SUBSCRIBERS,
-            "subscribers of a channel in this process above which its joins and leaves "
-            "are not pushed (0: no bound)",
-            type=int,
-        ),
-        Option(
-            "allow_anonymous_connect_without_token",
-            False,
-            "let Centrifuge clients connect with no token and no hook's word, as user ''",
-            type=bool,
-        ),
-        Option(
-            "token_hmac_secret",
-            "",
-            "HMAC secret of connection and subscription tokens (HS256/384/512); unset and "
-            "no public key: one is made up at start-up, for a single process only",
-            secret=True,
-        ),
-        Option(
-            "token_rsa_public_key",
-            "",
-            "RSA public key (PEM, or a path to a PEM file) verifying RS256/384/512 tokens",
-        ),
-        Option(
-            "token_ecdsa_public_key",
-            "",
-            "ECDSA public key (PEM, or a path to a PEM file) verifying ES256/384/512 tokens",
-        ),
-        Option("token_audience", "", "required aud claim of every token (unset: not checked)"),
-        Option("token_issuer", "", "required iss claim of every token (unset: not checked)"),
-        Option(
-            "api_key",
-            "",
-            "key of the server HTTP API (X-API-Key or 'Authorization: apikey KEY'); "
-            "unset: the API is off",
-            secret=True,
-        ),
-        Option("api_path", "/api", "URL prefix of the server HTTP API: POST {api_path}/publish..."),
+        CENTRIFUGE_PATH,
+        CLIENT_CONNECT_TIMEOUT,
+        CLIENT_PING_INTERVAL,
+        CLIENT_PONG_TIMEOUT,
+        CLIENT_CHANNEL_LIMIT,
+        CLIENT_RECOVERY_MAX_PUBLICATION_LIMIT,
+        CLIENT_HISTORY_MAX_PUBLICATION_LIMIT,
+        CLIENT_COMMAND_RATE,
+        CLIENT_COMMAND_BURST,
+        CLIENT_INVALID_TOKEN_LIMIT,
+        CLIENT_JOIN_LEAVE_MAX_SUBSCRIBERS,
+        ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN,
+        TOKEN_HMAC_SECRET,
+        TOKEN_RSA_PUBLIC_KEY,
+        TOKEN_ECDSA_PUBLIC_KEY,
+        TOKEN_AUDIENCE,
+        TOKEN_ISSUER,
+        API_KEY,
+        API_PATH,
     ]
 
 
-def _pem(value: str, option: str) -> str:
+def _pem(settings: Mapping[str, Any], option: Option[str]) -> str:
     """A key given inline or as a file path."""
+    value = option.get(settings)
     if not value or value.lstrip().startswith("-----BEGIN"):
         return value
     try:
         return Path(value).read_text()
     except OSError as exc:
-        raise ValueError(f"--{option.replace('_', '-')}: cannot read {value!r}: {exc}") from None
+        raise ValueError(f"{option.flag}: cannot read {value!r}: {exc}") from None
 
 
 def _configured_keys(settings: Mapping[str, Any]) -> bool:
-    return any(
-        settings[name]
-        for name in ("token_hmac_secret", "token_rsa_public_key", "token_ecdsa_public_key")
-    )
+    keys = (TOKEN_HMAC_SECRET, TOKEN_RSA_PUBLIC_KEY, TOKEN_ECDSA_PUBLIC_KEY)
+    return any(option.get(settings) for option in keys)
 
 
 def _verifier(settings: Mapping[str, Any], secret: str) -> TokenVerifier:
     try:
         return TokenVerifier(
             hmac_secret=secret,
-            rsa_public_key=_pem(settings["token_rsa_public_key"], "token_rsa_public_key"),
-            ecdsa_public_key=_pem(settings["token_ecdsa_public_key"], "token_ecdsa_public_key"),
-            audience=settings["token_audience"],
-            issuer=settings["token_issuer"],
+            rsa_public_key=_pem(settings, TOKEN_RSA_PUBLIC_KEY),
+            ecdsa_public_key=_pem(settings, TOKEN_ECDSA_PUBLIC_KEY),
+            audience=TOKEN_AUDIENCE.get(settings),
+            issuer=TOKEN_ISSUER.get(settings),
         )
     except ValueError as exc:
         raise ValueError(f"token keys: {exc}") from None
@@ -185,42 +228,45 @@ SHARED_WITHOUT_SECRET = (
 @hookimpl
 def validate(host: Host) -> None:
     settings = host.settings
-    if settings["client_connect_timeout"] <= 0:
+    if CLIENT_CONNECT_TIMEOUT.get(settings) <= 0:
         raise ValueError("--client-connect-timeout must be positive")
-    if settings["client_channel_limit"] < 1:
+    if CLIENT_CHANNEL_LIMIT.get(settings) < 1:
         raise ValueError("--client-channel-limit must be at least 1")
-    for name, least in (
-        ("client_command_rate", 0),
-        ("client_command_burst", 1),
-        ("client_invalid_token_limit", 0),
-        ("client_join_leave_max_subscribers", 0),
-    ):
-        if settings[name] < least:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least {least}")
-    for name in ("client_recovery_max_publication_limit", "client_history_max_publication_limit"):
-        if not 1 <= settings[name] <= 10_000:
-            raise ValueError(f"--{name.replace('_', '-')} must be 1 to 10000")
+    floors: tuple[tuple[Option[Any], int], ...] = (
+        (CLIENT_COMMAND_RATE, 0),
+        (CLIENT_COMMAND_BURST, 1),
+        (CLIENT_INVALID_TOKEN_LIMIT, 0),
+        (CLIENT_JOIN_LEAVE_MAX_SUBSCRIBERS, 0),
+    )
+    for option, least in floors:
+        if option.get(settings) < least:
+            raise ValueError(f"{option.flag} must be at least {least}")
+    for limit in (CLIENT_RECOVERY_MAX_PUBLICATION_LIMIT, CLIENT_HISTORY_MAX_PUBLICATION_LIMIT):
+        if not 1 <= limit.get(settings) <= 10_000:
+            raise ValueError(f"{limit.flag} must be 1 to 10000")
     _session_options(settings)
-    _verifier(settings, settings["token_hmac_secret"])
+    _verifier(settings, TOKEN_HMAC_SECRET.get(settings))
 
 
 def _session_options(settings: Mapping[str, Any]) -> SessionOptions:
-    limit: int = settings["client_channel_limit"]
+    limit = CLIENT_CHANNEL_LIMIT.get(settings)
     max_commands = max(256, 2 * limit)
     try:
         return SessionOptions(
             max_channels=limit,
             max_commands=max_commands,
-            command_rate=settings["client_command_rate"],
-            command_burst=max(settings["client_command_burst"], max_commands),
-            max_invalid_tokens=settings["client_invalid_token_limit"],
-            max_join_leave_subscribers=settings["client_join_leave_max_subscribers"],
-            ping_interval=settings["client_ping_interval"],
-            pong_timeout=settings["client_pong_timeout"],
-            allow_anonymous_connect_without_token=settings["allow_anonymous_connect_without_token"],
+            command_rate=CLIENT_COMMAND_RATE.get(settings),
+            command_burst=max(CLIENT_COMMAND_BURST.get(settings), max_commands),
+            max_invalid_tokens=CLIENT_INVALID_TOKEN_LIMIT.get(settings),
+            max_join_leave_subscribers=CLIENT_JOIN_LEAVE_MAX_SUBSCRIBERS.get(settings),
+            ping_interval=CLIENT_PING_INTERVAL.get(settings),
+            pong_timeout=CLIENT_PONG_TIMEOUT.get(settings),
+            allow_anonymous_connect_without_token=ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN.get(
+                settings
+            ),
             version=_version(),
-            recovery_limit=settings["client_recovery_max_publication_limit"],
-            history_limit=settings["client_history_max_publication_limit"],
+            recovery_limit=CLIENT_RECOVERY_MAX_PUBLICATION_LIMIT.get(settings),
+            history_limit=CLIENT_HISTORY_MAX_PUBLICATION_LIMIT.get(settings),
         )
     except ValueError as exc:
         raise ValueError(f"Centrifuge client options: {exc}") from None
@@ -253,9 +299,9 @@ def register_routes(host: Host) -> list[ASGIRoute]:
             return
         await node.api(scope, receive, send)
 
-    prefix = host.settings["api_path"].rstrip("/")
+    prefix = host.setting(API_PATH).rstrip("/")
     return [
-        ASGIRoute(host.settings["centrifuge_path"], websocket, scope_types=("websocket",)),
+        ASGIRoute(host.setting(CENTRIFUGE_PATH), websocket, scope_types=("websocket",)),
         *(ASGIRoute(f"{prefix}/{name}", server_api, ("http",)) for name in ServerAPI.METHODS),
     ]
 
@@ -264,10 +310,10 @@ def register_routes(host: Host) -> list[ASGIRoute]:
 def startup(host: Host) -> None:
     settings = host.settings
     broker = get_broker(host)
-    secret: str = settings["token_hmac_secret"]
+    secret: str = TOKEN_HMAC_SECRET.get(settings)
     refusal = ""
     if not _configured_keys(settings):
-        if broker.distributed or settings.get("workers", 1) > 1:
+        if broker.distributed or WORKERS.get(settings) > 1:
             # Refused where it would bite, not at start-up: the raw /ws needs no token.
             refusal = SHARED_WITHOUT_SECRET
             log.warning("Centrifuge connection tokens are refused: %s", refusal)
@@ -287,11 +333,11 @@ def startup(host: Host) -> None:
         or "tokens are minted with token_hmac_secret, and only public keys are configured: "
         "mint them where the private key is",
         options=_session_options(host.settings),
-        connect_timeout=host.settings["client_connect_timeout"],
+        connect_timeout=host.setting(CLIENT_CONNECT_TIMEOUT),
         version=_version(),
-        api_key=host.settings["api_key"],
-        max_body_size=host.settings["max_body_size"],
-        max_message_size=host.settings.get("max_message_size", 64 * 1024),
+        api_key=host.setting(API_KEY),
+        max_body_size=host.setting(MAX_BODY_SIZE),
+        max_message_size=host.setting(MAX_MESSAGE_SIZE),
     )
     node.start()
     host.app.extensions[EXTENSION_KEY] = node

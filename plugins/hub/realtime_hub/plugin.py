@@ -16,10 +16,13 @@ from typing import Any
 from hypercorn.config import Config as ServerConfig
 
 from realtime import Host, Option, hookimpl
+from realtime.settings import SCRIPT_TIMEOUT
 from realtime_broker import Deliver, PresenceEvent, get_broker
 
 from .channels import ChannelRules
-from .engine import MAX_INCOMING_RATE, MAX_INCOMING_SIZE, OVERFLOW_POLICIES, Hub
+from .engine import MAX_INCOMING_RATE as DEFAULT_MAX_INCOMING_RATE
+from .engine import MAX_INCOMING_SIZE as DEFAULT_MAX_INCOMING_SIZE
+from .engine import OVERFLOW_POLICIES, Hub, OverflowPolicy
 from .state import EXTENSION_KEY
 
 #: The hub wires itself to the broker in ``startup``; the broker connects afterwards.
@@ -34,112 +37,132 @@ def channel_table(text: str) -> Any:
         raise ValueError(f"expected the [channel] table as JSON: {exc}") from None
 
 
+#: The hub's settings, declared once: others read them with ``host.setting(...)``.
+CHANNEL: Option[Any] = Option(
+    "channel",
+    None,
+    "channel namespaces and permissions, Centrifugo's [channel] layout (a table in "
+    "realtime.toml, JSON here); unset: the library's default rules (docs/channels.md); "
+    "the chat demo sets its own in app/realtime.toml",
+    type=channel_table,
+)
+
+PING_INTERVAL = Option(
+    "ping_interval",
+    20.0,
+    "seconds between WebSocket keepalive pings (0 turns keepalive off)",
+    type=float,
+)
+
+PONG_TIMEOUT = Option(
+    "pong_timeout",
+    20.0,
+    "seconds after a ping with nothing from the client before it is dropped",
+    type=float,
+)
+
+CLIENT_BUFFER = Option(
+    "client_buffer",
+    1024 * 1024,
+    "bytes queued for one client before the overflow policy applies",
+    type=int,
+)
+
+OVERFLOW_POLICY: Option[OverflowPolicy] = Option(
+    "overflow_policy",
+    "close",
+    "what to do with a client whose buffer overflows: close (code 1008) or drop-oldest",
+    choices=OVERFLOW_POLICIES,
+)
+
+FAST_PATH = Option(
+    "fast_path",
+    True,
+    "write each publication's frame straight to every socket that keeps up "
+    "(--no-fast-path: an ASGI websocket.send for every client)",
+    type=bool,
+)
+
+COMPRESSION = Option(
+    "compression",
+    False,
+    "accept permessage-deflate when clients offer it (costs memory and CPU per "
+    "connection and encodes every publication once per client)",
+    type=bool,
+)
+
+MAX_INCOMING_SIZE = Option(
+    "max_incoming_size",
+    DEFAULT_MAX_INCOMING_SIZE,
+    "largest message a client may send, bytes (UTF-8 for text, inflated if "
+    "compressed); past it the client is closed with 1009 and dropped",
+    type=int,
+)
+
+MAX_INCOMING_RATE = Option(
+    "max_incoming_rate",
+    DEFAULT_MAX_INCOMING_RATE,
+    "frames a client may send per second, pings included, in bursts of as many; "
+    "past it the client is closed with 1008 and dropped (0: no limit)",
+    type=int,
+)
+
+
 @hookimpl
 def register_options() -> list[Option]:
     return [
-        Option(
-            "channel",
-            None,
-            "channel namespaces and permissions, Centrifugo's [channel] layout (a table in "
-            "realtime.toml, JSON here); unset: top-level channels readable by anyone, "
-            "chat:* for signed-in users (docs/channels.md)",
-            type=channel_table,
-        ),
-        Option(
-            "ping_interval",
-            20.0,
-            "seconds between WebSocket keepalive pings (0 turns keepalive off)",
-            type=float,
-        ),
-        Option(
-            "pong_timeout",
-            20.0,
-            "seconds after a ping with nothing from the client before it is dropped",
-            type=float,
-        ),
-        Option(
-            "client_buffer",
-            1024 * 1024,
-            "bytes queued for one client before the overflow policy applies",
-            type=int,
-        ),
-        Option(
-            "overflow_policy",
-            "close",
-            "what to do with a client whose buffer overflows: close (code 1008) or drop-oldest",
-            choices=OVERFLOW_POLICIES,
-        ),
-        Option(
-            "fast_path",
-            True,
-            "write each publication's frame straight to every socket that keeps up "
-            "(--no-fast-path: an ASGI websocket.send for every client)",
-            type=bool,
-        ),
-        Option(
-            "compression",
-            False,
-            "accept permessage-deflate when clients offer it (costs memory and CPU per "
-            "connection and encodes every publication once per client)",
-            type=bool,
-        ),
-        Option(
-            "max_incoming_size",
-            MAX_INCOMING_SIZE,
-            "largest message a client may send, bytes (UTF-8 for text, inflated if "
-            "compressed); past it the client is closed with 1009 and dropped",
-            type=int,
-        ),
-        Option(
-            "max_incoming_rate",
-            MAX_INCOMING_RATE,
-            "frames a client may send per second, pings included, in bursts of as many; "
-            "past it the client is closed with 1008 and dropped (0: no limit)",
-            type=int,
-        ),
+        CHANNEL,
+        PING_INTERVAL,
+        PONG_TIMEOUT,
+        CLIENT_BUFFER,
+        OVERFLOW_POLICY,
+        FAST_PATH,
+        COMPRESSION,
+        MAX_INCOMING_SIZE,
+        MAX_INCOMING_RATE,
     ]
 
 
 def channel_rules(settings: Mapping[str, Any]) -> ChannelRules:
-    table = settings["channel"]
+    table = CHANNEL.get(settings)
     return ChannelRules.defaults() if table is None else ChannelRules.from_config(table)
 
 
 @hookimpl
 def validate(host: Host) -> None:
     channel_rules(host.settings)
-    if host.settings["max_incoming_size"] <= 0:
+    if host.setting(MAX_INCOMING_SIZE) <= 0:
         raise ValueError("--max-incoming-size must be positive")
-    if host.settings["max_incoming_rate"] < 0:
+    if host.setting(MAX_INCOMING_RATE) < 0:
         raise ValueError("--max-incoming-rate must be 0 (no limit) or positive")
 
 
 @hookimpl
 def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
-    interval = settings["ping_interval"]
+    interval = PING_INTERVAL.get(settings)
     if interval > 0:
         config.websocket_ping_interval = interval
         # Hypercorn sends pings but never checks for pongs; a read timeout just
         # longer than the ping interval drops a peer that has vanished silently,
         # even behind Caddy. It also bounds a plain HTTP request, so it must
         # outlast the host's script timeout.
-        pong_deadline = interval + settings["pong_timeout"]
-        config.read_timeout = math.ceil(max(pong_deadline, settings["script_timeout"] + 1))
-    config.websocket_max_message_size = settings["max_incoming_size"]
+        pong_deadline = interval + PONG_TIMEOUT.get(settings)
+        config.read_timeout = math.ceil(max(pong_deadline, SCRIPT_TIMEOUT.get(settings) + 1))
+    config.websocket_max_message_size = MAX_INCOMING_SIZE.get(settings)
 
 
 @hookimpl
 def startup(host: Host) -> None:
     hub = Hub(
-        max_buffer=host.settings["client_buffer"],
-        overflow=host.settings["overflow_policy"],
-        fast_path=host.settings["fast_path"],
-        compression=host.settings["compression"],
-        max_incoming_size=host.settings["max_incoming_size"],
-        max_incoming_rate=host.settings["max_incoming_rate"],
+        max_buffer=host.setting(CLIENT_BUFFER),
+        overflow=host.setting(OVERFLOW_POLICY),
+        fast_path=host.setting(FAST_PATH),
+        compression=host.setting(COMPRESSION),
+        max_incoming_size=host.setting(MAX_INCOMING_SIZE),
+        max_incoming_rate=host.setting(MAX_INCOMING_RATE),
         rules=channel_rules(host.settings),
-        ping_interval=host.settings["ping_interval"],
-        pong_timeout=host.settings["pong_timeout"],
+        ping_interval=host.setting(PING_INTERVAL),
+        pong_timeout=host.setting(PONG_TIMEOUT),
     )
     hub.start()
     host.app.extensions[EXTENSION_KEY] = hub
