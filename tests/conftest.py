@@ -399,7 +399,13 @@ class RedisServer:
                 return "in use" if "Address already in use" in text else "exited"
             return ""
 
-        result = wait_until(outcome, timeout=10, message="redis-server ready")
+        try:
+            result = wait_until(outcome, timeout=10, message="redis-server ready")
+        except AssertionError:
+            process.kill()
+            process.wait(10)
+            self.process = None
+            raise
         if result == "ready":
             return True
         self.process = None
