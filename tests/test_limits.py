@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from .conftest import Server, free_port, wait_for_http
+from .conftest import Server, free_port, listening_socket, wait_for_http
 
 
 async def open_ws(server: Server, source: str = "127.0.0.1") -> ClientConnection:
@@ -62,18 +62,28 @@ async def test_connections_are_capped_per_address_and_in_total(app_dir: Path) ->
 def start_with_open_files(app_dir: Path, soft: int, hard: int, *args: str) -> Server:
     """``realtime run`` started under the given RLIMIT_NOFILE, as a shell's ulimit would."""
     server = Server(app_dir, *args)
+    # Handed a socket beside the port's reservation, as Server.start does.
+    listener = listening_socket(server.port)
     command = [
         sys.executable, "-m", "realtime", "run",
-        "--bind", f"127.0.0.1:{server.port}", "--app", str(app_dir), *args,
+        "--bind", f"fd://{listener.fileno()}", "--app", str(app_dir), *args,
     ]  # fmt: skip
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-    with server.log_path.open("ab") as log:
-        server.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=server.env, preexec_fn=limit
-        )
+    try:
+        with server.log_path.open("ab") as log:
+            server.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server.env,
+                preexec_fn=limit,
+                pass_fds=(listener.fileno(),),
+            )
+    finally:
+        listener.close()
     wait_for_http(server.url + "/", process=server.process)
     return server
 
