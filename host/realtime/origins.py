@@ -46,6 +46,17 @@ def _hostname(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _origin_and_host(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """The ``Origin`` and ``Host`` headers (the last of each), if sent."""
+    origin = host = None
+    for name, value in headers:
+        if name == b"origin":
+            origin = value.decode("latin-1")
+        elif name == b"host":
+            host = value.decode("latin-1")
+    return origin, host
+
+
 class OriginCheck:
     """Refuses requests for hosts not allowed, and WebSocket handshakes from origins
     that are neither this host nor allowed."""
@@ -80,21 +91,23 @@ class OriginCheck:
     def __call__(self, scope: Any, receive: Any, send: Any) -> Coroutine[Any, Any, None]:
         # Hands over the inner coroutine (see ForwardedHeadersMiddleware.__call__);
         # installed as Quart's asgi_app only, never served alone.
-        kind = scope["type"]
-        if kind != "websocket" and (kind != "http" or not self.hosts):
-            return self.app(scope, receive, send)
-        origin = host = None
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                origin = value.decode("latin-1")
-            elif name == b"host":
-                host = value.decode("latin-1")
+        websocket = scope["type"] == "websocket"
+        if not websocket and not (self.hosts and scope["type"] == "http"):
+            return self.app(scope, receive, send)  # lifespan, or HTTP with any host served
+        origin, host = _origin_and_host(scope["headers"])
         if not self.host_allowed(host or ""):
             return self._refuse_host(scope, send, host or "")
-        if kind != "websocket":
-            return self.app(scope, receive, send)
-        if origin is None or self.permits(origin, host or "", scope.get("scheme", "ws")):
-            return self.app(scope, receive, send)
+        if (
+            websocket
+            and origin is not None
+            and not self.permits(origin, host or "", scope.get("scheme", "ws"))
+        ):
+            return self._refuse_origin(scope, send, origin, host)
+        return self.app(scope, receive, send)
+
+    def _refuse_origin(
+        self, scope: Any, send: Any, origin: str, host: str | None
+    ) -> Coroutine[Any, Any, None]:
         self.refused += 1
         self._throttle.warn(
             log,
