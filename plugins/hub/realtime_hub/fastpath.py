@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from realtime.internals.wsproto import BoundedDeflate
 
-from .closecode import CloseCode
 from .frames import encode_frame
 from .guard import (
     GuardTransport,
@@ -30,23 +29,9 @@ from .guard import (
 from .keepalive import Keepalive
 from .takeover import CLOSED, CLOSING, OPEN, Socket, take_over
 
-OPCODE_TEXT = 0x1
-OPCODE_BINARY = 0x2
-FIN = 0x80
-#: RFC 6455 codes under their old names here (:class:`.closecode.CloseCode`).
-CLOSE_POLICY_VIOLATION = CloseCode.POLICY_VIOLATION
-CLOSE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG
-CLOSE_INTERNAL_ERROR = CloseCode.INTERNAL_ERROR
-
 __all__ = [
     "CLOSED",
-    "CLOSE_INTERNAL_ERROR",
-    "CLOSE_POLICY_VIOLATION",
-    "CLOSE_TOO_BIG",
     "CLOSING",
-    "FIN",
-    "OPCODE_BINARY",
-    "OPCODE_TEXT",
     "OPEN",
     "BoundedDeflate",
     "GuardTransport",

@@ -33,16 +33,6 @@ OP_CLOSE: Final = 0x8
 OP_PING: Final = 0x9
 OP_PONG: Final = 0xA
 
-#: RFC 6455 close codes the parser reports (the :class:`.closecode.CloseCode` members;
-#: these names stay for code that imported them).
-CLOSE_NORMAL: Final = CloseCode.NORMAL
-CLOSE_PROTOCOL_ERROR: Final = CloseCode.PROTOCOL_ERROR
-CLOSE_INVALID_DATA: Final = CloseCode.INVALID_DATA
-CLOSE_POLICY_VIOLATION: Final = CloseCode.POLICY_VIOLATION
-CLOSE_TOO_BIG: Final = CloseCode.MESSAGE_TOO_BIG
-#: "No status received": what a close frame without a code means (never sent).
-CLOSE_NO_STATUS: Final = CloseCode.NO_STATUS
-
 _SHORT = struct.Struct("!H")
 _LONG = struct.Struct("!Q")
 #: Builds an event without NamedTuple's generated ``__new__`` (a Python call): the
@@ -224,19 +214,21 @@ class FrameParser:
                 (length,) = _SHORT.unpack_from(data, start + 2)
                 offset = 4
                 if length < 126:
-                    raise Failure(CLOSE_PROTOCOL_ERROR, "a length not in its shortest form")
+                    raise Failure(CloseCode.PROTOCOL_ERROR, "a length not in its shortest form")
             elif length == 127:
                 if available < 10:
                     return None
                 (length,) = _LONG.unpack_from(data, start + 2)
                 offset = 10
                 if length < 1 << 16 or length >> 63:
-                    raise Failure(CLOSE_PROTOCOL_ERROR, "a length not in its shortest form")
+                    raise Failure(CloseCode.PROTOCOL_ERROR, "a length not in its shortest form")
             whole = (first == 0x81 or first == 0x82) and second & 0x80 and not self._opcode
             if whole:  # FIN, text or binary, masked, no message under assembly
                 max_size = self._limits.max_size
                 if length > max_size:
-                    raise Failure(CLOSE_TOO_BIG, f"a message over {max_size} bytes", limit=True)
+                    raise Failure(
+                        CloseCode.MESSAGE_TOO_BIG, f"a message over {max_size} bytes", limit=True
+                    )
             else:
                 self._check_header(first, second, length)
             end = offset + 4 + length
@@ -254,13 +246,13 @@ class FrameParser:
                 now = time.monotonic()
                 tat = rate.take(self._tat, now)
                 if tat < 0:
-                    raise Failure(CLOSE_POLICY_VIOLATION, rate.describe("frames"), limit=True)
+                    raise Failure(CloseCode.POLICY_VIOLATION, rate.describe("frames"), limit=True)
                 self._tat = tat
             if first == 0x81 and whole:
                 try:
                     return _new(Text, (OP_TEXT, payload.decode()))
                 except UnicodeDecodeError:
-                    raise Failure(CLOSE_INVALID_DATA, "text message is not UTF-8") from None
+                    raise Failure(CloseCode.INVALID_DATA, "text message is not UTF-8") from None
             if first == 0x82 and whole:
                 return _new(Binary, (OP_BINARY, payload))
             opcode = first & 0x0F
@@ -275,25 +267,27 @@ class FrameParser:
     def _check_header(self, first: int, second: int, length: int) -> None:
         opcode = first & 0x0F
         if first & 0x70:
-            raise Failure(CLOSE_PROTOCOL_ERROR, "reserved bits set without an extension")
+            raise Failure(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
         if not second & 0x80:
-            raise Failure(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+            raise Failure(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
         if opcode >= OP_CLOSE:
             if opcode > OP_PONG:
-                raise Failure(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+                raise Failure(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
             if not first & 0x80 or length > 125:
-                raise Failure(CLOSE_PROTOCOL_ERROR, "a control frame fragmented or over 125 bytes")
+                raise Failure(
+                    CloseCode.PROTOCOL_ERROR, "a control frame fragmented or over 125 bytes"
+                )
             return
         if opcode > OP_BINARY:
-            raise Failure(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+            raise Failure(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
         if opcode == OP_CONTINUATION:
             if not self._opcode:
-                raise Failure(CLOSE_PROTOCOL_ERROR, "continuation frame outside a message")
+                raise Failure(CloseCode.PROTOCOL_ERROR, "continuation frame outside a message")
         elif self._opcode:
-            raise Failure(CLOSE_PROTOCOL_ERROR, "new message before the last one finished")
+            raise Failure(CloseCode.PROTOCOL_ERROR, "new message before the last one finished")
         max_size = self._limits.max_size
         if length > max_size - self._size:
-            raise Failure(CLOSE_TOO_BIG, f"a message over {max_size} bytes", limit=True)
+            raise Failure(CloseCode.MESSAGE_TOO_BIG, f"a message over {max_size} bytes", limit=True)
 
     def _control(self, opcode: int, payload: bytes) -> Ping | Pong | Close:
         if opcode == OP_PING:
@@ -301,16 +295,16 @@ class FrameParser:
         if opcode == OP_PONG:
             return _new(Pong, (OP_PONG, payload))
         if not payload:
-            return Close(OP_CLOSE, CloseStatus(CLOSE_NO_STATUS, ""))
+            return Close(OP_CLOSE, CloseStatus(CloseCode.NO_STATUS, ""))
         if len(payload) == 1:
-            raise Failure(CLOSE_PROTOCOL_ERROR, "a close frame with a 1-byte payload")
+            raise Failure(CloseCode.PROTOCOL_ERROR, "a close frame with a 1-byte payload")
         (code,) = _SHORT.unpack_from(payload)
         if not valid_close_code(code):
-            raise Failure(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+            raise Failure(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
         try:
             reason = payload[2:].decode()
         except UnicodeDecodeError:
-            raise Failure(CLOSE_INVALID_DATA, "close reason is not UTF-8") from None
+            raise Failure(CloseCode.INVALID_DATA, "close reason is not UTF-8") from None
         return Close(OP_CLOSE, CloseStatus(code, reason))
 
     def _data(self, opcode: int, fin: int, payload: bytes) -> Text | Binary | None:
@@ -337,4 +331,4 @@ class FrameParser:
         try:
             return _new(Text, (OP_TEXT, payload.decode()))
         except UnicodeDecodeError:
-            raise Failure(CLOSE_INVALID_DATA, "text message is not UTF-8") from None
+            raise Failure(CloseCode.INVALID_DATA, "text message is not UTF-8") from None

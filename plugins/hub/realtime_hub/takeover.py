@@ -29,7 +29,6 @@ from realtime.internals import hypercorn as hypercorn_internals
 from .closecode import CloseCode
 from .connection import Handler
 from .frames import (
-    CLOSE_NO_STATUS,
     OP_CLOSE,
     OP_PONG,
     Binary,
@@ -304,7 +303,7 @@ class Socket(FrameParser, asyncio.Protocol):
             elif isinstance(event, Close):
                 code = event.data.code
                 if self.state == OPEN:  # the client's close: answered with its code
-                    echo = b"" if code == CLOSE_NO_STATUS else close_payload(code)
+                    echo = b"" if code == CloseCode.NO_STATUS else close_payload(code)
                     transport.write(control_frame(OP_CLOSE, echo))
                 self.state = CLOSED
                 self._changed()
