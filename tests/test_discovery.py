@@ -106,8 +106,34 @@ def test_realtime_plugins_lists_plugins_routes_and_functions(site: Path) -> None
         "presence",
         "presence_stats",
     ]
+    assert plugins["centrifuge"]["requires"] == ["hub", "broker"]
+    assert plugins["shouting"]["requires"] == []
     text = realtime(site, "plugins").stdout
     assert "shouting" in text and "shout()" in text and "/ws" in text
+    assert "requires  hub, broker" in text
+
+
+def test_a_plugin_needing_one_not_installed_stops_start_up_naming_both(
+    site: Path, app_dir: Path
+) -> None:
+    make_distribution(site, "needy", "realtime_needy", 'REQUIRES = ("postgres",)\n')
+    result = realtime(site, "run", "--app", str(app_dir), "--bind", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert "plugin 'needy' requires plugin 'postgres', which is not installed" in result.stderr
+
+
+def test_the_hub_disabled_stops_the_command_naming_who_needs_it(app_dir: Path) -> None:
+    """It used to start and fail with "HubClosed: the hub is not running"."""
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime", "run", "--app", str(app_dir), "--bind", "127.0.0.1:1"],
+        env={**os.environ, "REALTIME_DISABLE_PLUGINS": "hub"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "plugin 'centrifuge' requires plugin 'hub', which is disabled by" in result.stderr
+    assert "HubClosed" not in result.stderr
 
 
 def test_a_plugin_that_fails_to_import_stops_start_up_naming_it(site: Path, app_dir: Path) -> None:

@@ -131,6 +131,7 @@ def list_plugins(app: Any, *, as_json: bool) -> int:
                 "distribution": info.distribution,
                 "version": info.version,
                 "hooks": list(info.hooks),
+                "requires": list(info.requires),
                 "routes": routes,
                 "functions": functions,
             }
@@ -141,6 +142,8 @@ def list_plugins(app: Any, *, as_json: bool) -> int:
     for entry in report:
         origin = f"{entry['distribution']} {entry['version']}" if entry["distribution"] else "local"
         print(f"{entry['name']}  ({entry['module']}, {origin})")
+        if entry["requires"]:
+            print(f"    requires  {', '.join(entry['requires'])}")
         for route in entry["routes"]:
             scopes = "+".join("ws" if s == "websocket" else s for s in route["scopes"])
             print(f"    route     {scopes:<7} {route['path']}")
