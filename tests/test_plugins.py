@@ -314,6 +314,37 @@ async def test_start_up_follows_requirements_and_shutdown_reverses_it(tmp_path: 
     ]
 
 
+async def test_a_failed_connect_stops_start_up_and_undoes_every_step(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    def refuse() -> None:
+        raise OSError("connection refused")
+
+    app = create_app(
+        tmp_path,
+        plugins=[
+            plugin(
+                "db",
+                startup=lambda: events.append("start db"),
+                connect=refuse,
+                shutdown=lambda: events.append("stop db"),
+            ),
+            plugin(
+                "web",
+                ("db",),
+                startup=lambda: events.append("start web"),
+                connect=lambda: events.append("connect web"),
+                disconnect=lambda: events.append("disconnect web"),
+                shutdown=lambda: events.append("stop web"),
+            ),
+        ],
+        load_entrypoints=False,
+    )
+    with pytest.raises(PluginError, match="'db' failed to start: OSError: connection refused"):
+        await get_host(app).startup()
+    assert events == ["start db", "start web", "stop web", "stop db"]
+
+
 def test_a_requirement_orders_every_hook_transitively(tmp_path: Path) -> None:
     """Through a plugin that does not implement the hook, too."""
     plugins = Plugins.discover(
