@@ -78,9 +78,18 @@ class Backlogs:
             limit = self.backlog_limit
         else:
             return False  # closing or closed: nothing more goes out
-        if not self._admit(client, message.size, 0, limit):
+        size = message.size
+        if client.queued_bytes + size > limit and not self._admit(client, size, 0, limit):
             return False
-        self._append(client, message)
+        # As _append does, inline: this is the loop of a fan-out to lagging clients.
+        queue = client.queue
+        if queue is None:
+            queue = client.queue = deque()
+            client.direct = None
+        queue.append(message)
+        client.queued_bytes += size
+        if client.sender is None:
+            client.sender = asyncio.get_running_loop().create_task(self._drain_backlog(client))
         return True
 
     def _admit(self, client: Client, size: int, held: int, limit: int) -> bool:
