@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from realtime_broker import BrokerUnavailable, Member, PresenceEvent, Publication, StreamPosition
-from realtime_hub import ASGIConnection, Client, Held, Hub, Receive, Send
-from realtime_hub.closecode import CloseCode
+from realtime_hub import ASGIConnection, Client, CloseCode, Held, Hub, Receive, Send
 
 from .budget import join_leave_pushed
 from .codec import RawJSON, encode_json, encode_publication, encode_push
