@@ -1,9 +1,10 @@
 """Who the client is, and until when: connect, refresh, sub_refresh and the server's
 ``refresh``.
 
-Apart because these are the commands that read tokens (:mod:`..tokens`) and set
-expiries; a connect also joins the server-side subscriptions it grants, so this
-part builds on :class:`.subscribe.Subscribing`.
+Apart because these are the commands that read tokens
+(:mod:`realtime_centrifuge.tokens`) and set expiries; a connect also joins the
+server-side subscriptions it grants, so this part builds on
+:class:`.subscribe.Subscribing`.
 """
 
 from __future__ import annotations

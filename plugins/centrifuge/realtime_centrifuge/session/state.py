@@ -85,12 +85,12 @@ class SessionOptions:
     #: buffer (``--client-buffer``: no reply is sent past half of it either).
     reply_bytes: int = 256 * 1024
     #: Commands a second and at once, and invalid subscription tokens, per connection
-    #: (:mod:`..budget`: 3013, 3500 past them).
+    #: (:mod:`realtime_centrifuge.budget`: 3013, 3500 past them).
     command_rate: float = COMMAND_RATE
     command_burst: int = COMMAND_BURST
     max_invalid_tokens: int = MAX_INVALID_TOKENS
     #: Subscribers of a channel (in this process) above which joins and leaves are
-    #: not pushed (:func:`..budget.join_leave_pushed`); 0: no bound.
+    #: not pushed (:func:`realtime_centrifuge.budget.join_leave_pushed`); 0: no bound.
     max_join_leave_subscribers: int = MAX_JOIN_LEAVE_SUBSCRIBERS
 
     def __post_init__(self) -> None:
