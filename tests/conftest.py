@@ -18,10 +18,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from playwright.async_api import Browser, async_playwright
+
+if TYPE_CHECKING:  # imported by the fixture: the unit tier never loads Playwright
+    from playwright.async_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "app"
@@ -448,6 +451,8 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
+    from playwright.async_api import async_playwright
+
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
