@@ -24,7 +24,6 @@ from realtime_centrifuge.codec import encode_reply
 from realtime_centrifuge.plugin import get_node
 from realtime_centrifuge.transport import info_json, publication_object
 from realtime_hub import ChannelRules
-from realtime_hub.channels import INTERNAL_HISTORY
 
 from .conftest import RedisServer
 from .test_broker_channels import SETTINGS
@@ -79,7 +78,6 @@ def test_internal_channels_are_refused_by_name_and_keep_no_presence(name: str) -
     assert rules.validate_name(name) is not None
     assert rules.check_channel(name) is not None
     assert rules.presence_of(name) is None
-    assert rules.history_of(name) == INTERNAL_HISTORY  # checked against the stream
 
 
 async def test_a_forged_control_message_is_not_applied_and_a_real_one_is(
