@@ -30,6 +30,7 @@ from realtime_hub import (
     Client,
     CloseCode,
     Hub,
+    HubClosed,
     Stream,
     engine,
     get_hub,
@@ -355,6 +356,23 @@ async def test_two_formats_and_two_framings_build_each_frame_once(
         assert stream.on_lost is not None
         stream.on_lost(stream)
     assert "room" not in hub.channels and len(hub) == 0
+    await hub.close()
+
+
+async def test_attach_needs_a_running_hub_and_releases_once_at_the_end() -> None:
+    hub = Hub()
+    with pytest.raises(HubClosed):
+        hub.attach(FakeStream(), EVENT_STREAM)
+    hub.start()
+    released: list[int] = []
+    stream = FakeStream()
+    handler = Handler()
+    client = hub.attach(stream, CHUNKED, lambda client: handler, release=lambda: released.append(1))
+    assert client.handler is handler and client.direct is not None and len(hub) == 1
+    assert stream.on_lost is not None
+    stream.on_lost(stream)
+    assert released == [1] and handler.ended and len(hub) == 0
+    assert not hub.send(client, "too late")
     await hub.close()
 
 
