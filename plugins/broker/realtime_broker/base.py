@@ -31,8 +31,6 @@ from .errors import HistoryUnavailable as HistoryUnavailable
 from .errors import PresenceUnavailable
 from .errors import UnrecoverablePosition as UnrecoverablePosition
 from .presence import (
-    PRESENCE_TTL,
-    PRESENCE_UPDATE_INTERVAL,
     Member,
     PresenceEvent,
     PresenceHandler,
@@ -187,11 +185,13 @@ class Broker(ABC):
         #: Who is in each channel, where this broker offers presence (set by subclasses).
         self.presence_manager: PresenceManager | None = None
         self.control_handlers: list[ControlHandler] = []
+        # Here, not at the top: the plugin module, which declares the settings, imports
+        # this one.
+        from .plugin import PRESENCE_TTL, PRESENCE_UPDATE_INTERVAL
+
         #: Seconds a member lasts unless renewed, and between two renewals.
-        self.presence_ttl = float(settings.get("presence_ttl", PRESENCE_TTL))
-        self.presence_update_interval = float(
-            settings.get("presence_update_interval", PRESENCE_UPDATE_INTERVAL)
-        )
+        self.presence_ttl = float(PRESENCE_TTL.get(settings))
+        self.presence_update_interval = float(PRESENCE_UPDATE_INTERVAL.get(settings))
         if not 0 < self.presence_update_interval < self.presence_ttl:
             raise ValueError(
                 "--presence-update-interval must be above 0 and below --presence-ttl "

@@ -24,7 +24,9 @@ def broker_classes() -> dict[str, type[Broker]]:
 
 
 def create_broker(host: Host) -> Broker:
-    url: str = host.settings["broker"]
+    from .plugin import BROKER  # not at the top: the plugin module imports this one
+
+    url = host.setting(BROKER)
     scheme = url.partition("://")[0].lower()
     classes = broker_classes()
     if scheme not in classes:

@@ -44,8 +44,6 @@ INFO_DIGITS = len(str(MAX_INFO_SIZE))
 #: The envelope around a body at its largest, info aside: magic, epoch, sequence,
 #: spaces, kind, the info's length and a space.
 ENVELOPE_OVERHEAD = len(MAGIC) + EPOCH_MAX + 1 + SEQ_DIGITS + 1 + 1 + INFO_DIGITS + 1
-#: The broadcast plugin's default ``max_message_size``, for when it is not loaded.
-DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024
 
 #: What joins and leaves start with on a channel's Pub/Sub channel. Then ``j`` (a join),
 #: ``l`` (a leave), in capitals when it is the user's first client to join or last

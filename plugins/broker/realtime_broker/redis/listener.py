@@ -44,7 +44,6 @@ from ..errors import BrokerUnavailable
 from ..presence import PresenceEvent
 from .connection import make_client
 from .envelope import (
-    DEFAULT_MAX_MESSAGE_SIZE,
     ENVELOPE_OVERHEAD,
     EPOCH,
     PRESENCE_MAGIC,
@@ -85,11 +84,15 @@ class RedisListener(Broker):
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         super().__init__(url, settings)
-        self.timeout: float = settings["broker_timeout"]
-        self.prefix: str = settings["broker_prefix"]
+        # Here, not at the top: the plugin module imports this package for its defaults.
+        from ..plugin import BROKER_PREFIX, BROKER_TIMEOUT, MAX_MESSAGE_SIZE
+        from ..plugin import POSITION_CHECK_INTERVAL as CHECK_INTERVAL
+
+        self.timeout: float = BROKER_TIMEOUT.get(settings)
+        self.prefix: str = BROKER_PREFIX.get(settings)
         self.names = Names(self.prefix)
-        limit = settings.get("max_message_size")
-        self.max_message_size = limit if isinstance(limit, int) else DEFAULT_MAX_MESSAGE_SIZE
+        #: Every publisher's limit (the broker plugin's setting, declared once there).
+        self.max_message_size: int = MAX_MESSAGE_SIZE.get(settings)
         self.sequence = Sequence()
         self.missed = 0
         self.subscription_losses = 0
@@ -113,9 +116,7 @@ class RedisListener(Broker):
         self._fresh: set[str] = set()
         #: Per channel subscribed here: set once Redis confirmed it and it is looked up.
         self._ready: dict[str, asyncio.Event] = {}
-        self.position_check_interval = float(
-            settings.get("position_check_interval", POSITION_CHECK_INTERVAL)
-        )
+        self.position_check_interval = float(CHECK_INTERVAL.get(settings))
         if self.position_check_interval <= 0:
             raise ValueError("--position-check-interval must be above 0")
         #: Channels whose position the next settle checks against Redis, and when next.
