@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from realtime.routes import TEXT
+from realtime_broker.plugin import MAX_MESSAGE_SIZE
 from realtime_hub.channels import ChannelRules
 
 from .codec import RawJSON, encode_json
@@ -139,7 +140,7 @@ class ServerAPI:
         key: str,
         *,
         max_body_size: int = 1024 * 1024,
-        max_message_size: int = 65536,
+        max_message_size: int = MAX_MESSAGE_SIZE.default,
     ) -> None:
         self.backend = backend
         self.rules = rules

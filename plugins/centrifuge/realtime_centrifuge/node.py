@@ -21,6 +21,7 @@ from typing import Any
 from realtime import Host
 from realtime_broker import MAX_CONTROL_SIZE as MAX_CONTROL_SIZE  # re-exported: it was here
 from realtime_broker import Broker, BrokerUnavailable, Publication
+from realtime_broker.plugin import MAX_MESSAGE_SIZE
 from realtime_hub import ChannelRules, Client, Hub
 
 from .api import ServerAPI
@@ -66,7 +67,7 @@ class Node:
         version: str = "",
         api_key: str = "",
         max_body_size: int = 1024 * 1024,
-        max_message_size: int = 64 * 1024,
+        max_message_size: int = MAX_MESSAGE_SIZE.default,
     ) -> None:
         self.host = host
         self.hub = hub
