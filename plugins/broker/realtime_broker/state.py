@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from realtime import Host
+from realtime.settings import WORKERS
 
 from .base import Broker, BrokerUnavailable
 
@@ -33,7 +34,7 @@ def create_broker(host: Host) -> Broker:
         known = ", ".join(f"{name}://" for name in sorted(classes))
         raise ValueError(f"no broker for {scheme!r} URLs (--broker {url}); installed: {known}")
     broker = classes[scheme](url, host.settings)
-    workers = host.settings.get("workers", 1)
+    workers = host.setting(WORKERS)
     if workers > 1 and not broker.distributed:
         raise ValueError(
             f"--workers {workers} needs a broker shared by every worker, and {scheme}:// "
