@@ -30,6 +30,7 @@ from realtime import create_app, get_host
 from realtime.cli import server_config
 from realtime_broker import Publication, get_broker
 from realtime_centrifuge.plugin import get_node
+from realtime_hub.channels import DEMO_CHANNEL_TABLE
 
 SECRET = "history-flood-secret-at-least-32-bytes"
 
@@ -84,7 +85,8 @@ def stalled(port: int, commands: int) -> socket.socket:
 
 
 async def measure(commands: int, size: int) -> None:
-    app = create_app(tempfile.mkdtemp(), settings={"token_hmac_secret": SECRET})
+    settings = {"token_hmac_secret": SECRET, "channel": DEMO_CHANNEL_TABLE}  # chat:* rooms
+    app = create_app(tempfile.mkdtemp(), settings=settings)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(100)

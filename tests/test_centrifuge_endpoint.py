@@ -32,6 +32,7 @@ from realtime_centrifuge import ConnectAuth, Error
 from realtime_centrifuge.node import MAX_CONTROL_SIZE
 from realtime_centrifuge.plugin import get_node
 from realtime_hub import get_hub
+from realtime_hub.channels import DEMO_CHANNEL_TABLE
 
 from .conftest import RedisServer
 from .test_fanout import hypercorn
@@ -45,7 +46,9 @@ def token(user: str, secret: str = SECRET, **claims: Any) -> str:
 
 
 async def served_app(tmp_path: Path, **settings: Any) -> Quart:
-    return create_app(tmp_path, settings={"token_hmac_secret": SECRET, **settings})
+    # The demo's namespaces (chat:*), as app/realtime.toml gives them to the real app.
+    settings = {"token_hmac_secret": SECRET, "channel": DEMO_CHANNEL_TABLE, **settings}
+    return create_app(tmp_path, settings=settings)
 
 
 @pytest.fixture(params=["fast-path", "plain"])
@@ -519,7 +522,12 @@ async def test_with_a_shared_broker_and_no_secret_tokens_are_refused_and_say_why
 async def test_two_hosts_over_redis_share_channels_and_the_server_api(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    settings = {"broker": redis_server.url, "token_hmac_secret": SECRET, "api_key": "k"}
+    settings = {
+        "broker": redis_server.url,
+        "token_hmac_secret": SECRET,
+        "api_key": "k",
+        "channel": DEMO_CHANNEL_TABLE,
+    }
     one, two = (create_app(tmp_path, settings=settings) for _ in range(2))
     async with hypercorn(one) as port_one, hypercorn(two) as port_two:
         alice, bob = await connected(port_one, "alice"), await connected(port_two, "bob")

@@ -183,13 +183,12 @@ class ChannelRules:
 
     @classmethod
     def defaults(cls) -> ChannelRules:
-        """What runs with no ``[channel]`` configured: still :meth:`demo`, as before.
+        """What runs with no ``[channel]`` configured: :meth:`neutral`, no namespace.
 
-        It becomes :meth:`neutral` once the demo's table comes with the app
-        (app/realtime.toml) and the tests that serve an empty app directory and use
-        ``chat:*`` configure it (docs/channels.md).
+        The chat demo's namespaces come with the app (app/realtime.toml), so a server
+        given an app of its own never inherits them (docs/channels.md).
         """
-        return cls.demo()
+        return cls.neutral()
 
     @classmethod
     def demo(cls) -> ChannelRules:
