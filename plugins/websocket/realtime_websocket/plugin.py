@@ -27,6 +27,12 @@ from realtime_hub import (
 from realtime_hub.closecode import CloseCode
 from realtime_hub.policy import ChannelPolicy
 
+#: The raw endpoint is clients of the hub: without it start-up stops, naming both.
+REQUIRES = ("hub",)
+
+#: The raw endpoint's one setting, declared once.
+WS_PATH = Option("ws_path", "/ws", "URL path of the raw WebSocket endpoint")
+
 
 class RawFormat:
     """Publications as they were published: no envelope, nothing added."""
@@ -62,7 +68,7 @@ def _discard(client: Client) -> Discard:
 
 @hookimpl
 def register_options() -> list[Option]:
-    return [Option("ws_path", "/ws", "URL path of the raw WebSocket endpoint")]
+    return [WS_PATH]
 
 
 def channel_of(scope: Any, policy: ChannelPolicy) -> str | None:
@@ -111,4 +117,4 @@ def register_routes(host: Host) -> list[ASGIRoute]:
         # Subscribed on the broker before anything else: one Redis round trip.
         await hub.serve(client, hub.ready(channel))
 
-    return [ASGIRoute(host.settings["ws_path"], websocket_endpoint, scope_types=("websocket",))]
+    return [ASGIRoute(host.setting(WS_PATH), websocket_endpoint, scope_types=("websocket",))]
