@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 
+from realtime.rate import Rate
+
 from .codes import DISCONNECT_INVALID_TOKEN, DISCONNECT_TOO_MANY_REQUESTS, DisconnectError
 
 #: Commands a second a connection may send, on average.
@@ -30,37 +32,37 @@ MAX_JOIN_LEAVE_SUBSCRIBERS = 500
 
 
 class CommandBudget:
-    """A token bucket of commands (GCRA: one virtual clock) and a count of bad tokens.
+    """The project's one rate limiter (:class:`realtime.rate.Rate`) over commands, and
+    a count of bad tokens.
 
-    Two floats and two ints a connection; no timer. ``rate`` 0 turns the command
-    limit off; ``max_invalid_tokens`` 0 closes at the first invalid token.
+    ``rate`` is best a :class:`Rate` the sessions share (``SessionOptions.command_limit``):
+    a connection then keeps one float of clock and two ints, no timer. A number makes
+    a Rate of its own with ``burst``. Rate 0 turns the command limit off;
+    ``max_invalid_tokens`` 0 closes at the first invalid token.
     """
 
-    __slots__ = ("_interval", "_invalid", "_max_invalid", "_tat", "_window")
+    __slots__ = ("_invalid", "_max_invalid", "_rate", "_tat")
 
     def __init__(
         self,
-        rate: float = COMMAND_RATE,
+        rate: Rate | float = COMMAND_RATE,
         burst: int = COMMAND_BURST,
         max_invalid_tokens: int = MAX_INVALID_TOKENS,
     ) -> None:
-        if rate < 0 or burst < 1 or max_invalid_tokens < 0:
-            raise ValueError("command rate >= 0, burst >= 1, invalid tokens >= 0")
-        self._interval = 1.0 / rate if rate else 0.0
-        # Half a command of slack absorbs float rounding at exactly ``burst``.
-        self._window = (burst + 0.5) * self._interval
+        if max_invalid_tokens < 0:
+            raise ValueError("invalid tokens >= 0")
+        self._rate = rate if isinstance(rate, Rate) else Rate(rate, burst)
         self._tat = 0.0
         self._invalid = 0
         self._max_invalid = max_invalid_tokens
 
     def spend(self, count: int, now: float | None = None) -> None:
         """Take ``count`` commands from the budget; DisconnectError (3013) when over."""
-        if not self._interval:
+        rate = self._rate
+        if not rate.interval:
             return
-        if now is None:
-            now = time.monotonic()
-        tat = max(self._tat, now) + count * self._interval
-        if tat > now + self._window:
+        tat = rate.take(self._tat, time.monotonic() if now is None else now, count)
+        if tat < 0:
             raise DisconnectError(DISCONNECT_TOO_MANY_REQUESTS)
         self._tat = tat
 

@@ -256,7 +256,7 @@ def _session_options(settings: Mapping[str, Any]) -> SessionOptions:
             max_channels=limit,
             max_commands=max_commands,
             command_rate=CLIENT_COMMAND_RATE.get(settings),
-            command_burst=max(CLIENT_COMMAND_BURST.get(settings), max_commands),
+            command_burst=CLIENT_COMMAND_BURST.get(settings),  # at least max_commands
             max_invalid_tokens=CLIENT_INVALID_TOKEN_LIMIT.get(settings),
             max_join_leave_subscribers=CLIENT_JOIN_LEAVE_MAX_SUBSCRIBERS.get(settings),
             ping_interval=CLIENT_PING_INTERVAL.get(settings),

@@ -14,9 +14,10 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from realtime.rate import Rate
 from realtime_hub.channels import ChannelRules, NamespaceOptions
 
 from ..budget import (
@@ -92,10 +93,17 @@ class SessionOptions:
     #: Subscribers of a channel (in this process) above which joins and leaves are
     #: not pushed (:func:`realtime_centrifuge.budget.join_leave_pushed`); 0: no bound.
     max_join_leave_subscribers: int = MAX_JOIN_LEAVE_SUBSCRIBERS
+    #: The command rate every session of these options shares; its burst is at least
+    #: ``max_commands``, so a frame of batched subscribes at connect always passes.
+    command_limit: Rate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_channels < 1 or self.max_commands < 1:
             raise ValueError("max_channels and max_commands must be at least 1")
+        if self.command_rate < 0 or self.command_burst < 1 or self.max_invalid_tokens < 0:
+            raise ValueError("command rate >= 0, burst >= 1, invalid tokens >= 0")
+        burst = max(self.command_burst, self.max_commands)
+        object.__setattr__(self, "command_limit", Rate(self.command_rate, burst))
         if self.ping_interval != 0 and self.ping_interval < 1:
             raise ValueError("ping_interval is 0 or at least 1 s: clients get whole seconds")
         if min(self.pong_timeout, self.expired_close_delay, self.expired_sub_close_delay) < 0:
@@ -152,7 +160,7 @@ class SessionState:
         self._connected = False
         self._rejected = False
         self._commands = CommandBudget(
-            self.options.command_rate, self.options.command_burst, self.options.max_invalid_tokens
+            self.options.command_limit, max_invalid_tokens=self.options.max_invalid_tokens
         )
         self._expire_at: float | None = None
         self._subs: dict[str, Subscription] = {}
