@@ -12,7 +12,7 @@ loop, a stall of tens to hundreds of milliseconds at 15,000 clients. The policy:
   made goes to the permanent generation, which no collection walks again;
 - per-connection and per-publication objects hold no reference cycles, so
   reference counting frees them and the collector finds next to nothing
-  (``tests/test_gc.py`` keeps it so).
+  (``tests/integration/test_gc.py`` keeps it so).
 """
 
 from __future__ import annotations

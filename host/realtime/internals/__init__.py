@@ -32,7 +32,7 @@ from importlib import metadata
 from typing import Final
 
 #: The releases (major, minor) each library's internals were tested on. Keep in step
-#: with the upper bounds in pyproject.toml (tests/test_internals.py checks).
+#: with the upper bounds in pyproject.toml (tests/integration/test_internals.py checks).
 KNOWN: Final[dict[str, tuple[tuple[int, int], ...]]] = {
     "hypercorn": ((0, 17), (0, 18)),
     "wsproto": ((1, 2), (1, 3)),

@@ -10,7 +10,7 @@ It checks what wsproto checks (masking, opcodes, lengths in their shortest form,
 control-frame rules, fragmentation, UTF-8, close codes) and what the hub's
 :class:`.guard.IncomingLimits` bound (a message's size from the frame header,
 before a byte of it is buffered; frames a second), and reports the first violation
-as :class:`Failure` with its close code (tests/test_frames_fuzz.py holds it to
+as :class:`Failure` with its close code (tests/unit/test_frames_fuzz.py holds it to
 wsproto's verdicts). It also encodes what the server sends: :func:`encode_frame`,
 :func:`control_frame`.
 """
