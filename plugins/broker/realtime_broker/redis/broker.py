@@ -299,7 +299,7 @@ class RedisBroker(RedisListener):
     def _heard_control(self, raw: bytes) -> None:
         decoded = decode_control(raw)
         if isinstance(decoded, tuple):
-            self.control_check.add(*decoded)
+            self.control_check.add(decoded)
         else:
             self._drop(decoded.name.lower(), self.names.control, decoded.value)
 

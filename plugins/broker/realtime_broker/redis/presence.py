@@ -91,7 +91,7 @@ class RedisPresence(PresenceManager):
 
     def heard(self, channel: str, event: PresenceEvent) -> None:
         """A join or leave arrived on ``channel``'s Pub/Sub channel: checked, then told."""
-        self.check.add(channel, event)
+        self.check.add((channel, event))
 
     async def _call(self, name: str, channel: str, announce: bool, args: list[Any]) -> Any:
         script = self._scripts.get(name)
