@@ -71,13 +71,14 @@ def test_a_member_info_is_parsed_and_encoded_again() -> None:
 
 
 @pytest.mark.parametrize("name", [CONTROL_CHANNEL, "\x01other", "\x01"])
-def test_internal_channels_are_refused_by_name_and_keep_no_presence(name: str) -> None:
+def test_internal_channels_are_refused_by_name_and_keep_no_presence_or_history(name: str) -> None:
     rules = ChannelRules.from_config(
         {"without_namespace": {"presence": True, "allow_subscribe_for_client": True}}
     )
     assert rules.validate_name(name) is not None
     assert rules.check_channel(name) is not None
     assert rules.presence_of(name) is None
+    assert rules.history_of(name) is None
 
 
 async def test_a_forged_control_message_is_not_applied_and_a_real_one_is(

@@ -23,12 +23,10 @@ from realtime_broker import PresenceMode
 from .errors import ERROR_OF, ERROR_PERMISSION_DENIED, Error, Refusal
 from .policy import ALLOW, ALLOW_UNLESS_EXTENDED, DENY_UNLESS_EXTENDED, Decision, refuse
 
-#: What the names of internal channels start with (the Centrifuge node's control
-#: channel): refused to every client and server API call, never in presence.
+#: What the names of internal channels start with, reserved for the server's own
+#: use: refused to every client and server API call, never in presence or history.
+#: (Control messages no longer ride one: they have the broker's control channel.)
 INTERNAL_PREFIX = "\x01"
-#: (history_size, history_ttl) of an internal channel: a short stream, so that what a
-#: distributed broker delivers on it can be checked against what it holds.
-INTERNAL_HISTORY = (256, 60.0)
 
 #: Centrifugo's namespace name pattern.
 _NAMESPACE_NAME = re.compile(r"[-a-zA-Z0-9_.]{2,}")
@@ -251,7 +249,7 @@ class ChannelRules:
     def history_of(self, channel: str) -> tuple[int, float] | None:
         """(history_size, history_ttl) where the channel's namespace keeps history."""
         if channel.startswith(INTERNAL_PREFIX):
-            return INTERNAL_HISTORY
+            return None
         options = self.namespace_of(channel)
         if options is None or options.history_size <= 0 or options.history_ttl <= 0:
             return None
