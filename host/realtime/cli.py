@@ -189,10 +189,11 @@ def run(app: Any) -> int:
     # Process-wide, so here, for the serving process and the workers it forks, never in
     # create_app: at Python's 700 a connect storm spent half its CPU collecting.
     gcpolicy.tune(host.setting(GC_THRESHOLD))
+    bind: str = host.setting(BIND)
     log.info(
-        "serving %s on http://%s (%s loop, %d worker%s)",
+        "serving %s on %s (%s loop, %d worker%s)",
         host.app_dir.resolve(),
-        host.setting(BIND),
+        bind if "://" in bind else f"http://{bind}",  # fd://N: a socket handed over
         "asyncio" if factory is None else "uvloop",
         workers,
         "" if workers == 1 else "s",
