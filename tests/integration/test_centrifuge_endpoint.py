@@ -34,7 +34,7 @@ from realtime_centrifuge.plugin import get_node
 from realtime_hub import get_hub
 from realtime_hub.channels import DEMO_CHANNEL_TABLE
 
-from ..conftest import RedisServer
+from ..conftest import RedisServer, eventually
 from .test_fanout import hypercorn
 
 SECRET = "test-secret-long-enough-for-hs256-32b"
@@ -513,7 +513,8 @@ async def test_with_a_shared_broker_and_no_secret_tokens_are_refused_and_say_why
         assert (await client.closed())[0] == 3500
         # The raw endpoint needs no token: it serves as before.
         async with connect(f"ws://127.0.0.1:{port}/ws") as raw:
-            await asyncio.sleep(0.1)
+            hub = get_hub(get_host(app))
+            await eventually(lambda: hub.subscribers("default"), message="raw client in")
             await get_broker(get_host(app)).publish("default", Publication("raw"))
             assert await asyncio.wait_for(raw.recv(), 5) == "raw"
     assert "REALTIME_TOKEN_HMAC_SECRET" in caplog.text

@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from ..conftest import RedisServer, Server
+from ..conftest import RedisServer, Server, eventually
 
 SCRIPT = """
 import json
@@ -114,9 +114,12 @@ async def test_over_redis_each_process_hears_only_its_clients_channels(
             connect(f"{two.ws_url}?channel=south") as south,
             httpx.AsyncClient() as http,
         ):
-            await asyncio.sleep(0.3)  # both subscriptions confirmed by Redis
-            channels = redis_server.cli("PUBSUB", "CHANNELS").split()
-            assert any("north" in c for c in channels) and any("south" in c for c in channels)
+
+            def both_subscribed() -> bool:
+                channels = redis_server.cli("PUBSUB", "CHANNELS").split()
+                return any("north" in c for c in channels) and any("south" in c for c in channels)
+
+            await eventually(both_subscribed, message="both subscriptions on Redis")
             # Published on one process, delivered by the other only.
             sent = await http.get(f"{one.url}/to.py", params={"channel": "south", "message": "s"})
             assert sent.status_code == 200

@@ -16,7 +16,7 @@ from realtime_broker import (
 from realtime_broker.history import META_TTL, MemoryStreams
 from realtime_broker.redis import RedisBroker
 
-from ..conftest import RedisServer
+from ..conftest import RedisServer, eventually
 from .test_broker_channels import SETTINGS
 
 
@@ -197,7 +197,11 @@ async def test_redis_history_expires_ttl_after_the_last_publication(
     try:
         await broker.publish("h:room", "soon gone")
         assert len((await broker.history("h:room", limit=-1)).publications) == 1
-        await asyncio.sleep(0.6)
+
+        async def expired() -> bool:
+            return not (await broker.history("h:room", limit=-1)).publications
+
+        await eventually(expired, message="the publication outlived its ttl")
         page = await broker.history("h:room", limit=-1)
         assert page.publications == () and page.position.offset == 1  # the position stays
     finally:
