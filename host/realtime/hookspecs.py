@@ -43,6 +43,14 @@ def register_routes(host: Host) -> list[AnyRoute]:  # type: ignore[empty-body]
 
 
 @hookspec
+def register_internal_routes(host: Host) -> list[AnyRoute]:  # type: ignore[empty-body]
+    """Routes served only on the internal listener (``--internal-bind``): metrics, admin.
+
+    Never on the public site; without ``--internal-bind`` they are not served at all.
+    """
+
+
+@hookspec
 def register_functions(host: Host) -> Mapping[str, Callable[..., Any]]:  # type: ignore[empty-body]
     """Native functions put in every drop-in script's namespace, by name."""
 
@@ -55,6 +63,14 @@ def validate(host: Host) -> None:
 @hookspec
 def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
     """Adjust the Hypercorn config before serving (ping interval, timeouts...)."""
+
+
+@hookspec
+def worker_exited(host: Host, pid: int) -> None:
+    """In the supervising process (``--workers`` above 1): worker ``pid`` has exited.
+
+    Runs before its replacement starts (say, to drop the dead worker's live gauges).
+    """
 
 
 @hookspec

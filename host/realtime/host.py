@@ -74,6 +74,7 @@ from .settings import (
 from .settings import (
     LOG_LEVELS as LOG_LEVELS,
 )
+from .telemetry import Telemetry
 
 log = logging.getLogger("realtime")
 
@@ -111,6 +112,8 @@ class Host:
         self.plugins = plugins
         #: Plugin-declared hooks, called through pluggy (``host.hook.authorize(...)``).
         self.hook = plugins.hook
+        #: What plugins count and time; exported by the metrics plugin, if installed.
+        self.telemetry = Telemetry()
         self.settings: Mapping[str, Any] = dict(settings)
         self.app_dir = Path(self.setting(APP))
         #: The settings files read, the operator's before the app's (for the log).

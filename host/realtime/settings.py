@@ -16,6 +16,13 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 BIND = Option("bind", "127.0.0.1:8000", "HOST:PORT to listen on (Caddy proxies to the default)")
 
+INTERNAL_BIND = Option(
+    "internal_bind",
+    "",
+    "HOST:PORT (or fd://N) of the internal listener, which serves /metrics, /-/health "
+    "and /admin and never the public site (127.0.0.1:9000, say; empty: off)",
+)
+
 CONFIG = Option(
     "config",
     "",
@@ -48,6 +55,15 @@ DEBUG = Option("debug", False, "put tracebacks in 500 responses", type=bool)
 LOG_LEVEL = Option("log_level", "info", "least severe log records shown", choices=LOG_LEVELS)
 
 ACCESS_LOG = Option("access_log", False, "log every request", type=bool)
+
+LOG_FORMATS = ("text", "json")
+
+LOG_FORMAT = Option(
+    "log_format",
+    "text",
+    "text, or json: one JSON object per line (time, level, logger, message, ids)",
+    choices=LOG_FORMATS,
+)
 
 FORWARDED_ALLOW_IPS = Option(
     "forwarded_allow_ips",
@@ -138,6 +154,7 @@ MAX_FORM_FIELDS = Option(
 #: In ``--help`` order.
 HOST_OPTIONS: tuple[Option[Any], ...] = (
     BIND,
+    INTERNAL_BIND,
     CONFIG,
     APP,
     THREADS,
@@ -146,6 +163,7 @@ HOST_OPTIONS: tuple[Option[Any], ...] = (
     DEBUG,
     LOG_LEVEL,
     ACCESS_LOG,
+    LOG_FORMAT,
     FORWARDED_ALLOW_IPS,
     ALLOWED_ORIGINS,
     ALLOWED_HOSTS,
