@@ -113,6 +113,7 @@ class Backlogs:
         client.closing = True
         client.direct = None
         reason = f"outgoing buffer overflow ({self.max_buffer} bytes)"
+        client.ending = (CloseCode.POLICY_VIOLATION, reason)
         self._spawn(self._close(client, CloseCode.POLICY_VIOLATION, reason))
         return False
 

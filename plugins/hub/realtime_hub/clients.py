@@ -69,12 +69,27 @@ class Message:
 
 @dataclass
 class HubStats:
+    """Running counts of one hub, kept where the work is done: per fan-out, per connect,
+    per disconnect, never per delivered socket. Telemetry samples them (``.metrics``)."""
+
     connected: int = 0
     messages: int = 0
     deliveries: int = 0
     overflows: int = 0
     dropped: int = 0
     disconnected_slow: int = 0
+    #: Connections that became hub clients (accepted handshakes, attached streams).
+    accepted: int = 0
+    #: Bytes handed to clients: each fan-out's frame times the clients it went to, and
+    #: replies; a backlog a client never takes is counted too.
+    sent_bytes: int = 0
+    #: Channel memberships now (a client in three channels counts three).
+    subscriptions: int = 0
+    #: Connected clients by protocol (``raw``, ``centrifuge``); a protocol stays at 0.
+    protocols: dict[str, int] = field(default_factory=dict)
+    #: Ended connections by close code (``"1000"``, ``"other"``): at most
+    #: :data:`.census.MAX_CODES` keys.
+    disconnects: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(eq=False, slots=True)
@@ -105,6 +120,10 @@ class Client:
     direct: Callable[[bytes], int] | None = None
     #: How a message becomes this connection's bytes (a WebSocket frame unless attached).
     framing: Framing = WEBSOCKET
+    #: The wire protocol it speaks, as its plugin named it: a metrics label.
+    protocol: str = "raw"
+    #: The close the server decided for it (code, reason), once it did.
+    ending: tuple[int, str] | None = None
 
 
 class Group(dict[int, Client]):

@@ -11,6 +11,8 @@ from typing import Any, Protocol, TypeVar
 
 from realtime import DETACH
 
+from .closecode import CloseCode
+
 T = TypeVar("T")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -22,11 +24,13 @@ class ConnectionGone(Exception):
 
 
 class ASGIConnection:
-    __slots__ = ("_receive", "_scope", "asgi_send")
+    __slots__ = ("_receive", "_scope", "asgi_send", "ended")
 
     def __init__(self, receive: Receive, send: Send, scope: Any = None) -> None:
         self._receive = receive
         self._scope = scope
+        #: The server's report of how the client left (code, reason), once it did.
+        self.ended: tuple[int, str] | None = None
         #: The server's ASGI send callable; the fast path looks beneath it.
         self.asgi_send = send
 
@@ -57,6 +61,12 @@ class ASGIConnection:
     async def receive(self) -> str | bytes | None:
         message = await self._receive()
         if message["type"] == "websocket.disconnect":
+            code = message.get("code")
+            reason = message.get("reason")
+            self.ended = (
+                code if isinstance(code, int) else CloseCode.NO_STATUS,
+                reason if isinstance(reason, str) else "",
+            )
             raise ConnectionGone
         data: str | bytes | None = message.get("text") or message.get("bytes")
         return data

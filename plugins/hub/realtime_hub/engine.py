@@ -29,6 +29,7 @@ from typing import Any, cast
 from realtime_broker import PresenceEvent
 
 from .backlog import OVERFLOW_POLICIES, TRANSPORT_HIGH_WATER, Backlogs, OverflowPolicy
+from .census import MAX_RECENT, Disconnect, arrived, departed
 from .channels import ChannelRules
 from .clients import Channel, Client, Connection, Format, Group, Held, HubStats, Message
 from .closecode import CloseCode
@@ -170,6 +171,8 @@ class Hub(Backlogs):
         self._holding: dict[str, int] = {}
         self._drainer: asyncio.Task[None] | None = None
         self.stats = HubStats()
+        #: The latest disconnects (:class:`.census.Disconnect`), newest last, for the admin page.
+        self.recent_disconnects: deque[Disconnect] = deque(maxlen=MAX_RECENT)
         self._clients: dict[int, Client] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -225,7 +228,11 @@ class Hub(Backlogs):
     # Connections --------------------------------------------------------------
 
     async def connect(
-        self, connection: Connection, handler: Callable[[Client], Handler] | None = None
+        self,
+        connection: Connection,
+        handler: Callable[[Client], Handler] | None = None,
+        *,
+        protocol: str = "raw",
     ) -> Client | None:
         """Accept a WebSocket and hold it; ``None`` if the client left during the handshake.
 
@@ -233,7 +240,8 @@ class Hub(Backlogs):
         (:func:`.fastpath.take_over`): read, written and kept alive here, with no task of
         its own. Otherwise it stays on ASGI, guarded (:func:`.fastpath.guard`). Either
         way ``handler(client)`` makes the reader of its messages; the protocol then calls
-        :meth:`serve`, which reads an ASGI connection until it ends.
+        :meth:`serve`, which reads an ASGI connection until it ends. ``protocol`` names
+        the wire protocol it speaks, the label of its connection in metrics.
         """
         if not self.running:
             await connection.close(CloseCode.TRY_AGAIN_LATER, "server not ready")
@@ -258,7 +266,7 @@ class Hub(Backlogs):
         except ConnectionGone:
             return None
         if sock is None:
-            client = Client(client_id, connection, None)
+            client = Client(client_id, connection, None, protocol=protocol)
             if asgi_send is not None:
                 guard(asgi_send, self.incoming, client_id)  # what the client sends
             log.debug("client %d connected (ASGI)", client_id)
@@ -267,7 +275,7 @@ class Hub(Backlogs):
         detach = getattr(connection, "detach", None)
         release = detach() if detach is not None else None
         log.debug("client %d connected (taken over)", client_id)
-        return self._adopt(client_id, sock, WEBSOCKET, handler, release)
+        return self._adopt(client_id, sock, WEBSOCKET, handler, release, protocol)
 
     def attach(
         self,
@@ -276,6 +284,7 @@ class Hub(Backlogs):
         handler: Callable[[Client], Handler] | None = None,
         *,
         release: Callable[[], None] | None = None,
+        protocol: str = "raw",
     ) -> Client:
         """Hold a connection another transport accepted, written on the fast path.
 
@@ -286,13 +295,14 @@ class Hub(Backlogs):
         then joins channels in the protocol's :class:`Format` like any other, and gets
         each publication's bytes written directly while it keeps up, the same backlog
         and overflow policy when not. ``handler(client)`` reads what the stream hands
-        over; ``release`` is called once the stream has ended (the host's count, say).
+        over; ``release`` is called once the stream has ended (the host's count, say);
+        ``protocol`` names the wire protocol, as for :meth:`connect`.
         """
         if not self.running:
             raise HubClosed("the hub is not running")
         client_id = next(self._ids)
         log.debug("client %d attached (%s)", client_id, type(framing).__name__)
-        return self._adopt(client_id, stream, framing, handler, release)
+        return self._adopt(client_id, stream, framing, handler, release, protocol)
 
     def _adopt(
         self,
@@ -301,9 +311,12 @@ class Hub(Backlogs):
         framing: Framing,
         handler: Callable[[Client], Handler] | None,
         release: Callable[[], None] | None,
+        protocol: str,
     ) -> Client:
         """A stream the hub writes to directly: it reads by itself and says when it ends."""
-        client = Client(client_id, stream, stream, release=release, framing=framing)
+        client = Client(
+            client_id, stream, stream, release=release, framing=framing, protocol=protocol
+        )
         stream.on_writable = partial(self._refresh, client)
         self._refresh(client)
         self._register(client, handler)
@@ -315,6 +328,7 @@ class Hub(Backlogs):
     def _register(self, client: Client, handler: Callable[[Client], Handler] | None) -> None:
         self._clients[client.id] = client
         self.stats.connected = len(self._clients)
+        arrived(self.stats, client)
         if handler is not None:
             client.handler = handler(client)
 
@@ -373,8 +387,9 @@ class Hub(Backlogs):
             client.sender.cancel()
         for channel in client.channels[:]:
             self.leave(channel, client)
-        self._clients.pop(client.id, None)
-        self.stats.connected = len(self._clients)
+        if self._clients.pop(client.id, None) is not None:
+            self.stats.connected = len(self._clients)
+            departed(self.stats, self.recent_disconnects, client)
 
     # Channels -----------------------------------------------------------------
 
@@ -389,6 +404,7 @@ class Hub(Backlogs):
                 self.on_first(channel)
         self._group(members, fmt, client).add(client)
         client.channels.append(channel)
+        self.stats.subscriptions += 1
 
     @staticmethod
     def _group(members: Channel, fmt: Any, client: Client) -> Group:
@@ -415,6 +431,7 @@ class Hub(Backlogs):
                 self.on_first(channel)
         self._group(members, held, client).add(client)
         client.channels.append(channel)
+        self.stats.subscriptions += 1
         self._holding[channel] = self._holding.get(channel, 0) + 1
         return held
 
@@ -438,6 +455,7 @@ class Hub(Backlogs):
         if channel not in client.channels:
             return
         client.channels.remove(channel)
+        self.stats.subscriptions -= 1
         members = self.channels.get(channel)
         if members is None:
             return
@@ -483,6 +501,8 @@ class Hub(Backlogs):
                 fmt.missed(self, client, channel, count)
 
     async def _close(self, client: Client, code: int, reason: str) -> None:
+        if client.ending is None:
+            client.ending = (code, reason)
         self.forget(client)
         try:
             # The close frame goes after whatever the transport still holds; a client
@@ -593,7 +613,9 @@ class Hub(Backlogs):
     def _deliver(self, message: Message, clients: Collection[Client]) -> int:
         """A publication to ``clients``: how many it was sent or queued to."""
         queued = self._write(message, clients)
-        self.stats.deliveries += queued
+        stats = self.stats
+        stats.deliveries += queued
+        stats.sent_bytes += queued * len(message.frame)
         return queued
 
     def _write(self, message: Message, clients: Collection[Client]) -> int:
@@ -663,6 +685,7 @@ class Hub(Backlogs):
             held = 0
         if not self._admit(client, message.size, held, self.max_buffer):
             return False
+        self.stats.sent_bytes += message.size
         if client.direct is not None:
             return self._write(message, (client,)) == 1
         self._append(client, message)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from .closecode import CloseCode
 from .frames import OP_PING, control_frame
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ class Keepalive:
             if pinged_at is not None:
                 if pinged_at <= deadline:
                     self.dropped += 1
+                    if sock.ended is None:
+                        sock.ended = (CloseCode.ABNORMAL, "no answer to a ping")
                     log.debug("client %d: no answer to a ping in %.0f s", sock.client, self.timeout)
                     sock.abort()
             elif ping and sock.open():

@@ -23,6 +23,7 @@ from .channels import ChannelRules
 from .engine import MAX_INCOMING_RATE as DEFAULT_MAX_INCOMING_RATE
 from .engine import MAX_INCOMING_SIZE as DEFAULT_MAX_INCOMING_SIZE
 from .engine import OVERFLOW_POLICIES, Hub, OverflowPolicy
+from .metrics import HubMetrics
 from .state import EXTENSION_KEY
 
 #: The hub wires itself to the broker in ``startup``; the broker connects afterwards.
@@ -166,6 +167,8 @@ def startup(host: Host) -> None:
     )
     hub.start()
     host.app.extensions[EXTENSION_KEY] = hub
+    # One sampler turns the hub's running counts into metrics, off the fan-out path.
+    host.telemetry.sampler(HubMetrics(hub, host.telemetry).sample)
     broker = get_broker(host)
     delivering: dict[str, Deliver] = {}
 

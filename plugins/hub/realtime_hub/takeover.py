@@ -93,6 +93,7 @@ class Socket(FrameParser, asyncio.Protocol):
         "_pong",
         "_waiters",
         "client",
+        "ended",
         "handler",
         "on_writable",
         "pinged_at",
@@ -122,6 +123,9 @@ class Socket(FrameParser, asyncio.Protocol):
         self._waiters: list[asyncio.Future[None]] | None = None
         self._on_lost: Callable[[Socket], None] | None = None
         self._lost = False
+        #: How it ended when the client or this socket decided it (code, reason): the
+        #: client's close frame, a refusal, a silent peer dropped; read by the hub's census.
+        self.ended: tuple[int, str] | None = None
         #: ``send_now`` sends a frame now, returning the bytes sent (only while
         #: :meth:`writable`); ``sends_itself`` when that is the socket's own ``send``,
         #: for which the transport must hold nothing back.
@@ -302,6 +306,8 @@ class Socket(FrameParser, asyncio.Protocol):
                     transport.write(control_frame(OP_PONG, event.data))
             elif isinstance(event, Close):
                 code = event.data.code
+                if self.ended is None:
+                    self.ended = (code, event.data.reason)
                 if self.state == OPEN:  # the client's close: answered with its code
                     echo = b"" if code == CloseCode.NO_STATUS else close_payload(code)
                     transport.write(control_frame(OP_CLOSE, echo))
@@ -335,6 +341,8 @@ class Socket(FrameParser, asyncio.Protocol):
             self._limits.report(self.client, failure.reason, failure.code)
         else:
             log.debug("client %d: %s; closing with %d", self.client, failure.reason, failure.code)
+        if self.ended is None:
+            self.ended = (failure.code, failure.reason)
         state, self.state = self.state, CLOSED
         self._changed()
         self.discard()

@@ -110,7 +110,7 @@ def register_routes(host: Host) -> list[ASGIRoute]:
             # 403 before the upgrade
             await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             return
-        client = await hub.connect(ASGIConnection(receive, send, scope), _discard)
+        client = await hub.connect(ASGIConnection(receive, send, scope), _discard, protocol="raw")
         if client is None:
             return
         hub.join(channel, client, raw)
