@@ -45,13 +45,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import IO
 
 import run as R
 
-PLUGINS = ("plugins/hub", "plugins/websocket", "plugins/broadcast", "plugins/broker",
-           "plugins/centrifuge")  # fmt: skip
+#: The entry-point group realtime finds its plugins by.
+PLUGIN_GROUP = "realtime.plugins"
 #: Load-generator limits for a server under callgrind (some 50x slower than native).
 SLOW_LOADGEN = ("--connect-timeout=300", "--connect-deadline=3600", "--warmup-deadline=1800",
                 "--timeout=600", "--deadline=7200")  # fmt: skip
@@ -124,6 +125,20 @@ class Callgrind:
         return total
 
 
+def tree_plugins(root: Path) -> tuple[list[Path], list[str]]:
+    """The plugin folders of a tree, and the installed plugins it has no code for.
+
+    The plugins are found by the entry points of the one installed distribution (the
+    main tree's); a plugin added since an older tree was cut would load from the main
+    tree into the old code, so it is disabled for that tree.
+    """
+    folders = sorted(p for p in (root / "plugins").glob("*") if p.is_dir())
+    packages = {q.name for p in folders for q in p.iterdir() if q.is_dir()}
+    missing = sorted(ep.name for ep in metadata.entry_points(group=PLUGIN_GROUP)
+                     if ep.value.split(".")[0] not in packages)  # fmt: skip
+    return folders, missing
+
+
 def server(tree: str, mode: str, bind: str) -> tuple[list[str], dict[str, str]]:
     """The command and environment of one server: ``tree``'s code, or the floor."""
     env = dict(os.environ)
@@ -132,7 +147,10 @@ def server(tree: str, mode: str, bind: str) -> tuple[list[str], dict[str, str]]:
         script = R.anchor(R.ANCHORS, "py-floor", "server.py")
         return [sys.executable, str(script), "--port", port], env
     root = Path(tree).resolve()
-    env["PYTHONPATH"] = os.pathsep.join(str(root / p) for p in ("host", *PLUGINS))
+    folders, missing = tree_plugins(root)
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (root / "host", *folders))
+    if missing:  # plugins installed from the main tree that this older tree lacks
+        env["REALTIME_DISABLE_PLUGINS"] = ",".join(missing)
     code = "import sys; from realtime.cli import main; sys.argv[0] = 'realtime'; sys.exit(main())"
     args = R.realtime_command(bind, root / "app")
     cmd = [sys.executable, "-c", code, *args[args.index("run") :]]  # this tree's code
