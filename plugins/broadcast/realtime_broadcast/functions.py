@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from realtime import HTTPError, current_host
+from realtime import HTTPError, Instrument, current_host
 from realtime_broker import (
     DEFAULT_CHANNEL,
     HistoryResult,
@@ -17,6 +17,8 @@ from realtime_broker import (
 )
 from realtime_broker.plugin import MAX_MESSAGE_SIZE
 
+#: Where the plugin's startup keeps the host's ``realtime_publications_total{source="script"}``.
+PUBLICATIONS_KEY = "realtime_broadcast.publications"
 #: The limit's name; the broker plugin declares it (``MAX_MESSAGE_SIZE``).
 SETTING = MAX_MESSAGE_SIZE.name
 
@@ -93,7 +95,11 @@ def broadcast(message: str | bytes | JSONValue, channel: str = DEFAULT_CHANNEL) 
     if size > limit:
         raise MessageTooLarge(f"message is {size} bytes, over the {limit}-byte limit; not sent")
     publication = Publication(message, json=True) if is_json else message
-    return get_broker(host).publish_sync(channel, publication)
+    queued = get_broker(host).publish_sync(channel, publication)
+    counted: Instrument | None = host.app.extensions.get(PUBLICATIONS_KEY)
+    if counted is not None:
+        counted.inc()
+    return queued
 
 
 def _check_channel(channel: str) -> None:

@@ -8,6 +8,7 @@ in its :class:`Framing`), put it in channels with :meth:`Hub.join` in their own
 (``realtime_broker``). They never know each other.
 """
 
+from .census import Disconnect
 from .channels import ChannelRules, HookAnswer, NamespaceOptions, parse_duration
 from .closecode import CloseCode
 from .connection import ASGIConnection, ConnectionGone, Handler, Receive, Send
@@ -33,6 +34,7 @@ __all__ = [
     "Client",
     "CloseCode",
     "ConnectionGone",
+    "Disconnect",
     "Error",
     "Format",
     "Framing",
