@@ -11,6 +11,9 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
+import secrets
+import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,24 +21,19 @@ from typing import Any, TypeVar
 
 from quart import Quart, Response, request, send_file
 from werkzeug.datastructures import Headers, MultiDict
+from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_range_header
 
 from .errors import HTTPError, PluginError
 from .executor import ScriptThreads
+from .internal import build_internal_app, check_bind
 from .limits import ConnectionLimits
+from .logs import log_access, log_context
 from .options import CONFIG_FILE, Option, app_config_path, config_path, read_config, resolve
 from .origins import OriginCheck
 from .plugins import Plugins, await_me_maybe
 from .proxy import ForwardedHeadersMiddleware
-from .routes import (
-    ALL_METHODS,
-    TEXT,
-    AnyRoute,
-    ASGIDispatcher,
-    ASGIRoute,
-    WebSocketRoute,
-    route_kinds,
-)
+from .routes import ALL_METHODS, TEXT, AnyRoute, add_routes, check_routes
 from .scripts import (
     RESERVED_NAMES,
     SCRIPT_SUFFIX,
@@ -58,6 +56,7 @@ from .settings import (
     FORWARDED_ALLOW_IPS,
     GC_THRESHOLD,
     HOST_OPTIONS,
+    INTERNAL_BIND,
     MAX_BODY_SIZE,
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_IP,
@@ -74,13 +73,15 @@ from .settings import (
 from .settings import (
     LOG_LEVELS as LOG_LEVELS,
 )
-from .telemetry import Telemetry
+from .telemetry import NOOP, Instrument, Telemetry
 
 log = logging.getLogger("realtime")
 
 T = TypeVar("T")
 
 EXTENSION_KEY = "realtime"
+#: An ``X-Request-Id`` a proxy sent that is short and plain enough to log as it is.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 _current: contextvars.ContextVar[Host] = contextvars.ContextVar("realtime_current_host")
 
@@ -123,6 +124,15 @@ class Host:
         #: Which plugin registered each function, for conflicts and ``realtime plugins``.
         self.function_owner: dict[str, str] = {}
         self.routes: list[tuple[str, AnyRoute]] = []
+        #: ``register_internal_routes``' answers, served only by :attr:`internal_app`.
+        self.internal_routes: list[tuple[str, AnyRoute]] = []
+        #: The internal listener's app (``--internal-bind``); ``None`` when it is off.
+        self.internal_app: Quart | None = None
+        #: The refusing middlewares of the public app (set by ``build_app``), which
+        #: get their handshake counter at start-up.
+        self.limits: ConnectionLimits | None = None
+        self.origin_check: OriginCheck | None = None
+        self.script_duration: Instrument = NOOP
         self.compile_cache = CompileCache()
         self.executor: ScriptThreads | None = None
         #: Plugins whose ``startup`` (``connect``) ran, in order, for undoing in reverse.
@@ -144,18 +154,14 @@ class Host:
 
     def collect(self) -> None:
         """Gather routes and functions, refusing any name claimed twice."""
-        route_owner: dict[tuple[str, str], str] = {}
-        for plugin, routes in self.plugins.call_each("register_routes", host=self):
-            for route in routes:
-                for kind in route_kinds(route):
-                    key = (kind, route.path)
-                    if key in route_owner:
-                        raise PluginError(
-                            f"{kind} route {route.path!r} is claimed by both plugin "
-                            f"{route_owner[key]!r} and plugin {plugin!r}"
-                        )
-                    route_owner[key] = plugin
-                self.routes.append((plugin, route))
+        self.routes.extend(check_routes(self.plugins.call_each("register_routes", host=self)))
+        # The internal listener's own: the host answers /-/health there too.
+        self.internal_routes.extend(
+            check_routes(
+                self.plugins.call_each("register_internal_routes", host=self),
+                {("http", "/-/health"): "host"},
+            )
+        )
         function_owner = self.function_owner
         for plugin, functions in self.plugins.call_each("register_functions", host=self):
             for name, function in dict(functions).items():
@@ -179,6 +185,10 @@ class Host:
             raise PluginError("--backlog must be at least 1")
         if self.setting(GC_THRESHOLD) < 0:
             raise PluginError("--gc-threshold must be 0 (Python's default) or positive")
+        try:
+            check_bind(self)
+        except ValueError as exc:
+            raise PluginError(str(exc)) from None
         for plugin, call in self.plugins.bound("validate", host=self):
             try:
                 call()
@@ -190,19 +200,10 @@ class Host:
                 ) from exc
 
     def install(self) -> None:
-        asgi_routes = [route for _, route in self.routes if isinstance(route, ASGIRoute)]
-        if asgi_routes:
-            self.app.asgi_app = ASGIDispatcher(self.app.asgi_app, asgi_routes)  # type: ignore[method-assign]
-        for plugin, route in self.routes:
-            endpoint_name = f"{plugin}:{route.path}"
-            if isinstance(route, ASGIRoute):
-                continue
-            if isinstance(route, WebSocketRoute):
-                self.app.add_websocket(route.path, endpoint_name, route.endpoint)
-            else:
-                self.app.add_url_rule(
-                    route.path, endpoint_name, route.endpoint, methods=list(route.methods)
-                )
+        add_routes(self.app, self.routes)
+        if self.setting(INTERNAL_BIND):
+            self.internal_app = build_internal_app(self)
+            self.internal_app.extensions[EXTENSION_KEY] = self
         self.app.register_error_handler(HTTPError, self.http_error)
         self.app.add_url_rule("/-/health", "realtime:health", self.health)
         for rule in ("/", "/<path:path>"):
@@ -225,6 +226,7 @@ class Host:
         A failure stops start-up naming the plugin, after cleaning up what had started.
         """
         self.executor = ScriptThreads(self.setting(THREADS))
+        self._make_instruments()
         token = _current.set(self)
         try:
             for hook, done in (("startup", self._started), ("connect", self._connected)):
@@ -240,6 +242,21 @@ class Host:
                     done.append(plugin)
         finally:
             _current.reset(token)
+
+    def _make_instruments(self) -> None:
+        """The host's own, made here: after the fork and the exporter's installation."""
+        self.script_duration = self.telemetry.histogram(
+            "realtime_script_duration_seconds",
+            "Drop-in script runs, by the HTTP status answered",
+            ("status",),
+        )
+        handshakes = self.telemetry.counter(
+            "realtime_handshakes_total", "WebSocket handshakes, by outcome", ("result",)
+        )
+        if self.limits is not None:
+            self.limits.handshakes = handshakes
+        if self.origin_check is not None:
+            self.origin_check.handshakes = handshakes
 
     async def health(self) -> tuple[str, int]:
         """For load balancers: 503 once stopping, or while a plugin reports a problem."""
@@ -333,6 +350,30 @@ class Host:
         return await send_file(target, conditional=True)
 
     async def run_script(self, path: Path) -> Response:
+        """:meth:`_run_script`, timed, logged and counted once per run whatever it answers.
+
+        Under a request id (a proxy's plain ``X-Request-Id``, else a fresh one), which
+        every record of the run carries, the script's own included: its thread runs in
+        a copy of this context.
+        """
+        given = request.headers.get("X-Request-Id", "")
+        request_id = given if REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+        started = time.perf_counter()
+        status = 500
+        with log_context(request=request_id):
+            try:
+                response = await self._run_script(path)
+                status = response.status_code
+                return response
+            except HTTPException as exc:  # Quart's own: a body over MAX_CONTENT_LENGTH
+                status = exc.code or 500
+                raise
+            finally:
+                duration = time.perf_counter() - started
+                self.script_duration.labels(str(status)).observe(duration)
+                log_access("script", request.method, request.path, status, duration)
+
+    async def _run_script(self, path: Path) -> Response:
         """Run a script for a method it accepts (``METHODS``, else GET and POST).
 
         HEAD and OPTIONS are answered from its declaration without running it, so a
@@ -527,16 +568,17 @@ def build_app(
     host.collect()
     host.validate()
     host.install()
-    app.asgi_app = ConnectionLimits(  # type: ignore[method-assign]
+    host.limits = ConnectionLimits(
         app.asgi_app,
         total=MAX_CONNECTIONS.get(settings),
         per_address=MAX_CONNECTIONS_PER_IP.get(settings),
     )
-    app.asgi_app = OriginCheck(  # type: ignore[method-assign]
-        app.asgi_app,
+    host.origin_check = OriginCheck(
+        host.limits,
         ALLOWED_ORIGINS.get(settings).split(","),
         ALLOWED_HOSTS.get(settings).split(","),
     )
+    app.asgi_app = host.origin_check  # type: ignore[method-assign]
     trusted = [ip.strip() for ip in FORWARDED_ALLOW_IPS.get(settings).split(",") if ip.strip()]
     app.asgi_app = ForwardedHeadersMiddleware(app.asgi_app, trusted)  # type: ignore[method-assign]
     return app

@@ -15,9 +15,12 @@ import logging
 import resource
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .routes import ASGIApp, deny_websocket
+
+if TYPE_CHECKING:
+    from .telemetry import Instrument
 
 log = logging.getLogger("realtime")
 
@@ -125,7 +128,8 @@ class ConnectionLimits:
     connection counts until its ASGI call returns, or, if the app called
     ``scope[DETACH]()``, until it calls the release that returned.
     A refused handshake gets an HTTP status (429 per address, 503 in total) when the
-    server supports ASGI's WebSocket denial responses, a 403 otherwise.
+    server supports ASGI's WebSocket denial responses, a 403 otherwise, and counts in
+    :attr:`handshakes` as ``per_ip`` or ``capacity`` (the host sets it at start-up).
     """
 
     def __init__(self, app: ASGIApp, *, total: int, per_address: int) -> None:
@@ -136,6 +140,11 @@ class ConnectionLimits:
         self.by_address: dict[str, int] = {}
         self.refused = 0
         self._throttle = LogThrottle()
+        # Here, not at the top: telemetry imports this module for LogThrottle.
+        from .telemetry import NOOP
+
+        #: ``realtime_handshakes_total{result}``: a no-op until the host's start-up.
+        self.handshakes: Instrument = NOOP
 
     def limit(self) -> int:
         """The total cap; 0 in the settings means a share of the open-file limit."""
@@ -155,11 +164,16 @@ class ConnectionLimits:
         held = self.by_address.get(address, 0)
         if self.per_address and held >= self.per_address:
             await self._refuse(
-                scope, send, 429, f"too many connections from {address} (limit {self.per_address})"
+                scope,
+                send,
+                429,
+                f"too many connections from {address} (limit {self.per_address})",
+                "per_ip",
             )
             return
         if self.open >= self.limit():
-            await self._refuse(scope, send, 503, f"server full ({self.total} connections)")
+            reason = f"server full ({self.total} connections)"
+            await self._refuse(scope, send, 503, reason, "capacity")
             return
         self.open += 1
         self.by_address[address] = held + 1
@@ -179,8 +193,9 @@ class ConnectionLimits:
         else:
             del self.by_address[address]
 
-    async def _refuse(self, scope: Any, send: Any, status: int, reason: str) -> None:
+    async def _refuse(self, scope: Any, send: Any, status: int, reason: str, result: str) -> None:
         self.refused += 1
+        self.handshakes.labels(result).inc()
         self._throttle.warn(log, str(status), "refused a WebSocket: %s", reason)
         retry = ((b"retry-after", b"5"),) if status == 503 else ()
         await deny_websocket(scope, send, status, reason, close_code=1013, headers=retry)

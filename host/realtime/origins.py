@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from .limits import LogThrottle
 from .routes import ASGIApp, deny_websocket
+from .telemetry import NOOP, Instrument
 
 log = logging.getLogger("realtime")
 
@@ -69,6 +70,8 @@ class OriginCheck:
         self.refused = 0
         self.refused_hosts = 0
         self._throttle = LogThrottle()
+        #: ``realtime_handshakes_total{result}`` (``origin``, ``host``): set at start-up.
+        self.handshakes: Instrument = NOOP
 
     def host_allowed(self, host: str) -> bool:
         if not self.hosts:
@@ -109,6 +112,7 @@ class OriginCheck:
         self, scope: Any, send: Any, origin: str, host: str | None
     ) -> Coroutine[Any, Any, None]:
         self.refused += 1
+        self.handshakes.labels("origin").inc()
         self._throttle.warn(
             log,
             "origin",
@@ -126,6 +130,7 @@ class OriginCheck:
         )
         body = "this host name is not served here (see --allowed-hosts)"
         if scope["type"] == "websocket":
+            self.handshakes.labels("host").inc()
             return deny_websocket(scope, send, 400, body, close_code=1008)
         return _bad_request(send, body)
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import PluginError
+
+if TYPE_CHECKING:
+    from quart import Quart
 
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -72,6 +77,44 @@ def route_kinds(route: AnyRoute) -> tuple[str, ...]:
     if isinstance(route, ASGIRoute):
         return route.scope_types
     return ("websocket",) if isinstance(route, WebSocketRoute) else ("http",)
+
+
+def check_routes(
+    claims: Iterable[tuple[str, Iterable[AnyRoute]]],
+    owners: dict[tuple[str, str], str] | None = None,
+) -> list[tuple[str, AnyRoute]]:
+    """``(plugin, route)`` for every route claimed, refusing a path claimed twice for one
+    scope type and naming both claimants (``owners`` seeds claims already made)."""
+    route_owner = {} if owners is None else owners
+    collected: list[tuple[str, AnyRoute]] = []
+    for plugin, routes in claims:
+        for route in routes:
+            for kind in route_kinds(route):
+                key = (kind, route.path)
+                if key in route_owner:
+                    raise PluginError(
+                        f"{kind} route {route.path!r} is claimed by both plugin "
+                        f"{route_owner[key]!r} and plugin {plugin!r}"
+                    )
+                route_owner[key] = plugin
+            collected.append((plugin, route))
+    return collected
+
+
+def add_routes(app: Quart, routes: Iterable[tuple[str, AnyRoute]]) -> None:
+    """Serve ``routes`` on ``app``: Quart views as its rules, ASGI routes ahead of Quart."""
+    routes = list(routes)
+    asgi_routes = [route for _, route in routes if isinstance(route, ASGIRoute)]
+    if asgi_routes:
+        app.asgi_app = ASGIDispatcher(app.asgi_app, asgi_routes)  # type: ignore[method-assign]
+    for plugin, route in routes:
+        endpoint_name = f"{plugin}:{route.path}"
+        if isinstance(route, ASGIRoute):
+            continue
+        if isinstance(route, WebSocketRoute):
+            app.add_websocket(route.path, endpoint_name, route.endpoint)
+        else:
+            app.add_url_rule(route.path, endpoint_name, route.endpoint, methods=list(route.methods))
 
 
 class ASGIDispatcher:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -15,12 +16,14 @@ from typing import Any
 
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config as ServerConfig
-from hypercorn.utils import LifespanFailureError, wrap_app
+from hypercorn.utils import LifespanFailureError, repr_socket_addr, wrap_app
 
 from . import gcpolicy, internals, tcp
 from .errors import PluginError
-from .host import get_host
+from .host import Host, get_host
+from .internal import internal_server_config
 from .limits import LogThrottle, throttled_exception_handler
+from .settings import INTERNAL_BIND
 
 log = logging.getLogger("realtime")
 
@@ -64,8 +67,15 @@ def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any
 
 
 async def _serve(app: Any, config: ServerConfig) -> None:
-    """Serve until SIGINT or SIGTERM, then let plugins drain before Hypercorn stops."""
+    """Serve until SIGINT or SIGTERM, then let plugins drain before Hypercorn stops.
+
+    With ``--internal-bind``, the internal app is served beside, in this loop: bound
+    first (a bad address stops start-up before any plugin connects), serving once
+    the host has started (its ``/-/health`` must not say ok before), stopped once the
+    public listener has drained.
+    """
     host = get_host(app)
+    internal = _Internal(host, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -82,14 +92,94 @@ async def _serve(app: Any, config: ServerConfig) -> None:
         # interval after the socket is gone. Don't make Ctrl-C wait for them.
         config.graceful_timeout = DRAINED_GRACE
         loop.set_exception_handler(_quiet_cancellations)
+        internal.stopping.set()
 
     # Frozen in each worker once its start-up is done (after the fork, plugins started).
-    wrapped = wrap_app(gcpolicy.frozen_after_startup(app), config.wsgi_max_body_size, mode="asgi")
+    frozen = gcpolicy.frozen_after_startup(_after_startup(app, internal.started.set))
+    wrapped = wrap_app(frozen, config.wsgi_max_body_size, mode="asgi")
     # Once per process: where the libraries are not what the fast path knows, say so
     # (the takeover, the guard and the lean TCP server then stay off by themselves).
     internals.warn(log)
     tcp.install()
-    await worker_serve(wrapped, config, shutdown_trigger=shutdown_trigger)
+    internal.start(stop)
+    try:
+        await worker_serve(wrapped, config, shutdown_trigger=shutdown_trigger)
+    finally:
+        await internal.stop()
+
+
+def _after_startup(app: Any, callback: Callable[[], None]) -> Any:
+    """``app``, calling ``callback`` once its lifespan start-up has completed."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_and_call(message: Any) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                callback()
+
+        await app(scope, receive, send_and_call)
+
+    return wrapped
+
+
+class _Internal:
+    """The internal listener of one serving process, if ``--internal-bind`` is set."""
+
+    def __init__(self, host: Host, public: ServerConfig) -> None:
+        self.host = host
+        self.bind = host.setting(INTERNAL_BIND)
+        self.config = internal_server_config(public, self.bind, DRAINED_GRACE)
+        #: Set once the host has started, and once the public listener has drained.
+        self.started = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, stop: asyncio.Event) -> None:
+        """Bind now, serve once started; a failure of the listener stops the process."""
+        app = self.host.internal_app
+        if app is None:
+            return
+        try:
+            sockets = self.config.create_sockets()
+        except OSError as exc:
+            raise PluginError(f"--internal-bind {self.bind}: {exc}") from exc
+        for sock in sockets.insecure_sockets:
+            where = repr_socket_addr(sock.family, sock.getsockname())
+            log.info("internal listener on %s (pid %d)", where, os.getpid())
+        wrapped = wrap_app(app, self.config.wsgi_max_body_size, mode="asgi")
+
+        async def serve() -> None:
+            await self.started.wait()
+            await worker_serve(
+                wrapped, self.config, sockets=sockets, shutdown_trigger=self.stopping.wait
+            )
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None and not stop.is_set():
+                log.error("the internal listener failed; stopping", exc_info=task.exception())
+                stop.set()
+
+        self.task = asyncio.create_task(serve(), name="realtime internal listener")
+        self.task.add_done_callback(done)
+
+    async def stop(self) -> None:
+        """After the public listener: let the internal one close its connections."""
+        task, self.task = self.task, None
+        if task is None:
+            return
+        self.stopping.set()
+        if not self.started.is_set():
+            task.cancel()  # the host never started: nothing was served
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            raise PluginError(f"the internal listener failed: {type(exc).__name__}: {exc}") from exc
 
 
 def supervise(app: Any, config: ServerConfig, factory: LoopFactory, workers: int) -> int:
@@ -106,6 +196,20 @@ def supervise(app: Any, config: ServerConfig, factory: LoopFactory, workers: int
     children: dict[int, tuple[int, float]] = {}
     stopping = False
     exit_code = 0
+
+    host = get_host(app)
+
+    def exited(pid: int) -> None:
+        """Tell plugins, before any replacement: a failing one is logged, never fatal."""
+        for plugin, call in host.plugins.bound("worker_exited", host=host, pid=pid):
+            try:
+                result = call()
+                if inspect.isawaitable(result):
+                    with contextlib.suppress(AttributeError):
+                        result.close()  # type: ignore[attr-defined]
+                    raise TypeError("worker_exited runs in the supervisor: it must not be async")
+            except Exception:
+                log.error("plugin %r failed in worker_exited (pid %d)", plugin, pid, exc_info=True)
 
     def spawn(index: int) -> None:
         pid = os.fork()
@@ -138,6 +242,7 @@ def supervise(app: Any, config: ServerConfig, factory: LoopFactory, workers: int
             break
         index, started = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
+        exited(pid)
         if stopping:
             exit_code = exit_code or (0 if code == 0 else 1)
             continue
