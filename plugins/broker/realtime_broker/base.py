@@ -25,6 +25,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from realtime.telemetry import NOOP, Instrument
+
 # Re-exported: they were defined here first.
 from .errors import BrokerUnavailable as BrokerUnavailable
 from .errors import HistoryUnavailable as HistoryUnavailable
@@ -185,6 +187,13 @@ class Broker(ABC):
         #: Who is in each channel, where this broker offers presence (set by subclasses).
         self.presence_manager: PresenceManager | None = None
         self.control_handlers: list[ControlHandler] = []
+        #: Publications this process found it missed (a distributed broker counts the
+        #: gaps in its numbering), and reads of channels' streams: running counts,
+        #: which ``/metrics`` samples (:mod:`.metrics`).
+        self.missed = 0
+        self.history_reads = 0
+        #: Observes each publish's duration (the broker plugin's startup sets it).
+        self.publish_seconds: Instrument = NOOP
         # Here, not at the top: the plugin module, which declares the settings, imports
         # this one.
         from .plugin import PRESENCE_TTL, PRESENCE_UPDATE_INTERVAL
@@ -425,6 +434,7 @@ class Broker(ABC):
         none, :class:`UnrecoverablePosition` when ``since`` is not in the stream.
         """
         self._check_history(channel)
+        self.history_reads += 1
         return await self._read_history(channel, limit, since, reverse)
 
     def history_sync(
@@ -594,6 +604,12 @@ class Broker(ABC):
         if mode is None or not mode.listed:
             raise PresenceUnavailable(f"channel {channel!r} keeps no presence")
         return manager
+
+    @property
+    def up(self) -> bool:
+        """Whether it reaches the other processes now (``realtime_broker_up``): from
+        :meth:`start` to :meth:`close` here; a distributed broker says more."""
+        return self.loop is not None
 
     def problem(self) -> str | None:
         """Why this process should get no new clients (for ``/-/health``); ``None`` if none.

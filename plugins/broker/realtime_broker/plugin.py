@@ -7,6 +7,7 @@ import logging
 from realtime import Host, Option, hookimpl
 
 from .base import Broker
+from .metrics import BrokerMetrics
 from .presence import PRESENCE_TTL as DEFAULT_PRESENCE_TTL
 from .presence import PRESENCE_UPDATE_INTERVAL as DEFAULT_PRESENCE_UPDATE_INTERVAL
 from .redis import POSITION_CHECK_INTERVAL as DEFAULT_POSITION_CHECK_INTERVAL
@@ -78,6 +79,12 @@ def register_options() -> list[Option]:
 @hookimpl
 def validate(host: Host) -> None:
     create_broker(host)
+
+
+@hookimpl
+def startup(host: Host) -> None:
+    """The broker's instruments (after the exporter's installation and the fork)."""
+    BrokerMetrics(host.telemetry, get_broker(host))
 
 
 @hookimpl

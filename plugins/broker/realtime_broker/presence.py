@@ -96,6 +96,11 @@ class PresenceManager(ABC):
     async def close(self) -> None:  # noqa: B027 (optional: not abstract)
         """Stop; this process's members leave (or expire) with it."""
 
+    def local_members(self) -> int:
+        """Members this process put in presence and keeps there (its own clients, a
+        client counted once per channel): ``realtime_presence_members``."""
+        return 0
+
     @abstractmethod
     async def join(self, channel: str, member: Member, announce: bool) -> None:
         """Add or renew ``member``; never raises for the store being out of reach."""
@@ -161,6 +166,10 @@ class MemoryPresence:
     def stats(self, channel: str) -> PresenceStats:
         return PresenceStats(len(self._members.get(channel, ())), len(self._users.get(channel, ())))
 
+    def size(self) -> int:
+        """Members of every channel (all this process's: nobody else adds any)."""
+        return sum(len(members) for members in self._members.values())
+
 
 class MemoryPresenceManager(PresenceManager):
     """:class:`MemoryPresence` as a :class:`PresenceManager` (``memory://``)."""
@@ -168,6 +177,9 @@ class MemoryPresenceManager(PresenceManager):
     def __init__(self, report: PresenceHandler) -> None:
         self.store = MemoryPresence()
         self._report = report
+
+    def local_members(self) -> int:
+        return self.store.size()
 
     async def join(self, channel: str, member: Member, announce: bool) -> None:
         event = self.store.add(channel, member)

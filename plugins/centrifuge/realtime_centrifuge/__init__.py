@@ -1,7 +1,8 @@
 """Centrifuge client protocol v2 (Centrifugo's), so centrifuge-js, centrifuge-python
 and cent work unchanged: codes, the JSON codec, its extension of the hub's channel
 policy (tokens, hooks, numbered errors: :mod:`.policy`), JWTs and the per-connection
-session. Nothing here touches a socket or a broker.
+session. Nothing here touches a socket or a broker, but :func:`server_api` (the
+running plugin's server API, for the admin page).
 
 ``ChannelRules``, ``NamespaceOptions``, ``HookAnswer`` and ``parse_duration`` are the
 hub's (:mod:`realtime_hub.channels`), re-exported for applications that import them
@@ -66,6 +67,7 @@ from .codes import (
     Error,
     Unsubscribe,
 )
+from .plugin import server_api
 from .session import MAX_TTL_SECONDS, Backend, ConnectAuth, Session, SessionOptions
 from .tokens import (
     ChannelGrant,
@@ -148,4 +150,5 @@ __all__ = [
     "encode_push",
     "encode_reply",
     "parse_duration",
+    "server_api",
 ]

@@ -18,9 +18,11 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
+from realtime import log_access
 from realtime.routes import TEXT
 from realtime_broker.plugin import MAX_MESSAGE_SIZE
 from realtime_hub.channels import ChannelRules
@@ -44,6 +46,11 @@ API_OFF = "the server API is off: set api_key (REALTIME_API_KEY) to turn it on"
 
 _JSON = b"application/json"
 Params = Mapping[str, Any]
+#: Told how long each call took: (method, seconds); the method is one of
+#: :attr:`ServerAPI.METHODS` or whatever else was asked (the observer bounds it).
+Observer = Callable[[str, float], None]
+#: The status logged for a request whose client left before it was answered.
+CLIENT_GONE = 499
 
 
 class APIBackend(Protocol):
@@ -141,8 +148,11 @@ class ServerAPI:
         *,
         max_body_size: int = 1024 * 1024,
         max_message_size: int = MAX_MESSAGE_SIZE.default,
+        observe: Observer | None = None,
     ) -> None:
         self.backend = backend
+        #: Each call's duration, for ``realtime_api_duration_seconds``.
+        self._observe = observe
         self.rules = rules
         self._key = key.encode()
         self.max_body_size = max_body_size
@@ -179,30 +189,45 @@ class ServerAPI:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
+        started = time.perf_counter()
         name = scope["path"].rstrip("/").rsplit("/", 1)[-1]
+        status = CLIENT_GONE
+        try:
+            status = await self._serve(name, scope, receive, send)
+        finally:
+            # One access line and one duration per request, refused ones included
+            # (the path as routed: ASGI keeps the query string apart).
+            elapsed = time.perf_counter() - started
+            if self._observe is not None:
+                self._observe(name, elapsed)
+            log_access("api", str(scope["method"])[:16], scope["path"], status, elapsed)
+
+    async def _serve(self, name: str, scope: Any, receive: Any, send: Any) -> int:
+        """Answer one request; the HTTP status sent (:data:`CLIENT_GONE` if none)."""
         if name not in self.METHODS:
             await send_text(send, 404, "method not found")
-            return
+            return 404
         if not self.enabled:
             if not self._warned_off:
                 self._warned_off = True
                 log.warning("a server API request was refused: %s", API_OFF)
             await send_text(send, 404, API_OFF)
-            return
+            return 404
         if scope["method"] != "POST":
             await send_text(send, 405, "method not allowed: use POST", [(b"allow", b"POST")])
-            return
+            return 405
         if not self._authorized(scope["headers"]):
             await send_text(send, 401, "unauthorized", [(b"www-authenticate", b"apikey")])
-            return
-        body = await self._read_body(scope, receive, send)
+            return 401
+        body, status = await self._read_body(scope, receive, send)
         if body is None:
-            return
-        status, payload = await self.call(name, body)
+            return status
+        status, payload = await self._call(name, body)
         if status == 200:
             await _send(send, 200, payload, _JSON)
         else:
             await send_text(send, status, payload.decode())
+        return status
 
     def _authorized(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         """``X-API-Key: KEY`` or ``Authorization: apikey KEY``, as Centrifugo takes them."""
@@ -222,8 +247,9 @@ class ServerAPI:
             ok = hmac.compare_digest(candidate, self._key) or ok
         return ok
 
-    async def _read_body(self, scope: Any, receive: Any, send: Any) -> bytes | None:
-        """The body, never buffering more than ``max_body_size``; None once answered."""
+    async def _read_body(self, scope: Any, receive: Any, send: Any) -> tuple[bytes | None, int]:
+        """The body, never buffering more than ``max_body_size``; None once answered
+        (413), or when the client left (:data:`CLIENT_GONE`): with the status."""
         limit = self.max_body_size
         for header, value in scope["headers"]:
             if header.lower() == b"content-length":
@@ -233,29 +259,40 @@ class ServerAPI:
                     declared = 0
                 if declared > limit:
                     await send_text(send, 413, f"request body over {limit} bytes")
-                    return None
+                    return None, 413
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return None
+                return None, CLIENT_GONE
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 await send_text(send, 413, f"request body over {limit} bytes")
-                return None
+                return None, 413
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return b"".join(chunks), 200
 
     # -- dispatch --------------------------------------------------------------------
 
     async def call(self, name: str, body: bytes) -> tuple[int, bytes]:
         """Run method ``name`` on a request body: (HTTP status, response body).
 
-        200 carries JSON (a result or an API error); other statuses carry text.
+        In-process, for trusted callers (the admin page): no key is asked for, and it
+        works while the HTTP API is off (no key set). 200 carries JSON (a result or an
+        API error); other statuses carry text. Timed as an HTTP call is; not logged.
         """
+        started = time.perf_counter()
+        try:
+            return await self._call(name, body)
+        finally:
+            if self._observe is not None:
+                self._observe(name, time.perf_counter() - started)
+
+    async def _call(self, name: str, body: bytes) -> tuple[int, bytes]:
+        """:meth:`call`, untimed (the HTTP request around it is timed)."""
         if name in NOT_IMPLEMENTED:
             return 200, _error(Error(104, f"method not found: {name} is not implemented here"))
         handler = self._handlers.get(name)

@@ -11,6 +11,7 @@ control messages it sent (a forged one on Redis is dropped there).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -28,6 +29,7 @@ from .api import ServerAPI
 from .codec import RawJSON
 from .codes import ERROR_INTERNAL, Disconnect, DisconnectError, Error
 from .history import read_history, read_presence, read_presence_stats, remove_history
+from .metrics import CentrifugeMetrics
 from .session import Session, SessionOptions
 from .tokens import TokenSigner, TokenVerifier
 from .transport import CentrifugeFormat, member_info, payload
@@ -77,6 +79,11 @@ class Node:
         self.signer = signer
         #: Why scripts cannot mint tokens here, when ``signer`` is None.
         self.signer_missing = signer_missing
+        #: Its instruments, made here (in the plugin's startup, after the exporter's
+        #: installation); sessions are timed only while they export.
+        self.metrics = CentrifugeMetrics(host.telemetry, ServerAPI.METHODS)
+        if self.metrics.enabled:
+            options = dataclasses.replace(options, metrics=self.metrics)
         self.options = options
         self.connect_timeout = connect_timeout
         self.version = version
@@ -106,6 +113,7 @@ class Node:
             api_key,
             max_body_size=max_body_size,
             max_message_size=max_message_size,
+            observe=self.metrics.api,
         )
 
     def format_for(self, join_leave: bool) -> CentrifugeFormat:
@@ -155,6 +163,7 @@ class Node:
             await self.broker.publish(channel, Publication(str(data), json=True))
         except BrokerUnavailable:
             raise Error(ERROR_INTERNAL.code) from None
+        self.metrics.published_api.inc()  # a broadcast: once per channel, as each comes here
         return {}
 
     async def history(

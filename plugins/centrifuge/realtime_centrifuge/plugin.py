@@ -287,6 +287,14 @@ def get_node(host: Host) -> Node:
     return node
 
 
+def server_api(host: Host) -> ServerAPI | None:
+    """The running node's server API, for trusted in-process callers (the admin page):
+    its ``call(name, body)`` runs a method with no key check. None while the plugin
+    is not started (before start-up, after shutdown, or disabled)."""
+    node = host.app.extensions.get(EXTENSION_KEY)
+    return node.api if isinstance(node, Node) else None
+
+
 @hookimpl
 def register_routes(host: Host) -> list[ASGIRoute]:
     websocket = endpoint(lambda: get_node(host))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from realtime.logs import CONTEXT
 from realtime_broker import BrokerUnavailable, Member, PresenceEvent, Publication, StreamPosition
 from realtime_hub import ASGIConnection, Client, CloseCode, Held, Hub, Receive, Send
 
@@ -357,6 +358,7 @@ class ConnectionBackend:
             raise Error(ERROR_INTERNAL.code) from None  # temporary: the SDK retries
         except ValueError as exc:  # the publisher's info over the broker's bound
             raise Error(ERROR_INTERNAL.code, f"not published: {exc}"[:200], False) from None
+        self.node.metrics.published_client.inc()
 
 
 def client_info_json(info: Mapping[str, Any]) -> str:
@@ -400,7 +402,8 @@ class SessionHandler:
     costs no task while it is idle.
     """
 
-    __slots__ = ("_connect_by", "_ticking", "_timer", "client", "node", "registered", "session")
+    __slots__ = ("_connect_by", "_ids", "_ticking", "_timer", "client", "node", "registered",
+                 "session")  # fmt: skip
 
     def __init__(self, node: Node, client: Client, scope: Any) -> None:
         self.node = node
@@ -410,6 +413,10 @@ class SessionHandler:
         )
         client.state = self.session
         self.registered = False
+        #: The log ids of this connection's work (``connection``, then ``client`` once
+        #: connected), set at the start of each frame and timer: with the hub's fast
+        #: path each runs in a task of its own, so a binding would not outlive it.
+        self._ids: Mapping[str, str] = {**CONTEXT.get(), "connection": str(client.id)}
         # A client must connect within the timeout (3502 "stale" otherwise).
         self._connect_by = time.time() + node.connect_timeout
         self._timer: asyncio.TimerHandle | None = None
@@ -439,12 +446,14 @@ class SessionHandler:
         self.node.spawn(self._close_session())
 
     async def _close_session(self) -> None:
+        CONTEXT.set(self._ids)
         try:
             await self.session.close()
         finally:
             self.client.state = None  # the session refers to the client: no cycle kept
 
     async def _frame(self, data: str | bytes) -> None:
+        CONTEXT.set(self._ids)
         ticking = self._ticking
         if ticking is not None:
             await asyncio.shield(ticking)  # what was due goes first, as it was due first
@@ -464,6 +473,8 @@ class SessionHandler:
             if session.connected and not self.registered and not self.client.closing:
                 self.registered = True
                 self.node.register(self.client, session)
+                self._ids = {**self._ids, "client": session.client_id}
+                CONTEXT.set(self._ids)
         except DisconnectError as exc:
             await self._disconnect(exc)
         self._arm()
@@ -490,6 +501,7 @@ class SessionHandler:
             self._ticking = asyncio.get_running_loop().create_task(self._tick())
 
     async def _tick(self) -> None:
+        CONTEXT.set(self._ids)
         session = self.session
         try:
             now = time.time()

@@ -175,6 +175,11 @@ class RedisBroker(RedisListener):
             await self._publisher.aclose()
             self._publisher = None
 
+    @property
+    def up(self) -> bool:
+        """While its subscription to Redis is up (it hears the other processes)."""
+        return self._listener is not None and not self._listener.done() and self.subscribed
+
     def problem(self) -> str | None:
         """Unhealthy while this process hears no broadcasts: its clients would miss them."""
         listener = self._listener
@@ -194,6 +199,14 @@ class RedisBroker(RedisListener):
     # Publishing and history ---------------------------------------------------------
 
     async def publish(self, channel: str, data: str | bytes | Publication) -> int:
+        started = time.perf_counter()
+        try:
+            return await self._publish(channel, data)
+        finally:
+            self.publish_seconds.observe(time.perf_counter() - started)
+
+    async def _publish(self, channel: str, data: str | bytes | Publication) -> int:
+        """:meth:`publish`, untimed: one ``publish.lua`` call."""
         if self._publisher is None or self._script is None:
             raise BrokerUnavailable("the broker is not running")
         payload = encode(as_publication(data), self.max_message_size)

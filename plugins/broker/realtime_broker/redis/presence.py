@@ -81,6 +81,9 @@ class RedisPresence(PresenceManager):
             lambda kind, why: tally.add(kind, f"ignored join or leave message(s) {why}"),
         )
 
+    def local_members(self) -> int:
+        return sum(len(members) for members in self.present.values())
+
     def bind(self, client: Redis) -> None:
         """Use ``client`` for the scripts (the broker's publishing connection pool)."""
         self.client = client

@@ -46,6 +46,16 @@ class HistoryPage:
     size: int = 0
 
 
+class SessionMetrics(Protocol):
+    """What a session reports for ``/metrics`` (the node's ``CentrifugeMetrics``)."""
+
+    def command(self, method: str, seconds: float) -> None:
+        """A command took ``seconds``, from its dispatch to its encoded reply."""
+
+    def auth_refused(self) -> None:
+        """A connect was refused for its token, or by the connect hook (no credentials)."""
+
+
 class Backend(Protocol):
     """What a session needs from outside; one per connection.
 

@@ -62,10 +62,13 @@ class Connecting(Subscribing):
             try:
                 claims = self.verifier.verify_connection(token, now)
             except TokenExpired:
+                self._auth_refused()
                 return ERROR_TOKEN_EXPIRED
             except ExpiredConnection as exc:
+                self._auth_refused()
                 return self._unknown_channel(exc.claims.subscriptions) or ERROR_EXPIRED
             except TokenInvalid:
+                self._auth_refused()
                 raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
             user, info, meta, expire_at = claims.user, claims.info, claims.meta, claims.expire_at
             for channel, grant in claims.subscriptions.items():
@@ -80,6 +83,7 @@ class Connecting(Subscribing):
                 headers=command.get_map("headers"),
             )
             if isinstance(answer, Error):
+                self._auth_refused()
                 return answer
             if isinstance(answer, ConnectAuth):
                 user, info, meta, data = answer.user, answer.info, answer.meta, answer.data
@@ -91,8 +95,10 @@ class Connecting(Subscribing):
             elif self.options.allow_anonymous_connect_without_token:
                 user = ""
             else:
+                self._auth_refused()
                 raise DisconnectError(DISCONNECT_BAD_REQUEST)  # Go: no credentials
             if expire_at is not None and expire_at <= now:
+                self._auth_refused()
                 return ERROR_EXPIRED
         if error := self._unknown_channel(subs):
             return error
@@ -144,6 +150,12 @@ class Connecting(Subscribing):
             "ping": int(interval),
             "pong": interval > 0 and self.options.pong_timeout > 0,
         }
+
+    def _auth_refused(self) -> None:
+        """Count a connect refused for its credentials (``realtime_handshakes_total``)."""
+        metrics = self.options.metrics
+        if metrics is not None:
+            metrics.auth_refused()
 
     async def _abandon_connect(self) -> None:
         """A failed connect: out of the channels it joined, and nothing of theirs sent

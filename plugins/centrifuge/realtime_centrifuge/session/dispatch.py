@@ -101,6 +101,9 @@ class Session(Connecting, Commands):
             return None
         result: Result
         self._budget = self.options.reply_bytes
+        # One clock reading at each end, and only while someone exports the time.
+        metrics = self.options.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             handler: Callable[[Command], Awaitable[Result]]
             handler = getattr(self, self._HANDLERS[command.method])
@@ -108,22 +111,26 @@ class Session(Connecting, Commands):
         except Error as exc:
             result = exc
         except DisconnectError:
+            if metrics is not None:
+                metrics.command(command.method, time.perf_counter() - started)
             raise
         except Exception:
             logger.exception("%s failed for client %s", command.method, self.client_id)
             result = ERROR_INTERNAL
-        if command.method == "send":
-            return None
-        if isinstance(result, Error):
-            if command.method == "connect":
-                self._rejected = True
-            reply = encode_error(command.id, result)
-        else:
-            reply = encode_reply(command.id, command.method, result)
+        reply: str | None = None
+        if command.method != "send":
+            if isinstance(result, Error):
+                if command.method == "connect":
+                    self._rejected = True
+                reply = encode_error(command.id, result)
+            else:
+                reply = encode_reply(command.id, command.method, result)
         if self._recovering is not None:
             if not isinstance(result, Error):  # the time of recoveries, not of failures
                 self.backend.recovered(time.perf_counter() - self._recovering)
             self._recovering = None
+        if metrics is not None:
+            metrics.command(command.method, time.perf_counter() - started)
         return reply
 
     def _pong(self) -> None:

@@ -30,7 +30,7 @@ from ..budget import (
 from ..codec import Command
 from ..codes import DISCONNECT_BAD_REQUEST, DisconnectError, Error
 from ..tokens import TokenVerifier
-from .backend import Backend
+from .backend import Backend, SessionMetrics
 
 #: One logger for the whole session, whichever part of it logs.
 logger = logging.getLogger("realtime_centrifuge.session")
@@ -93,6 +93,9 @@ class SessionOptions:
     #: Subscribers of a channel (in this process) above which joins and leaves are
     #: not pushed (:func:`realtime_centrifuge.budget.join_leave_pushed`); 0: no bound.
     max_join_leave_subscribers: int = MAX_JOIN_LEAVE_SUBSCRIBERS
+    #: Where commands' durations and refused connects are reported; None: not timed
+    #: (no exporter installed), so a command costs no clock reading.
+    metrics: SessionMetrics | None = field(default=None, repr=False, compare=False)
     #: The command rate every session of these options shares; its burst is at least
     #: ``max_commands``, so a frame of batched subscribes at connect always passes.
     command_limit: Rate = field(init=False, repr=False, compare=False)
