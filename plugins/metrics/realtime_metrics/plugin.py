@@ -33,6 +33,7 @@ METRICS = Option(
     True,
     "export Prometheus metrics at /metrics on the internal listener (--internal-bind); "
     "--no-metrics: no exporter, every instrument a no-op",
+    type=bool,
 )
 
 EXTENSION_KEY = "realtime_metrics"
