@@ -534,7 +534,9 @@ async def serve_connection(node: Node, scope: Any, receive: Receive, send: Send)
         await refuse_protobuf(scope, receive, send)
         return
     client = await hub.connect(
-        ASGIConnection(receive, send, scope), lambda client: SessionHandler(node, client, scope)
+        ASGIConnection(receive, send, scope),
+        lambda client: SessionHandler(node, client, scope),
+        protocol="centrifuge",  # the label of realtime_connections
     )
     if client is not None:
         await hub.serve(client)
