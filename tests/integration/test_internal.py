@@ -19,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 from ..conftest import (
     RedisServer,
     Server,
+    eventually,
     listening_socket,
     reserve_port,
     wait_for_http,
@@ -188,6 +189,31 @@ async def test_each_listener_serves_its_own_routes_only(app_dir: Path, site: Pat
             assert time.monotonic() - started < 5
         with pytest.raises(httpx.ConnectError):
             _get(inside + "/-/health")
+    finally:
+        server.stop()
+
+
+async def test_it_answers_draining_until_the_public_listener_has_drained(
+    app_dir: Path, site: Path
+) -> None:
+    marker = app_dir.parent / "slow-started"
+    (app_dir / "slow.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
+        "time.sleep(1.5)\nprint('done')\n"
+    )
+    server = InternalServer(app_dir, site, "--shutdown-timeout", "5").start()
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            slow = asyncio.create_task(client.get(server.url + "/slow.py"))
+            await eventually(marker.exists, message="the slow script running")
+            process = server.process
+            assert process is not None
+            process.send_signal(signal.SIGINT)
+            await eventually(lambda: "stopping: draining" in server.log)
+            health = await client.get(server.internal_url + "/-/health")
+            assert (health.status_code, health.text) == (503, "draining\n")
+            assert (await slow).text == "done\n"  # the drain waited for it
+            assert await asyncio.to_thread(process.wait, 10) == 0
     finally:
         server.stop()
 
