@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -145,3 +147,25 @@ def test_metrics_two_workers_summed(
     finally:
         server.stop()
     assert list(temp.iterdir()) == [], "the supervisor removes the directory at exit"
+
+
+def test_workers_refused_once_prometheus_client_is_imported(
+    app_dir: Path, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Imported before the supervisor sets PROMETHEUS_MULTIPROC_DIR, the client would
+    count each worker alone: start-up stops, saying why, rather than under-report."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import prometheus_client\n")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    command = [
+        sys.executable, "-m", "realtime", "run", "--app", str(app_dir),
+        "--bind", f"127.0.0.1:{reserve_port()}",
+        "--internal-bind", f"127.0.0.1:{reserve_port()}",
+        "--workers", "2", "--broker", redis_server.url,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "imported in single-process mode" in done.stderr
+    assert "(plugin 'metrics')" in done.stderr
