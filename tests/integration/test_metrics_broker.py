@@ -17,22 +17,16 @@ from websockets.asyncio.client import connect
 from realtime_broker import DEFAULT_CHANNEL
 from realtime_broker.redis.names import Names
 
-from ..conftest import RedisServer, Server, eventually, reserve_port
-from .test_centrifuge_endpoint import SECRET, Peer, token
-from .test_metrics_centrifuge import scrape, value
+from ..conftest import RedisServer, Server, eventually
+from .test_centrifuge_endpoint import Peer, token
+from .test_metrics_centrifuge import api, scrape, start_metered, value
 
 
 @pytest.fixture
 def metered(app_dir: Path, redis_server: RedisServer) -> Iterator[tuple[Server, str]]:
-    internal = f"127.0.0.1:{reserve_port()}"
-    server = Server(
-        app_dir,
-        "--broker", redis_server.url,
-        "--internal-bind", internal,
-        "--token-hmac-secret", SECRET,
-    ).start()  # fmt: skip
+    server, internal = start_metered(app_dir, "--broker", redis_server.url)
     try:
-        yield server, f"http://{internal}"
+        yield server, internal
     finally:
         server.stop()
 
@@ -95,3 +89,36 @@ async def test_publications_missed_while_the_subscription_was_cut_are_counted(
         await raw.close()
         await pubsub.aclose()  # type: ignore[no-untyped-call]
         await other.aclose()
+
+
+async def test_two_workers_report_one_server(app_dir: Path, redis_server: RedisServer) -> None:
+    server, internal = start_metered(app_dir, "--workers", "2", "--broker", redis_server.url)
+    peers: list[Peer] = []
+    try:
+        # Up is the least of the live workers' (livemin): 1, not 2.
+        await eventually(lambda: value(scrape(internal), "realtime_broker_up") == 1)
+        for n in range(20):  # a connection each: the kernel spreads them over both
+            assert await api(server, "publish", {"channel": "chat:w", "data": {"n": n}}) == {
+                "result": {}
+            }
+        for user in ("alice", "bob", "carol", "dave"):
+            ws = await connect(f"ws://127.0.0.1:{server.port}/connection/websocket")
+            peer = Peer(ws)
+            peers.append(peer)
+            assert "connect" in await peer.call("connect", token=token(user))
+            assert "subscribe" in await peer.call("subscribe", channel="chat:w")
+        for _ in range(4):  # whichever worker answers, the sum of both
+            samples = scrape(internal)
+            assert value(samples, "realtime_publications_total", source="api") == 20
+            assert value(samples, "realtime_api_duration_seconds_count", method="publish") == 20
+            assert value(samples, "realtime_command_duration_seconds_count", method="connect") == 4
+            assert value(samples, "realtime_broker_publish_duration_seconds_count") == 20
+        # Gauges are sampled about once a second in the worker that is not scraped.
+        await eventually(lambda: value(scrape(internal), "realtime_presence_members") == 4)
+        await eventually(
+            lambda: value(scrape(internal), "realtime_connections", protocol="centrifuge") == 4
+        )
+    finally:
+        for peer in peers:
+            await peer.ws.close()
+        server.stop()

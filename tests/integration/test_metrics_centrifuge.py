@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from realtime import create_app, hookimpl
 from realtime.logs import CONTEXT
 
-from ..conftest import Server, eventually, reserve_port
+from ..conftest import Server, eventually, reserve_port, wait_until
 from .test_centrifuge_endpoint import SECRET, connected, peer, token
 from .test_fanout import hypercorn
 
@@ -43,17 +43,36 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.fixture
-def metered(app_dir: Path) -> Iterator[tuple[Server, str]]:
+def start_metered(app_dir: Path, *args: str) -> tuple[Server, str]:
+    """``realtime run`` with the internal listener and the server API on; its URL."""
     internal = f"127.0.0.1:{reserve_port()}"
     server = Server(
         app_dir,
         "--internal-bind", internal,
         "--token-hmac-secret", SECRET,
         "--api-key", KEY,
+        *args,
     ).start()  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://{internal}/-/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        yield server, f"http://{internal}"
+        wait_until(ready, timeout=10, message="internal listener")
+    except BaseException:
+        server.stop()
+        raise
+    return server, f"http://{internal}"
+
+
+@pytest.fixture
+def metered(app_dir: Path) -> Iterator[tuple[Server, str]]:
+    server, internal = start_metered(app_dir)
+    try:
+        yield server, internal
     finally:
         server.stop()
 
