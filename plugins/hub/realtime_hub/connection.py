@@ -24,15 +24,24 @@ class ConnectionGone(Exception):
 
 
 class ASGIConnection:
-    __slots__ = ("_receive", "_scope", "asgi_send", "ended")
+    __slots__ = ("_ended", "_receive", "_scope", "asgi_send", "guard")
 
     def __init__(self, receive: Receive, send: Send, scope: Any = None) -> None:
         self._receive = receive
         self._scope = scope
-        #: The server's report of how the client left (code, reason), once it did.
-        self.ended: tuple[int, str] | None = None
         #: The server's ASGI send callable; the fast path looks beneath it.
         self.asgi_send = send
+        self._ended: tuple[int, str] | None = None
+        #: What watches the client's frames beneath the server (:func:`.guard.guard`),
+        #: which knows the close frame's code when the server does not say it.
+        self.guard: Any = None
+
+    @property
+    def ended(self) -> tuple[int, str] | None:
+        """How the client left (code, reason), once it did: its close frame as the guard
+        read it, else the server's ``websocket.disconnect`` (Hypercorn: 1000 or 1006)."""
+        watched = self.guard.ended if self.guard is not None else None
+        return watched if watched is not None else self._ended
 
     async def accept(self, handover: Callable[[Send], T | None] | None = None) -> T | None:
         """Complete the handshake; ``handover(send)`` may do it instead, taking the socket.
@@ -63,7 +72,7 @@ class ASGIConnection:
         if message["type"] == "websocket.disconnect":
             code = message.get("code")
             reason = message.get("reason")
-            self.ended = (
+            self._ended = (
                 code if isinstance(code, int) else CloseCode.NO_STATUS,
                 reason if isinstance(reason, str) else "",
             )

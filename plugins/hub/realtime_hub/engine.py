@@ -33,7 +33,7 @@ from .census import MAX_RECENT, Disconnect, arrived, departed
 from .channels import ChannelRules
 from .clients import Channel, Client, Connection, Format, Held, HubStats, Message
 from .closecode import CloseCode
-from .connection import ConnectionGone, Handler
+from .connection import ASGIConnection, ConnectionGone, Handler
 from .fastpath import (
     IncomingLimits,
     Keepalive,
@@ -269,7 +269,9 @@ class Hub(Backlogs, Membership):
         if sock is None:
             client = Client(client_id, connection, None, protocol=protocol)
             if asgi_send is not None:
-                guard(asgi_send, self.incoming, client_id)  # what the client sends
+                watching = guard(asgi_send, self.incoming, client_id)  # what the client sends
+                if isinstance(connection, ASGIConnection):
+                    connection.guard = watching
             log.debug("client %d connected (ASGI)", client_id)
             self._register(client, handler)
             return client

@@ -125,7 +125,17 @@ class IncomingGuard:
     slots, about 100 bytes a connection; no task, no timer until a refusal.
     """
 
-    __slots__ = ("_client", "_deflate", "_inner", "_limits", "_server", "_size", "_tat", "refused")
+    __slots__ = (
+        "_client",
+        "_deflate",
+        "_inner",
+        "_limits",
+        "_server",
+        "_size",
+        "_tat",
+        "ended",
+        "refused",
+    )
 
     def __init__(
         self,
@@ -143,6 +153,9 @@ class IncomingGuard:
         self._size = 0  # bytes of the message under assembly
         self._tat = 0.0  # the frame rate's clock
         self.refused = False
+        #: The client's close frame (code, reason), or this guard's refusal: what
+        #: Hypercorn does not tell the app (its disconnect says 1006 for either).
+        self.ended: tuple[int, str] | None = None
 
     @property
     def state(self) -> ConnectionState:
@@ -198,6 +211,8 @@ class IncomingGuard:
                     CloseCode.MESSAGE_TOO_BIG, f"a message inflating past {max_size} bytes"
                 )
                 return
+            if isinstance(event, CloseConnection) and self.ended is None:
+                self.ended = (event.code, event.reason or "")
             if interval:
                 tat += interval
                 if tat > horizon:
@@ -215,6 +230,8 @@ class IncomingGuard:
         included. The socket is aborted ``close_timeout`` later, taken or not.
         """
         self.refused = True
+        if self.ended is None:
+            self.ended = (code, what)
         self._limits.report(self._client, what, code)
         transport: GuardTransport | None = hypercorn_internals.refuse_reading(self._server)
         if transport is None:
