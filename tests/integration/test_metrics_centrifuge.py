@@ -8,6 +8,7 @@ test's own Hypercorn, the log ids a connection's work runs with.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -17,8 +18,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from realtime import create_app, hookimpl
+from realtime import create_app, get_host, hookimpl
 from realtime.logs import CONTEXT
+from realtime_centrifuge import server_api
 
 from ..conftest import Server, eventually, reserve_port, wait_until
 from .test_centrifuge_endpoint import SECRET, connected, peer, token
@@ -194,3 +196,24 @@ async def test_a_connections_work_carries_its_connection_and_client_ids(
     assert recorder.seen[1]["connection"] != first["connection"]
     await alice.ws.close()
     await bob.ws.close()
+
+
+async def test_server_api_runs_methods_in_process_without_a_key(tmp_path: Path) -> None:
+    app = create_app(tmp_path, settings={"token_hmac_secret": SECRET})  # no api_key: HTTP off
+    host = get_host(app)
+    assert server_api(host) is None  # not started
+    async with hypercorn(app) as port:
+        api = server_api(host)
+        assert api is not None and not api.enabled
+        alice = await connected(port)
+        assert "subscribe" in await alice.call("subscribe", channel="news")
+        status, body = await api.call("publish", b'{"channel": "news", "data": {"n": 1}}')
+        assert (status, json.loads(body)) == (200, {"result": {}})
+        assert (await alice.push())["push"]["pub"]["data"] == {"n": 1}
+        assert (await api.call("nothing", b"{}"))[0] == 404
+        assert (await api.call("publish", b"[]"))[0] == 400
+        async with httpx.AsyncClient() as http:  # the HTTP API stays off
+            response = await http.post(f"http://127.0.0.1:{port}/api/publish", json={})
+        assert response.status_code == 404
+        await alice.ws.close()
+    assert server_api(host) is None  # shut down
