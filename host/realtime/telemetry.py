@@ -103,6 +103,8 @@ class Telemetry:
 
     def install(self, exporter: Exporter) -> None:
         """Export from now on; before any instrument is made (in a ``validate`` hook)."""
+        if self._exporter is not None:
+            raise RuntimeError("an exporter is installed already")
         if self._made:
             raise RuntimeError(
                 f"install the exporter before instruments are made ({next(iter(self._made))})"
@@ -141,7 +143,8 @@ class Telemetry:
         made = self._made.get(spec.name)
         if made is not None:
             known, instrument = made
-            if (known.kind, known.labels, known.buckets) != (spec.kind, spec.labels, spec.buckets):
+            if known != Spec(spec.kind, spec.name, known.help, spec.labels, spec.buckets,
+                             spec.aggregate):  # fmt: skip
                 raise ValueError(f"{spec.name!r} is declared twice, differently: {known} / {spec}")
             return instrument
         instrument = NOOP if self._exporter is None else self._exporter.make(spec)

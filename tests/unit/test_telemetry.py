@@ -343,3 +343,11 @@ async def test_the_host_gives_its_middlewares_the_counter_at_startup(tmp_path: P
         assert names["realtime_handshakes_total"].labels == ("result",)
         assert names["realtime_script_duration_seconds"].labels == ("status",)
         assert names["realtime_script_duration_seconds"].kind == "histogram"
+
+
+def test_a_gauge_declared_with_another_aggregate_is_refused() -> None:
+    telemetry = Telemetry()
+    telemetry.gauge("realtime_x", "x", aggregate="livesum")
+    with pytest.raises(ValueError, match="declared twice"):
+        telemetry.gauge("realtime_x", "x", aggregate="max")
+    assert telemetry.gauge("realtime_x", "other help, same gauge") is not None
