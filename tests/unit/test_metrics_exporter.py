@@ -249,3 +249,20 @@ def test_workers_refused_when_the_client_is_already_in_single_process_mode(
 def test_no_internal_listener_no_exporter(tmp_path: Path) -> None:
     app = create_app(tmp_path, plugins=[plugin], load_entrypoints=False)
     assert plugin.EXTENSION_KEY not in app.extensions
+
+
+def test_multiprocess_exporter_refuses_a_single_process_client() -> None:
+    """Workers without PROMETHEUS_MULTIPROC_DIR (configure_server never ran) fail at
+    their first instrument rather than each export only its own counts."""
+    out = run_python("""
+        from realtime import Telemetry
+        from realtime_metrics.exporter import PrometheusExporter
+
+        tel = Telemetry()
+        tel.install(PrometheusExporter(multiprocess=True))
+        try:
+            tel.counter("realtime_deliveries_total", "d")
+        except RuntimeError as exc:
+            print(exc)
+    """)
+    assert "imported in single-process mode" in out

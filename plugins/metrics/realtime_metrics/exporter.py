@@ -60,7 +60,6 @@ class PrometheusExporter:
     def registry(self) -> CollectorRegistry:
         """The host's registry (single-process mode), with the process collectors."""
         if self._registry is None:
-            self.check_mode()
             from prometheus_client import (
                 CollectorRegistry,
                 GCCollector,
@@ -68,6 +67,9 @@ class PrometheusExporter:
                 ProcessCollector,
             )
 
+            # Imported now if not before: in a worker, after the fork, as it should be;
+            # without PROMETHEUS_MULTIPROC_DIR set by then, the workers would not add up.
+            self.check_mode()
             registry = CollectorRegistry()
             if not self.multiprocess:
                 # Custom collectors do not work in multiprocess mode: there the plugin
