@@ -20,7 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from realtime import create_app, get_host, hookimpl
 from realtime.logs import CONTEXT
+from realtime_broker import get_broker
 from realtime_centrifuge import server_api
+from realtime_centrifuge.plugin import get_node
 
 from ..conftest import Server, eventually, reserve_port, wait_until
 from .test_centrifuge_endpoint import SECRET, connected, peer, token
@@ -217,3 +219,37 @@ async def test_server_api_runs_methods_in_process_without_a_key(tmp_path: Path) 
         assert response.status_code == 404
         await alice.ws.close()
     assert server_api(host) is None  # shut down
+
+
+class ContextRecorder(logging.Handler):
+    """Keeps the log ids in effect when each record is logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, dict[str, str]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.getMessage(), dict(CONTEXT.get())))
+
+
+async def test_control_messages_applied_to_a_connection_log_with_its_ids(
+    tmp_path: Path,
+) -> None:
+    app = create_app(tmp_path, settings={"token_hmac_secret": SECRET})
+    handler = ContextRecorder()
+    logger = logging.getLogger("realtime.centrifuge")
+    logger.addHandler(handler)
+    try:
+        async with hypercorn(app) as port:
+            alice = await connected(port)
+            node = get_node(get_host(app))
+            (session,) = [c.state for c in node.users["alice"].values()]
+            await get_broker(get_host(app)).publish_control(
+                b'{"op": "bogus", "user": "alice", "channel": ""}'
+            )
+            await eventually(lambda: any("bogus" in m for m, _ in handler.seen))
+            (ids,) = [ids for message, ids in handler.seen if "bogus" in message]
+            assert ids["client"] == session.client_id and ids["connection"].isdigit()
+            await alice.ws.close()
+    finally:
+        logger.removeHandler(handler)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from realtime import Host
+from realtime.logs import CONTEXT
 from realtime_broker import MAX_CONTROL_SIZE as MAX_CONTROL_SIZE  # re-exported: it was here
 from realtime_broker import Broker, BrokerUnavailable, Publication
 from realtime_broker.plugin import MAX_MESSAGE_SIZE
@@ -32,7 +33,7 @@ from .history import read_history, read_presence, read_presence_stats, remove_hi
 from .metrics import CentrifugeMetrics
 from .session import Session, SessionOptions
 from .tokens import TokenSigner, TokenVerifier
-from .transport import CentrifugeFormat, member_info, payload
+from .transport import CentrifugeFormat, SessionHandler, member_info, payload
 
 log = logging.getLogger("realtime.centrifuge")
 
@@ -309,6 +310,8 @@ class Node:
     async def _apply(self, op: str, client: Client, message: Mapping[str, Any]) -> None:
         session = client.state
         assert isinstance(session, Session)
+        if isinstance(client.handler, SessionHandler):
+            CONTEXT.set(client.handler.log_ids)  # this task's lines name the connection
         if op == "disconnect":
             if session.client_id not in message.get("whitelist", ()):
                 await self.hub.close_client(client, int(message["code"]), str(message["reason"]))

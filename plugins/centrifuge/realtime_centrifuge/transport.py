@@ -423,6 +423,11 @@ class SessionHandler:
         self._ticking: asyncio.Task[None] | None = None
         self._arm()
 
+    @property
+    def log_ids(self) -> Mapping[str, str]:
+        """The ids this connection's log lines carry (``connection``, ``client``)."""
+        return self._ids
+
     def received(self, data: str | bytes) -> Coroutine[Any, Any, None]:
         return self._frame(data)
 
