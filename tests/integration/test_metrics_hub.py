@@ -10,6 +10,8 @@ ASGI) count the same.
 
 from __future__ import annotations
 
+import os
+import signal
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -17,8 +19,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
 
-from ..conftest import FAN_OUT_MODES, Server, eventually, reserve_port, wait_until
+from ..conftest import FAN_OUT_MODES, RedisServer, Server, eventually, reserve_port, wait_until
 
 Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -134,3 +137,64 @@ async def test_connections_deliveries_and_disconnects_reach_metrics(
 
 async def _count(internal: str, name: str, expected: float) -> bool:
     return value(await scrape(internal), name) == expected
+
+
+async def test_two_workers_sum_their_connections_and_a_killed_one_leaves_the_gauge(
+    app_dir: Path, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    temp = tmp_path / "temp"  # where the supervisor makes PROMETHEUS_MULTIPROC_DIR
+    temp.mkdir()
+    port = reserve_port()
+    server = Server(
+        app_dir,
+        "--internal-bind", f"127.0.0.1:{port}",
+        "--workers", "2", "--broker", redis_server.url,
+        env={"TMPDIR": str(temp)},
+    ).start()  # fmt: skip
+    internal = f"http://127.0.0.1:{port}"
+    try:
+        async with AsyncExitStack() as stack:
+            # Sixteen connections: the kernel leaves one worker without any 1 time in 2^15.
+            clients = [await stack.enter_async_context(connect(server.ws_url)) for _ in range(16)]
+
+            async def connections(expected: int) -> Values | None:
+                values = await scrape(internal)  # each worker's latest sample, summed
+                found = value(values, "realtime_connections", protocol="raw")
+                return values if found == expected else None
+
+            await eventually(lambda: connections(16), message="both workers' clients summed")
+            async with httpx.AsyncClient() as http:
+                for i in range(3):
+                    response = await http.get(f"{server.url}/send.py?message=m{i}", timeout=5)
+                    assert response.status_code == 200, response.text
+            for ws in clients:
+                assert [await ws.recv() for _ in range(3)] == ["m0", "m1", "m2"]
+
+            async def delivered() -> bool:
+                values = await scrape(internal)
+                return (
+                    value(values, "realtime_deliveries_total") == 48
+                    and value(values, "realtime_publications_total", source="script") == 3
+                )
+
+            await eventually(delivered, message="both workers' deliveries summed")
+
+            memory = "process_resident_memory_bytes"
+            pids = {labels for name, labels in await scrape(internal) if name == memory}
+            assert len(pids) == 2, pids
+            os.kill(int(dict(sorted(pids)[0])["pid"]), signal.SIGKILL)
+
+            async def dropped() -> bool:
+                open_ = sum(ws.state is State.OPEN for ws in clients)
+                values = await scrape(internal)
+                found = value(values, "realtime_connections", protocol="raw")
+                # The dead worker's gauge goes with it; its counts stay in the totals.
+                return (
+                    0 < open_ < 16
+                    and found == open_
+                    and value(values, "realtime_deliveries_total") == 48
+                )
+
+            await eventually(dropped, timeout=15, message="the dead worker's connections gone")
+    finally:
+        server.stop()
