@@ -18,14 +18,22 @@ rounds and their p99 interpolated in the buckets as Prometheus's
 ``histogram_quantile`` does. The same scrapes check ``realtime_deliveries_total``
 grew by what the load generator received.
 
+``--count instructions`` counts the broadcasts' instructions under callgrind instead,
+as ``trees.py --count instructions`` does. Under callgrind the server runs some 50x
+slower while the lag probe still wakes 10 times a second and the sampler once, so
+their share of the count is some 50x what it is natively: the on/off ratio is an
+upper bound there (the lag figures are callgrind's, not the server's).
+
     python bench/metrics.py                        # 10,000 clients, 100 broadcasts, 5 rounds
     python bench/metrics.py --clients 500 --messages 20 --rounds 1
     python bench/metrics.py --tree /tmp/snapshot   # a checkout's code, not the installed one
+    python bench/metrics.py --count instructions --clients 1000 --messages 20 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -150,18 +158,24 @@ def has_no_metrics(opts: argparse.Namespace) -> bool:
     return "--no-metrics" in shown.stdout
 
 
-def one(opts: argparse.Namespace, on: bool) -> Round:
-    """One fresh server and one load: CPU per delivery; scrapes around the broadcasts."""
+def one(opts: argparse.Namespace, on: bool, cg: T.Callgrind | None = None) -> Round:
+    """One fresh server and one load: CPU per delivery (with ``cg``, instructions per
+    delivery); for "on", scrapes around the broadcasts."""
     port, internal = R.free_port(), R.free_port()
     bind = f"{R.HOST}:{port}"
     cmd, env = server(opts, on, bind, f"{R.HOST}:{internal}")
+    if cg is not None:
+        cmd = cg.wrap(cmd)
+        env["PYTHONHASHSEED"] = "0"
     load = [sys.executable, str(R.BENCH / "loadgen.py"), f"--url=ws://{bind}/ws",
             f"--send-url=http://{bind}/send.py", f"--clients={opts.clients}",
             f"--messages={opts.messages}", "--wait-stdin"]  # fmt: skip
+    if cg is not None:
+        load += T.SLOW_LOADGEN
     scrapes: list[Scrape] = []
     with R.started([*R.pinned(0), *cmd], env=env, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL) as proc:  # fmt: skip
-        R.wait_listening(port, proc)
+        R.wait_listening(port, proc, limit=20.0 if cg is None else 300.0)
         time.sleep(0.5)
         with R.started([*R.pinned(1), *load], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE) as gen:  # fmt: skip
@@ -177,8 +191,12 @@ def one(opts: argparse.Namespace, on: bool) -> Round:
                     if on:
                         scrapes.append(scrape(internal))
                     before = R.cpu_seconds(proc.pid)  # the broadcasts start now
+                    if cg is not None:
+                        cg.start(proc.pid)
                 elif phase == "broadcast_done":
                     spent = R.cpu_seconds(proc.pid) - before
+                    if cg is not None:
+                        spent = cg.read(proc.pid) / 1e6  # Ir, so that cost below is Ir a delivery
                     if on:
                         scrapes.append(scrape(internal))
                 gen.stdin.write("\n")
@@ -202,12 +220,13 @@ def fmt_s(seconds: float) -> str:
 
 def report(opts: argparse.Namespace, runs: dict[str, list[Round]]) -> list[str]:
     """The markdown table, and a line on the target and the deliveries counted."""
+    unit, digits = ("Ir", 0) if opts.count == "instructions" else ("CPU µs", 3)
     medians = {mode: statistics.median(r.cpu for r in rs) for mode, rs in runs.items()}
     ons = runs["on"]
     during = buckets_sum([p for r in ons for p in (r.scrapes[1].lag, r.scrapes[0].lag)],
                          [s for _ in ons for s in (1, -1)])  # fmt: skip
     whole = buckets_sum([r.scrapes[1].lag for r in ons])
-    rows = ["| mode | clients | CPU µs/delivery: median | min | max | on/off | "
+    rows = [f"| mode | clients | {unit}/delivery: median | min | max | on/off | "
             "lag p99, broadcasts | lag p99, whole run |",
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for mode, rs in runs.items():
@@ -215,8 +234,8 @@ def report(opts: argparse.Namespace, runs: dict[str, list[Round]]) -> list[str]:
         versus = f"{medians['on'] / medians['off']:.3f}x" if mode == "on" else "1"
         lags = (fmt_s(histogram_quantile(0.99, during)), fmt_s(histogram_quantile(0.99, whole)))
         lag = " | ".join(lags) if mode == "on" else "- | -"
-        rows.append(f"| {mode} | {opts.clients:,} | {medians[mode]:.3f} | {min(cpus):.3f} | "
-                    f"{max(cpus):.3f} | {versus} | {lag} |")  # fmt: skip
+        low, mid, high = (f"{v:,.{digits}f}" for v in (min(cpus), medians[mode], max(cpus)))
+        rows.append(f"| {mode} | {opts.clients:,} | {mid} | {low} | {high} | {versus} | {lag} |")
     paired = [a.cpu / b.cpu for a, b in zip(runs["on"], runs["off"], strict=True)]
     ratio = medians["on"] / medians["off"]
     counted = [r.scrapes[1].deliveries - r.scrapes[0].deliveries for r in ons]
@@ -237,17 +256,21 @@ def main() -> int:
     p.add_argument("--messages", type=int, default=100, help="broadcasts a round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--tree", default="", help="a checkout to run (default: the installed realtime)")
+    p.add_argument("--count", choices=("cpu", "instructions"), default="cpu",
+                   help="server CPU time, or instructions under callgrind")  # fmt: skip
     opts = p.parse_args()
     if not 1 <= opts.clients <= 50_000 or not 1 <= opts.messages <= 10_000 or opts.rounds < 1:
         p.error("--clients 1..50000, --messages 1..10000, --rounds at least 1")
     opts.no_metrics = has_no_metrics(opts)
     runs: dict[str, list[Round]] = {"off": [], "on": []}
-    for round_ in range(1, opts.rounds + 1):
-        for mode in ("off", "on") if round_ % 2 else ("on", "off"):
-            got = one(opts, mode == "on")
-            runs[mode].append(got)
-            print(f"round {round_}: {mode} cpu={got.cpu:.3f} µs/delivery received={got.received}"
-                  f" lost={got.lost}", file=sys.stderr, flush=True)  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        cg = stack.enter_context(T.Callgrind.session()) if opts.count == "instructions" else None
+        for round_ in range(1, opts.rounds + 1):
+            for mode in ("off", "on") if round_ % 2 else ("on", "off"):
+                got = one(opts, mode == "on", cg)
+                runs[mode].append(got)
+                shown = f"cost={got.cpu:.3f} per delivery received={got.received} lost={got.lost}"
+                print(f"round {round_}: {mode} {shown}", file=sys.stderr, flush=True)
     print("\n".join(report(opts, runs)))
     return 0
 
