@@ -13,6 +13,7 @@ from realtime_broker import Publication
 from realtime_hub import CloseCode, ConnectionGone, Hub
 from realtime_hub.backlog import OverflowPolicy
 from realtime_hub.census import MAX_CODES, MAX_REASON, OTHER
+from realtime_hub.keepalive import Keepalive
 from realtime_hub.metrics import HubMetrics
 from realtime_websocket import RawFormat
 
@@ -295,3 +296,33 @@ async def test_without_an_exporter_sampling_costs_nothing_and_fails_nothing() ->
     assert not telemetry.enabled
     assert hub.stats.deliveries == 1 and hub.stats.accepted == 1
     await served.stop()
+
+
+class SilentSocket:
+    """What the keepalive needs of a taken-over socket whose peer stopped answering."""
+
+    client = 7
+
+    def __init__(self) -> None:
+        self.pinged_at: float | None = 0.0  # pinged long ago, nothing heard since
+        self.ended: tuple[int, str] | None = None
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def open(self) -> bool:
+        return True
+
+
+async def test_a_silent_peer_dropped_by_the_keepalive_is_recorded_as_such() -> None:
+    keepalive = Keepalive(interval=10.0, timeout=0.01)
+    silent = SilentSocket()
+    keepalive.sockets.add(silent)  # type: ignore[arg-type]
+    keepalive.start()
+    try:
+        await settle(lambda: silent.aborted)
+    finally:
+        keepalive.stop()
+    assert silent.ended == (CloseCode.ABNORMAL, "no answer to a ping")
+    assert keepalive.dropped == 1

@@ -38,11 +38,12 @@ class HubMetrics:
         self.sent_bytes = telemetry.counter(
             "realtime_sent_bytes_total", "Bytes of publications and replies handed to clients."
         )
+        #: One policy per hub: its series exists from the start, at 0, for rate().
         self.overflows = telemetry.counter(
             "realtime_overflows_total",
             "Client buffers that overflowed, by the overflow policy applied.",
             ("policy",),
-        )
+        ).labels(hub.overflow)
         self.disconnects = telemetry.counter(
             "realtime_disconnects_total", "Ended connections, by close code.", ("code",)
         )
@@ -73,7 +74,7 @@ class HubMetrics:
                 seen[field] = seen.get(field, 0) + grown
         grown = stats.overflows - seen.get("overflows", 0)
         if grown > 0:
-            self.overflows.labels(self.hub.overflow).inc(grown)
+            self.overflows.inc(grown)
             seen["overflows"] = stats.overflows
         seen_codes = self._seen_codes
         for code, count in stats.disconnects.items():
