@@ -16,6 +16,7 @@ from . import gcpolicy
 from .errors import PluginError
 from .host import all_options, build_app, get_host
 from .limits import raise_open_file_limit
+from .logs import configure_logging, secret_values
 from .options import Option
 from .plugins import DISABLE_ENV, Plugins
 from .routes import route_kinds
@@ -25,6 +26,7 @@ from .settings import (
     BACKLOG,
     BIND,
     GC_THRESHOLD,
+    LOG_FORMAT,
     LOG_LEVEL,
     LOOP,
     SHUTDOWN_TIMEOUT,
@@ -85,6 +87,9 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until the settings are known: warnings only, with the patterns that need no
+    # secret's value (a plugin that logs while it loads).
+    configure_logging("warning")
     try:
         plugins = Plugins.discover()
         parser = build_parser(plugins)
@@ -107,10 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "plugins":
         return list_plugins(app, as_json=args.json)
     settings = get_host(app).settings
-    logging.basicConfig(
-        level=LOG_LEVEL.get(settings).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Every secret option's value, the host's and each plugin's, is redacted.
+    secrets = secret_values((option for _, option in all_options(plugins)), settings)
+    configure_logging(LOG_LEVEL.get(settings), LOG_FORMAT.get(settings), secrets)
     return run(app)
 
 
@@ -158,7 +162,8 @@ def server_config(app: Any) -> ServerConfig:
     config.bind = [host.setting(BIND)]
     config.backlog = host.setting(BACKLOG)
     config.graceful_timeout = host.setting(SHUTDOWN_TIMEOUT)
-    # Through the logging module, so one configuration formats everything.
+    # Through the logging module, so one handler formats and redacts everything
+    # (logs.configure_logging): with --log-format json, access lines are JSON too.
     config.errorlog = logging.getLogger("hypercorn.error")
     if host.setting(ACCESS_LOG):
         config.accesslog = logging.getLogger("hypercorn.access")
