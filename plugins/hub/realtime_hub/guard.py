@@ -205,14 +205,15 @@ class IncomingGuard:
                 if not event.frame_finished:
                     yield event  # a frame arriving in pieces counts once, when it ends
                     continue
-            elif isinstance(event, CloseConnection) and deflate is not None and deflate.room < 0:
-                # wsproto's report of the 1009 BoundedDeflate returned.
-                self._refuse(
-                    CloseCode.MESSAGE_TOO_BIG, f"a message inflating past {max_size} bytes"
-                )
-                return
-            if isinstance(event, CloseConnection) and self.ended is None:
-                self.ended = (event.code, event.reason or "")
+            elif isinstance(event, CloseConnection):
+                if deflate is not None and deflate.room < 0:
+                    # wsproto's report of the 1009 BoundedDeflate returned.
+                    self._refuse(
+                        CloseCode.MESSAGE_TOO_BIG, f"a message inflating past {max_size} bytes"
+                    )
+                    return
+                if self.ended is None:  # the client's close frame
+                    self.ended = (event.code, event.reason or "")
             if interval:
                 tat += interval
                 if tat > horizon:
