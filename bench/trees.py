@@ -65,8 +65,9 @@ class Callgrind:
     :meth:`session`; only the dump :meth:`read` asks for is opened.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, keep: Path | None = None) -> None:
         self.folder = folder
+        self.keep = keep  # where each measured dump is kept, for callgrind_annotate
         exe = shutil.which("valgrind")
         control = shutil.which("callgrind_control")
         if exe is None or control is None:
@@ -75,9 +76,11 @@ class Callgrind:
 
     @classmethod
     @contextlib.contextmanager
-    def session(cls) -> Iterator[Callgrind]:
+    def session(cls, keep: Path | None = None) -> Iterator[Callgrind]:
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="trees-callgrind-") as folder:
-            yield cls(Path(folder))
+            yield cls(Path(folder), keep)
 
     def wrap(self, cmd: list[str]) -> list[str]:
         """``cmd`` under callgrind, counting nothing until :meth:`start`."""
@@ -105,8 +108,10 @@ class Callgrind:
         self._control(pid, "--zero")
         self._control(pid, "--instr=on")
 
-    def read(self, pid: int) -> int:
-        """Instructions (Ir, all threads) since :meth:`start`; counting stops."""
+    def read(self, pid: int, name: str = "") -> int:
+        """Instructions (Ir, all threads) since :meth:`start`; counting stops.
+
+        With ``keep``, the dump is kept there as ``name.callgrind``."""
         before = set(self.folder.glob(f"callgrind.{pid}.out.*"))
         self._control(pid, "--dump=measured")
         self._control(pid, "--instr=off")
@@ -121,7 +126,10 @@ class Callgrind:
                     break
             else:
                 raise RuntimeError(f"no totals: line in {dump}")
-        dump.unlink()  # one is a few hundred KB; rounds add up
+        if self.keep is not None and name:
+            shutil.move(dump, self.keep / f"{name}.callgrind")
+        else:
+            dump.unlink()  # one is a few hundred KB; rounds add up
         return total
 
 
@@ -160,11 +168,12 @@ def server(tree: str, mode: str, bind: str) -> tuple[list[str], dict[str, str]]:
 
 
 def one(
-    tree: str, mode: str, opts: argparse.Namespace, cg: Callgrind | None = None
+    tree: str, mode: str, opts: argparse.Namespace, cg: Callgrind | None = None, name: str = ""
 ) -> dict[str, float]:
     """One fresh server and one load: server CPU µs per connection or per delivery;
     for connect, also handshakes a second and KB of resident memory per connection.
-    With ``cg``, instructions (Ir) per connection or delivery instead."""
+    With ``cg``, instructions (Ir) per connection or delivery instead (its dump kept
+    as ``name`` if ``cg`` keeps dumps)."""
     port = R.free_port()
     bind = f"{R.HOST}:{port}"
     cmd, env = server(tree, mode, bind)
@@ -210,7 +219,7 @@ def one(
                         cg.start(proc.pid)
                 elif phase == (end or start):
                     spent = R.cpu_seconds(proc.pid) - before
-                    ir = cg.read(proc.pid) if cg is not None else 0
+                    ir = cg.read(proc.pid, name) if cg is not None else 0
                     wall = time.perf_counter() - began
                     grown = R.rss_kb(proc.pid) - rss_before
                     break
@@ -279,19 +288,23 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--count", choices=("cpu", "instructions"), default="cpu",
                    help="server CPU time, or instructions under callgrind")  # fmt: skip
+    p.add_argument("--dumps", type=Path, default=None,
+                   help="instructions: keep the measured callgrind dumps here")  # fmt: skip
     opts = p.parse_args()
     if opts.measure == "connect":
         opts.messages = 1  # the broadcasts are not measured
     modes = opts.modes.split(",") if opts.measure == "connect" else ["raw"]
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     with contextlib.ExitStack() as stack:
-        cg = stack.enter_context(Callgrind.session()) if opts.count == "instructions" else None
+        cg = (stack.enter_context(Callgrind.session(opts.dumps))
+              if opts.count == "instructions" else None)  # fmt: skip
         for round_ in range(1, opts.rounds + 1):
             for tree in opts.trees.split(","):
                 for mode in modes:
                     if tree == "floor" and mode != "raw":
                         continue
-                    got = one(tree, mode, opts, cg)
+                    name = f"{round_:02d}-{Path(tree).resolve().name}-{opts.measure}-{mode}"
+                    got = one(tree, mode, opts, cg, name)
                     results.setdefault((tree, mode), []).append(got)
                     shown = " ".join(f"{k}={v:.2f}" for k, v in got.items())
                     print(f"round {round_}: {tree} {mode} {shown}", file=sys.stderr, flush=True)
