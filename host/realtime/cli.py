@@ -16,7 +16,7 @@ from . import gcpolicy
 from .errors import PluginError
 from .host import all_options, build_app, get_host
 from .limits import raise_open_file_limit
-from .logs import configure_logging, secret_values
+from .logs import configure_logging, log_uncaught, secret_values
 from .options import Option
 from .plugins import DISABLE_ENV, Plugins
 from .routes import route_kinds
@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every secret option's value, the host's and each plugin's, is redacted.
     secrets = secret_values((option for _, option in all_options(plugins)), settings)
     configure_logging(LOG_LEVEL.get(settings), LOG_FORMAT.get(settings), secrets)
+    log_uncaught()
     return run(app)
 
 

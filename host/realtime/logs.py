@@ -14,9 +14,10 @@ import datetime
 import logging
 import re
 import sys
+import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 import pythonjsonlogger.core
@@ -271,6 +272,30 @@ class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
         for key, value in _ids(record).items():
             log_data.setdefault(key, value)
         super().add_fields(log_data, record, message_dict)
+
+
+def log_uncaught() -> None:
+    """Send exceptions nothing caught (main thread, other threads) through logging,
+    as CRITICAL records of ``realtime``, so they are formatted and redacted like the
+    rest instead of printed raw. Ctrl-C keeps Python's own message.
+    """
+    log = logging.getLogger("realtime")
+
+    def main_hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, exc, tb)
+            return
+        log.critical("uncaught %s", kind.__name__, exc_info=(kind, exc, tb))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+        log.critical("uncaught %s in thread %s", args.exc_type.__name__, name, exc_info=exc_info)
+
+    sys.excepthook = main_hook
+    threading.excepthook = thread_hook
 
 
 class LogHandler(logging.StreamHandler[IO[str]]):

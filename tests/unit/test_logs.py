@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import re
+import sys
 import threading
 import urllib.parse
 import warnings
@@ -30,6 +31,7 @@ from realtime.logs import (
     configure_logging,
     log_access,
     log_context,
+    log_uncaught,
     secret_values,
 )
 from realtime.options import Option
@@ -349,6 +351,31 @@ def test_configure_again_replaces_its_own_handler_only(configure: Configure) -> 
         assert other in logging.getLogger().handlers
     finally:
         logging.getLogger().removeHandler(other)
+
+
+def test_uncaught_exceptions_are_logged_and_redacted(
+    configure: Configure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buffer = configure("json")
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    log_uncaught()
+
+    def fail() -> None:
+        raise LookupError(f"no user for {API_KEY}")
+
+    try:
+        fail()
+    except LookupError as exc:
+        sys.excepthook(LookupError, exc, exc.__traceback__)
+    thread = threading.Thread(target=fail, name="worker-1")
+    thread.start()
+    thread.join()
+    main, other = records(buffer)
+    assert (main["level"], main["message"]) == ("CRITICAL", "uncaught LookupError")
+    assert other["message"] == "uncaught LookupError in thread worker-1"
+    assert other["exc_info"].endswith(f"LookupError: no user for {REDACTED}")
+    assert_clean(buffer.getvalue(), API_KEY)
 
 
 def test_secret_values_come_from_secret_options_that_are_set() -> None:
