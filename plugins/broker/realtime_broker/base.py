@@ -41,6 +41,7 @@ from .presence import (
     PresencePolicy,
     PresenceStats,
 )
+from .tracking import TRACKED, Tracker, is_tracked
 
 # Defined in .errors; importable from here as before.
 
@@ -186,6 +187,9 @@ class Broker(ABC):
         self.presence_handlers: list[PresenceHandler] = []
         #: Who is in each channel, where this broker offers presence (set by subclasses).
         self.presence_manager: PresenceManager | None = None
+        #: Cluster-wide first holds and last releases (users online, channels occupied),
+        #: kept in the presence store; needs a broker that offers presence.
+        self.tracker = Tracker(self)
         self.control_handlers: list[ControlHandler] = []
         #: Publications this process found it missed (a distributed broker counts the
         #: gaps in its numbering), and reads of channels' streams: running counts,
@@ -529,10 +533,12 @@ class Broker(ABC):
 
     def presence_mode(self, channel: str) -> PresenceMode | None:
         """How ``channel`` tracks presence; None where it does not (or cannot here)."""
-        policy = self.presence_policy
-        if policy is None or self.presence_manager is None:
+        if self.presence_manager is None:
             return None
-        return policy(channel)
+        if is_tracked(channel):
+            return TRACKED
+        policy = self.presence_policy
+        return None if policy is None else policy(channel)
 
     def on_presence(self, handler: PresenceHandler) -> None:
         """Be told of joins and leaves on the channels this process listens to."""

@@ -42,7 +42,7 @@ class MemoryBroker(Broker):
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         super().__init__(url, settings)
         self.streams = MemoryStreams()
-        self.presence_manager = MemoryPresenceManager(self.report_presence)
+        self.presence_manager = MemoryPresenceManager(self.report_presence, self.tracker.decided)
         self._pruner: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:

@@ -174,22 +174,28 @@ class MemoryPresence:
 class MemoryPresenceManager(PresenceManager):
     """:class:`MemoryPresence` as a :class:`PresenceManager` (``memory://``)."""
 
-    def __init__(self, report: PresenceHandler) -> None:
+    def __init__(self, report: PresenceHandler, decided: PresenceHandler | None = None) -> None:
         self.store = MemoryPresence()
         self._report = report
+        #: Told of each user-level join and leave (the only process: it decides them all).
+        self._decided = decided
+
+    def _made(self, channel: str, event: PresenceEvent | None, announce: bool) -> None:
+        if event is None:
+            return
+        if announce:
+            self._report(channel, event)
+        if event.user_changed and self._decided is not None:
+            self._decided(channel, event)
 
     def local_members(self) -> int:
         return self.store.size()
 
     async def join(self, channel: str, member: Member, announce: bool) -> None:
-        event = self.store.add(channel, member)
-        if event is not None and announce:
-            self._report(channel, event)
+        self._made(channel, self.store.add(channel, member), announce)
 
     async def leave(self, channel: str, client: str, announce: bool) -> None:
-        event = self.store.remove(channel, client)
-        if event is not None and announce:
-            self._report(channel, event)
+        self._made(channel, self.store.remove(channel, client), announce)
 
     async def members(self, channel: str) -> dict[str, Member]:
         return self.store.members(channel)

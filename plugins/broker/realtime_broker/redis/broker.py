@@ -85,6 +85,7 @@ class RedisBroker(RedisListener):
             report=self.report_presence,
             listening=self.subscribers.__contains__,
             tally=self.tally,
+            decided=self.tracker.decided,
         )
         self.presence_manager = self.presence_store
         self.control_check = ControlCheck(

@@ -1,7 +1,11 @@
 -- Shared by the presence scripts, which start with it (see realtime_broker.redis.presence).
 -- KEYS: members hash, expiry sorted set, users hash.
 -- ARGV[1..3]: "1" to announce joins and leaves, the Pub/Sub channel, PRESENCE_MAGIC.
+-- Every script returns {its result, told}: told lists the user-level joins and leaves
+-- ("J"/"L" messages) this call made, announced or not, so the caller alone can act on
+-- them: each is decided by exactly one call, on one process.
 local announce, pubsub, magic = ARGV[1] == '1', ARGV[2], ARGV[3]
+local told = {}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -11,8 +15,12 @@ local function user_of(value)
   return string.sub(value, at, at + tonumber(n) - 1)
 end
 local function tell(kind, client, value)
+  local message = magic .. kind .. #client .. ':' .. client .. value
+  if kind == 'J' or kind == 'L' then
+    table.insert(told, message)
+  end
   if announce then
-    redis.call('PUBLISH', pubsub, magic .. kind .. #client .. ':' .. client .. value)
+    redis.call('PUBLISH', pubsub, message)
   end
 end
 local function remove(client)

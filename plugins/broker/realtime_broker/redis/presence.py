@@ -34,7 +34,7 @@ from ..presence import (
 from ..presence_check import PresenceCheck
 from . import scripts
 from .connection import UNREACHABLE
-from .envelope import PRESENCE_MAGIC, is_member, member_of, member_value
+from .envelope import PRESENCE_MAGIC, decode_presence, is_member, member_of, member_value
 from .names import Names
 from .tally import Tally
 
@@ -59,6 +59,7 @@ class RedisPresence(PresenceManager):
         report: PresenceHandler,
         listening: Callable[[str], bool],
         tally: Tally,
+        decided: PresenceHandler | None = None,
     ) -> None:
         self.names = names
         self.describe = describe
@@ -69,6 +70,8 @@ class RedisPresence(PresenceManager):
         self._report = report
         self._listening = listening
         self.tally = tally
+        #: Told of each user-level join and leave a script called from here made.
+        self._decided = decided
         self.client: Redis | None = None
         self._scripts: dict[str, Any] = {}
         #: This process's members of each channel tracking presence: it renews them.
@@ -103,11 +106,19 @@ class RedisPresence(PresenceManager):
         head = [int(announce), self.names.key(channel), PRESENCE_MAGIC]
         try:
             async with asyncio.timeout(self.timeout):
-                return await script(keys=self.names.presence_keys(channel), args=[*head, *args])
+                reply = await script(keys=self.names.presence_keys(channel), args=[*head, *args])
         except UNREACHABLE as exc:
             raise BrokerUnavailable(
                 f"broker {self.describe} is unavailable ({type(exc).__name__}: {exc})"
             ) from exc
+        result, told = reply
+        if told and self._decided is not None:
+            # The user-level changes this call made: no other call made them.
+            for raw in told:
+                event = decode_presence(bytes(raw))
+                if isinstance(event, PresenceEvent):
+                    self._decided(channel, event)
+        return result
 
     def _ttl_ms(self) -> int:
         return max(1, round(self.ttl * 1000))

@@ -21,4 +21,4 @@ for i = 5, #ARGV, 2 do
   end
 end
 keep(ttl)
-return added
+return {added, told}

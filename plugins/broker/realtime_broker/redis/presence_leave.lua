@@ -3,4 +3,4 @@ prune(now_ms())
 for i = 4, #ARGV do
   remove(ARGV[i])
 end
-return 0
+return {0, told}

@@ -12,4 +12,4 @@ for i = 5, #ARGV do
   end
 end
 keep(ttl)
-return missing
+return {missing, told}
