@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 import time
 from collections import deque
@@ -22,7 +23,7 @@ from typing import Any
 
 from realtime import Host
 from realtime_broker import BrokerError, get_broker
-from realtime_hub import HubClosed, get_hub
+from realtime_hub import Disconnect, HubClosed, get_hub
 
 log = logging.getLogger("realtime.admin")
 
@@ -67,20 +68,13 @@ def top_channels(
     return heapq.nlargest(limit, found, key=lambda item: (item[1], item[0]))
 
 
-def disconnect_record(record: Any) -> dict[str, Any]:
-    """A hub disconnect record as JSON: ``(time, code, reason, protocol)``."""
-    if isinstance(record, tuple) and not hasattr(record, "_fields"):
-        when, code, reason, protocol = (tuple(record) + (None,) * 4)[:4]
-    else:
-        when = getattr(record, "time", None)
-        code = getattr(record, "code", None)
-        reason = getattr(record, "reason", "")
-        protocol = getattr(record, "protocol", "")
+def disconnect_record(record: Disconnect) -> dict[str, Any]:
+    """A hub disconnect record as JSON."""
     return {
-        "time": when,
-        "code": code,
-        "reason": str(reason or "")[:123],
-        "protocol": str(protocol or ""),
+        "time": record.time,
+        "code": record.code,
+        "reason": record.reason,
+        "protocol": record.protocol,
     }
 
 
@@ -191,11 +185,21 @@ class Monitor:
         return ""
 
     def recent_disconnects(self) -> list[dict[str, Any]]:
+        """The newest first, at most :data:`MAX_DISCONNECTS`."""
         try:
-            records = getattr(get_hub(self.host), "recent_disconnects", ())
+            records = get_hub(self.host).recent_disconnects
         except HubClosed:
             return []
-        return [disconnect_record(r) for r in list(records)[-MAX_DISCONNECTS:]][::-1]
+        newest = list(itertools.islice(reversed(records), MAX_DISCONNECTS))
+        return [disconnect_record(record) for record in newest]
+
+    def counts(self) -> dict[str, Any]:
+        """Live connections by protocol and ended ones by close code, in this process."""
+        try:
+            stats = get_hub(self.host).stats
+        except HubClosed:
+            return {"protocols": {}, "disconnect_codes": {}}
+        return {"protocols": dict(stats.protocols), "disconnect_codes": dict(stats.disconnects)}
 
     def snapshot(self, *, history: bool = False) -> dict[str, Any]:
         """The page's data: this process's latest sample, the nodes, recent disconnects."""
@@ -214,6 +218,7 @@ class Monitor:
             "nodes": nodes,
             "nodes_error": self.nodes_error,
             "disconnects": self.recent_disconnects(),
+            **self.counts(),
             "api": {"available": available, "reason": reason},
         }
         if history:

@@ -9,7 +9,7 @@ this process, and answer 503 when that plugin is not running.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from realtime import Host, Option, hookimpl
 from realtime.settings import INTERNAL_BIND
@@ -17,6 +17,9 @@ from realtime.settings import INTERNAL_BIND
 from .monitor import MAX_QUERY, Monitor
 from .session import LoginLimiter, Sessions
 from .views import admin_routes
+
+if TYPE_CHECKING:
+    from realtime_centrifuge.api import ServerAPI
 
 log = logging.getLogger("realtime.admin")
 
@@ -49,14 +52,13 @@ class Admin:
     def __repr__(self) -> str:
         return "<Admin>"
 
-    def server_api(self) -> tuple[Any, str]:
+    def server_api(self) -> tuple[ServerAPI | None, str]:
         """The Centrifuge node's server API, or None and why not."""
         try:
-            import realtime_centrifuge
+            from realtime_centrifuge import server_api
         except ImportError:
             return None, NO_CENTRIFUGE
-        getter = getattr(realtime_centrifuge, "server_api", None)
-        api = getter(self.host) if getter is not None else None
+        api = server_api(self.host)
         return (api, "") if api is not None else (None, NO_CENTRIFUGE)
 
     def api_status(self) -> tuple[bool, str]:

@@ -37,6 +37,11 @@
     return (d ? d + "d " : "") + (d || h ? h + "h " : "") + m + "m " + s + "s";
   }
 
+  function summary(counts) {
+    const parts = Object.entries(counts || {}).map(([key, n]) => key + ": " + n);
+    return parts.length ? parts.join(", ") : "none";
+  }
+
   function drawChart(canvas, index, scale) {
     const ctx = canvas.getContext("2d");
     const width = canvas.width, height = canvas.height;
@@ -99,6 +104,8 @@
       [d.time ? new Date(d.time * 1000).toLocaleTimeString() : ""],
       [d.code, true], [d.reason], [d.protocol],
     ]));
+    $("#protocols").textContent = summary(data.protocols);
+    $("#disconnect-codes").textContent = summary(data.disconnect_codes);
     const api = data.api || {};
     const status = $("#api-status");
     status.hidden = !!api.available;
