@@ -93,14 +93,17 @@ _SENSITIVE_NAME = (
     r"[\w.-]{0,40}"
 )
 
-#: The patterns, in order; each ``(regex, replacement)``. Precompiled once: a log
-#: record is never per delivery, but a burst of warnings should stay cheap.
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+#: The patterns, in order; each ``(triggers, regex, replacement)``: the regex runs
+#: only on text whose lower case holds one of its triggers, so a line with nothing
+#: to hide costs a few substring tests. Precompiled once: a log record is never per
+#: delivery, but an access line per request should stay cheap.
+_PATTERNS: tuple[tuple[tuple[str, ...], re.Pattern[str], str], ...] = (
     # (d) anything JWT-shaped: a base64url JSON header, a JSON payload, a signature.
-    (re.compile(r"(?<![\w-])eyJ[\w-]*+\.eyJ[\w-]*+\.[\w-]*+"), REDACTED),
+    (("eyj",), re.compile(r"(?<![\w-])eyJ[\w-]*+\.eyJ[\w-]*+\.[\w-]*+"), REDACTED),
     # (b) header values: "Authorization: Bearer x", "'authorization': '...'",
     # "(b'authorization', b'...')", "X-API-Key=...", cookies.
     (
+        ("authorization", "x-api-key", "cookie"),
         re.compile(
             r"(?i)(\b(?:proxy-)?authorization|\bx-api-key|\b(?:set-)?cookie)"
             r"(['\"]\s*,\s*(?:b(?=['\"]))?['\"]|['\"]?\s*[:=]\s*(?:b(?=['\"]))?['\"]?)[^\r\n'\"]+"
@@ -108,20 +111,34 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         rf"\1\2{REDACTED}",
     ),
     # (b) credentials after an HTTP auth scheme, wherever they appear.
-    (re.compile(r"(?i)\b(bearer|basic|apikey)(\s+)[\w.~+/-]+=*"), rf"\1\2{REDACTED}"),
+    (
+        ("bearer", "basic", "apikey"),
+        re.compile(r"(?i)\b(bearer|basic|apikey)(\s+)[\w.~+/-]+=*"),
+        rf"\1\2{REDACTED}",
+    ),
     # (c) query-string and form values: ?token=..., &api_key=..., cf_connect=...
-    (re.compile(rf"(?i)(?<![\w.-])({_SENSITIVE_NAME})=[^&#\s'\"<>]+"), rf"\1={REDACTED}"),
+    (
+        ("=",),
+        re.compile(rf"(?i)(?<![\w.-])({_SENSITIVE_NAME})=[^&#\s'\"<>]+"),
+        rf"\1={REDACTED}",
+    ),
     # (c) the same names as keys of JSON or a repr'd dict: {"token": "..."}.
     (
+        (":",),
         re.compile(rf"(?i)([\"']{_SENSITIVE_NAME}[\"']\s*:\s*)([\"'])(?:\\.|(?!\2).)*\2"),
         rf"\1\2{REDACTED}\2",
     ),
     # A password in a URL's user info: redis://:PASSWORD@host, https://u:PASSWORD@h.
     (
+        ("@",),
         re.compile(r"(?i)(?<![\w+.-])([a-z][\w+.-]{0,30}://[^\s:/@]{0,256}:)[^\s@/]{1,256}@"),
         rf"\1{REDACTED}@",
     ),
 )
+
+#: Any trigger at all: most lines hold none, and then no pattern runs.
+_ANY_TRIGGER = re.compile("|".join(re.escape(t) for triggers, _, _ in _PATTERNS for t in triggers))
+_TRIGGERS = tuple(re.compile("|".join(map(re.escape, triggers))) for triggers, _, _ in _PATTERNS)
 
 #: Attributes every LogRecord has (and ours): anything else on a record is an
 #: ``extra=`` field, which the JSON format shows and so the redactor must see.
@@ -169,8 +186,13 @@ class Redactor(logging.Filter):
             return text
         if self._values is not None:
             text = self._values.sub(REDACTED, text)
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
+        # A replacement adds no trigger, so the first lower case serves for all.
+        lowered = text.lower()
+        if _ANY_TRIGGER.search(lowered) is None:
+            return text
+        for (_, pattern, replacement), trigger in zip(_PATTERNS, _TRIGGERS, strict=True):
+            if trigger.search(lowered) is not None:
+                text = pattern.sub(replacement, text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
