@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 
 from realtime.host import all_options
 from realtime.plugins import Plugins
-from tests.conftest import Server, reserve_port, wait_until
+from tests.conftest import RedisServer, Server, reserve_port, wait_until
 
 HMAC_SECRET = "hmac-secret-for-the-log-test-0123"
 API_KEY = "api-key-for-the-log-test-4567"
@@ -187,3 +187,33 @@ def assert_access_lines(fmt: str, log: str) -> None:
     ]
     assert failure["exc_info"].endswith("RuntimeError: cannot use [redacted] with [redacted]")
     assert "request" in failure
+
+
+def test_workers_log_through_the_same_handler(app_dir: Path, redis_server: RedisServer) -> None:
+    """``--workers 2`` forks after logging is set up: every process redacts, in JSON,
+    the Redis password in ``--broker`` included."""
+    password = "redis-pass-for-the-log-test-42"
+    redis_server.cli("ACL", "SETUSER", "realtime", "on", f">{password}", "~*", "&*", "+@all")
+    broker = f"redis://realtime:{password}@127.0.0.1:{redis_server.port}/0"
+    server = Server(
+        app_dir, "--workers", "2", "--broker", broker, "--log-format", "json",
+        "--access-log", "--api-key", API_KEY,
+    ).start()  # fmt: skip
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for _ in range(8):  # new connections, so both workers likely get some
+                answer = client.get(
+                    "/send.py",
+                    params={"message": "hi", "token": JWT},
+                    headers={"User-Agent": f"tester {API_KEY}", "Connection": "close"},
+                )
+                assert answer.status_code == 200
+        wait_until(lambda: server.log.count("realtime.access") >= 8, message="access lines")
+    finally:
+        server.stop()
+    log = server.log
+    for secret in (password, API_KEY, JWT):
+        assert secret not in log
+    lines = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert len({line["pid"] for line in lines}) >= 3  # the supervisor and two workers
+    assert any(line["message"].startswith("broker: redis://") for line in lines)
