@@ -219,21 +219,25 @@ class Redactor(logging.Filter):
             record.exc_text = self.redact(record.exc_text)
         if record.stack_info:
             record.stack_info = self.redact(record.stack_info)
-        for name, value in record.__dict__.items():
+        for name, value in list(record.__dict__.items()):
             if isinstance(value, str) and name not in _RECORD_ATTRS:
                 record.__dict__[name] = self.redact(value)
 
 
 def _access_fields(record: logging.LogRecord, atoms: Mapping[str, Any]) -> None:
-    """Hypercorn's access line as fields, like ``log_access``'s (kind ``http``)."""
+    """Hypercorn's access line as fields, like ``log_access``'s (kind ``http``).
+
+    The line itself is what matters: a field that does not parse is left out.
+    """
     status = str(atoms.get("s", ""))
     record.__dict__.update(
         kind="http",
-        method=str(atoms.get("m", "")),
+        method=str(atoms.get("m", ""))[:16],
         path=str(atoms.get("U", "")),
         status=int(status) if status.isdigit() else None,
-        duration=float(atoms.get("L", 0.0)),
     )
+    with contextlib.suppress(TypeError, ValueError):
+        record.__dict__["duration"] = float(atoms.get("L", ""))
 
 
 class ContextFilter(logging.Filter):
