@@ -37,6 +37,7 @@ import contextlib
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -261,6 +262,8 @@ def main() -> int:
     opts = p.parse_args()
     if not 1 <= opts.clients <= 50_000 or not 1 <= opts.messages <= 10_000 or opts.rounds < 1:
         p.error("--clients 1..50000, --messages 1..10000, --rounds at least 1")
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by both children
     opts.no_metrics = has_no_metrics(opts)
     runs: dict[str, list[Round]] = {"off": [], "on": []}
     with contextlib.ExitStack() as stack:
