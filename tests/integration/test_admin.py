@@ -114,7 +114,7 @@ async def test_it_shows_a_raw_connection_and_publishes_to_it(admin_server: Admin
 
         async def connected() -> bool:
             data = await _state(http, base)
-            return data["nodes"][0]["num_clients"] == 1 and data["protocols"].get("raw") == 1
+            return bool(data["nodes"][0]["num_clients"] == 1 and data["protocols"].get("raw") == 1)
 
         await eventually(connected, message="the connection on the admin page")
         channels = (await http.get(f"{base}/admin/channels", params={"q": "NEW"})).json()
