@@ -349,6 +349,16 @@ class Host:
                 request.headers["Range"] = f"bytes={start}-"
         return await send_file(target, conditional=True)
 
+    async def run_in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking code (an app's event handler, say) in the script threads, with
+        :func:`current_host` and the caller's log ids set there, as a script has them."""
+        if self.executor is None:
+            raise RuntimeError("the host is not serving (startup has not run)")
+        context = contextvars.copy_context()
+        context.run(_current.set, self)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, context.run, function, *args)
+
     async def run_script(self, path: Path) -> Response:
         """:meth:`_run_script`, timed, logged and counted once per run whatever it answers.
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from realtime_metrics import plugin
-from realtime_metrics.exporter import PrometheusExporter
-from realtime_metrics.lag import LAG_BUCKETS, lag_histogram
 
 from realtime import PluginError, Telemetry, create_app
 from realtime.telemetry import DURATION_BUCKETS
+from realtime_metrics import plugin
+from realtime_metrics.exporter import PrometheusExporter
+from realtime_metrics.lag import LAG_BUCKETS, lag_histogram
 
 
 def scrape(exporter: PrometheusExporter) -> dict[str, list[Sample]]:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from realtime_metrics import multiproc
 from realtime_metrics.lag import run_probe
 

@@ -471,6 +471,9 @@ class SessionHandler:
             lines = await session.handle_frame(data, self._emit)
             if lines:
                 self._emit("\n".join(lines))
+            if session.connected and not self.client.name and not self.client.closing:
+                # Before the connect's own subscriptions join: watchers hear of those too.
+                self.node.hub.identify(self.client, user=session.user, name=session.client_id)
             if session.joining:
                 await session.after_reply()
             if session.rejected and not session.connected:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,12 +20,20 @@ import httpx
 
 from realtime import Host, LogThrottle, Option, hookimpl
 from realtime.plugins import await_me_maybe
+from realtime_broker import get_broker
+from realtime_broker.plugin import PRESENCE_UPDATE_INTERVAL
+from realtime_hub import get_hub
 
-from . import hookspecs
+from . import hookspecs, script
 from .model import EVENT_NAMES, Event
+from .script import hook_name
+from .sources import Sources
 from .webhooks import WebhookOptions, WebhookSender
 
 log = logging.getLogger("realtime.events")
+
+#: Its sources are the hub's clients and the broker's tracker.
+REQUIRES = ("hub", "broker")
 
 EXTENSION_KEY = "realtime_events.events"
 #: Hook calls in flight at once; a backlog past it is a hook too slow for its events.
@@ -58,8 +68,32 @@ WEBHOOK_RETRY_FOR = Option(
     "seconds a failing webhook batch is retried (with backoff) before it is dropped",
     type=float,
 )
-OPTIONS = (WEBHOOK_URL, WEBHOOK_SECRET, WEBHOOK_TIMEOUT, WEBHOOK_QUEUE_SIZE,
-           WEBHOOK_BATCH_SIZE, WEBHOOK_RETRY_FOR)  # fmt: skip
+EVENTS_SCRIPT = Option(
+    "events_script",
+    "",
+    "a Python file whose functions named like the event hooks (user_offline, "
+    "on_disconnect...) are called for each event (docs/events.md); keep it out of the "
+    "app's public folder",
+)
+WEBHOOK_EVENTS = Option(
+    "webhook_events",
+    "",
+    "comma-separated events the webhooks get (empty: all: " + ", ".join(EVENT_NAMES) + ")",
+)
+OPTIONS = (EVENTS_SCRIPT, WEBHOOK_URL, WEBHOOK_SECRET, WEBHOOK_EVENTS, WEBHOOK_TIMEOUT,
+           WEBHOOK_QUEUE_SIZE, WEBHOOK_BATCH_SIZE, WEBHOOK_RETRY_FOR)  # fmt: skip
+
+
+def webhook_events(value: str) -> frozenset[str]:
+    """The events of ``--webhook-events``, checked; every event when empty."""
+    names = frozenset(name.strip() for name in value.split(",") if name.strip())
+    unknown = sorted(names - set(EVENT_NAMES))
+    if unknown:
+        raise ValueError(
+            f"--webhook-events: unknown event(s) {', '.join(unknown)}: "
+            f"choose from {', '.join(EVENT_NAMES)}"
+        )
+    return names or frozenset(EVENT_NAMES)
 
 
 def webhook_urls(value: str) -> list[str]:
@@ -72,17 +106,32 @@ def webhook_urls(value: str) -> list[str]:
     return urls
 
 
-def _hook_name(name: str) -> str:
-    """The hook an event calls: ``on_connect`` for ``connect``, else its own name."""
-    return f"on_{name}" if name in ("connect", "disconnect", "subscribe", "unsubscribe") else name
-
-
 class Events:
     """Emits events to hooks and webhooks: one per host."""
 
-    def __init__(self, host: Host, senders: list[WebhookSender]) -> None:
+    def __init__(
+        self,
+        host: Host,
+        senders: list[WebhookSender],
+        webhook_events: frozenset[str] = frozenset(),
+        handlers: dict[str, Callable[..., Any]] | None = None,
+    ) -> None:
         self.host = host
+        #: One per webhook URL, each getting ``webhook_events``.
         self.senders = senders
+        self.webhook_events = webhook_events
+        #: The events script's functions, by event.
+        self.handlers = handlers or {}
+        #: Events some plugin, or the events script, has a hook for.
+        self.hooked = frozenset(
+            name
+            for name in EVENT_NAMES
+            if name in self.handlers or getattr(self.host.hook, hook_name(name)).get_hookimpls()
+        )
+        #: Events anyone hears: nothing else is made, tracked or counted.
+        self.wanted = self.hooked | self.webhook_events
+        #: What emits (set by the plugin's startup).
+        self.sources: Sources | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._throttle = LogThrottle()
         telemetry = host.telemetry
@@ -113,14 +162,22 @@ class Events:
     def timing(self, seconds: float, ok: bool) -> None:
         self._duration.labels("true" if ok else "false").observe(seconds)
 
-    def emit(self, name: str, **fields: str | int | None) -> Event:
-        """Emit one event: its hooks run in a task, webhooks queue it. Never blocks."""
+    def emit(self, name: str, **fields: str | int | None) -> Event | None:
+        """Emit one event: its hooks run in a task, webhooks queue it. Never blocks.
+
+        ``None`` (nothing made) where no hook and no webhook wants ``name``.
+        """
+        if name not in self.wanted:
+            if name not in EVENT_NAMES:
+                raise ValueError(f"unknown event {name!r}")
+            return None
         event = Event.of(name, **fields)
         self._events.labels(name).inc()
-        for sender in self.senders:
-            sender.offer(event)
-        hook = getattr(self.host.hook, _hook_name(name))
-        if hook.get_hookimpls():
+        if name in self.webhook_events:
+            for sender in self.senders:
+                sender.offer(event)
+        if name in self.hooked:
+            hook = getattr(self.host.hook, hook_name(name))
             if len(self._tasks) >= MAX_HOOK_TASKS:
                 self._hooks_skipped.inc()
                 self._throttle.warn(log, "busy", "event hooks are too slow: %s skipped", name)
@@ -131,18 +188,39 @@ class Events:
         return event
 
     async def _call(self, hook: Any, event: Event) -> None:
+        kwargs: dict[str, Any] = {"host": self.host, "event": event, **event.fields}
         for impl in hook.get_hookimpls():
             try:
-                kwargs: dict[str, Any] = {"host": self.host, "event": event, **event.fields}
                 wanted = {k: v for k, v in kwargs.items() if k in impl.argnames}
                 await await_me_maybe(impl.function(**wanted))
             except Exception:
                 log.exception("plugin %r failed in %s", impl.plugin_name, hook.name)
+        handler = self.handlers.get(event.name)
+        if handler is not None:
+            try:
+                offered = script.arguments(handler, kwargs)
+                # It may block, as scripts do: in the script threads.
+                await self.host.run_in_thread(lambda: handler(**offered))
+            except Exception:
+                log.exception("the events script failed in %s", hook.name)
 
     async def drain(self, grace: float) -> None:
-        await asyncio.gather(*(sender.flush(grace) for sender in self.senders))
+        """Stopping: the hub closes its clients meanwhile; their releases go to the
+        tracker (the last host's users go offline), then the webhooks are flushed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self.sources is not None:
+            hub = self.sources.hub
+            # The hub's own drain closes them meanwhile; it has no event to wait on.
+            while len(hub) and loop.time() < deadline - grace / 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            await self.sources.settle(max(0.0, deadline - loop.time()) / 2)
+        left = max(0.1, deadline - loop.time())
+        await asyncio.gather(*(sender.flush(left) for sender in self.senders))
 
     async def close(self) -> None:
+        if self.sources is not None:
+            await self.sources.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -170,6 +248,9 @@ def register_options() -> list[Option[Any]]:
 @hookimpl
 def validate(host: Host) -> None:
     urls = webhook_urls(host.setting(WEBHOOK_URL))
+    webhook_events(host.setting(WEBHOOK_EVENTS))
+    if host.setting(EVENTS_SCRIPT):
+        script.load(Path(host.setting(EVENTS_SCRIPT)), host.functions)
     if urls and len(host.setting(WEBHOOK_SECRET)) < 16:
         raise ValueError("--webhook-url needs --webhook-secret of at least 16 characters")
     for seconds in (WEBHOOK_TIMEOUT, WEBHOOK_RETRY_FOR):
@@ -191,7 +272,10 @@ def startup(host: Host) -> None:
     )
     urls = webhook_urls(host.setting(WEBHOOK_URL))
     senders: list[WebhookSender] = []
-    events = Events(host, senders)
+    chosen = webhook_events(host.setting(WEBHOOK_EVENTS)) if urls else frozenset[str]()
+    path = host.setting(EVENTS_SCRIPT)
+    handlers = script.load(Path(path), host.functions) if path else None
+    events = Events(host, senders, chosen, handlers)
     if urls:
         # Never the environment's proxies: webhooks go where the operator said.
         client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
@@ -201,7 +285,11 @@ def startup(host: Host) -> None:
                                    timing=events.timing)  # fmt: skip
             sender.start()
             senders.append(sender)
-        log.info("webhooks: %d URL(s), events %s", len(urls), ", ".join(EVENT_NAMES))
+        names = ", ".join(sorted(events.webhook_events))
+        log.info("webhooks: %d URL(s), events %s", len(urls), names)
+    if events.wanted:
+        events.sources = Sources(events, get_hub(host), get_broker(host), host.telemetry)
+        events.sources.start(sweep_every=host.setting(PRESENCE_UPDATE_INTERVAL))
     host.app.extensions[EXTENSION_KEY] = events
 
 

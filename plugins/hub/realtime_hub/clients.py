@@ -124,6 +124,10 @@ class Client:
     protocol: str = "raw"
     #: The close the server decided for it (code, reason), once it did.
     ending: tuple[int, str] | None = None
+    #: Set by :meth:`.Hub.identify` once the protocol has connected it: its own id for
+    #: the client (Centrifuge's), and the user it authenticated ("" if anonymous).
+    name: str = ""
+    user: str = ""
 
 
 class Group(dict[int, Client]):

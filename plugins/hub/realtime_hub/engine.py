@@ -29,7 +29,7 @@ from typing import Any, cast
 from realtime_broker import PresenceEvent
 
 from .backlog import OVERFLOW_POLICIES, TRANSPORT_HIGH_WATER, Backlogs, OverflowPolicy
-from .census import MAX_RECENT, Disconnect, arrived, departed
+from .census import MAX_RECENT, Disconnect, arrived, close_of, departed
 from .channels import ChannelRules
 from .clients import Channel, Client, Connection, Format, Held, HubStats, Message
 from .closecode import CloseCode
@@ -45,6 +45,7 @@ from .fastpath import (
 )
 from .membership import Membership
 from .stream import WEBSOCKET, Framing, Stream
+from .watchers import HubWatcher, Watchers
 
 __all__ = [
     "OVERFLOW_POLICIES",
@@ -174,6 +175,8 @@ class Hub(Backlogs, Membership):
         self.stats = HubStats()
         #: The latest disconnects (:class:`.census.Disconnect`), newest last, for the admin page.
         self.recent_disconnects: deque[Disconnect] = deque(maxlen=MAX_RECENT)
+        #: Told of clients and channels coming and going (:meth:`watch`).
+        self.watchers = Watchers()
         self._clients: dict[int, Client] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -393,6 +396,24 @@ class Hub(Backlogs, Membership):
         if self._clients.pop(client.id, None) is not None:
             self.stats.connected = len(self._clients)
             departed(self.stats, self.recent_disconnects, client)
+            if self.watchers and client.name:
+                code, reason, _ = close_of(client)
+                self.watchers.disconnected(client, code, reason)
+
+    def watch(self, watcher: HubWatcher) -> None:
+        """Tell ``watcher`` of clients and channels from now on (:mod:`.watchers`)."""
+        self.watchers.append(watcher)
+
+    def identify(self, client: Client, *, user: str = "", name: str = "") -> None:
+        """The protocol has connected ``client``: its id for it (``name``, by default the
+        hub's) and its user, if any. Watchers hear of it (and later of its channels and
+        its disconnect) from here on; an unidentified client is not told about."""
+        if client.closing or client.name:
+            return
+        client.user = user
+        client.name = name or str(client.id)
+        if self.watchers:
+            self.watchers.connected(client)
 
     def lost(self, channel: str, count: int) -> None:
         """This process missed ``count`` publications on ``channel``: each format tells its own."""

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .clients import Channel, Client, Format, Group, Held, HubStats
+from .watchers import Watchers
 
 log = logging.getLogger("realtime.hub")
 
@@ -25,6 +26,7 @@ class Membership:
     on_last: Callable[[str], None] | None
     confirm: Callable[[str], Awaitable[None]] | None
     stats: HubStats
+    watchers: Watchers
     _holding: dict[str, int]
 
     def join(self, channel: str, client: Client, fmt: Format) -> None:
@@ -36,9 +38,13 @@ class Membership:
             members = self.channels[channel] = {}
             if self.on_first is not None:
                 self.on_first(channel)
+            if self.watchers:
+                self.watchers.first(channel)
         self._group(members, fmt, client).add(client)
         client.channels.append(channel)
         self.stats.subscriptions += 1
+        if self.watchers and client.name:
+            self.watchers.subscribed(client, channel)
 
     @staticmethod
     def _group(members: Channel, fmt: Any, client: Client) -> Group:
@@ -63,9 +69,13 @@ class Membership:
             members = self.channels[channel] = {}
             if self.on_first is not None:
                 self.on_first(channel)
+            if self.watchers:
+                self.watchers.first(channel)
         self._group(members, held, client).add(client)
         client.channels.append(channel)
         self.stats.subscriptions += 1
+        if self.watchers and client.name:
+            self.watchers.subscribed(client, channel)
         self._holding[channel] = self._holding.get(channel, 0) + 1
         return held
 
@@ -90,6 +100,8 @@ class Membership:
             return
         client.channels.remove(channel)
         self.stats.subscriptions -= 1
+        if self.watchers and client.name:
+            self.watchers.unsubscribed(client, channel)
         members = self.channels.get(channel)
         if members is None:
             return
@@ -102,6 +114,8 @@ class Membership:
             del self.channels[channel]
             if self.on_last is not None:
                 self.on_last(channel)
+            if self.watchers:
+                self.watchers.last(channel)
 
     async def ready(self, channel: str) -> bool:
         """Wait until publications on ``channel`` reach this process (after :meth:`join`).

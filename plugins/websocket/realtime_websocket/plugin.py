@@ -113,6 +113,7 @@ def register_routes(host: Host) -> list[ASGIRoute]:
         client = await hub.connect(ASGIConnection(receive, send, scope), _discard, protocol="raw")
         if client is None:
             return
+        hub.identify(client)  # anonymous: /ws has no users
         hub.join(channel, client, raw)
         # Subscribed on the broker before anything else: one Redis round trip.
         await hub.serve(client, hub.ready(channel))
