@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,15 @@ class AdminServer(Server):
     """``Server`` with ``--internal-bind`` (a socket handed over as ``fd://N``) and the
     admin password in ``REALTIME_ADMIN_PASSWORD``, as an operator would keep it."""
 
-    def __init__(self, app_dir: Path, *args: str, password: str = PASSWORD) -> None:
+    def __init__(
+        self,
+        app_dir: Path,
+        *args: str,
+        password: str = PASSWORD,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.internal_port = reserve_port()
-        super().__init__(app_dir, *args, env={"REALTIME_ADMIN_PASSWORD": password})
+        super().__init__(app_dir, *args, env={"REALTIME_ADMIN_PASSWORD": password, **(env or {})})
 
     @property
     def internal_url(self) -> str:
