@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from realtime import Host, Option, hookimpl
+from realtime import Host, LogThrottle, Option, hookimpl
 from realtime.settings import INTERNAL_BIND
 
 from .monitor import MAX_QUERY, Monitor
@@ -46,6 +46,8 @@ class Admin:
         self.host = host
         self.sessions = Sessions(password)
         self.limiter = LoginLimiter()
+        #: Wrong passwords and refused tries, logged at most once in a while.
+        self.throttle = LogThrottle()
         self.max_query = MAX_QUERY
         self.monitor = Monitor(host, api_status=self.api_status)
 

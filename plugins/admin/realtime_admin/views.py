@@ -146,6 +146,7 @@ def admin_routes(host: Host, admin: Admin) -> list[Route]:
     async def login() -> Response:
         address = request.remote_addr or ""
         if not admin.limiter.allow(address):
+            admin.throttle.warn(log, "limited", "admin: too many login tries from %s", address)
             return text("too many tries: wait a second", 429)
         if not same_origin():
             return text("forbidden: cross-origin", 403)
@@ -158,7 +159,7 @@ def admin_routes(host: Host, admin: Admin) -> list[Route]:
             fields = {}
         password = (fields.get("password") or [""])[0]
         if not sessions.check_password(password):
-            log.warning("admin: a wrong password from %s", address)
+            admin.throttle.warn(log, "wrong", "admin: a wrong password from %s", address)
             return text("wrong password", 401)
         log.info("admin: signed in from %s", address)
         response = _secure(Response("", 303, headers={"Location": PREFIX}))
