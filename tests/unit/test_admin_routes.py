@@ -300,3 +300,38 @@ async def test_the_event_stream_ends_when_the_server_drains(app: Quart) -> None:
         await connection.__aexit__(None, None, None)
     assert admin.monitor.watchers == 0
     assert (await client.get("/admin/events")).status_code == 503
+
+
+async def test_a_login_from_another_origin_or_null_is_refused(app: Quart) -> None:
+    client = internal(app)
+    for origin in ("http://evil.example", "null"):
+        response = await client.post(
+            "/admin/login", form={"password": PASSWORD}, headers={"Origin": origin}
+        )
+        assert response.status_code == 403 and "Set-Cookie" not in response.headers
+    same = await client.post(
+        "/admin/login", form={"password": PASSWORD}, headers={"Origin": "http://localhost"}
+    )
+    assert same.status_code == 303
+
+
+async def test_signing_out_ends_the_open_stream(app: Quart) -> None:
+    client = internal(app)
+    token = await sign_in(client)
+    admin = get_admin(get_host(app))
+    assert admin is not None
+    connection = await _events(client)
+    try:
+        await asyncio.wait_for(connection.receive(), 5)
+        response = await client.post("/admin/logout", json={}, headers={"X-Admin-Token": token})
+        assert response.status_code == 200
+        ended = False
+        for _ in range(3):
+            admin.monitor.sample()
+            if not await asyncio.wait_for(connection.receive(), 5):
+                ended = True
+                break
+        assert ended, "the stream goes on after signing out"
+    finally:
+        await connection.disconnect()
+        await connection.__aexit__(None, None, None)
