@@ -18,14 +18,22 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from ..conftest import Server, eventually, listening_socket, reserve_port, wait_for_http
+from ..conftest import (
+    RedisServer,
+    Server,
+    eventually,
+    listening_socket,
+    reserve_port,
+    wait_for_http,
+)
 
 PASSWORD = "an admin password for tests"
 
 
 class AdminServer(Server):
-    """``Server`` with ``--internal-bind`` (a socket handed over as ``fd://N``) and the
-    admin password in ``REALTIME_ADMIN_PASSWORD``, as an operator would keep it."""
+    """``Server`` with ``--internal-bind`` and the admin password in
+    ``REALTIME_ADMIN_PASSWORD``, as an operator would keep it. One worker is handed a
+    socket for each listener (``fd://N``); several bind the reserved ports themselves."""
 
     def __init__(
         self,
@@ -42,26 +50,25 @@ class AdminServer(Server):
         return f"http://127.0.0.1:{self.internal_port}"
 
     def start(self) -> AdminServer:
-        public = listening_socket(self.port)
-        internal = listening_socket(self.internal_port)
+        one = self.workers == 1
+        public = listening_socket(self.port) if one else None
+        internal = listening_socket(self.internal_port) if one else None
+        bind = f"fd://{public.fileno()}" if public else f"127.0.0.1:{self.port}"
+        inner = f"fd://{internal.fileno()}" if internal else f"127.0.0.1:{self.internal_port}"
         command = [
-            sys.executable, "-m", "realtime", "run",
-            "--bind", f"fd://{public.fileno()}",
-            "--internal-bind", f"fd://{internal.fileno()}",
+            sys.executable, "-m", "realtime", "run", "--bind", bind, "--internal-bind", inner,
             "--app", str(self.app_dir), *self.args,
         ]  # fmt: skip
+        fds = tuple(sock.fileno() for sock in (public, internal) if sock is not None)
         try:
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
-                    command,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=self.env,
-                    pass_fds=(public.fileno(), internal.fileno()),
+                    command, stdout=log, stderr=subprocess.STDOUT, env=self.env, pass_fds=fds
                 )
         finally:
-            public.close()
-            internal.close()
+            for sock in (public, internal):
+                if sock is not None:
+                    sock.close()
         wait_for_http(self.url + "/", process=self.process)
         wait_for_http(self.internal_url + "/-/health", process=self.process)
         return self
@@ -168,3 +175,44 @@ async def test_the_event_stream_ticks_and_ends_when_the_server_drains(
                 pass
             assert time.monotonic() - started < 8
             await stopping
+
+
+async def test_with_workers_one_login_serves_every_worker_and_the_nodes_are_all_there(
+    app_dir: Path, redis_server: RedisServer
+) -> None:
+    server = AdminServer(app_dir, "--workers", "2", "--broker", redis_server.url).start()
+    try:
+        base = server.internal_url
+        async with httpx.AsyncClient(timeout=5) as http:
+            await sign_in(http, base)
+            cookies = http.cookies
+
+        async def every_worker_answers() -> set[str]:
+            served = set()
+            for _ in range(20):
+                # A fresh connection each time, so SO_REUSEPORT may pick either worker.
+                async with httpx.AsyncClient(timeout=5, cookies=cookies) as fresh:
+                    data = await _state(fresh, base)
+                served.add(data["node"])
+            return served if len(served) == 2 else set()
+
+        served = await eventually(every_worker_answers, timeout=20, message="both workers")
+
+        async def nodes_listed() -> set[str]:
+            seen = 0
+            async with (
+                httpx.AsyncClient(timeout=5, cookies=cookies) as fresh,
+                fresh.stream("GET", f"{base}/admin/events") as stream,
+            ):
+                async for line in stream.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    names = {node["name"] for node in json.loads(line[6:])["nodes"]}
+                    seen += 1
+                    if names == served or seen == 5:
+                        return names if names == served else set()
+            return set()
+
+        await eventually(nodes_listed, timeout=20, message="both nodes on the page")
+    finally:
+        server.stop()
