@@ -43,6 +43,12 @@
   }
 
   function drawChart(canvas, index, scale) {
+    // Drawn at the size it is shown, so the text is not stretched.
+    const ratio = window.devicePixelRatio || 1;
+    const shownWidth = Math.max(100, Math.round(canvas.clientWidth * ratio));
+    const shownHeight = Math.max(60, Math.round(canvas.clientHeight * ratio));
+    if (canvas.width !== shownWidth) canvas.width = shownWidth;
+    if (canvas.height !== shownHeight) canvas.height = shownHeight;
     const ctx = canvas.getContext("2d");
     const width = canvas.width, height = canvas.height;
     ctx.clearRect(0, 0, width, height);
