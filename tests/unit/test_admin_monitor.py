@@ -77,3 +77,28 @@ def test_top_channels_is_bounded_and_filters() -> None:
     # A longer query is cut to the bound (the route refuses it before).
     assert top_channels({"x" * 200: 1}, "x" * 500) == [("x" * 200, 1)]
     assert MAX_QUERY == 128
+
+
+async def test_the_broker_is_asked_for_channels_once_a_second_at_most(
+    app: Quart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from realtime_broker import get_broker
+
+    host = get_host(app)
+    asked: list[float] = []
+
+    async def cluster_channels() -> dict[str, int]:
+        asked.append(time.monotonic())
+        return {"news": 3, "chat:lobby": 2}
+
+    monkeypatch.setattr(get_broker(host), "cluster_channels", cluster_channels)
+    monitor = Monitor(host)
+    first = await monitor.channels("")
+    searched = await monitor.channels("LOBBY")
+    assert first["channels"] == [["news", 3], ["chat:lobby", 2]] and first["where"] == "cluster"
+    assert searched["channels"] == [["chat:lobby", 2]] and searched["total"] == 2
+    assert len(asked) == 1
+    assert monitor._channels is not None
+    monitor._channels = (monitor._channels[0] - 2, *monitor._channels[1:])  # a second on
+    await monitor.channels("")
+    assert len(asked) == 2

@@ -35,6 +35,8 @@ MAX_CHANNELS = 1000
 MAX_QUERY = 128
 #: Recent disconnects in each snapshot.
 MAX_DISCONNECTS = 50
+#: Seconds the broker's list of channels is reused for.
+CHANNELS_TTL = 1.0
 #: How long the broker may take to list nodes or channels.
 BROKER_TIMEOUT = 2.0
 
@@ -104,6 +106,7 @@ class Monitor:
         self.stopping = asyncio.Event()
         self._last: tuple[float, int] | None = None
         self._lag = 0.0
+        self._channels: tuple[float, str, str, Mapping[str, int]] | None = None
 
     # -- the task ----------------------------------------------------------------------
 
@@ -225,23 +228,32 @@ class Monitor:
             data["history"] = [s.as_list() for s in self.samples]
         return data
 
+    async def _all_channels(self) -> tuple[str, str, Mapping[str, int]]:
+        try:
+            broker = get_broker(self.host)
+            async with asyncio.timeout(BROKER_TIMEOUT):
+                return "cluster", "", await broker.cluster_channels()
+        except (BrokerError, TimeoutError) as exc:
+            error = f"the broker cannot list channels: {exc or 'timeout'}"
+            with contextlib.suppress(HubClosed):
+                return "local", error, get_hub(self.host).channel_counts()
+            return "local", error, {}
+
     def _local_node(self) -> list[dict[str, Any]]:
         with contextlib.suppress(BrokerError):
             return [get_broker(self.host).local_node()]
         return []
 
     async def channels(self, query: str) -> dict[str, Any]:
-        """Channels and their subscribers, cluster-wide if the broker can tell, else here."""
-        where, error = "cluster", ""
-        counts: Mapping[str, int] = {}
-        try:
-            broker = get_broker(self.host)
-            async with asyncio.timeout(BROKER_TIMEOUT):
-                counts = await broker.cluster_channels()
-        except (BrokerError, TimeoutError) as exc:
-            where, error = "local", f"the broker cannot list channels: {exc or 'timeout'}"
-            with contextlib.suppress(HubClosed):
-                counts = get_hub(self.host).channel_counts()
+        """Channels and their subscribers, cluster-wide if the broker can tell, else here.
+
+        The broker's answer is kept for :data:`CHANNELS_TTL`: every open page asks every
+        few seconds and on each search, and one question a second is enough.
+        """
+        now = time.monotonic()
+        if self._channels is None or now - self._channels[0] >= CHANNELS_TTL:
+            self._channels = (now, *await self._all_channels())
+        _, where, error, counts = self._channels
         listed = top_channels(counts, query)
         return {
             "where": where,
