@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from quart import Quart
-from realtime_admin import Monitor, top_channels
-from realtime_admin.monitor import HISTORY, MAX_DISCONNECTS, MAX_QUERY
 
 from realtime import create_app, get_host
+from realtime_admin import Monitor, top_channels
+from realtime_admin.monitor import HISTORY, MAX_DISCONNECTS, MAX_QUERY
 from realtime_hub import Disconnect, get_hub
 
 from ..conftest import eventually

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
-from realtime_admin import get_admin
-from realtime_admin.views import MAX_ACTION_BODY, MAX_STREAMS
 
 from realtime import create_app, get_host
+from realtime_admin import get_admin
+from realtime_admin.views import MAX_ACTION_BODY, MAX_STREAMS
 
 PASSWORD = "correct horse battery staple"
 INTERNAL = "127.0.0.1:9"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from realtime.rate import Rate
 from realtime_admin.session import (
     MAX_COOKIE,
     MAX_REVOKED,
@@ -10,8 +12,6 @@ from realtime_admin.session import (
     LoginLimiter,
     Sessions,
 )
-
-from realtime.rate import Rate
 
 NOW = 1_800_000_000.0
 SALT = b"s" * 32
