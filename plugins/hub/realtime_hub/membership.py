@@ -33,6 +33,10 @@ class Membership:
         """Put ``client`` in ``channel``; publications reach it in ``fmt``."""
         if client.closing or channel in client.channels:
             return
+        self._add(channel, client, fmt)
+
+    def _add(self, channel: str, client: Client, fmt: Any) -> None:
+        """``client`` is in ``channel`` now, in ``fmt`` (a format, or a :class:`Held`)."""
         members = self.channels.get(channel)
         if members is None:
             members = self.channels[channel] = {}
@@ -64,18 +68,7 @@ class Membership:
         held = Held()
         if client.closing or channel in client.channels:
             return held
-        members = self.channels.get(channel)
-        if members is None:
-            members = self.channels[channel] = {}
-            if self.on_first is not None:
-                self.on_first(channel)
-            if self.watchers:
-                self.watchers.first(channel)
-        self._group(members, held, client).add(client)
-        client.channels.append(channel)
-        self.stats.subscriptions += 1
-        if self.watchers and client.name:
-            self.watchers.subscribed(client, channel)
+        self._add(channel, client, held)
         self._holding[channel] = self._holding.get(channel, 0) + 1
         return held
 

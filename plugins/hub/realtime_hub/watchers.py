@@ -31,44 +31,27 @@ class HubWatcher(Protocol):
 class Watchers(list["HubWatcher"]):
     """The hub's watchers; each call goes to every one, a failing one logged."""
 
-    def connected(self, client: Client) -> None:
+    def _each(self, method: str, *args: object) -> None:
         for watcher in self:
             try:
-                watcher.connected(client)
+                getattr(watcher, method)(*args)
             except Exception:
-                log.exception("a hub watcher failed")
+                log.exception("a hub watcher failed in %s", method)
+
+    def connected(self, client: Client) -> None:
+        self._each("connected", client)
 
     def disconnected(self, client: Client, code: int, reason: str) -> None:
-        for watcher in self:
-            try:
-                watcher.disconnected(client, code, reason)
-            except Exception:
-                log.exception("a hub watcher failed")
+        self._each("disconnected", client, code, reason)
 
     def subscribed(self, client: Client, channel: str) -> None:
-        for watcher in self:
-            try:
-                watcher.subscribed(client, channel)
-            except Exception:
-                log.exception("a hub watcher failed")
+        self._each("subscribed", client, channel)
 
     def unsubscribed(self, client: Client, channel: str) -> None:
-        for watcher in self:
-            try:
-                watcher.unsubscribed(client, channel)
-            except Exception:
-                log.exception("a hub watcher failed")
+        self._each("unsubscribed", client, channel)
 
     def first(self, channel: str) -> None:
-        for watcher in self:
-            try:
-                watcher.first(channel)
-            except Exception:
-                log.exception("a hub watcher failed")
+        self._each("first", channel)
 
     def last(self, channel: str) -> None:
-        for watcher in self:
-            try:
-                watcher.last(channel)
-            except Exception:
-                log.exception("a hub watcher failed")
+        self._each("last", channel)
