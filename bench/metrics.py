@@ -166,7 +166,7 @@ def one(opts: argparse.Namespace, on: bool, cg: T.Callgrind | None = None) -> Ro
     bind = f"{R.HOST}:{port}"
     cmd, env = server(opts, on, bind, f"{R.HOST}:{internal}")
     if cg is not None:
-        cmd = cg.wrap(cmd)
+        cmd = cg.wrap([*cmd, *T.TIMERS_OFF])
         env["PYTHONHASHSEED"] = "0"
     load = [sys.executable, str(R.BENCH / "loadgen.py"), f"--url=ws://{bind}/ws",
             f"--send-url=http://{bind}/send.py", f"--clients={opts.clients}",
