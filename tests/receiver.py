@@ -72,7 +72,8 @@ class Receiver:
                 self.got.set()
                 status = self.answer(number)
                 if status is None:
-                    await asyncio.sleep(3600)  # hang: the sender must time out
+                    with contextlib.suppress(asyncio.CancelledError):  # the server closing
+                        await asyncio.sleep(3600)  # hang: the sender must time out
                     return
                 writer.write(conn.send(h11.Response(status_code=status, headers=[
                     ("content-length", "2")])) or b"")  # fmt: skip

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -154,3 +156,30 @@ def test_an_events_script_that_does_not_load_stops_start_up(tmp_path: Path) -> N
     bad.write_text("raise RuntimeError('nope')\n")
     with pytest.raises(PluginError, match="failed to load: RuntimeError: nope"):
         create_app(tmp_path, settings={"events_script": str(bad)})
+
+
+async def test_a_hanging_or_failing_backend_is_retried_and_clients_are_served(
+    app_dir: Path,
+) -> None:
+    """The webhook receiver answers 500 and then hangs for good: its batches are tried
+    again and again, while every client still gets every broadcast."""
+    async with Receiver(lambda n: 500 if n == 0 else None) as receiver:
+        app = await served_app(app_dir, webhook_url=receiver.url, webhook_timeout=0.3,
+                               webhook_retry_for=30, **HOOKS)  # fmt: skip
+        async with hypercorn(app) as port:
+            clients = [await connect(f"ws://127.0.0.1:{port}/ws") for _ in range(20)]
+            try:
+                await until(lambda: receiver.requests >= 3)  # 500, then hangs: tried again
+                for n in range(50):
+                    async with httpx.AsyncClient() as http:
+                        sent = await http.get(f"http://127.0.0.1:{port}/send.py?message=m{n}")
+                        assert sent.status_code == 200
+                for ws in clients:
+                    got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(50)]
+                    assert got == [f"m{n}" for n in range(50)]
+            finally:
+                for ws in clients:
+                    await ws.close()
+    # The same first batch each time: retried, not lost or skipped.
+    ids = [[e["id"] for e in json.loads(body)["events"]] for body in receiver.bodies[:3]]
+    assert ids[0] == ids[1] == ids[2]
