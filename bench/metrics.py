@@ -76,6 +76,14 @@ class Round:
     received: int
     lost: int
     scrapes: list[Scrape] = field(default_factory=list)
+    system: float = math.nan  # of ``cpu``, the kernel's share (utime/stime, 10 ms ticks)
+
+
+def user_system(pid: int) -> tuple[float, float]:
+    """utime and stime of the process, seconds (``/proc/PID/stat``, whole process)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / R.CLK_TCK, int(fields[12]) / R.CLK_TCK
 
 
 def histogram_quantile(q: float, buckets: Buckets) -> float:
@@ -183,7 +191,8 @@ def one(opts: argparse.Namespace, on: bool, cg: T.Callgrind | None = None) -> Ro
             assert gen.stdin is not None
             assert gen.stdout is not None
             assert gen.stderr is not None
-            spent = before = math.nan
+            spent = before = user = system = math.nan
+            ticks = (math.nan, math.nan)
             for line in gen.stderr:
                 if not line.startswith("@phase "):
                     continue
@@ -192,10 +201,14 @@ def one(opts: argparse.Namespace, on: bool, cg: T.Callgrind | None = None) -> Ro
                     if on:
                         scrapes.append(scrape(internal))
                     before = R.cpu_seconds(proc.pid)  # the broadcasts start now
+                    ticks = user_system(proc.pid)
                     if cg is not None:
                         cg.start(proc.pid)
                 elif phase == "broadcast_done":
                     spent = R.cpu_seconds(proc.pid) - before
+                    user, system = (
+                        b - a for a, b in zip(ticks, user_system(proc.pid), strict=True)
+                    )
                     if cg is not None:
                         spent = cg.read(proc.pid) / 1e6  # Ir, so that cost below is Ir a delivery
                     if on:
@@ -212,7 +225,8 @@ def one(opts: argparse.Namespace, on: bool, cg: T.Callgrind | None = None) -> Ro
     if math.isnan(spent):
         raise RuntimeError("no broadcast phase measured")
     received, lost = int(result.get("deliveries", 0)), int(result.get("lost", -1))
-    return Round(spent * 1e6 / (opts.clients * opts.messages), received, lost, scrapes)
+    share = system / (user + system) if user + system > 0 else math.nan
+    return Round(spent * 1e6 / (opts.clients * opts.messages), received, lost, scrapes, share)
 
 
 def fmt_s(seconds: float) -> str:
@@ -241,13 +255,16 @@ def report(opts: argparse.Namespace, runs: dict[str, list[Round]]) -> list[str]:
     ratio = medians["on"] / medians["off"]
     counted = [r.scrapes[1].deliveries - r.scrapes[0].deliveries for r in ons]
     lost = sum(r.lost for rs in runs.values() for r in rs)
+    kernel = ", ".join(f"{mode} {statistics.median(r.system for r in rs):.0%}"
+                       for mode, rs in runs.items())  # fmt: skip
     rows += ["", f"Target on/off ≤ {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'NOT met'}"
              f" ({ratio:.3f}x; each round's on/off: {', '.join(f'{p:.3f}' for p in paired)}). "
              f"Lag samples during the broadcasts: {during[-1][1]:.0f}, over the whole runs: "
              f"{whole[-1][1]:.0f}. realtime_deliveries_total grew by "
              f"{', '.join(f'{c:,.0f}' for c in counted)} during the \"on\" broadcasts "
              f"(clients x broadcasts = {opts.clients * opts.messages:,}); lost: {lost}. "
-             f"Off: {'--no-metrics' if opts.no_metrics else 'no --internal-bind'}."]  # fmt: skip
+             f"Off: {'--no-metrics' if opts.no_metrics else 'no --internal-bind'}. "
+             f"Kernel share of the CPU (stime, median): {kernel}."]  # fmt: skip
     return rows
 
 
@@ -272,7 +289,10 @@ def main() -> int:
             for mode in ("off", "on") if round_ % 2 else ("on", "off"):
                 got = one(opts, mode == "on", cg)
                 runs[mode].append(got)
-                shown = f"cost={got.cpu:.3f} per delivery received={got.received} lost={got.lost}"
+                shown = (
+                    f"cost={got.cpu:.3f} per delivery (kernel {got.system:.0%}) "
+                    f"received={got.received} lost={got.lost}"
+                )
                 print(f"round {round_}: {mode} {shown}", file=sys.stderr, flush=True)
     print("\n".join(report(opts, runs)))
     return 0
