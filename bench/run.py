@@ -1874,6 +1874,13 @@ def parse_args() -> argparse.Namespace:
         default=2,
         help="run a row again, up to this many times, when it was machine busy (default 2)",
     )
+    p.add_argument(
+        "--metrics-rounds",
+        type=int,
+        default=0,
+        help="also run bench/metrics.py (metrics on and off at 10,000 clients, lag p99) "
+        "for this many rounds and add its table (default 0: not run)",
+    )
     opts = p.parse_args()
     opts.clients = [
         int(n) for n in (opts.clients or ("1000" if opts.quick else "1000,5000,10000")).split(",")
@@ -2092,6 +2099,14 @@ def main() -> int:
         text += "\n\n" + streams_tables(report["streams"])
     if report["slow"]:
         text += "\n\n" + slow_table(report["slow"])
+    if opts.metrics_rounds > 0 and not interrupted:
+        # Issue 20's rows, in the same run: metrics.py alternates on and off itself.
+        rows = subprocess.run(
+            [sys.executable, str(BENCH / "metrics.py"), f"--rounds={opts.metrics_rounds}"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        report["metrics"] = rows.stdout
+        text += "\n\nmetrics on and off (bench/metrics.py)\n\n" + (rows.stdout or rows.stderr)
     print(text)
     report["tables"] = text
     path.write_text(json.dumps(report, indent=2))
