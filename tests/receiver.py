@@ -18,9 +18,14 @@ SECRET = b"0123456789abcdef-webhook"
 class Receiver:
     """An HTTP/1.1 server that records each POST body and answers as ``answer`` says."""
 
-    def __init__(self, answer: Callable[[int], int | None] = lambda n: 200) -> None:
+    def __init__(
+        self, answer: Callable[[int], int | None] = lambda n: 200, body_size: int = 2
+    ) -> None:
         #: Given the request's number (0, 1...): a status, or None to never answer.
         self.answer = answer
+        #: Bytes of each answer's body, and how many of them the sender took.
+        self.body_size = body_size
+        self.body_written = 0
         self.bodies: list[bytes] = []
         self.signatures: list[str] = []
         self.requests = 0
@@ -76,8 +81,14 @@ class Receiver:
                         await asyncio.sleep(3600)  # hang: the sender must time out
                     return
                 writer.write(conn.send(h11.Response(status_code=status, headers=[
-                    ("content-length", "2")])) or b"")  # fmt: skip
-                writer.write(conn.send(h11.Data(data=b"ok")) or b"")
+                    ("content-length", str(self.body_size))])) or b"")  # fmt: skip
+                left = self.body_size
+                while left > 0:
+                    piece = b"k" * min(left, 65536)
+                    writer.write(conn.send(h11.Data(data=piece)) or b"")
+                    await writer.drain()  # blocks while the sender does not read
+                    left -= len(piece)
+                    self.body_written += len(piece)
                 writer.write(conn.send(h11.EndOfMessage()) or b"")
                 await writer.drain()
                 conn.start_next_cycle()

@@ -160,3 +160,16 @@ def test_unknown_events_and_fields_are_refused() -> None:
     with pytest.raises(ValueError, match="no field"):
         Event.of("user_online", channel="x")
     assert len(Event.of("user_online", user="x" * 10_000).fields["user"]) == 256
+
+
+async def test_a_backend_s_answer_body_is_never_read_into_memory() -> None:
+    # 256 MiB of answer: the sender takes the status and hangs up, reading none of it.
+    size = 256 * 1024 * 1024
+    async with (
+        Receiver(body_size=size) as receiver,
+        sender(receiver.url) as (hook, outcomes),
+    ):
+        hook.offer(user_event(1))
+        await until(lambda: outcomes.get("sent", 0) == 1, timeout=10)
+        await asyncio.sleep(0.5)
+        assert receiver.body_written < size // 8

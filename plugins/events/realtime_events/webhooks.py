@@ -184,10 +184,12 @@ class WebhookSender:
         (``None``: never)."""
         started = time.perf_counter()
         try:
-            response = await self._client.post(
-                self.url, content=body, headers=headers, timeout=self.options.timeout
-            )
-            await response.aclose()
+            # Streamed and closed unread: the backend's answer body, of any size, is
+            # never read into memory; only its status and headers count.
+            async with self._client.stream(
+                "POST", self.url, content=body, headers=headers, timeout=self.options.timeout
+            ) as response:
+                pass
         except httpx.HTTPError as exc:
             self._timing(time.perf_counter() - started, False)
             return f"{type(exc).__name__}: {exc}"[:200], 0.0
