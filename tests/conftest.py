@@ -169,11 +169,14 @@ class Server:
         *args: str,
         port: int | None = None,
         env: Mapping[str, str] | None = None,
+        internal: bool = False,
     ) -> None:
         self.app_dir = app_dir
         self.args = args
         self.reserved = port is None
         self.port = reserve_port() if port is None else port
+        #: The internal listener's port (``--internal-bind``), when ``internal``.
+        self.internal_port = reserve_port() if internal else None
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = app_dir.parent / f"server-{self.port}.log"
@@ -181,6 +184,11 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def internal_url(self) -> str:
+        assert self.internal_port is not None, "started without internal=True"
+        return f"http://127.0.0.1:{self.internal_port}"
 
     @property
     def ws_url(self) -> str:
@@ -198,17 +206,19 @@ class Server:
         return 1
 
     def start(self) -> Server:
-        listener: socket.socket | None = None
-        bind = f"127.0.0.1:{self.port}"
-        if self.reserved and self.workers == 1:
-            listener = listening_socket(self.port)
-            bind = f"fd://{listener.fileno()}"
-        command = [
-            sys.executable, "-m", "realtime", "run",
-            "--bind", bind,
-            "--app", str(self.app_dir),
-            *self.args,
-        ]  # fmt: skip
+        """Start it and wait until it answers (on the internal listener too, if any)."""
+        listeners: list[socket.socket] = []
+
+        def bind(port: int) -> str:
+            if self.reserved and self.workers == 1:
+                listeners.append(listening_socket(port))
+                return f"fd://{listeners[-1].fileno()}"
+            return f"127.0.0.1:{port}"
+
+        command = [sys.executable, "-m", "realtime", "run", "--bind", bind(self.port)]
+        if self.internal_port is not None:
+            command += ["--internal-bind", bind(self.internal_port)]
+        command += ["--app", str(self.app_dir), *self.args]
         try:
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
@@ -216,14 +226,16 @@ class Server:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=self.env,
-                    pass_fds=() if listener is None else (listener.fileno(),),
+                    pass_fds=tuple(listener.fileno() for listener in listeners),
                 )
         finally:
             # The server has its own copy now: once it exits, the port refuses
             # connections (only the reservation, which never listens, stays).
-            if listener is not None:
+            for listener in listeners:
                 listener.close()
         wait_for_http(self.url + "/", process=self.process)
+        if self.internal_port is not None:
+            wait_for_http(self.internal_url + "/-/health", process=self.process)
         return self
 
     def stop(self) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,9 +20,6 @@ from ..conftest import (
     RedisServer,
     Server,
     eventually,
-    listening_socket,
-    reserve_port,
-    wait_for_http,
 )
 
 PASSWORD = "an admin password for tests"
@@ -32,8 +27,7 @@ PASSWORD = "an admin password for tests"
 
 class AdminServer(Server):
     """``Server`` with ``--internal-bind`` and the admin password in
-    ``REALTIME_ADMIN_PASSWORD``, as an operator would keep it. One worker is handed a
-    socket for each listener (``fd://N``); several bind the reserved ports themselves."""
+    ``REALTIME_ADMIN_PASSWORD``, as an operator would keep it."""
 
     def __init__(
         self,
@@ -42,36 +36,8 @@ class AdminServer(Server):
         password: str = PASSWORD,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.internal_port = reserve_port()
-        super().__init__(app_dir, *args, env={"REALTIME_ADMIN_PASSWORD": password, **(env or {})})
-
-    @property
-    def internal_url(self) -> str:
-        return f"http://127.0.0.1:{self.internal_port}"
-
-    def start(self) -> AdminServer:
-        one = self.workers == 1
-        public = listening_socket(self.port) if one else None
-        internal = listening_socket(self.internal_port) if one else None
-        bind = f"fd://{public.fileno()}" if public else f"127.0.0.1:{self.port}"
-        inner = f"fd://{internal.fileno()}" if internal else f"127.0.0.1:{self.internal_port}"
-        command = [
-            sys.executable, "-m", "realtime", "run", "--bind", bind, "--internal-bind", inner,
-            "--app", str(self.app_dir), *self.args,
-        ]  # fmt: skip
-        fds = tuple(sock.fileno() for sock in (public, internal) if sock is not None)
-        try:
-            with self.log_path.open("ab") as log:
-                self.process = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, env=self.env, pass_fds=fds
-                )
-        finally:
-            for sock in (public, internal):
-                if sock is not None:
-                    sock.close()
-        wait_for_http(self.url + "/", process=self.process)
-        wait_for_http(self.internal_url + "/-/health", process=self.process)
-        return self
+        env = {"REALTIME_ADMIN_PASSWORD": password, **(env or {})}
+        super().__init__(app_dir, *args, env=env, internal=True)
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from ..conftest import (
     eventually,
     listening_socket,
     reserve_port,
-    wait_for_http,
     wait_until,
 )
 from .test_discovery import env_with, make_distribution
@@ -83,47 +82,17 @@ OTHERS = "metrics,admin,events"
 
 
 class InternalServer(Server):
-    """``Server`` with ``--internal-bind``: one worker gets a listening socket for each
-    listener (``fd://N``, as ``Server`` does for ``--bind``); several bind the reserved
-    ports themselves, with ``SO_REUSEPORT``."""
+    """``Server`` with ``--internal-bind`` and the probe plugin's site, the other
+    bundled plugins off; the pids ``worker_exited`` heard go to a file."""
 
     def __init__(self, app_dir: Path, site: Path, *args: str) -> None:
-        self.internal_port = reserve_port()
         self.exited_path = app_dir.parent / "exited.txt"
         env = {
             **env_with(site),
             "REALTIME_TEST_EXITED": str(self.exited_path),
             "REALTIME_DISABLE_PLUGINS": OTHERS,
         }
-        super().__init__(app_dir, *args, env=env)
-
-    @property
-    def internal_url(self) -> str:
-        return f"http://127.0.0.1:{self.internal_port}"
-
-    def start(self) -> InternalServer:
-        one = self.workers == 1
-        public = listening_socket(self.port) if one else None
-        internal = listening_socket(self.internal_port) if one else None
-        bind = f"fd://{public.fileno()}" if public else f"127.0.0.1:{self.port}"
-        inner = f"fd://{internal.fileno()}" if internal else f"127.0.0.1:{self.internal_port}"
-        command = [
-            sys.executable, "-m", "realtime", "run", "--bind", bind, "--internal-bind", inner,
-            "--app", str(self.app_dir), *self.args,
-        ]  # fmt: skip
-        fds = tuple(sock.fileno() for sock in (public, internal) if sock is not None)
-        try:
-            with self.log_path.open("ab") as log:
-                self.process = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, env=self.env, pass_fds=fds
-                )
-        finally:
-            for sock in (public, internal):
-                if sock is not None:
-                    sock.close()
-        wait_for_http(self.url + "/", process=self.process)
-        wait_for_http(self.internal_url + "/-/health", process=self.process)
-        return self
+        super().__init__(app_dir, *args, env=env, internal=True)
 
     def exited(self) -> list[int]:
         if not self.exited_path.exists():

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
-from ..conftest import FAN_OUT_MODES, RedisServer, Server, eventually, reserve_port, wait_until
+from ..conftest import FAN_OUT_MODES, RedisServer, Server, eventually, reserve_port
 
 Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -43,18 +43,8 @@ def value(values: Values, name: str, **labels: str) -> float:
 
 
 def start(app_dir: Path, *args: str) -> tuple[Server, str]:
-    port = reserve_port()
-    server = Server(app_dir, "--internal-bind", f"127.0.0.1:{port}", *args).start()
-    internal = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(internal + "/-/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, timeout=10, message="internal listener")
-    return server, internal
+    server = Server(app_dir, *args, internal=True).start()
+    return server, server.internal_url
 
 
 def frame_size(text: str) -> int:

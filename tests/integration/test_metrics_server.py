@@ -45,18 +45,8 @@ def total(families: Families, family: str, sample: str | None = None) -> float:
 
 def start(app_dir: Path, *args: str, env: dict[str, str] | None = None) -> tuple[Server, str]:
     (app_dir / "count.py").write_text(COUNT_SCRIPT)
-    port = reserve_port()
-    server = Server(app_dir, "--internal-bind", f"127.0.0.1:{port}", *args, env=env).start()
-    internal = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(internal + "/-/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, timeout=10, message="internal listener")
-    return server, internal
+    server = Server(app_dir, *args, env=env, internal=True).start()
+    return server, server.internal_url
 
 
 def run_scripts(server: Server, count: int) -> set[str]:
