@@ -200,7 +200,8 @@ class ServerAPI:
             elapsed = time.perf_counter() - started
             if self._observe is not None:
                 self._observe(name, elapsed)
-            log_access("api", str(scope["method"])[:16], scope["path"], status, elapsed)
+            path = str(scope["path"])[:256]  # a refused request's path is the client's
+            log_access("api", str(scope["method"])[:16], path, status, elapsed)
 
     async def _serve(self, name: str, scope: Any, receive: Any, send: Any) -> int:
         """Answer one request; the HTTP status sent (:data:`CLIENT_GONE` if none)."""

@@ -74,8 +74,9 @@ def arrived(stats: HubStats, client: Client) -> None:
     protocols[client.protocol] = protocols.get(client.protocol, 0) + 1
 
 
-def departed(stats: HubStats, recent: deque[Disconnect], client: Client) -> None:
-    """A hub client is gone (called once for it): counted by protocol and code, recorded."""
+def departed(stats: HubStats, recent: deque[Disconnect], client: Client) -> Disconnect:
+    """A hub client is gone (called once for it): counted by protocol and code, recorded;
+    the record is returned (for the hub's watchers)."""
     protocols = stats.protocols
     protocols[client.protocol] = protocols.get(client.protocol, 1) - 1
     code, reason, by_server = close_of(client)
@@ -84,4 +85,6 @@ def departed(stats: HubStats, recent: deque[Disconnect], client: Client) -> None
     counted[label] = counted.get(label, 0) + 1
     if len(reason) > MAX_REASON // 4:  # may be over MAX_REASON bytes
         reason = reason.encode(errors="replace")[:MAX_REASON].decode(errors="ignore")
-    recent.append(Disconnect(time.time(), code, reason, client.protocol))
+    record = Disconnect(time.time(), code, reason, client.protocol)
+    recent.append(record)
+    return record

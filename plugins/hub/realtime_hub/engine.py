@@ -29,7 +29,7 @@ from typing import Any, cast
 from realtime_broker import PresenceEvent
 
 from .backlog import OVERFLOW_POLICIES, TRANSPORT_HIGH_WATER, Backlogs, OverflowPolicy
-from .census import MAX_RECENT, Disconnect, arrived, close_of, departed
+from .census import MAX_RECENT, Disconnect, arrived, departed
 from .channels import ChannelRules
 from .clients import Channel, Client, Connection, Format, Held, HubStats, Message
 from .closecode import CloseCode
@@ -395,10 +395,9 @@ class Hub(Backlogs, Membership):
             self.leave(channel, client)
         if self._clients.pop(client.id, None) is not None:
             self.stats.connected = len(self._clients)
-            departed(self.stats, self.recent_disconnects, client)
+            record = departed(self.stats, self.recent_disconnects, client)
             if self.watchers and client.name:
-                code, reason, _ = close_of(client)
-                self.watchers.disconnected(client, code, reason)
+                self.watchers.disconnected(client, record.code, record.reason)
 
     def watch(self, watcher: HubWatcher) -> None:
         """Tell ``watcher`` of clients and channels from now on (:mod:`.watchers`)."""

@@ -94,7 +94,6 @@ class RedisListener(Broker):
         #: Every publisher's limit (the broker plugin's setting, declared once there).
         self.max_message_size: int = MAX_MESSAGE_SIZE.get(settings)
         self.sequence = Sequence()
-        self.missed = 0
         self.subscription_losses = 0
         #: Dropped messages and listener errors by kind, logged without flooding.
         self.tally = Tally(log)

@@ -32,6 +32,7 @@ from ..presence import (
     PresenceStats,
 )
 from ..presence_check import PresenceCheck
+from ..tracking import is_tracked
 from . import scripts
 from .connection import UNREACHABLE
 from .envelope import PRESENCE_MAGIC, decode_presence, is_member, member_of, member_value
@@ -112,7 +113,7 @@ class RedisPresence(PresenceManager):
                 f"broker {self.describe} is unavailable ({type(exc).__name__}: {exc})"
             ) from exc
         result, told = reply
-        if told and self._decided is not None:
+        if told and self._decided is not None and is_tracked(channel):
             # The user-level changes this call made: no other call made them.
             for raw in told:
                 event = decode_presence(bytes(raw))
