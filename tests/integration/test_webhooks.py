@@ -173,3 +173,11 @@ async def test_a_backend_s_answer_body_is_never_read_into_memory() -> None:
         await until(lambda: outcomes.get("sent", 0) == 1, timeout=10)
         await asyncio.sleep(0.5)
         assert receiver.body_written < size // 8
+
+
+def test_a_retry_after_is_bounded_whatever_it_says() -> None:
+    from realtime_events.webhooks import MAX_BACKOFF, _retry_after
+
+    assert [_retry_after(v) for v in ("2", "-5", "1e9", "nan", "inf", "soon", None)] == [
+        2.0, 0.0, MAX_BACKOFF, 0.0, 0.0, 0.0, 0.0,
+    ]  # fmt: skip

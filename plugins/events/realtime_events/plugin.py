@@ -36,6 +36,7 @@ log = logging.getLogger("realtime.events")
 REQUIRES = ("hub", "broker")
 
 EXTENSION_KEY = "realtime_events.events"
+SCRIPT_KEY = EXTENSION_KEY + ".script"
 #: Hook calls in flight at once; a backlog past it is a hook too slow for its events.
 MAX_HOOK_TASKS = 1000
 
@@ -189,12 +190,11 @@ class Events:
 
     async def _call(self, hook: Any, event: Event) -> None:
         kwargs: dict[str, Any] = {"host": self.host, "event": event, **event.fields}
-        for impl in hook.get_hookimpls():
+        for plugin, call in self.host.plugins.bound(hook.name, **kwargs):
             try:
-                wanted = {k: v for k, v in kwargs.items() if k in impl.argnames}
-                await await_me_maybe(impl.function(**wanted))
+                await await_me_maybe(call())
             except Exception:
-                log.exception("plugin %r failed in %s", impl.plugin_name, hook.name)
+                log.exception("plugin %r failed in %s", plugin, hook.name)
         handler = self.handlers.get(event.name)
         if handler is not None:
             try:
@@ -250,7 +250,10 @@ def validate(host: Host) -> None:
     urls = webhook_urls(host.setting(WEBHOOK_URL))
     webhook_events(host.setting(WEBHOOK_EVENTS))
     if host.setting(EVENTS_SCRIPT):
-        script.load(Path(host.setting(EVENTS_SCRIPT)), host.functions)
+        # Loaded once, here: its top-level code runs once, and a failure stops start-up.
+        host.app.extensions[SCRIPT_KEY] = script.load(
+            Path(host.setting(EVENTS_SCRIPT)), host.functions
+        )
     if urls and len(host.setting(WEBHOOK_SECRET)) < 16:
         raise ValueError("--webhook-url needs --webhook-secret of at least 16 characters")
     for seconds in (WEBHOOK_TIMEOUT, WEBHOOK_RETRY_FOR):
@@ -273,9 +276,7 @@ def startup(host: Host) -> None:
     urls = webhook_urls(host.setting(WEBHOOK_URL))
     senders: list[WebhookSender] = []
     chosen = webhook_events(host.setting(WEBHOOK_EVENTS)) if urls else frozenset[str]()
-    path = host.setting(EVENTS_SCRIPT)
-    handlers = script.load(Path(path), host.functions) if path else None
-    events = Events(host, senders, chosen, handlers)
+    events = Events(host, senders, chosen, host.app.extensions.get(SCRIPT_KEY))
     if urls:
         # Never the environment's proxies: webhooks go where the operator said.
         client = httpx.AsyncClient(trust_env=False, follow_redirects=False)

@@ -35,7 +35,7 @@ def load(path: Path, functions: Mapping[str, Callable[..., Any]]) -> dict[str, C
     namespace: dict[str, Any] = {"__name__": "realtime_events_script", "__file__": str(path),
                                  **functions}  # fmt: skip
     try:
-        exec(compile(source, str(path), "exec"), namespace)
+        exec(compile(source, str(path), "exec", dont_inherit=True), namespace)
     except Exception as exc:
         raise ValueError(
             f"--events-script {str(path)!r} failed to load: {type(exc).__name__}: {exc}"

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -209,6 +210,7 @@ class WebhookSender:
 def _retry_after(value: str | None) -> float:
     """Seconds a ``Retry-After`` asks for (its number form), capped at MAX_BACKOFF."""
     try:
-        return min(max(float(value or 0), 0.0), MAX_BACKOFF)
+        seconds = float(value or 0)
     except ValueError:
         return 0.0
+    return min(max(seconds, 0.0), MAX_BACKOFF) if math.isfinite(seconds) else 0.0
