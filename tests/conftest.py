@@ -219,6 +219,7 @@ class Server:
         if self.internal_port is not None:
             command += ["--internal-bind", bind(self.internal_port)]
         command += ["--app", str(self.app_dir), *self.args]
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         try:
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
@@ -234,9 +235,29 @@ class Server:
             for listener in listeners:
                 listener.close()
         wait_for_http(self.url + "/", process=self.process)
+        if self.workers > 1:
+            self._wait_for_every_worker(offset)
         if self.internal_port is not None:
             wait_for_http(self.internal_url + "/-/health", process=self.process)
         return self
+
+    def _wait_for_every_worker(self, offset: int, timeout: float = 15.0) -> None:
+        """Wait until each worker listens: the first answering says nothing of the rest.
+
+        Each worker binds the port itself, so until the last one logs Hypercorn's
+        "Running on" line the kernel hands every connection to the ones already up.
+        """
+        banner = f"Running on http://127.0.0.1:{self.port} ".encode()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                if log.read().count(banner) >= self.workers:
+                    return
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}")
+            time.sleep(0.05)
+        raise TimeoutError(f"fewer than {self.workers} workers listening within {timeout} s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
