@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from ssl import SSLError
 from typing import Any, NamedTuple, TypeVar
 
+import h11
 from wsproto.connection import Connection
 from wsproto.utilities import generate_accept_token
 
@@ -40,6 +41,7 @@ try:  # Only the names; nothing here runs at import.
     from hypercorn.asyncio.worker_context import WorkerContext
     from hypercorn.events import Closed, RawData
     from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
     from hypercorn.protocol.ws_stream import Handshake, WSStream
 except ImportError:  # pragma: no cover - a Hypercorn without these modules
     HYPERCORN_TCP_SERVER = None  # type: ignore[assignment, misc]
@@ -55,6 +57,7 @@ __all__ = [
     "refuse_reading",
     "replace_wsproto_connection",
     "take_over",
+    "take_over_response",
     "transport",
     "wsproto_connection",
 ]
@@ -65,7 +68,8 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 _NEEDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("WSStream", ("handshake", "connection", "closed", "config", "scope", "send", "app_send")),
     ("Handshake", ("extensions", "accepted", "key", "http_version")),
-    ("H11Protocol", ("send",)),
+    ("H11Protocol", ("send", "connection")),
+    ("HTTPStream", ("closed", "state", "send", "app_send", "config", "scope", "start_time")),
     ("TCPServer", ("reader", "writer", "protocol", "idle_task", "context", "config")),
     ("TCPServer", ("_read_data", "_initiate_server_close", "_task_group", "run")),
     ("WorkerContext", ("terminated",)),
@@ -92,6 +96,7 @@ def missing() -> list[str]:
         "WSStream": WSStream,
         "Handshake": Handshake,
         "H11Protocol": H11Protocol,
+        "HTTPStream": HTTPStream,
         "TCPServer": HYPERCORN_TCP_SERVER,
         "WorkerContext": WorkerContext,
     }
@@ -284,6 +289,72 @@ def take_over(
             log_access.access(stream.scope, {"status": 101, "headers": []}, took)
         )
     return protocol, early
+
+
+def take_over_response(
+    asgi_send: Any, head: bytes, methods: Iterable[str], make: Callable[[Any], tuple[P, int]]
+) -> P | None:
+    """Answer an HTTP/1.1 request on Hypercorn's behalf and give the transport to another
+    protocol, to write a long response body (an event stream) itself.
+
+    Call instead of sending ``http.response.start``, once the whole request body was
+    received. ``head`` is the status line and the header lines (each ending in CRLF,
+    without the blank line: the server's own headers follow). As :func:`take_over`:
+    ``make(transport)`` builds the protocol and says the high-water mark, the head is
+    written, and Hypercorn unwinds (its stream marked closed, its writer detached, its
+    read loop ended at a fed EOF); the connection is the protocol's to close. ``None``
+    where this cannot be done (not Hypercorn over HTTP/1.1, a response begun, the
+    request not fully read, bytes of a next request already read, a transport without
+    every one of ``methods``, the probe said no): then answer through ASGI.
+    """
+    if not fence().takeover:
+        return None
+    stream = getattr(asgi_send, "__self__", None)
+    if not isinstance(stream, HTTPStream):
+        return None
+    protocol = getattr(stream.send, "__self__", None)
+    if not isinstance(protocol, H11Protocol):
+        return None  # HTTP/2 multiplexes streams: no transport of their own
+    found = getattr(protocol.send, "__self__", None)
+    if not isinstance(found, HYPERCORN_TCP_SERVER):
+        return None
+    server: Any = found  # its reader and writer are swapped below: not as typed
+    connection = protocol.connection
+    reader = getattr(server, "reader", None)
+    sock = server.writer.transport
+    if (
+        stream.closed
+        or stream.state != ASGIHTTPState.REQUEST
+        or stream.scope.get("http_version") != "1.1"
+        or not isinstance(connection, h11.Connection)
+        or connection.their_state is not h11.DONE
+        or connection.our_state is not h11.SEND_RESPONSE
+        or connection.trailing_data[0]  # a pipelined request: Hypercorn would wait on it
+        or not asyncio_internals.reader_takes(reader)
+        or not all(hasattr(sock, name) for name in methods)
+        or sock.is_closing()
+    ):
+        return None
+    stream.closed = True  # Hypercorn's stream ignores everything from now on
+    stream.state = ASGIHTTPState.CLOSED
+    writer, server.writer = server.writer, _DETACHED
+    asyncio_internals.disown_transport(writer)
+    taken, high_water = make(sock)
+    asyncio_internals.take_buffered(reader)  # nothing may follow a request we answer this way
+    stream_protocol = sock.get_protocol()
+    sock.set_protocol(taken)
+    sock.set_write_buffer_limits(high=high_water)
+    sock.write(head + _server_headers(stream.config) + b"\r\n")
+    if not sock.is_reading():
+        sock.resume_reading()
+    stream_protocol.connection_lost(None)  # Hypercorn's read loop ends at this EOF
+    log_access = stream.config.log
+    if getattr(log_access, "access_logger", None) is not None:
+        took = time.time() - getattr(stream, "start_time", time.time())
+        asyncio.get_running_loop().create_task(
+            log_access.access(stream.scope, {"status": 200, "headers": []}, took)
+        )
+    return taken
 
 
 # The lean TCP server ------------------------------------------------------------

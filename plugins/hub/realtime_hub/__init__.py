@@ -8,6 +8,7 @@ in its :class:`Framing`), put it in channels with :meth:`Hub.join` in their own
 (``realtime_broker``). They never know each other.
 """
 
+from . import httpstream as httpstream  # long HTTP responses on the fast path
 from .census import Disconnect
 from .channels import ChannelRules, HookAnswer, NamespaceOptions, parse_duration
 from .closecode import CloseCode
