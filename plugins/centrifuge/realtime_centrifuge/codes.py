@@ -101,7 +101,7 @@ DISCONNECT_TOO_MANY_ERRORS = Disconnect(3509, "too many errors")
 class DisconnectError(Exception):
     """The connection must be closed with ``disconnect`` once ``replies`` are sent."""
 
-    def __init__(self, disconnect: Disconnect, replies: Sequence[str] = ()) -> None:
+    def __init__(self, disconnect: Disconnect, replies: Sequence[str | bytes] = ()) -> None:
         super().__init__(disconnect, tuple(replies))
 
     @property

@@ -34,6 +34,7 @@ from .metrics import CentrifugeMetrics
 from .session import Session, SessionOptions
 from .tokens import TokenSigner, TokenVerifier
 from .transport import CentrifugeFormat, SessionHandler, member_info, payload
+from .wire import JSON, Codec, Frame
 
 log = logging.getLogger("realtime.centrifuge")
 
@@ -88,9 +89,10 @@ class Node:
         self.options = options
         self.connect_timeout = connect_timeout
         self.version = version
-        self.format = CentrifugeFormat(self)
-        #: For subscribers that get the channel's joins and leaves too.
-        self.format_join_leave = CentrifugeFormat(self, publications=self.format)
+        #: Each codec's formats, made on first use: (publications only, with joins
+        #: and leaves). A channel's publication is encoded once per codec present.
+        self._formats: dict[Codec, tuple[CentrifugeFormat, CentrifugeFormat]] = {}
+        self.format, self.format_join_leave = self._formats_of(JSON)
         #: How long the last recovering subscribes took, seconds (for the benchmark,
         #: later for /metrics): wall time from the command to its result.
         self.recovery_times: deque[float] = deque(maxlen=RECOVERY_TIMES)
@@ -117,8 +119,18 @@ class Node:
             observe=self.metrics.api,
         )
 
-    def format_for(self, join_leave: bool) -> CentrifugeFormat:
-        return self.format_join_leave if join_leave else self.format
+    def _formats_of(self, codec: Codec) -> tuple[CentrifugeFormat, CentrifugeFormat]:
+        formats = self._formats.get(codec)
+        if formats is None:
+            plain = CentrifugeFormat(self, codec=codec)
+            # For subscribers that get the channel's joins and leaves too.
+            formats = self._formats[codec] = (plain, CentrifugeFormat(self, plain, codec=codec))
+        return formats
+
+    def format_for(self, join_leave: bool, codec: Codec = JSON) -> CentrifugeFormat:
+        """The hub format of ``codec``'s subscribers (with joins and leaves or not)."""
+        plain, with_join_leave = self._formats_of(codec)
+        return with_join_leave if join_leave else plain
 
     def hooked(self, name: str) -> bool:
         """Whether any plugin implements ``name``: the handshake headers are built only then."""
@@ -334,7 +346,7 @@ class Node:
             # The same checks as the server API's own: whatever sent it.
             log.warning("control message refused for channel %r: %r", channel, error)
             return
-        pushes: list[str | None]
+        pushes: list[Frame | None]
         if op == "subscribe" and channel:
             pushes = [
                 await session.server_subscribe(
@@ -350,7 +362,7 @@ class Node:
             return
         lines = [push for push in pushes if push is not None] + session.take_pushes()
         if lines:
-            self.hub.send(client, "\n".join(lines))
+            self.hub.send(client, session.codec.join(lines))
         if op == "subscribe" and pushes[0] is not None:
             await session.enter_presence(channel)
 

@@ -9,7 +9,6 @@ session's next deadline (pings, expiry). Publications reach it through the hub i
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import inspect
 import json
@@ -24,9 +23,8 @@ from realtime_broker import BrokerUnavailable, Member, PresenceEvent, Publicatio
 from realtime_hub import ASGIConnection, Client, CloseCode, Held, Hub, Receive, Send
 
 from .budget import join_leave_pushed
-from .codec import RawJSON, encode_json, encode_publication, encode_push
+from .codec import RawJSON, encode_json
 from .codes import (
-    DISCONNECT_BAD_REQUEST,
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
     DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_STALE,
@@ -40,6 +38,7 @@ from .codes import (
 )
 from .history import read_history, read_presence, read_presence_stats
 from .session import ConnectAuth, HistoryPage, Session
+from .wire import JSON, Codec, Frame
 
 if TYPE_CHECKING:
     from .node import Node
@@ -59,13 +58,8 @@ MEMBER_OVERHEAD = 32
 
 
 def payload(pub: Publication) -> Any:
-    """A publication's ``data`` as the JSON codec carries it."""
-    if pub.json:
-        return RawJSON(pub.data)
-    if isinstance(pub.data, bytes):
-        # The JSON codec carries no bytes: binary broadcasts arrive as base64 text.
-        return base64.b64encode(pub.data).decode("ascii")
-    return pub.data
+    """A publication's ``data`` as the JSON codec carries it (the server API's too)."""
+    return JSON.payload(pub)
 
 
 def info_json(pub: Publication) -> RawJSON | None:
@@ -85,10 +79,10 @@ def info_json(pub: Publication) -> RawJSON | None:
     return RawJSON(pub.info)
 
 
-def publication_object(pub: Publication) -> dict[str, Any]:
-    """A ``Publication`` in a subscribe or history result."""
+def publication_object(pub: Publication, codec: Codec = JSON) -> dict[str, Any]:
+    """A ``Publication`` in a subscribe or history result, its data as ``codec`` carries it."""
     return {
-        "data": payload(pub),
+        "data": codec.payload(pub),
         "info": info_json(pub),
         "offset": pub.offset,
     }
@@ -110,19 +104,22 @@ def member_info(member: Member) -> Any:
 class CentrifugeFormat:
     """Publications as ``pub`` pushes, joins and leaves as ``join`` and ``leave`` pushes
     for subscribers that get them (``join_leave``); one object serves every Centrifuge
-    connection of each kind."""
+    connection of each kind and codec, so a publication is encoded once per codec."""
 
-    def __init__(self, node: Node, publications: CentrifugeFormat | None = None) -> None:
+    def __init__(
+        self, node: Node, publications: CentrifugeFormat | None = None, *, codec: Codec = JSON
+    ) -> None:
         self._node = node
+        self.codec = codec
         self._numbered = node.broker.history_supported
         #: Set for subscribers that get joins and leaves: that format encodes the
         #: publications, so a channel with both kinds encodes each once.
         self._publications = publications
         #: The last publication (or, for joins and leaves, event) encoded, its channel
         #: and its text: whoever asks again for the same gets the same, at no cost.
-        self._last: tuple[Any, str, str | None] | None = None
+        self._last: tuple[Any, str, Frame | None] | None = None
 
-    def encode(self, channel: str, publication: Any) -> str | None:
+    def encode(self, channel: str, publication: Any) -> Frame | None:
         if isinstance(publication, PresenceEvent):
             return self._join_leave(channel, publication)
         if self._publications is not None:
@@ -137,11 +134,12 @@ class CentrifugeFormat:
         offset = pub.offset
         if offset and not (self._numbered and self._node.broker.keeps_history(channel)):
             offset = 0
-        text = encode_publication(channel, payload(pub), info, offset)
+        codec = self.codec
+        text = codec.encode_publication(channel, codec.payload(pub), info, offset)
         self._last = (publication, channel, text)
         return text
 
-    def _join_leave(self, channel: str, event: PresenceEvent) -> str | None:
+    def _join_leave(self, channel: str, event: PresenceEvent) -> Frame | None:
         """The ``join`` or ``leave`` push, or None where it is not pushed; decided once
         per event (the channel's size bound included), however often it is asked."""
         if self._publications is None:
@@ -149,12 +147,12 @@ class CentrifugeFormat:
         last = self._last
         if last is not None and last[0] is event and last[1] == channel:
             return last[2]
-        text = None
+        text: Frame | None = None
         clients = self._node.hub.channels.get(channel, {}).get(self, ())
         # Not on a big channel: N joins would cost N² pushes.
         if join_leave_pushed(len(clients), self._node.options.max_join_leave_subscribers):
             kind = "join" if event.joined else "leave"
-            text = encode_push(channel, kind, {"info": member_info(event.member)})
+            text = self.codec.encode_push(channel, kind, {"info": member_info(event.member)})
         self._last = (event, channel, text)
         return text
 
@@ -182,12 +180,13 @@ async def answer(call: Callable[[], Any]) -> Any:
 class ConnectionBackend:
     """What one session reaches outside itself: hooks, the hub, the broker."""
 
-    __slots__ = ("client", "node", "scope")
+    __slots__ = ("client", "codec", "node", "scope")
 
-    def __init__(self, node: Node, client: Client, scope: Any) -> None:
+    def __init__(self, node: Node, client: Client, scope: Any, codec: Codec = JSON) -> None:
         self.node = node
         self.client = client
         self.scope = scope
+        self.codec = codec
 
     async def _first(self, hook: str, **kwargs: Any) -> Any:
         for _, call in self.node.host.plugins.bound(hook, host=self.node.host, **kwargs):
@@ -252,9 +251,9 @@ class ConnectionBackend:
         ):
             await answer(call)
 
-    async def subscribe(self, channel: str, join_leave: bool = False) -> list[str] | None:
+    async def subscribe(self, channel: str, join_leave: bool = False) -> list[str | bytes] | None:
         hub = self.node.hub
-        fmt = self.node.format_for(join_leave)
+        fmt = self.node.format_for(join_leave, self.codec)
         if hub.confirm is None:  # heard at once (one process): live from here
             hub.join(channel, self.client, fmt)
             return None
@@ -325,7 +324,7 @@ class ConnectionBackend:
             took = wire_size(pub)
             if publications and size + took > most:
                 break  # the first is always in: a client paging on gets somewhere
-            publications.append(publication_object(pub))
+            publications.append(publication_object(pub, self.codec))
             size += took
         return HistoryPage(publications, result.position.offset, result.position.epoch, size)
 
@@ -346,9 +345,10 @@ class ConnectionBackend:
                 await self.node.broker.caught_up(channel, StreamPosition(*top))
         except BrokerUnavailable:
             held.lost += 1  # what should have come did not: the subscribe fails (100)
-        self.node.hub.release(channel, self.client, held, self.node.format_for(join_leave))
+        fmt = self.node.format_for(join_leave, self.codec)
+        self.node.hub.release(channel, self.client, held, fmt)
         # Publications only: the hub never holds joins and leaves.
-        return [publication_object(pub) for pub in held.publications], held.lost
+        return [publication_object(pub, self.codec) for pub in held.publications], held.lost
 
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
         publication = Publication(encode_json(data), json=True, info=client_info_json(info))
@@ -405,11 +405,15 @@ class SessionHandler:
     __slots__ = ("_connect_by", "_ids", "_ticking", "_timer", "client", "node", "registered",
                  "session")  # fmt: skip
 
-    def __init__(self, node: Node, client: Client, scope: Any) -> None:
+    def __init__(self, node: Node, client: Client, scope: Any, codec: Codec = JSON) -> None:
         self.node = node
         self.client = client
         self.session = Session(
-            node.rules, node.verifier, ConnectionBackend(node, client, scope), options=node.options
+            node.rules,
+            node.verifier,
+            ConnectionBackend(node, client, scope, codec),
+            options=node.options,
+            codec=codec,
         )
         client.state = self.session
         self.registered = False
@@ -464,13 +468,11 @@ class SessionHandler:
             await asyncio.shield(ticking)  # what was due goes first, as it was due first
         session = self.session
         try:
-            if not isinstance(data, str):
-                raise DisconnectError(DISCONNECT_BAD_REQUEST)  # binary: not the JSON codec
             # Each reply goes out as its command finishes (in order with what the
             # channels publish meanwhile); a closing client gets no more work.
             lines = await session.handle_frame(data, self._emit)
             if lines:
-                self._emit("\n".join(lines))
+                self._emit(session.codec.join(lines))
             if session.connected and not self.client.name and not self.client.closing:
                 # Before the connect's own subscriptions join: watchers hear of those too.
                 self.node.hub.identify(self.client, user=session.user, name=session.client_id)
@@ -487,7 +489,7 @@ class SessionHandler:
             await self._disconnect(exc)
         self._arm()
 
-    def _emit(self, text: str) -> bool:
+    def _emit(self, text: Frame) -> bool:
         """Send replies; False once the client is closing (its buffer overflowed)."""
         return self.node.hub.send(self.client, text) and not self.client.closing
 
@@ -519,7 +521,7 @@ class SessionHandler:
             else:
                 lines = await session.tick(now)
                 if lines:
-                    self.node.hub.send(self.client, "\n".join(lines))
+                    self.node.hub.send(self.client, session.codec.join(lines))
         except DisconnectError as exc:
             await self._disconnect(exc)
         except Exception:
@@ -531,7 +533,7 @@ class SessionHandler:
     async def _disconnect(self, exc: DisconnectError) -> None:
         hub = self.node.hub
         if exc.replies:
-            hub.send(self.client, "\n".join(exc.replies))
+            hub.send(self.client, self.session.codec.join(exc.replies))
         await hub.close_client(self.client, exc.disconnect.code, exc.disconnect.reason)
 
 

@@ -85,7 +85,7 @@ class Backend(Protocol):
     async def on_send(self, *, client: str, user: str, meta: Any, data: Any) -> None:
         """An asynchronous message from the client (no reply); may be ignored."""
 
-    async def subscribe(self, channel: str, join_leave: bool = False) -> list[str] | None:
+    async def subscribe(self, channel: str, join_leave: bool = False) -> list[str | bytes] | None:
         """Start delivering ``channel``'s publications to this connection (and its
         joins and leaves with ``join_leave``); the pushes of those that came while
         joining, to send after the reply (they must not go before it)."""

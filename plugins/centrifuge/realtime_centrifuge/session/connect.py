@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..codec import Command, encode_push
+from ..codec import Command
 from ..codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CHANNEL_LIMIT,
@@ -28,6 +28,7 @@ from ..codes import (
     Error,
 )
 from ..tokens import ExpiredConnection, TokenExpired, TokenInvalid
+from ..wire import Frame
 from .backend import ConnectAuth
 from .state import Result, Subscription
 from .subscribe import Subscribing
@@ -238,7 +239,7 @@ class Connecting(Subscribing):
         sub.expire_at, sub.info = expire_at, claims.info
         return {"expires": expire_at is not None, "ttl": self._ttl(expire_at, now)}
 
-    def server_refresh(self, expired: bool, expire_at: int) -> str | None:
+    def server_refresh(self, expired: bool, expire_at: int) -> Frame | None:
         """The server sets this connection's expiry (server API ``refresh``).
 
         ``expired`` closes it now with 3005 (the SDK reconnects with a new token);
@@ -252,4 +253,4 @@ class Connecting(Subscribing):
             raise DisconnectError(DISCONNECT_CONNECTION_EXPIRED)
         self._expire_at = self._capped(expire_at, now) if expire_at else None
         body = {"expires": self._expire_at is not None, "ttl": self._ttl(self._expire_at, now)}
-        return encode_push("", "refresh", body)
+        return self.codec.encode_push("", "refresh", body)

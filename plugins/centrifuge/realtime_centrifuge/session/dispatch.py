@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import ClassVar
 
-from ..codec import Command, decode_commands, encode_error, encode_reply
+from ..codec import Command
 from ..codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CONNECTION_EXPIRED,
@@ -23,6 +23,7 @@ from ..codes import (
     DisconnectError,
     Error,
 )
+from ..wire import Frame
 from .commands import Commands
 from .connect import Connecting
 from .state import Result, logger
@@ -52,7 +53,9 @@ class Session(Connecting, Commands):
 
     # -- frames ---------------------------------------------------------------------
 
-    async def handle_frame(self, text: str, emit: Callable[[str], bool] | None = None) -> list[str]:
+    async def handle_frame(
+        self, data: str | bytes, emit: Callable[[Frame], bool] | None = None
+    ) -> list[Frame]:
         """Run a frame's commands in order; the reply lines to send, in order.
 
         With ``emit``, each command's reply (and the pushes right after it) goes out
@@ -67,9 +70,10 @@ class Session(Connecting, Commands):
         """
         if self._rejected:
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
-        commands = decode_commands(text, self.options.max_commands)
+        codec = self.codec
+        commands = codec.decode_commands(data, self.options.max_commands)
         self._commands.spend(len(commands))  # 3013 past the connection's command budget
-        replies: list[str] = []  # only without ``emit``: with it, each goes at once
+        replies: list[Frame] = []  # only without ``emit``: with it, each goes at once
         for command in commands:
             try:
                 reply = await self._dispatch(command)
@@ -84,16 +88,16 @@ class Session(Connecting, Commands):
                     pushes.clear()
             else:
                 if pushes:
-                    after = "\n".join(pushes)
+                    after = codec.join(pushes if reply is None else [reply, *pushes])
                     pushes.clear()
-                    reply = after if reply is None else f"{reply}\n{after}"
+                    reply = after
                 if reply is not None and not emit(reply):
                     break
             if self._rejected:
                 break
         return replies
 
-    async def _dispatch(self, command: Command) -> str | None:
+    async def _dispatch(self, command: Command) -> Frame | None:
         if not self._connected and command.method != "connect":
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
         if command.method == "":
@@ -117,14 +121,14 @@ class Session(Connecting, Commands):
         except Exception:
             logger.exception("%s failed for client %s", command.method, self.client_id)
             result = ERROR_INTERNAL
-        reply: str | None = None
+        reply: Frame | None = None
         if command.method != "send":
             if isinstance(result, Error):
                 if command.method == "connect":
                     self._rejected = True
-                reply = encode_error(command.id, result)
+                reply = self.codec.encode_error(command.id, result)
             else:
-                reply = encode_reply(command.id, command.method, result)
+                reply = self.codec.encode_reply(command.id, command.method, result)
         if self._recovering is not None:
             if not isinstance(result, Error):  # the time of recoveries, not of failures
                 self.backend.recovered(time.perf_counter() - self._recovering)
@@ -141,8 +145,8 @@ class Session(Connecting, Commands):
 
     # -- timers ---------------------------------------------------------------------
 
-    def ping_due(self, now: float) -> str | None:
-        """``"{}"`` when a ping is due (and marks it sent), else None.
+    def ping_due(self, now: float) -> Frame | None:
+        """The codec's ping (``{}`` in JSON) when one is due (and marks it sent), else None.
 
         Pings go out on their timer whatever the traffic: centrifuge-python only
         counts pings as a sign of life.
@@ -153,7 +157,7 @@ class Session(Connecting, Commands):
         self._next_ping = now + self.options.ping_interval
         if self.options.pong_timeout > 0:
             self._pong_deadline = now + self.options.pong_timeout
-        return "{}"
+        return self.codec.ping
 
     def pong_overdue(self, now: float) -> Disconnect | None:
         """3012 "no pong" once a ping went unanswered for ``pong_timeout``."""
@@ -184,7 +188,7 @@ class Session(Connecting, Commands):
         )
         return min((d for d in deadlines if d is not None), default=None)
 
-    async def tick(self, now: float) -> list[str]:
+    async def tick(self, now: float) -> list[Frame]:
         """Run what is due: lines to send, or DisconnectError (3012, 3005)."""
         if disconnect := self.pong_overdue(now) or self.expired(now):
             raise DisconnectError(disconnect)

@@ -30,6 +30,7 @@ from ..budget import (
 from ..codec import Command
 from ..codes import DISCONNECT_BAD_REQUEST, DisconnectError, Error
 from ..tokens import TokenVerifier
+from ..wire import JSON, Codec, Frame
 from .backend import Backend, SessionMetrics
 
 #: One logger for the whole session, whichever part of it logs.
@@ -134,7 +135,7 @@ class SessionState:
     __slots__ = (
         "_budget", "_commands", "_connected", "_expire_at", "_joining", "_last_ping", "_next_ping",
         "_pong_deadline", "_pushes", "_rand", "_recovering", "_rejected", "_subs", "backend",
-        "client_id", "clock", "info", "meta", "options", "rules", "user", "verifier",
+        "client_id", "clock", "codec", "info", "meta", "options", "rules", "user", "verifier",
     )  # fmt: skip
 
     def __init__(
@@ -147,8 +148,11 @@ class SessionState:
         client_id: str | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        codec: Codec = JSON,
     ) -> None:
         self.rules = rules
+        #: The wire format this connection speaks: every reply and push goes through it.
+        self.codec = codec
         self.verifier = verifier
         self.backend = backend
         self.options = options or SessionOptions()
@@ -168,7 +172,7 @@ class SessionState:
         self._expire_at: float | None = None
         self._subs: dict[str, Subscription] = {}
         #: Pushes that follow the reply being made (held publications after a subscribe).
-        self._pushes: list[str] = []
+        self._pushes: list[Frame] = []
         #: Channels to enter in presence once the replies went out (``after_reply``).
         self._joining: list[str] = []
         #: When the recovery being answered started (perf_counter), to time it.

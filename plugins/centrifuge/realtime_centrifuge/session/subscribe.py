@@ -14,7 +14,7 @@ from typing import Any
 
 from realtime_hub.channels import HookAnswer
 
-from ..codec import Command, encode_publication, encode_push
+from ..codec import Command
 from ..codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_INVALID_TOKEN,
@@ -33,6 +33,7 @@ from ..codes import (
     Unsubscribe,
 )
 from ..tokens import SubscriptionClaims, TokenExpired, TokenInvalid, TokenMismatch
+from ..wire import Frame
 from .state import Result, SessionState, Subscription, logger
 
 #: What a server-side ``subscribe`` push says of the channel's stream.
@@ -254,7 +255,7 @@ class Subscribing(SessionState):
             stream["publications"] = pubs + later or None
         else:
             self._pushes.extend(
-                encode_publication(channel, pub["data"], pub.get("info"), pub["offset"])
+                self.codec.encode_publication(channel, pub["data"], pub.get("info"), pub["offset"])
                 for pub in later
             )
         return stream
@@ -382,23 +383,23 @@ class Subscribing(SessionState):
             await self.backend.unsubscribe(channel)
         return {}
 
-    async def expire_subscriptions(self, now: float) -> list[str]:
+    async def expire_subscriptions(self, now: float) -> list[Frame]:
         """Unsubscribe pushes (2501, the client subscribes again) for expired subscriptions."""
-        pushes = []
+        pushes: list[Frame] = []
         delay = self.options.expired_sub_close_delay
         for channel, sub in list(self._subs.items()):
             if sub.expire_at is not None and now >= sub.expire_at + delay:
                 del self._subs[channel]
                 await self.backend.unsubscribe(channel)
                 body = {"code": UNSUBSCRIBE_EXPIRED.code, "reason": UNSUBSCRIBE_EXPIRED.reason}
-                pushes.append(encode_push(channel, "unsubscribe", body))
+                pushes.append(self.codec.encode_push(channel, "unsubscribe", body))
         return pushes
 
     # -- the server's word --------------------------------------------------------------------
 
     async def server_subscribe(
         self, channel: str, *, info: Any = None, data: Any = None
-    ) -> str | None:
+    ) -> Frame | None:
         """Subscribe on the server's word (server API): the ``subscribe`` push to send.
 
         None if not connected, already subscribed or at the channel limit (a server
@@ -419,16 +420,16 @@ class Subscribing(SessionState):
             return None
         # The Subscribe push: where the stream stands, where the channel keeps one.
         stream = {key: joined[key] for key in SUBSCRIBE_PUSH_FIELDS if key in joined}
-        return encode_push(channel, "subscribe", {"data": data, **stream})
+        return self.codec.encode_push(channel, "subscribe", {"data": data, **stream})
 
-    def take_pushes(self) -> list[str]:
+    def take_pushes(self) -> list[Frame]:
         """Pushes that follow a server-side subscribe push (held publications)."""
         pushes, self._pushes = self._pushes, []
         return pushes
 
     async def server_unsubscribe(
         self, channel: str, reason: Unsubscribe = UNSUBSCRIBE_SERVER
-    ) -> str | None:
+    ) -> Frame | None:
         """Drop a subscription on the server's word: the ``unsubscribe`` push; None if none.
 
         ``reason`` 2000 (server API) ends it for the client; 2500 and above make the SDK
@@ -437,4 +438,5 @@ class Subscribing(SessionState):
         if self._subs.pop(channel, None) is None:
             return None
         await self.backend.unsubscribe(channel)
-        return encode_push(channel, "unsubscribe", {"code": reason.code, "reason": reason.reason})
+        body = {"code": reason.code, "reason": reason.reason}
+        return self.codec.encode_push(channel, "unsubscribe", body)
