@@ -33,12 +33,15 @@ from .presence import (
     PresencePolicy,
     PresenceStats,
 )
+from .results import IDEMPOTENCY_TTL, MAX_IDEMPOTENCY_KEY, PublishResult
 from .state import get_broker
 
 __all__ = [
     "DEFAULT_CHANNEL",
     "EMPTY_EPOCH",
+    "IDEMPOTENCY_TTL",
     "MAX_CONTROL_SIZE",
+    "MAX_IDEMPOTENCY_KEY",
     "MAX_INFO_SIZE",
     "Broker",
     "BrokerError",
@@ -61,6 +64,7 @@ __all__ = [
     "PresenceStats",
     "PresenceUnavailable",
     "Publication",
+    "PublishResult",
     "StreamPosition",
     "UnrecoverablePosition",
     "get_broker",

@@ -41,6 +41,7 @@ from .presence import (
     PresencePolicy,
     PresenceStats,
 )
+from .results import PublishResult
 from .tracking import TRACKED, Tracker, is_tracked
 
 # Defined in .errors; importable from here as before.
@@ -417,6 +418,33 @@ class Broker(ABC):
         when the message could not be handed over, and ``TypeError`` or ``ValueError``
         for a publication no broker can carry (see :func:`as_publication`).
         """
+
+    async def publish_result(
+        self, channel: str, data: str | bytes | Publication, *, idempotency_key: str = ""
+    ) -> PublishResult:
+        """:meth:`publish`, answering where the publication stands (its offset and epoch
+        where the channel keeps history), published once per ``idempotency_key``.
+
+        The same non-empty key on the same channel within
+        :data:`~.results.IDEMPOTENCY_TTL` publishes nothing and answers the first
+        result again (``suppressed``), across every process sharing the broker. Keys
+        over :data:`~.results.MAX_IDEMPOTENCY_KEY` bytes raise ``ValueError``. This
+        default keeps no positions and no keys: the brokers here override it.
+        """
+        if idempotency_key:
+            raise ValueError(f"the {self.describe()} broker does not keep idempotency keys")
+        return PublishResult(await self.publish(channel, data))
+
+    def publish_result_sync(
+        self, channel: str, data: str | bytes | Publication, *, idempotency_key: str = ""
+    ) -> PublishResult:
+        """:meth:`publish_result` for a script's worker thread: waits for the result."""
+        result: PublishResult = self._from_thread(
+            lambda: self.publish_result(channel, data, idempotency_key=idempotency_key),
+            "publish_result",
+            "the server did not take the message in time",
+        )
+        return result
 
     def keeps_history(self, channel: str) -> tuple[int, float] | None:
         """(history_size, history_ttl) if ``channel`` keeps history, else None."""

@@ -33,6 +33,7 @@ from ..base import HistoryResult, Publication, StreamPosition, as_publication
 from ..errors import BrokerUnavailable, UnrecoverablePosition
 from ..history import MAX_HISTORY_LIMIT
 from ..presence import Member, PresenceEvent
+from ..results import IDEMPOTENCY_TTL, PublishResult, check_idempotency_key
 from . import scripts
 from .cluster import HEARTBEAT, ClusterMaps
 from .connection import UNREACHABLE, make_client
@@ -200,32 +201,49 @@ class RedisBroker(RedisListener):
     # Publishing and history ---------------------------------------------------------
 
     async def publish(self, channel: str, data: str | bytes | Publication) -> int:
+        return (await self.publish_result(channel, data)).receivers
+
+    async def publish_result(
+        self, channel: str, data: str | bytes | Publication, *, idempotency_key: str = ""
+    ) -> PublishResult:
+        """One ``publish.lua`` call, which also keeps the key's result in Redis, so
+        every process sharing it publishes a key once (see :meth:`Broker.publish_result`)."""
+        check_idempotency_key(idempotency_key)
         started = time.perf_counter()
         try:
-            return await self._publish(channel, data)
+            return await self._publish(channel, data, idempotency_key)
         finally:
             self.publish_seconds.observe(time.perf_counter() - started)
 
-    async def _publish(self, channel: str, data: str | bytes | Publication) -> int:
-        """:meth:`publish`, untimed: one ``publish.lua`` call."""
+    async def _publish(
+        self, channel: str, data: str | bytes | Publication, key: str = ""
+    ) -> PublishResult:
+        """:meth:`publish_result`, untimed."""
         if self._publisher is None or self._script is None:
             raise BrokerUnavailable("the broker is not running")
         payload = encode(as_publication(data), self.max_message_size)
         listening = channel in self.subscribers
         names = self.names
         keys = [names.meta_key(channel), names.nodes, names.history_key(channel)]
-        size, ttl = self.keeps_history(channel) or (0, 0.0)
+        if key:
+            keys.append(names.result_key(channel, key))
+        kept = self.keeps_history(channel)
+        size, ttl = kept or (0, 0.0)
         args = [payload, os.urandom(4).hex(), MAGIC, names.key(channel), int(listening), META_TTL,
-                size, max(1, round(ttl * 1000))]  # fmt: skip
+                size, max(1, round(ttl * 1000)),
+                round(IDEMPOTENCY_TTL * 1000) if key else 0]  # fmt: skip
         try:
             async with asyncio.timeout(self.timeout):
                 # EVALSHA, loading the script only when Redis says it does not know it.
-                receivers, flat = await self._script(keys=keys, args=args)
+                receivers, flat, epoch, offset = await self._script(keys=keys, args=args)
         except UNREACHABLE as exc:
             raise BrokerUnavailable(
                 f"broker {self.describe()} is unavailable ({type(exc).__name__}: {exc}); "
                 "message not sent"
             ) from exc
+        position = None if kept is None else StreamPosition(int(offset), epoch.decode())
+        if receivers == -1:
+            return PublishResult(0, position, suppressed=True)
         if not receivers:
             if listening:
                 # This process listens to the channel, so its own subscription is down:
@@ -235,8 +253,9 @@ class RedisBroker(RedisListener):
                 )
             # Nobody listens right now; a process whose subscription is down finds the
             # gap when it is back, and tells its clients.
-            return 0
-        return self.cluster.count(dict(zip(flat[::2], flat[1::2], strict=True)))
+            return PublishResult(0, position)
+        count = self.cluster.count(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return PublishResult(count, position)
 
     async def _read_history(
         self, channel: str, limit: int, since: StreamPosition | None, reverse: bool

@@ -7,8 +7,9 @@
   :mod:`.control`).
 - ``realtime:{ch:NAME}:meta``, ``...:history``, ``...:presence``,
   ``...:presence-expire``, ``...:presence-users``: a channel's numbering, history and
-  presence. The ``{ch:NAME}`` hash tag puts everything of one channel in one Redis
-  Cluster slot.
+  presence; ``...:result:DIGEST`` the first result of an idempotent publish (the key's
+  digest, so no key can name another channel's keys). The ``{ch:NAME}`` hash tag
+  puts everything of one channel in one Redis Cluster slot.
 - ``realtime:nodes``, ``realtime:{node:NODE}:channels`` and ``...:info``: each
   process's client count, channel map and description (see :mod:`.cluster`).
 
@@ -16,6 +17,8 @@ Neither a name nor the fixed text around it can make two channels' names meet.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 
 class Names:
@@ -48,6 +51,15 @@ class Names:
     def history_key(self, channel: str) -> str:
         """The stream keeping ``channel``'s history: entry ``N-1`` is publication N."""
         return f"{self.prefix}:{{ch:{channel}}}:history"
+
+    def result_key(self, channel: str, idempotency_key: str) -> str:
+        """Where ``channel`` keeps the first result of a publish with that key.
+
+        The key's digest, of fixed length and in hex: a key chosen as ``x}:meta``
+        could otherwise name another channel's numbering."""
+        raw = idempotency_key.encode("utf-8", "surrogatepass")
+        digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+        return f"{self.prefix}:{{ch:{channel}}}:result:{digest}"
 
     def presence_keys(self, channel: str) -> list[str]:
         """The hashes and sorted set holding ``channel``'s presence."""

@@ -1,9 +1,21 @@
 -- Number one publication and PUBLISH it, in one step (see realtime_broker.redis.broker).
--- KEYS: the channel's numbering hash, the nodes hash, the channel's history stream.
+-- KEYS: the channel's numbering hash, the nodes hash, the channel's history stream,
+-- and with an idempotency key, where the channel keeps that key's result.
 -- ARGV: kind+body, a new epoch if the channel has none, MAGIC, the Pub/Sub channel
 -- (not a key), "1" if the publishing process listens to the channel, META_TTL, the
--- history size (0: keeps none), the history TTL in ms.
--- Returns {receivers, the nodes hash flattened}: one round trip per publication.
+-- history size (0: keeps none), the history TTL in ms, the idempotency result's TTL in
+-- ms (0: no key).
+-- Returns {receivers, the nodes hash flattened, epoch, offset}: one round trip per
+-- publication; receivers is -1 for a key already seen, with its first epoch and offset
+-- (nothing published).
+if ARGV[9] ~= '0' then
+  -- A hash, not a string: HGET and HSET are what the recommended ACL grants.
+  local seen = redis.call('HGET', KEYS[4], 'r')
+  if seen then
+    local space = string.find(seen, ' ', 1, true)
+    return {-1, {}, string.sub(seen, 1, space - 1), tonumber(string.sub(seen, space + 1))}
+  end
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[2]
@@ -34,5 +46,10 @@ else
     -- would cost Redis a sixth more per publication).
     redis.call('EXPIRE', KEYS[1], ARGV[6])
   end
+  if ARGV[9] ~= '0' then
+    -- Published: a retry with the same key within the window gets this answer again.
+    redis.call('HSET', KEYS[4], 'r', epoch .. ' ' .. seq)
+    redis.call('PEXPIRE', KEYS[4], ARGV[9])
+  end
 end
-return {receivers, redis.call('HGETALL', KEYS[2])}
+return {receivers, redis.call('HGETALL', KEYS[2]), epoch, seq}
