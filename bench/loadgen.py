@@ -23,6 +23,14 @@ counts as connected once both replies came. Publications are then ``pub`` pushes
 load generator takes the string in ``"data"`` and handles it as the raw clients do the
 whole message. It answers the protocol's ``{}`` pings with ``{}``.
 
+With ``--protocol centrifuge-protobuf`` the clients ask for the ``centrifuge-protobuf``
+subprotocol and send the same two commands as protobuf (one binary frame of
+varint-delimited ``Command`` messages); ``--protocol centrifuge-http-stream`` opens
+each client as ``POST --url`` (``/connection/http_stream``) with the connect command and
+subscribes through ``POST --emulation-path`` once the connect reply named its session,
+as centrifuge-js's ``http_stream`` transport does. ``clients.py`` has those wire
+formats; the deliveries are counted here, as for every protocol.
+
 With ``--channels C`` client i joins channel ``bench<i % C>`` (``/ws?channel=`` for raw
 clients, a subscription for Centrifuge ones), and publication k goes to channel
 ``bench<(k - 1) % C>`` through the server HTTP API (``--publish-api KEY``: ``POST
@@ -84,6 +92,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import clients
+
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: Linux: bind() picks the address now and the port at connect(), so ports scale per target.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -123,13 +133,13 @@ def client_frame(opcode: int, payload: bytes = b"") -> bytes:
     return struct.pack("!BB", 0x80 | opcode, 0x80 | len(masked)) + key + masked
 
 
-def client_text(payload: bytes) -> bytes:
-    """A masked client text frame of any length up to 64 KiB."""
+def client_text(payload: bytes, opcode: int = 1) -> bytes:
+    """A masked client text (or, with opcode 2, binary) frame of up to 64 KiB."""
     size = len(payload)
     if size < 126:
-        head = struct.pack("!BB", 0x81, 0x80 | size)
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
     elif size < 65536:
-        head = struct.pack("!BBH", 0x81, 0x80 | 126, size)
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
     else:
         raise ValueError("client frames above 64 KiB are not needed here")
     key = os.urandom(4)
@@ -140,6 +150,7 @@ def client_text(payload: bytes) -> bytes:
 #: The Centrifuge protocol's ping (a server frame) and its pong (the client's answer).
 CENTRIFUGE_PING = b"{}"
 CENTRIFUGE_PONG = client_text(b"{}")
+PROTOBUF_PONG = client_text(clients.PROTOBUF_PONG, opcode=2)
 #: What precedes a publication's data in a ``pub`` push.
 DATA_KEY = b'"data":'
 PUSH = b'{"push":'
@@ -219,6 +230,7 @@ class Client(asyncio.Protocol):
         "reset_context",
         "run",
         "slow",
+        "stream",
         "transport",
     )
 
@@ -245,6 +257,8 @@ class Client(asyncio.Protocol):
         self.received = 0
         self.ooo = 0
         self.ended: str | None = None  # "close 1008", "eof", "error ..."
+        # --protocol centrifuge-http-stream: the response, not WebSocket frames.
+        self.stream = clients.HttpStream() if run.stream else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
@@ -265,6 +279,9 @@ class Client(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.stream is not None:
+            self.stream_received(data)
+            return
         if not self.open:
             self.buf += data
             end = self.buf.find(b"\r\n\r\n")
@@ -280,6 +297,12 @@ class Client(asyncio.Protocol):
             self.deflate, self.reset_context, error = negotiate_deflate(
                 head, self.run.args.offer_deflate
             )
+            if (
+                error is None
+                and self.run.protobuf
+                and clients.PROTOBUF_SUBPROTOCOL.encode() not in head
+            ):
+                error = "server did not accept the centrifuge-protobuf subprotocol"
             if error is not None:
                 self.fail(error)
                 return
@@ -332,7 +355,7 @@ class Client(asyncio.Protocol):
                     payload = self.inflate(payload)
                     if self.ended is not None:
                         return
-                self.message(payload, now)
+                self.whole(payload, now)
             else:
                 self.fragments = [payload]
                 self.fragments_compressed = bool(compressed)
@@ -344,7 +367,7 @@ class Client(asyncio.Protocol):
                     payload = self.inflate(payload)
                     if self.ended is not None:
                         return
-                self.message(payload, now)
+                self.whole(payload, now)
         elif opcode == 9 and self.transport is not None:
             self.transport.write(client_frame(10, payload))
         elif opcode == 8:
@@ -368,6 +391,57 @@ class Client(asyncio.Protocol):
             return b""
         self.run.inflated += 1
         return data
+
+    def whole(self, payload: bytes, now: int) -> None:
+        """A whole WebSocket message: binary protobuf replies, or what message() takes."""
+        if not self.run.protobuf:
+            self.message(payload, now)
+            return
+        try:
+            replies = clients.protobuf_replies(payload)
+        except ValueError as exc:
+            self.fail(f"bad protobuf frame: {exc}")
+            return
+        for reply in replies:
+            if reply.kind == "pub":
+                self.publication(clients.publication_data(reply.data), now)
+            elif reply.kind == "ping":
+                self.run.pings += 1
+                if self.transport is not None:
+                    self.transport.write(PROTOBUF_PONG)
+            elif reply.kind == "error":
+                self.fail(f"Centrifuge error {reply.data.decode(errors='replace')}")
+                return
+            elif reply.kind in ("connect", "subscribe") and reply.id in (1, 2):
+                self.replied()
+            else:
+                self.run.other_pushes[reply.data[:80].hex()] += 1
+
+    def publication(self, data: bytes, now: int) -> None:
+        """A publication's data: measured (``m…``) or a warm-up (``w…``)."""
+        if data[:1] == b"m":
+            self.message(data, now)
+        else:
+            self.run.warm_received(self, data)
+
+    def replied(self) -> None:
+        """The connect or the subscribe reply: connected once both came."""
+        self.replies += 1
+        if self.replies == 2 and not self.handshake.done():
+            self.handshake.set_result(None)
+
+    def stream_received(self, data: bytes) -> None:
+        """HTTP streaming: the response's lines are the JSON codec's replies and pushes."""
+        assert self.stream is not None
+        now = now_ns()
+        for line in self.stream.feed(data):
+            self.centrifuge_line(line, now)
+            if self.ended is not None:
+                return
+        if self.stream.error is not None:
+            self.fail(self.stream.error)
+        elif self.stream.ended and self.transport is not None:
+            self.transport.close()
 
     def message(self, payload: bytes, now: int) -> None:
         """A message: ``m<seq>.<t0 ns>.xxx`` is measured, ``w<k>`` is a warm-up."""
@@ -407,14 +481,12 @@ class Client(asyncio.Protocol):
                 self.run.other_pushes[line[:80].decode(errors="replace")] += 1
                 return
             start = at + 8
-            data = line[start : line.find(b'"', start)]
-            if data[:1] == b"m":
-                self.message(data, now)
-            else:
-                self.run.warm_received(self, data)
+            self.publication(line[start : line.find(b'"', start)], now)
         elif line == CENTRIFUGE_PING:
             self.run.pings += 1
-            if self.transport is not None:
+            if self.stream is not None:
+                self.run.emulate(self, "{}")
+            elif self.transport is not None:
                 self.transport.write(CENTRIFUGE_PONG)
         else:
             try:
@@ -426,15 +498,20 @@ class Client(asyncio.Protocol):
                 self.fail(f"Centrifuge error {reply['error']}")
                 return
             if reply.get("id") in (1, 2) and ("connect" in reply or "subscribe" in reply):
-                self.replies += 1
-                if self.replies == 2 and not self.handshake.done():
-                    self.handshake.set_result(None)
+                self.replied()
+                if self.stream is not None and reply.get("id") == 1:
+                    session = clients.connect_result(line)
+                    if session is None:
+                        self.fail(f"bad connect reply {line[:80]!r}")
+                        return
+                    name = self.run.channel_names[self.channel]
+                    self.run.emulate(self, clients.subscribe_command(name), *session)
             else:
                 self.run.other_pushes[line[:80].decode(errors="replace")] += 1
 
     def goodbye(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            if self.open and self.ended is None:
+            if self.open and self.ended is None and self.stream is None:
                 self.transport.write(client_frame(8, (1000).to_bytes(2)))
             self.transport.close()
 
@@ -460,7 +537,12 @@ class Run:
         self.clients: list[Client] = []
         self.broadcasts: dict[int, Broadcast] = {}
         self.healthy_open = 0
-        self.centrifuge = args.protocol == "centrifuge"
+        self.centrifuge = args.protocol.startswith("centrifuge")
+        self.protobuf = args.protocol == "centrifuge-protobuf"
+        self.stream = args.protocol == "centrifuge-http-stream"
+        self.sessions: dict[Client, tuple[str, str]] = {}  # stream clients' (session, node)
+        self.emulations: set[asyncio.Task[None]] = set()
+        self.emulation_errors: Counter[str] = Counter()
         self.channel_names = (
             [f"bench{j}" for j in range(args.channels)] if args.channels else [args.channel]
         )
@@ -479,6 +561,7 @@ class Run:
         self.slow_ended = asyncio.Event()
         self.inflated = 0  # compressed messages received
         self.deflate_header: str | None = None  # one Sec-WebSocket-Extensions response
+        self.emulations_made = 0  # emulation requests made (their source address rotates)
 
     def deflate_accepted(self, head: bytes) -> None:
         if self.deflate_header is None:
@@ -535,6 +618,9 @@ class Run:
 
     def connect_frame(self, channel: int) -> bytes:
         """A Centrifuge client's first frame: connect, then subscribe, in one."""
+        if self.protobuf:
+            frame = clients.protobuf_connect(self.args.token, self.channel_names[channel])
+            return client_text(frame, opcode=2)
         connect: dict[str, Any] = {"token": self.args.token} if self.args.token else {}
         name = self.channel_names[channel]
         commands = [{"id": 1, "connect": connect}, {"id": 2, "subscribe": {"channel": name}}]
@@ -557,6 +643,13 @@ class Run:
             f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
             f"{offer}\r\n"
         ).encode()
+        if self.protobuf:
+            request = request.replace(
+                b"\r\n\r\n",
+                f"\r\nSec-WebSocket-Protocol: {clients.PROTOBUF_SUBPROTOCOL}\r\n\r\n".encode(),
+            )
+        elif self.stream:
+            request = clients.http_stream_request(path, f"{self.host}:{self.port}", self.args.token)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
@@ -694,6 +787,45 @@ class Run:
         }
 
     # HTTP ---------------------------------------------------------------------
+
+    def emulate(self, client: Client, data: str, session: str = "", node: str = "") -> None:
+        """Send ``data`` (commands) to a stream client's session: ``POST /emulation``."""
+        if session or node:
+            self.sessions[client] = (session, node)
+        session, node = self.sessions.get(client, ("", ""))
+        request = clients.emulation_request(
+            self.args.emulation_path, f"{self.host}:{self.port}", session, node, data
+        )
+        task = asyncio.ensure_future(self.emulation(client, request))
+        self.emulations.add(task)
+        task.add_done_callback(self.emulations.discard)
+
+    async def emulation(self, client: Client, request: bytes) -> None:
+        """One emulation request, from the client's source address; a failure fails it."""
+        source = f"127.0.0.{1 + self.emulations_made % self.args.sources}"
+        self.emulations_made += 1
+        why: str | None = None
+        try:
+            async with asyncio.timeout(self.args.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    self.host, self.port, local_addr=(source, 0)
+                )
+                try:
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    status = clients.response_status(head)
+                    if not 200 <= status < 300:
+                        why = f"emulation HTTP {status}"
+                    match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                    await reader.readexactly(min(int(match[1]), 1 << 16) if match else 0)
+                finally:
+                    writer.close()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            why = f"emulation {type(exc).__name__}"
+        if why is not None:
+            self.emulation_errors[why] += 1
+            if client.ended is None:
+                client.fail(why)
 
     async def http_get(self, message: str, channel: int = 0) -> tuple[int, bytes]:
         """Publish ``message``: ``GET --send-url?message=``, or the server API's publish."""
@@ -1118,6 +1250,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             result["slow_clients"] = await run.drain_slow()
         result["deflate"] = run.deflate_report()
         result["centrifuge"] = {
+            "emulation_errors": dict(run.emulation_errors),
             "pings_answered": run.pings,
             "other_frames": dict(run.other_pushes.most_common(5)),
         }
@@ -1166,9 +1299,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--protocol",
-        choices=("raw", "centrifuge"),
+        choices=("raw", "centrifuge", "centrifuge-protobuf", "centrifuge-http-stream"),
         default="raw",
-        help="raw: every message is a publication; centrifuge: connect + subscribe, pub pushes",
+        help="raw: every message is a publication; centrifuge: connect + subscribe, pub pushes "
+        "(JSON; protobuf over WebSocket; JSON over HTTP streaming, see clients.py)",
+    )
+    p.add_argument(
+        "--emulation-path",
+        default="/emulation",
+        help="centrifuge-http-stream: where commands after connect are POSTed",
     )
     p.add_argument("--token", default="", help="Centrifuge connection token (none: anonymous)")
     p.add_argument("--channel", default="default", help="channel a Centrifuge client subscribes to")

@@ -1,0 +1,317 @@
+"""The load generator's protobuf and HTTP-streaming clients (bench/clients.py), no sockets.
+
+The bytes a benchmark client sends are read back with the classes generated from
+client.proto, and what the server's own protobuf codec writes is read by the client's
+hand-written decoder, so the rows measure the protocol the SDKs speak. The HTTP
+stream parser is fed a chunked response cut at every byte; loadgen's client, fed
+frames by hand, counts protobuf and streamed deliveries as it counts JSON ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from realtime_centrifuge.codec import RawJSON
+from realtime_centrifuge.codes import Error
+from realtime_centrifuge.protobuf import PROTOBUF
+from realtime_centrifuge.protobuf import client_pb2 as pb
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+TOKEN = "header.claims.signature"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[tuple[ModuleType, ModuleType]]:
+    """bench/clients.py and bench/loadgen.py, imported as loadgen imports its module."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import clients
+        import loadgen
+
+        yield clients, loadgen
+    finally:
+        sys.path.remove(str(BENCH))
+        sys.modules.pop("loadgen", None)
+        sys.modules.pop("clients", None)
+
+
+def split(frame: bytes) -> list[bytes]:
+    """Varint-delimited messages, read with the protobuf runtime's own varint decoder."""
+    from google.protobuf.internal.decoder import _DecodeVarint  # type: ignore[attr-defined]
+
+    out, pos = [], 0
+    while pos < len(frame):
+        size, pos = _DecodeVarint(frame, pos)
+        out.append(frame[pos : pos + size])
+        pos += size
+    assert pos == len(frame)
+    return out
+
+
+def unmask(frame: bytes) -> tuple[int, bytes]:
+    """A masked client WebSocket frame's opcode and payload (lengths below 64 KiB)."""
+    size, at = frame[1] & 0x7F, 2
+    if size == 126:
+        size, at = int.from_bytes(frame[2:4]), 4
+    key = frame[at : at + 4]
+    body = frame[at + 4 :]
+    assert frame[1] & 0x80 and len(body) == size
+    return frame[0] & 0x0F, bytes(b ^ key[i & 3] for i, b in enumerate(body))
+
+
+def test_varints_round_trip_and_refuse_bad_ones(bench: Any) -> None:
+    clients, _ = bench
+    for value in (0, 1, 127, 128, 300, 2**32, 2**64 - 1):
+        encoded = clients.varint(value)
+        assert clients.read_varint(encoded + b"\x01", 0) == (value, len(encoded))
+    with pytest.raises(ValueError, match="truncated"):
+        clients.read_varint(b"\x80\x80", 0)
+    with pytest.raises(ValueError, match="overlong"):
+        clients.read_varint(b"\xff" * 11, 0)
+    with pytest.raises(ValueError, match="out of range"):
+        clients.varint(2**64)
+
+
+def test_connect_frame_is_what_client_proto_reads(bench: Any) -> None:
+    clients, _ = bench
+    first, second = split(clients.protobuf_connect(TOKEN, "bench7"))
+    connect, subscribe = pb.Command.FromString(first), pb.Command.FromString(second)
+    assert connect.id == 1 and connect.HasField("connect")
+    assert connect.connect.token == TOKEN
+    assert subscribe.id == 2 and subscribe.subscribe.channel == "bench7"
+    assert not subscribe.HasField("connect")
+    # Anonymous: an empty ConnectRequest, still present.
+    anonymous = pb.Command.FromString(split(clients.protobuf_connect("", "c"))[0])
+    assert anonymous.HasField("connect") and anonymous.connect.token == ""
+    assert pb.Command.FromString(split(clients.PROTOBUF_PONG)[0]) == pb.Command()
+
+
+def test_replies_of_the_server_codec_are_read(bench: Any) -> None:
+    clients, _ = bench
+    frame = PROTOBUF.join(
+        [
+            PROTOBUF.encode_reply(1, "connect", {"client": "c1", "version": "v", "ping": 25}),
+            PROTOBUF.encode_reply(2, "subscribe", {}),
+            PROTOBUF.encode_publication("default", RawJSON('"m3.1234.xxxx"'), offset=7),
+            PROTOBUF.ping,
+            PROTOBUF.encode_push("default", "join", {"info": {"user": "u", "client": "c"}}),
+        ]
+    )
+    assert isinstance(frame, bytes)
+    replies = clients.protobuf_replies(frame)
+    assert [(r.kind, r.id) for r in replies] == [
+        ("connect", 1),
+        ("subscribe", 2),
+        ("pub", 0),
+        ("ping", 0),
+        ("other", 0),
+    ]
+    assert clients.publication_data(replies[2].data) == b"m3.1234.xxxx"
+    # The empty SubscribeResult is still a field of the Reply (length 0).
+    assert pb.Reply.FromString(split(frame)[1]).HasField("subscribe")
+    error = PROTOBUF.encode_error(2, Error(103, "permission denied"))
+    assert isinstance(error, bytes)
+    (reply,) = clients.protobuf_replies(error)
+    assert (reply.kind, reply.id, reply.data) == ("error", 2, b"103 permission denied")
+
+
+def test_replies_built_with_the_generated_classes_are_read(bench: Any) -> None:
+    clients, _ = bench
+    push = pb.Reply(push=pb.Push(channel="x", pub=pb.Publication(data=b"w12", offset=3)))
+    sub = pb.Reply(id=2, subscribe=pb.SubscribeResult(recoverable=True, epoch="e"))
+    frame = clients.delimited([push.SerializeToString(), sub.SerializeToString()])
+    replies = clients.protobuf_replies(frame)
+    assert [(r.kind, r.id, r.data if r.kind == "pub" else b"") for r in replies] == [
+        ("pub", 0, b"w12"),
+        ("subscribe", 2, b""),
+    ]
+    assert clients.publication_data(b"w12") == b"w12"
+    assert clients.publication_data(b'"') == b'"'
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\x05\x08\x01",  # a length past the frame's end
+        b"\x02\x08",  # a varint cut inside the message
+        b"\x02\x0b\x00",  # wire type 3 (a group)
+        b"\xff\xff\xff\xff\x0f",  # a 4 GiB length prefix
+    ],
+)
+def test_malformed_replies_raise_value_error(bench: Any, frame: bytes) -> None:
+    clients, _ = bench
+    with pytest.raises(ValueError, match=r"varint|past the|wire type"):
+        clients.protobuf_replies(frame)
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in parts) + b"0\r\n\r\n"
+
+
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+def test_http_stream_lines_whatever_the_cuts(bench: Any) -> None:
+    clients, _ = bench
+    lines = [b'{"id":1,"connect":{"session":"s","node":"n"}}', b"{}", b'{"push":{"pub":1}}']
+    # A line split over two chunks, two lines in one chunk.
+    body = chunked(lines[0][:10], lines[0][10:] + b"\n" + lines[1] + b"\n", lines[2] + b"\n")
+    response = STREAM_HEAD + body
+    for cut in range(1, len(response)):
+        stream = clients.HttpStream()
+        got = stream.feed(response[:cut]) + stream.feed(response[cut:])
+        assert got == lines, cut
+        assert stream.ended and stream.error is None and stream.chunked
+    stream = clients.HttpStream()
+    got = [line for byte in response for line in stream.feed(bytes([byte]))]
+    assert got == lines and stream.ended
+
+
+def test_http_stream_plain_body_and_refusals(bench: Any) -> None:
+    clients, _ = bench
+    plain = clients.HttpStream()
+    assert plain.feed(b"HTTP/1.1 200 OK\r\n\r\n{}\n{") == [b"{}"]
+    assert plain.feed(b"}\n") == [b"{}"] and not plain.chunked
+    refused = clients.HttpStream()
+    assert refused.feed(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n") == []
+    assert refused.error == "stream refused: HTTP/1.1 400 Bad Request"
+    assert refused.feed(b"{}\n") == []
+    bad_chunk = clients.HttpStream()
+    assert bad_chunk.feed(STREAM_HEAD + b"zz\r\n{}\n\r\n") == []
+    assert bad_chunk.error is not None and "chunk size" in bad_chunk.error
+    huge = clients.HttpStream()
+    huge.feed(b"HTTP/1.1 200 OK\r\n" + b"x" * (clients.MAX_HEAD + 1))
+    assert huge.error == "oversized response head"
+    with pytest.raises(ValueError, match="not an HTTP response"):
+        clients.response_status(b"SSH-2.0-OpenSSH")
+
+
+def test_requests_are_the_shapes_centrifuge_js_sends(bench: Any) -> None:
+    clients, _ = bench
+    request = clients.http_stream_request("/connection/http_stream", "127.0.0.1:9", TOKEN)
+    head, _, body = request.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /connection/http_stream HTTP/1.1\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert json.loads(body) == {"id": 1, "connect": {"token": TOKEN}}
+    data = clients.subscribe_command("bench3")
+    request = clients.emulation_request("/emulation", "127.0.0.1:9", "sess", "node1", data)
+    head, _, body = request.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /emulation HTTP/1.1\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    sent = json.loads(body)
+    assert sent == {"session": "sess", "node": "node1", "data": data}
+    assert json.loads(sent["data"]) == {"id": 2, "subscribe": {"channel": "bench3"}}
+    reply = b'{"id":1,"connect":{"client":"c","session":"sess","node":"node1"}}'
+    assert clients.connect_result(reply) == ("sess", "node1")
+    assert clients.connect_result(b'{"id":2,"subscribe":{}}') is None
+    assert clients.connect_result(b"not json") is None
+
+
+class Transport:
+    """Records what a client writes (loadgen's clients need only these methods)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, len(payload)]) + payload
+
+
+def new_client(loadgen: ModuleType, protocol: str) -> tuple[Any, Any, Transport]:
+    urls = ["--url", "ws://127.0.0.1:9/x", "--send-url", "http://127.0.0.1:9/s"]
+    args = loadgen.parse_args([*urls, "--protocol", protocol, "--token", TOKEN])
+    run = loadgen.Run(args)
+    client = loadgen.Client(run, False, b"GET / HTTP/1.1\r\n\r\n", b"acc")
+    transport = Transport()
+    client.connection_made(transport)
+    return run, client, transport
+
+
+async def test_protobuf_deliveries_are_counted_as_json_ones(bench: Any) -> None:
+    clients, loadgen = bench
+    run, client, transport = new_client(loadgen, "centrifuge-protobuf")
+    opcode, payload = unmask(run.connect_frame(0))
+    assert opcode == 2 and payload == clients.protobuf_connect(TOKEN, "default")
+    client.data_received(
+        b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: acc\r\n"
+        b"Sec-WebSocket-Protocol: centrifuge-protobuf\r\n\r\n"
+    )
+    assert unmask(transport.written[-1]) == (2, payload)
+    replies = PROTOBUF.join(
+        [
+            PROTOBUF.encode_reply(1, "connect", {"client": "c"}),
+            PROTOBUF.encode_reply(2, "subscribe", {}),
+        ]
+    )
+    assert isinstance(replies, bytes)
+    client.data_received(server_frame(2, replies))
+    assert client.handshake.done() and client.ended is None
+    run.broadcasts[1] = loadgen.Broadcast(0, 1, asyncio.get_running_loop().create_future())
+    for seq in (1, 2, 2):
+        pub = PROTOBUF.encode_publication("default", RawJSON(f'"m{seq}.{loadgen.now_ns()}.xx"'))
+        assert isinstance(pub, bytes)
+        client.data_received(server_frame(2, pub))
+    client.data_received(server_frame(2, PROTOBUF.ping))
+    assert (client.received, client.last, client.ooo, run.delivered_total) == (3, 2, 1, 3)
+    assert run.broadcasts[1].done.done()
+    assert unmask(transport.written[-1]) == (2, b"\x00") and run.pings == 1
+    client.data_received(server_frame(2, b"\x05\x08"))
+    assert client.ended is not None and "bad protobuf frame" in client.ended
+
+
+async def test_protobuf_client_refuses_a_server_without_the_subprotocol(bench: Any) -> None:
+    _, loadgen = bench
+    _, client, transport = new_client(loadgen, "centrifuge-protobuf")
+    client.data_received(b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: acc\r\n\r\n")
+    assert client.ended == "error server did not accept the centrifuge-protobuf subprotocol"
+    assert transport.closed
+
+
+async def test_stream_client_subscribes_through_emulation_and_counts(
+    bench: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, loadgen = bench
+    run, client, transport = new_client(loadgen, "centrifuge-http-stream")
+    sent: list[tuple[str, tuple[str, ...]]] = []
+    monkeypatch.setattr(run, "emulate", lambda c, data, *session: sent.append((data, session)))
+    client.data_received(STREAM_HEAD)
+    connect = b'{"id":1,"connect":{"client":"c","session":"S1","node":"N1","pong":true}}\n'
+    client.data_received(b"%x\r\n%s\r\n" % (len(connect), connect))
+    assert sent == [('{"id":2,"subscribe":{"channel":"default"}}', ("S1", "N1"))]
+    assert not client.handshake.done()
+    now = loadgen.now_ns()
+    lines = b'{"id":2,"subscribe":{}}\n{}\n' + (
+        b'{"push":{"channel":"default","pub":{"data":"m1.%d.xx"}}}\n' % now
+    )
+    client.data_received(b"%x\r\n%s\r\n" % (len(lines), lines))
+    assert client.handshake.done() and client.ended is None
+    assert (client.received, run.delivered_total, run.pings) == (1, 1, 1)
+    assert sent[-1] == ("{}", ())  # the pong goes through /emulation too
+    assert transport.written == [b"GET / HTTP/1.1\r\n\r\n"]  # nothing on the stream itself
+    client.data_received(b"0\r\n\r\n")
+    assert transport.closed
