@@ -27,6 +27,7 @@ from .node import Node
 from .session import SessionOptions
 from .tokens import TokenSigner, TokenVerifier
 from .transport import endpoint
+from .uni import uni_routes
 
 log = logging.getLogger("realtime.centrifuge")
 
@@ -310,6 +311,7 @@ def register_routes(host: Host) -> list[ASGIRoute]:
     prefix = host.setting(API_PATH).rstrip("/")
     return [
         ASGIRoute(host.setting(CENTRIFUGE_PATH), websocket, scope_types=("websocket",)),
+        *uni_routes(host, lambda: get_node(host)),
         *(ASGIRoute(f"{prefix}/{name}", server_api, ("http",)) for name in ServerAPI.METHODS),
     ]
 
