@@ -315,3 +315,43 @@ async def test_stream_client_subscribes_through_emulation_and_counts(
     assert transport.written == [b"GET / HTTP/1.1\r\n\r\n"]  # nothing on the stream itself
     client.data_received(b"0\r\n\r\n")
     assert transport.closed
+
+
+def row(name: str, cpu: float, lost: int = 0) -> dict[str, Any]:
+    """A fan-out result as run.py keeps one, with the keys its tables read."""
+    return {
+        "server": name,
+        "clients": 5000,
+        "connected": 5000,
+        "lost": lost,
+        "server_cpu_us_per_delivery": cpu,
+        "server_cpu_us_per_connect": 300.0,
+        "kb_per_connection": 6.5,
+        "latency_ms": {"p50": 100.0, "p99": 150.0},
+        "connect_rate": 3000.0,
+        "deliveries_per_s": 50000.0,
+        "out_of_order": 0,
+        "loadgen_cpu_share": 0.95,
+    }
+
+
+def test_run_py_judges_each_row_against_json_over_websocket(bench: Any) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(BENCH))
+        sys.modules.pop("run", None)
+    results = [
+        row("realtime-centrifuge", 6.0),
+        row("realtime-centrifuge-protobuf", 6.1),
+        row("realtime-centrifuge-http-stream", 7.5, lost=3),
+    ]
+    ok = {(r["server"], r["clients"]): r for r in results}
+    protobuf, stream = run.codec_rows(ok)
+    assert protobuf[1] == "realtime-centrifuge-protobuf"
+    assert protobuf[3] == "6.10 vs 6.00 (1.02x): ≤ 1.00x **missed**"
+    assert stream[3].startswith("7.50 vs 6.00 (1.25x): ≤ 1.30x met (not every delivery")
+    assert stream[-1] == "3 vs 0"
+    assert "### Centrifuge codecs and transports" in run.main_tables(results)
+    assert run.codec_rows({("realtime-centrifuge-protobuf", 5000): results[1]}) == []
