@@ -397,6 +397,10 @@ class Client(asyncio.Protocol):
         if not self.run.protobuf:
             self.message(payload, now)
             return
+        data = clients.publication_fast(payload)  # the common case, one publication
+        if data is not None:
+            self.publication(clients.publication_data(data), now)
+            return
         try:
             replies = clients.protobuf_replies(payload)
         except ValueError as exc:

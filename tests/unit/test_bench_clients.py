@@ -137,6 +137,36 @@ def test_replies_built_with_the_generated_classes_are_read(bench: Any) -> None:
     assert clients.publication_data(b'"') == b'"'
 
 
+def test_the_fast_path_reads_what_the_full_decoder_reads(bench: Any) -> None:
+    clients, _ = bench
+    info = {"user": "u", "client": "c"}
+    pubs = [
+        PROTOBUF.encode_publication("default", RawJSON('"m1.5.x"')),
+        PROTOBUF.encode_publication("bench7", RawJSON('"m2.5.' + "x" * 300 + '"'), offset=9),
+        PROTOBUF.encode_publication("c" * 200, b"\x00\x01", info, 2**40, {"k": "v"}),
+        PROTOBUF.encode_publication("", RawJSON('"w3"')),
+    ]
+    for pub in pubs:
+        assert isinstance(pub, bytes)
+        (reply,) = clients.protobuf_replies(pub)
+        assert clients.publication_fast(pub) == reply.data != b""
+        for cut in range(len(pub)):  # never an exception, never a wrong answer
+            assert clients.publication_fast(pub[:cut]) is None
+    first, second = pubs[0], pubs[1]
+    assert isinstance(first, bytes) and isinstance(second, bytes)
+    with_id = pb.Reply(push=pb.Push(id=3, pub=pb.Publication(data=b"m1")))
+    others = [
+        first + second,  # a batch: the full decoder's
+        b"\x00",  # a ping
+        PROTOBUF.encode_reply(2, "subscribe", {}),
+        clients.delimited([with_id.SerializeToString()]),
+    ]
+    for frame in others:
+        assert isinstance(frame, bytes)
+        assert clients.protobuf_replies(frame)
+        assert clients.publication_fast(frame) is None
+
+
 @pytest.mark.parametrize(
     "frame",
     [
