@@ -222,7 +222,9 @@ async def test_an_accepted_connect_is_not_an_auth_refusal() -> None:
 
 
 class APIBackend:
-    async def publish(self, channel: str, data: Any, *, tags: Any = None) -> Mapping[str, Any]:
+    async def publish(
+        self, channel: str, data: Any, *, tags: Any = None, idempotency_key: str = ""
+    ) -> Mapping[str, Any]:
         return {}
 
 

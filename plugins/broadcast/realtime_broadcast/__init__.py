@@ -7,6 +7,7 @@ realtime_broadcast import broadcast, history``.
 """
 
 from .functions import (
+    Broadcast,
     InvalidChannel,
     MessageNotText,
     MessageTooLarge,
@@ -17,6 +18,7 @@ from .functions import (
 )
 
 __all__ = [
+    "Broadcast",
     "InvalidChannel",
     "MessageNotText",
     "MessageTooLarge",

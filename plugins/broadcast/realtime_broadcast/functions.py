@@ -51,13 +51,29 @@ class InvalidChannel(HTTPError, ValueError):
     status = 400
 
 
-def broadcast(message: str | bytes | JSONValue, channel: str = DEFAULT_CHANNEL) -> int:
+class Broadcast(int):
+    """What ``broadcast()`` returns: the number of clients it was queued for (an int,
+    as it always was), with where the publication stands in the channel's stream:
+    ``offset`` and ``epoch`` where the channel keeps history, else 0 and ``""``."""
+
+    offset: int
+    epoch: str
+
+    def __new__(cls, queued: int, offset: int = 0, epoch: str = "") -> Broadcast:
+        result = super().__new__(cls, queued)
+        result.offset, result.epoch = offset, epoch
+        return result
+
+
+def broadcast(message: str | bytes | JSONValue, channel: str = DEFAULT_CHANNEL) -> Broadcast:
     """Send ``message`` to every client in ``channel`` (``default``: what ``/ws`` listens to).
 
     ``str`` goes as text and ``bytes`` as binary, exactly as given; a JSON value (dict,
     list, number, bool) as its JSON text, which JSON protocols embed as a value.
     Returns the number of clients it was queued for (across every process, with a
-    distributed broker); never waits on a client. Raises ``MessageTooLarge`` (413) over
+    distributed broker), a :class:`Broadcast` whose ``offset`` and ``epoch`` say where
+    it stands in a channel that keeps history; never waits on a client. Raises
+    ``MessageTooLarge`` (413) over
     ``max_message_size``, ``MessageNotText`` (400) for a lone surrogate,
     ``InvalidChannel`` (400) for a bad channel name, ``TypeError`` for anything else,
     and ``BrokerUnavailable`` (503) when the broker cannot take it: in every case, no
@@ -95,11 +111,14 @@ def broadcast(message: str | bytes | JSONValue, channel: str = DEFAULT_CHANNEL) 
     if size > limit:
         raise MessageTooLarge(f"message is {size} bytes, over the {limit}-byte limit; not sent")
     publication = Publication(message, json=True) if is_json else message
-    queued = get_broker(host).publish_sync(channel, publication)
+    result = get_broker(host).publish_result_sync(channel, publication)
     counted: Instrument | None = host.app.extensions.get(PUBLICATIONS_KEY)
     if counted is not None:
         counted.inc()
-    return queued
+    position = result.position
+    if position is None:
+        return Broadcast(result.receivers)
+    return Broadcast(result.receivers, position.offset, position.epoch)
 
 
 def _check_channel(channel: str) -> None:

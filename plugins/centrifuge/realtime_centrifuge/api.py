@@ -24,9 +24,18 @@ from typing import Any, ClassVar, Protocol
 
 from realtime import log_access
 from realtime.routes import TEXT
+from realtime_broker import MAX_IDEMPOTENCY_KEY
 from realtime_broker.plugin import MAX_MESSAGE_SIZE
 from realtime_hub.channels import ChannelRules
 
+from .api_fields import BadBody as BadBody  # re-exported: it was defined here
+from .api_fields import Params
+from .api_fields import decode as _decode
+from .api_fields import get as _get
+from .api_fields import position as _position
+from .api_fields import refuse as _refuse
+from .api_fields import str_list as _str_list
+from .api_fields import str_map as _str_map
 from .codec import RawJSON, encode_json
 from .codes import Disconnect, Error
 
@@ -35,17 +44,26 @@ log = logging.getLogger(__name__)
 #: Methods this server runs.
 SUPPORTED = ("publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "refresh",
              "channels", "info", "history", "history_remove", "presence",
-             "presence_stats")  # fmt: skip
+             "presence_stats", "batch")  # fmt: skip
 #: Centrifugo's other open-source methods: answered with 104, so an SDK gets an API
 #: error naming the method instead of a bare 404.
-NOT_IMPLEMENTED = ("batch", "rpc")
+NOT_IMPLEMENTED = ("rpc",)
 #: Broadcast publishes to this many channels at a time.
 BROADCAST_CONCURRENCY = 64
+#: Most commands in one ``batch`` (HTTP 400 past it): ``max_body_size`` bounds them
+#: too, but a command can be as short as ``{"info":{}}``.
+MAX_BATCH_COMMANDS = 1000
+#: A ``parallel`` batch runs this many commands at a time (each broadcast among them
+#: publishing to up to :data:`BROADCAST_CONCURRENCY` channels at a time).
+BATCH_CONCURRENCY = 16
+#: Centrifugo's order of a batch command's fields: the first present is run.
+BATCH_ORDER = ("publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "history",
+               "history_remove", "presence", "presence_stats", "info", "rpc", "refresh",
+               "channels")  # fmt: skip
 #: What a request gets while no key is set.
 API_OFF = "the server API is off: set api_key (REALTIME_API_KEY) to turn it on"
 
 _JSON = b"application/json"
-Params = Mapping[str, Any]
 #: Told how long each call took: (method, seconds); the method is one of
 #: :attr:`ServerAPI.METHODS` or whatever else was asked (the observer bounds it).
 Observer = Callable[[str, float], None]
@@ -61,9 +79,15 @@ class APIBackend(Protocol):
     """
 
     async def publish(
-        self, channel: str, data: RawJSON, *, tags: Mapping[str, str] | None = None
+        self,
+        channel: str,
+        data: RawJSON,
+        *,
+        tags: Mapping[str, str] | None = None,
+        idempotency_key: str = "",
     ) -> Mapping[str, Any]:
-        """Publish ``data``; the result body (``{}``, later ``offset`` and ``epoch``)."""
+        """Publish ``data``, once per ``idempotency_key`` within five minutes; the
+        result body (``offset`` and ``epoch`` where the channel keeps history, else ``{}``)."""
         ...
 
     async def subscribe(
@@ -72,13 +96,18 @@ class APIBackend(Protocol):
         channel: str,
         *,
         client: str = "",
+        session: str = "",
         info: RawJSON | None = None,
         data: RawJSON | None = None,
+        recover_since: tuple[int, str] | None = None,
     ) -> None:
-        """Subscribe the connections of ``user`` (one of them if ``client``)."""
+        """Subscribe the connections of ``user`` (one of them if ``client`` or
+        ``session``), recovering from ``recover_since`` (offset, epoch) if given."""
         ...
 
-    async def unsubscribe(self, user: str, channel: str, *, client: str = "") -> None:
+    async def unsubscribe(
+        self, user: str, channel: str, *, client: str = "", session: str = ""
+    ) -> None:
         """Unsubscribe ``user``; ``channel == ""`` means every channel, as in Centrifugo."""
         ...
 
@@ -87,6 +116,7 @@ class APIBackend(Protocol):
         user: str,
         *,
         client: str = "",
+        session: str = "",
         code: int = 3503,
         reason: str = "force disconnect",
         whitelist: Sequence[str] = (),
@@ -95,7 +125,13 @@ class APIBackend(Protocol):
         ...
 
     async def refresh(
-        self, user: str, *, client: str = "", expired: bool = False, expire_at: int = 0
+        self,
+        user: str,
+        *,
+        client: str = "",
+        session: str = "",
+        expired: bool = False,
+        expire_at: int = 0,
     ) -> None:
         """Set when ``user``'s connections expire (``expire_at``, 0: never), or expire them now."""
         ...
@@ -125,10 +161,6 @@ class APIBackend(Protocol):
     async def presence_stats(self, channel: str) -> Mapping[str, Any]:
         """``{"num_clients": ..., "num_users": ...}``; 108 where none."""
         ...
-
-
-class BadBody(Exception):
-    """The body does not decode as the method's request: HTTP 400, as Go's decoder."""
 
 
 class ServerAPI:
@@ -171,6 +203,7 @@ class ServerAPI:
             "history_remove": self._history_remove,
             "presence": self._presence,
             "presence_stats": self._presence_stats,
+            "batch": self._batch,
         }
 
     def __repr__(self) -> str:
@@ -302,6 +335,8 @@ class ServerAPI:
         try:
             params = _decode(body)
             result = await handler(params)
+            if name == "batch":  # Go's BatchResponse: its replies, no result around them
+                return 200, _dumps(result)
             return 200, _dumps({"result": result})
         except BadBody as exc:
             return 400, f"bad request: {exc}".encode()
@@ -332,27 +367,30 @@ class ServerAPI:
             )
         return raw
 
-    def _publication(self, params: Params) -> tuple[RawJSON | None, Mapping[str, str] | None]:
-        """Data and tags of publish and broadcast, unsupported options refused."""
+    def _publication(self, params: Params) -> tuple[RawJSON | None, Mapping[str, str] | None, str]:
+        """Data, tags and idempotency key of publish and broadcast, unsupported options
+        refused."""
         _get(params, "skip_history", bool)  # checked per channel: _history_kept
         _get(params, "delta", bool)  # Clients get the full data, which is always correct.
         tags = _str_map(params, "tags")
+        key: str = _get(params, "idempotency_key", str)
+        if len(key.encode("utf-8", "surrogatepass")) > MAX_IDEMPOTENCY_KEY:
+            raise Error(107, f"bad request: idempotency_key is over {MAX_IDEMPOTENCY_KEY} bytes")
         _refuse(params, "b64data", str, "binary data needs the Protobuf protocol: send data")
-        _refuse(params, "idempotency_key", str, "publications are not deduplicated")
         _refuse(params, "version", int, "publications are not versioned")
         _refuse(params, "version_epoch", str, "publications are not versioned")
-        return self._payload(params, "data"), tags or None
+        return self._payload(params, "data"), tags or None, key
 
     async def _publish(self, params: Params) -> Mapping[str, Any]:
         channel = _get(params, "channel", str)
-        data, tags = self._publication(params)
+        data, tags, key = self._publication(params)
         if not channel:
             raise Error(107, "bad request: channel is required")
         if data is None:
             raise Error(107, "bad request: data is required")
         self._check_channel(channel)
         self._history_kept(params, channel)
-        return dict(await self.backend.publish(channel, data, tags=tags))
+        return dict(await self.backend.publish(channel, data, tags=tags, idempotency_key=key))
 
     def _history_kept(self, params: Params, channel: str) -> None:
         """107 for ``skip_history`` where the channel keeps history (it keeps all)."""
@@ -361,7 +399,7 @@ class ServerAPI:
 
     async def _broadcast(self, params: Params) -> Mapping[str, Any]:
         channels = _str_list(params, "channels")
-        data, tags = self._publication(params)
+        data, tags, key = self._publication(params)
         if not channels:
             raise Error(107, "bad request: channels are required")
         if data is None:
@@ -375,8 +413,10 @@ class ServerAPI:
                     raise Error(107, "bad request: channel is required")
                 self._check_channel(channel)
                 self._history_kept(params, channel)
-                result = dict(await self.backend.publish(channel, data, tags=tags))
-                responses[index] = {"result": result}
+                published = await self.backend.publish(
+                    channel, data, tags=tags, idempotency_key=key
+                )
+                responses[index] = {"result": dict(published)}
             except Error as error:
                 responses[index] = {"error": _error_body(error)}
             except Exception:
@@ -396,39 +436,97 @@ class ServerAPI:
             log.error("server API broadcast failed on %d channels in all", len(failed))
         return {"responses": responses}
 
+    async def _batch(self, params: Params) -> Mapping[str, Any]:
+        """Many commands in one request, in order (``parallel``: up to
+        :data:`BATCH_CONCURRENCY` at a time): ``{"replies": [...]}``, each
+        ``{"<method>": result}`` or ``{"error": ...}`` in the commands' order.
+
+        Unlike Go, where a field of the wrong type in any command fails the whole
+        body (400), that command alone gets 107: the others may have run already.
+        """
+        commands = params.get("commands")
+        if commands is None:
+            commands = []
+        if not isinstance(commands, list):
+            raise BadBody("commands must be an array of objects")
+        if len(commands) > MAX_BATCH_COMMANDS:
+            raise BadBody(f"over {MAX_BATCH_COMMANDS} commands in one batch")
+        if not all(command is None or isinstance(command, dict) for command in commands):
+            raise BadBody("commands must be an array of objects")
+        replies: list[Mapping[str, Any]] = [{}] * len(commands)
+
+        async def run(index: int, command: Mapping[str, Any] | None) -> None:
+            replies[index] = await self._batch_command(command)
+
+        if _get(params, "parallel", bool):
+            pending = iter(enumerate(commands))
+
+            async def worker() -> None:
+                for index, command in pending:
+                    await run(index, command)
+
+            await asyncio.gather(*(worker() for _ in range(min(BATCH_CONCURRENCY, len(commands)))))
+        else:
+            for index, command in enumerate(commands):
+                await run(index, command)
+        return {"replies": replies}
+
+    async def _batch_command(self, command: Mapping[str, Any] | None) -> Mapping[str, Any]:
+        """One batch command's reply: its first method (Centrifugo's order) run."""
+        if command is None:
+            return {"error": _error_body(Error(107))}  # Go: a null command is bad
+        name = next((key for key in BATCH_ORDER if command.get(key) is not None), None)
+        if name is None or name in NOT_IMPLEMENTED:
+            return {"error": _error_body(Error(104, "not found"))}
+        params = command[name]
+        try:
+            if not isinstance(params, dict):
+                raise BadBody(f"{name} must be an object")
+            return {name: await self._handlers[name](params)}
+        except BadBody as exc:
+            return {"error": _error_body(Error(107, f"bad request: {exc}"))}
+        except Error as error:
+            return {"error": _error_body(error)}
+        except Exception:
+            log.exception("server API batch %s failed", name)
+            return {"error": _error_body(Error(100))}
+
     async def _subscribe(self, params: Params) -> Mapping[str, Any]:
         user = _get(params, "user", str)
         channel = _get(params, "channel", str)
         client = _get(params, "client", str)
+        session = _get(params, "session", str)
         info = self._payload(params, "info")
         data = self._payload(params, "data")
-        _refuse(params, "session", str, "connections have no session id: use client")
+        since = _position(params, "recover_since")
         _refuse(params, "b64info", str, "binary info needs the Protobuf protocol: send info")
         _refuse(params, "b64data", str, "binary data needs the Protobuf protocol: send data")
-        _refuse(params, "recover_since", dict, "there is no history to recover from")
         _refuse(params, "override", dict, "channel options cannot be overridden per call")
         _refuse(params, "expire_at", int, "subscriptions do not expire")
         if not channel:
             raise Error(107, "bad request: channel is required")
         self._check_channel(channel)
-        await self.backend.subscribe(user, channel, client=client, info=info, data=data)
+        await self.backend.subscribe(
+            user, channel, client=client, session=session, info=info, data=data,
+            recover_since=since,
+        )  # fmt: skip
         return {}
 
     async def _unsubscribe(self, params: Params) -> Mapping[str, Any]:
         user = _get(params, "user", str)
         channel = _get(params, "channel", str)
         client = _get(params, "client", str)
-        _refuse(params, "session", str, "connections have no session id: use client")
+        session = _get(params, "session", str)
         if channel:  # An empty channel is every channel, as in Centrifugo.
             self._check_channel(channel)
-        await self.backend.unsubscribe(user, channel, client=client)
+        await self.backend.unsubscribe(user, channel, client=client, session=session)
         return {}
 
     async def _disconnect(self, params: Params) -> Mapping[str, Any]:
         user = _get(params, "user", str)
         client = _get(params, "client", str)
         whitelist = _str_list(params, "whitelist")
-        _refuse(params, "session", str, "connections have no session id: use client")
+        session = _get(params, "session", str)
         custom = _get(params, "disconnect", dict) or {}
         code = _get(custom, "code", int)
         reason = _get(custom, "reason", str)
@@ -438,10 +536,11 @@ class ServerAPI:
             except ValueError as exc:
                 raise Error(107, f"bad request: disconnect: {exc}") from None
             await self.backend.disconnect(
-                user, client=client, code=code, reason=reason, whitelist=whitelist
-            )
+                user, client=client, session=session, code=code, reason=reason,
+                whitelist=whitelist,
+            )  # fmt: skip
         else:
-            await self.backend.disconnect(user, client=client, whitelist=whitelist)
+            await self.backend.disconnect(user, client=client, session=session, whitelist=whitelist)
         return {}
 
     async def _refresh(self, params: Params) -> Mapping[str, Any]:
@@ -449,13 +548,15 @@ class ServerAPI:
         if not user:
             raise Error(107, "bad request: user is required")
         client = _get(params, "client", str)
-        _refuse(params, "session", str, "connections have no session id: use client")
+        session = _get(params, "session", str)
         _refuse(params, "info", dict, "connection info is set by tokens here")
         expired = _get(params, "expired", bool)
         expire_at = _get(params, "expire_at", int)
         if expire_at < 0:
             raise Error(107, "bad request: expire_at must be a Unix time or 0")
-        await self.backend.refresh(user, client=client, expired=expired, expire_at=expire_at)
+        await self.backend.refresh(
+            user, client=client, session=session, expired=expired, expire_at=expire_at
+        )
         return {}
 
     async def _channels(self, params: Params) -> Mapping[str, Any]:
@@ -470,15 +571,7 @@ class ServerAPI:
         channel = self._channel_param(params)
         limit = _get(params, "limit", int)
         reverse = _get(params, "reverse", bool)
-        raw_since = _get(params, "since", dict)
-        since = None
-        if raw_since:
-            offset, epoch = raw_since.get("offset", 0), raw_since.get("epoch", "")
-            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-                raise BadBody("since.offset must be an integer >= 0")
-            if not isinstance(epoch, str):
-                raise BadBody("since.epoch must be a string")
-            since = (offset, epoch)
+        since = _position(params, "since")
         return await self.backend.history(channel, limit=limit, since=since, reverse=reverse)
 
     async def _history_remove(self, params: Params) -> Mapping[str, Any]:
@@ -498,67 +591,6 @@ class ServerAPI:
 
     async def _presence_stats(self, params: Params) -> Mapping[str, Any]:
         return await self.backend.presence_stats(self._channel_param(params))
-
-
-# -- request fields ------------------------------------------------------------------
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _decode(body: bytes) -> Params:
-    """The request object; an empty body is ``{}`` (``info`` needs nothing)."""
-    if not body.strip():
-        return {}
-    try:
-        params = json.loads(body, parse_constant=_no_constant)
-    except RecursionError:
-        raise BadBody("JSON nested too deeply") from None
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError included.
-        raise BadBody("body is not JSON") from None
-    if not isinstance(params, dict):
-        raise BadBody("body is not a JSON object")
-    return params
-
-
-def _type_name(kind: type) -> str:
-    names = {str: "a string", bool: "a boolean", int: "an integer", dict: "an object"}
-    return names.get(kind, kind.__name__)
-
-
-def _get(params: Params, name: str, kind: type[Any]) -> Any:
-    """A field of type ``kind``, Go's zero value if absent or null; BadBody otherwise."""
-    value = params.get(name)
-    if value is None:
-        return kind()
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BadBody(f"{name} must be {_type_name(kind)}")
-    return value
-
-
-def _refuse(params: Params, name: str, kind: type[Any], why: str) -> None:
-    """107 for a field we cannot honour and whose silent loss would change the call."""
-    if _get(params, name, kind):
-        raise Error(107, f"bad request: {name} is not supported: {why}")
-
-
-def _str_list(params: Params, name: str) -> list[str]:
-    value = params.get(name)
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise BadBody(f"{name} must be an array of strings")
-    return value
-
-
-def _str_map(params: Params, name: str) -> dict[str, str]:
-    value = params.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise BadBody(f"{name} must be an object of strings")
-    return value
 
 
 # -- responses -----------------------------------------------------------------------

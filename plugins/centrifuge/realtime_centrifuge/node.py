@@ -28,7 +28,13 @@ from realtime_hub import ChannelRules, Client, Hub
 
 from .api import ServerAPI
 from .codec import RawJSON
-from .codes import ERROR_INTERNAL, Disconnect, DisconnectError, Error
+from .codes import (
+    DISCONNECT_CONNECTION_LIMIT,
+    ERROR_INTERNAL,
+    Disconnect,
+    DisconnectError,
+    Error,
+)
 from .history import read_history, read_presence, read_presence_stats, remove_history
 from .metrics import CentrifugeMetrics
 from .session import Session, SessionOptions
@@ -72,8 +78,12 @@ class Node:
         api_key: str = "",
         max_body_size: int = 1024 * 1024,
         max_message_size: int = MAX_MESSAGE_SIZE.default,
+        single_connection: bool = False,
     ) -> None:
         self.host = host
+        #: One connection per user (``user_personal_single_connection``): a user's
+        #: new connection closes the others, on every host, with 3504.
+        self.single_connection = single_connection
         self.hub = hub
         self.broker = broker
         self.rules: ChannelRules = hub.rules
@@ -161,6 +171,17 @@ class Node:
     def register(self, client: Client, session: Session) -> None:
         if session.user:
             self.users.setdefault(session.user, {})[client.id] = client
+            if self.single_connection:
+                self.spawn(self._single(session.user, session.client_id))
+
+    async def _single(self, user: str, client_id: str) -> None:
+        """Close ``user``'s other connections, wherever they are (Centrifugo's
+        single connection mode of the personal channel)."""
+        limit = DISCONNECT_CONNECTION_LIMIT
+        try:
+            await self.disconnect(user, code=limit.code, reason=limit.reason, whitelist=[client_id])
+        except Error:
+            log.warning("could not close the other connections of user %r", user)
 
     def unregister(self, client: Client, session: Session) -> None:
         clients = self.users.get(session.user)
@@ -170,14 +191,28 @@ class Node:
     # The server API ----------------------------------------------------------
 
     async def publish(
-        self, channel: str, data: RawJSON, *, tags: Mapping[str, str] | None = None
+        self,
+        channel: str,
+        data: RawJSON,
+        *,
+        tags: Mapping[str, str] | None = None,
+        idempotency_key: str = "",
     ) -> Mapping[str, Any]:
+        """The publication's ``offset`` and ``epoch`` where the channel keeps history
+        (``{}`` elsewhere); a key seen within five minutes answers its first result
+        and publishes nothing."""
+        publication = Publication(str(data), json=True)
         try:
-            await self.broker.publish(channel, Publication(str(data), json=True))
+            result = await self.broker.publish_result(
+                channel, publication, idempotency_key=idempotency_key
+            )
         except BrokerUnavailable:
             raise Error(ERROR_INTERNAL.code) from None
-        self.metrics.published_api.inc()  # a broadcast: once per channel, as each comes here
-        return {}
+        if not result.suppressed:
+            self.metrics.published_api.inc()  # a broadcast: once per channel, as each comes
+        if result.position is None:
+            return {}
+        return {"offset": result.position.offset, "epoch": result.position.epoch}
 
     async def history(
         self, channel: str, *, limit: int, since: tuple[int, str] | None, reverse: bool
@@ -214,23 +249,35 @@ class Node:
         channel: str,
         *,
         client: str = "",
+        session: str = "",
         info: RawJSON | None = None,
         data: RawJSON | None = None,
+        recover_since: tuple[int, str] | None = None,
     ) -> None:
         await self._send_control(
             {
                 "op": "subscribe",
                 "user": user,
                 "client": client,
+                "session": session,
                 "channel": channel,
                 "info": _decoded(info),
                 "data": _decoded(data),
+                "recover_since": None if recover_since is None else list(recover_since),
             }
         )
 
-    async def unsubscribe(self, user: str, channel: str, *, client: str = "") -> None:
+    async def unsubscribe(
+        self, user: str, channel: str, *, client: str = "", session: str = ""
+    ) -> None:
         await self._send_control(
-            {"op": "unsubscribe", "user": user, "client": client, "channel": channel}
+            {
+                "op": "unsubscribe",
+                "user": user,
+                "client": client,
+                "session": session,
+                "channel": channel,
+            }
         )
 
     async def disconnect(
@@ -238,6 +285,7 @@ class Node:
         user: str,
         *,
         client: str = "",
+        session: str = "",
         code: int = 3503,
         reason: str = "force disconnect",
         whitelist: Sequence[str] = (),
@@ -248,6 +296,7 @@ class Node:
                 "op": "disconnect",
                 "user": user,
                 "client": client,
+                "session": session,
                 "code": code,
                 "reason": reason,
                 "whitelist": list(whitelist),
@@ -255,13 +304,20 @@ class Node:
         )
 
     async def refresh(
-        self, user: str, *, client: str = "", expired: bool = False, expire_at: int = 0
+        self,
+        user: str,
+        *,
+        client: str = "",
+        session: str = "",
+        expired: bool = False,
+        expire_at: int = 0,
     ) -> None:
         await self._send_control(
             {
                 "op": "refresh",
                 "user": user,
                 "client": client,
+                "session": session,
                 "expired": expired,
                 "expire_at": expire_at,
             }
@@ -305,15 +361,19 @@ class Node:
         try:
             parsed = json.loads(data)
             op, user, client = parsed["op"], parsed["user"], parsed.get("client", "")
-            if not (isinstance(user, str) and isinstance(client, str)):
-                raise TypeError("user and client are strings")
+            session = parsed.get("session", "")
+            if not (isinstance(user, str) and isinstance(client, str) and isinstance(session, str)):
+                raise TypeError("user, client and session are strings")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             log.warning("control message refused: %r", exc)
             return 0
+        # A session targets the emulated or one-way connection holding it (Go's rule).
         targets = [
             c
             for c in self.users.get(user, {}).values()
-            if isinstance(c.state, Session) and (not client or c.state.client_id == client)
+            if isinstance(c.state, Session)
+            and (not client or c.state.client_id == client)
+            and (not session or c.state.session_id == session)
         ]
         for target in targets:
             self.spawn(self._apply(op, target, parsed))
@@ -350,7 +410,10 @@ class Node:
         if op == "subscribe" and channel:
             pushes = [
                 await session.server_subscribe(
-                    channel, info=message.get("info"), data=message.get("data")
+                    channel,
+                    info=message.get("info"),
+                    data=message.get("data"),
+                    recover_since=_position(message.get("recover_since")),
                 )
             ]
         elif op == "unsubscribe":
@@ -369,3 +432,17 @@ class Node:
 
 def _decoded(value: RawJSON | None) -> Any:
     return None if value is None else json.loads(value)
+
+
+def _position(value: Any) -> tuple[int, str] | None:
+    """A control message's ``recover_since``: ``[offset, epoch]``, else None."""
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and not isinstance(value[0], bool)
+        and value[0] >= 0
+        and isinstance(value[1], str)
+    ):
+        return value[0], value[1]
+    return None

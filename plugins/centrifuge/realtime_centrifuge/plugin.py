@@ -19,6 +19,7 @@ from realtime.settings import MAX_BODY_SIZE, WORKERS
 from realtime_broker import get_broker
 from realtime_broker.plugin import MAX_MESSAGE_SIZE
 from realtime_hub import Receive, Send, get_hub
+from realtime_hub.plugin import channel_rules
 
 from . import hooks
 from .api import ServerAPI, send_text
@@ -126,6 +127,28 @@ ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN = Option(
     type=bool,
 )
 
+USER_SUBSCRIBE_TO_PERSONAL_CHANNEL = Option(
+    "user_subscribe_to_personal_channel",
+    False,
+    "subscribe each signed-in user's Centrifuge connections server-side to its personal "
+    "channel, '#USER' (Centrifugo's option)",
+    type=bool,
+)
+
+USER_PERSONAL_CHANNEL_NAMESPACE = Option(
+    "user_personal_channel_namespace",
+    "",
+    "namespace of the personal channels ('personal' gives 'personal:#USER'); unset: none",
+)
+
+USER_PERSONAL_SINGLE_CONNECTION = Option(
+    "user_personal_single_connection",
+    False,
+    "with personal channels: one connection per user, a new one closing the others "
+    "(3504); the personal channel's namespace needs presence",
+    type=bool,
+)
+
 TOKEN_HMAC_SECRET = Option(
     "token_hmac_secret",
     "",
@@ -179,6 +202,9 @@ def register_options() -> list[Option]:
         CLIENT_INVALID_TOKEN_LIMIT,
         CLIENT_JOIN_LEAVE_MAX_SUBSCRIBERS,
         ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN,
+        USER_SUBSCRIBE_TO_PERSONAL_CHANNEL,
+        USER_PERSONAL_CHANNEL_NAMESPACE,
+        USER_PERSONAL_SINGLE_CONNECTION,
         TOKEN_HMAC_SECRET,
         TOKEN_RSA_PUBLIC_KEY,
         TOKEN_ECDSA_PUBLIC_KEY,
@@ -246,7 +272,22 @@ def validate(host: Host) -> None:
         if not 1 <= limit.get(settings) <= 10_000:
             raise ValueError(f"{limit.flag} must be 1 to 10000")
     _session_options(settings)
+    _check_personal(settings)
     _verifier(settings, TOKEN_HMAC_SECRET.get(settings))
+
+
+def _check_personal(settings: Mapping[str, Any]) -> None:
+    """Centrifugo's start-up checks: the personal channels' namespace exists, and keeps
+    presence for a single connection (its count is how Go tells another is there)."""
+    if not USER_SUBSCRIBE_TO_PERSONAL_CHANNEL.get(settings):
+        return
+    rules = channel_rules(settings)
+    namespace = USER_PERSONAL_CHANNEL_NAMESPACE.get(settings)
+    options = rules.namespace_of(rules.personal_channel("user", namespace))
+    if options is None:
+        raise ValueError(f"namespace for user personal channel not found: {namespace}")
+    if USER_PERSONAL_SINGLE_CONNECTION.get(settings) and not options.presence:
+        raise ValueError("--user-personal-single-connection needs presence in its namespace")
 
 
 def _session_options(settings: Mapping[str, Any]) -> SessionOptions:
@@ -268,6 +309,9 @@ def _session_options(settings: Mapping[str, Any]) -> SessionOptions:
             version=_version(),
             recovery_limit=CLIENT_RECOVERY_MAX_PUBLICATION_LIMIT.get(settings),
             history_limit=CLIENT_HISTORY_MAX_PUBLICATION_LIMIT.get(settings),
+            personal_channel_namespace=USER_PERSONAL_CHANNEL_NAMESPACE.get(settings)
+            if USER_SUBSCRIBE_TO_PERSONAL_CHANNEL.get(settings)
+            else None,
         )
     except ValueError as exc:
         raise ValueError(f"Centrifuge client options: {exc}") from None
@@ -348,6 +392,8 @@ def startup(host: Host) -> None:
         api_key=host.setting(API_KEY),
         max_body_size=host.setting(MAX_BODY_SIZE),
         max_message_size=host.setting(MAX_MESSAGE_SIZE),
+        single_connection=host.setting(USER_SUBSCRIBE_TO_PERSONAL_CHANNEL)
+        and host.setting(USER_PERSONAL_SINGLE_CONNECTION),
     )
     node.start()
     host.app.extensions[EXTENSION_KEY] = node

@@ -73,6 +73,10 @@ DEMO_CHANNEL_TABLE: Mapping[str, Any] = MappingProxyType(
 )
 
 
+#: Centrifugo's recovery modes (``force_recovery_mode``).
+RECOVERY_MODES = ("stream", "cache")
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration string such as ``"300s"`` or ``"1h30m"``; ``"0"`` is 0."""
     if text == "0":
@@ -120,6 +124,17 @@ class NamespaceOptions:
     force_positioning: bool = False
     allow_recovery: bool = False
     allow_positioning: bool = False
+    #: How a subscription recovers: "stream" (every missed publication) or "cache"
+    #: (only the latest: a subscriber asking to recover gets it at once).
+    force_recovery_mode: str = "stream"
+    #: In cache mode, recover every subscription (server-side ones too) without the
+    #: client asking: each (re)subscribe gets the latest publication.
+    auto_cache_recover: bool = False
+
+    @property
+    def cache_recovery(self) -> bool:
+        """Whether subscriptions that recover get only the latest publication."""
+        return self.force_recovery_mode == "cache"
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], where: str) -> NamespaceOptions:
@@ -141,10 +156,19 @@ class NamespaceOptions:
                     value = parse_duration(value)
                 except ValueError as exc:
                     raise ValueError(f"{where}: history_ttl: {exc}") from None
+            elif key == "force_recovery_mode":
+                if value not in RECOVERY_MODES:
+                    raise ValueError(f"{where}: force_recovery_mode must be 'stream' or 'cache'")
             elif not isinstance(value, bool):
                 raise ValueError(f"{where}: {key} must be true or false")
             values[key] = value
-        return cls(**values)
+        parsed = cls(**values)
+        if parsed.auto_cache_recover and not (parsed.force_recovery and parsed.cache_recovery):
+            raise ValueError(
+                f"{where}: auto_cache_recover needs force_recovery and "
+                "force_recovery_mode = 'cache' (as in Centrifugo)"
+            )
+        return parsed
 
 
 def _no_namespaces() -> Mapping[str, NamespaceOptions]:
@@ -285,6 +309,12 @@ class ChannelRules:
         if self.user_boundary not in channel:
             return ()
         return tuple(channel.rsplit(self.user_boundary, 1)[1].split(self.user_separator))
+
+    def personal_channel(self, user: str, namespace: str = "") -> str:
+        """``user``'s personal channel, as Centrifugo names it: ``#42``, or
+        ``personal:#42`` in namespace ``personal`` (the boundaries configured here)."""
+        channel = self.user_boundary + user
+        return f"{namespace}{self.namespace_boundary}{channel}" if namespace else channel
 
     def name_refusal(self, channel: str) -> Refusal | None:
         """BAD_REQUEST for an empty name, one over ``max_channel_length`` bytes (as Go),

@@ -101,6 +101,11 @@ class Connecting(Subscribing):
             if expire_at is not None and expire_at <= now:
                 self._auth_refused()
                 return ERROR_EXPIRED
+        personal = self.options.personal_channel_namespace
+        if personal is not None and user:
+            # Centrifugo's user_subscribe_to_personal_channel: a server-side subscription
+            # to "#USER" (or "NAMESPACE:#USER"), an unknown namespace failing the connect.
+            subs.setdefault(self.rules.personal_channel(user, personal), Subscription("server"))
         if error := self._unknown_channel(subs):
             return error
         if honour_requested:
@@ -150,6 +155,7 @@ class Connecting(Subscribing):
             },
             "ping": int(interval),
             "pong": interval > 0 and self.options.pong_timeout > 0,
+            "session": self.session_id or None,  # emulated and one-way connections only
         }
 
     def _auth_refused(self) -> None:

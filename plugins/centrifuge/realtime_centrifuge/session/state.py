@@ -94,6 +94,10 @@ class SessionOptions:
     #: Subscribers of a channel (in this process) above which joins and leaves are
     #: not pushed (:func:`realtime_centrifuge.budget.join_leave_pushed`); 0: no bound.
     max_join_leave_subscribers: int = MAX_JOIN_LEAVE_SUBSCRIBERS
+    #: Subscribe each signed-in user's connections server-side to its personal channel
+    #: (``user_subscribe_to_personal_channel``), in this namespace ("": none, the
+    #: channel is ``#USER``); None: off.
+    personal_channel_namespace: str | None = None
     #: Where commands' durations and refused connects are reported; None: not timed
     #: (no exporter installed), so a command costs no clock reading.
     metrics: SessionMetrics | None = field(default=None, repr=False, compare=False)
@@ -135,7 +139,8 @@ class SessionState:
     __slots__ = (
         "_budget", "_commands", "_connected", "_expire_at", "_joining", "_last_ping", "_next_ping",
         "_pong_deadline", "_pushes", "_rand", "_recovering", "_rejected", "_subs", "backend",
-        "client_id", "clock", "codec", "info", "meta", "options", "rules", "user", "verifier",
+        "client_id", "clock", "codec", "info", "meta", "options", "rules", "session_id", "user",
+        "verifier",
     )  # fmt: skip
 
     def __init__(
@@ -149,8 +154,13 @@ class SessionState:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         codec: Codec = JSON,
+        session_id: str = "",
     ) -> None:
         self.rules = rules
+        #: The session id of an emulated or one-way connection (Go gives one to those
+        #: only): the connect result's ``session``, and what the server API's
+        #: ``session`` targets. "" for a WebSocket, which no ``session`` targets.
+        self.session_id = session_id
         #: The wire format this connection speaks: every reply and push goes through it.
         self.codec = codec
         self.verifier = verifier

@@ -119,7 +119,7 @@ class Subscribing(SessionState):
             self._pushes.extend(await self.backend.subscribe(channel, join_leave) or ())
             self._subs[channel] = subscription
         else:
-            if command.get_bool("recover"):
+            if self._wants_recovery(channel, command):
                 self._recovering = time.perf_counter()  # timed up to the encoded reply
             joined = await self._join_in_turn(channel, command, recovery, join_leave, subscription)
             if isinstance(joined, Error):
@@ -130,7 +130,10 @@ class Subscribing(SessionState):
             "expires": expire_at is not None,
             "ttl": self._ttl(expire_at, now),
             "data": claims.data if claims else None,
-            "was_recovering": command.get_bool("recover") or None,
+            # Go's: the client asked, or the namespace recovers for it (auto_cache_recover).
+            "was_recovering": command.get_bool("recover")
+            or (bool(recovery) and self._wants_recovery(channel, command))
+            or None,
             **stream,
         }
 
@@ -154,7 +157,7 @@ class Subscribing(SessionState):
         joined = await self._join_in_turn(channel, request, recovery, join_leave, subscription)
         if isinstance(joined, Error):
             return joined
-        if request.get_bool("recover"):
+        if recovery and self._wants_recovery(channel, request):
             joined["was_recovering"] = True
         return joined
 
@@ -168,7 +171,13 @@ class Subscribing(SessionState):
     ) -> dict[str, Any] | Error:
         """:meth:`_join_stream`, in a recovery slot when it reads what was missed (a
         few at a time); only where the stream stands, or nothing missed: no turn."""
-        if recovery and request.get_bool("recover") and not await self._at_top(channel, request):
+        reads_missed = recovery and self._wants_recovery(channel, request)
+        if (
+            reads_missed
+            and not self._cache_mode(channel)
+            and not await self._at_top(channel, request)
+        ):
+            # (A cache recovery reads one publication: no turn to wait for.)
             async with self.backend.recovery_slot():
                 return await self._join_stream(channel, request, recovery, join_leave, subscription)
         return await self._join_stream(channel, request, recovery, join_leave, subscription)
@@ -212,6 +221,8 @@ class Subscribing(SessionState):
                 released = await self.backend.release(channel, held, top, join_leave)
         if not isinstance(stream, Error) and released is not None:
             stream = self._merge_held(channel, stream, *released)
+        if not isinstance(stream, Error) and self._cache_mode(channel):
+            stream = self._latest_only(stream)
         if isinstance(stream, Error):
             self._subs.pop(channel, None)
             await self.backend.unsubscribe(channel)
@@ -260,6 +271,30 @@ class Subscribing(SessionState):
             )
         return stream
 
+    def _cache_mode(self, channel: str) -> bool:
+        """Whether the channel recovers in Centrifugo's cache mode (the latest only)."""
+        options = self.rules.namespace_of(channel)
+        return options is not None and options.cache_recovery
+
+    def _wants_recovery(self, channel: str, command: Command) -> bool:
+        """The client asks to recover (``recover``), or the namespace recovers every
+        subscription in cache mode (``auto_cache_recover``)."""
+        if command.get_bool("recover"):
+            return True
+        options = self.rules.namespace_of(channel)
+        return options is not None and options.auto_cache_recover
+
+    @staticmethod
+    def _latest_only(stream: dict[str, Any]) -> dict[str, Any]:
+        """A cache recovery gives the latest publication only (publications held while
+        it was read may have followed it), and its offset as the position (Go's)."""
+        pubs = stream.get("publications")
+        if pubs:
+            latest = pubs[-1]
+            stream["publications"] = [latest]
+            stream["offset"] = max(stream.get("offset") or 0, latest["offset"])
+        return stream
+
     def _pushes_join_leave(self, channel: str, command: Command | None = None) -> bool:
         """Whether joins and leaves reach this subscriber: Centrifugo's rule (all with
         ``force_push_join_leave``, else those asking ``join_leave`` who may see presence;
@@ -306,9 +341,11 @@ class Subscribing(SessionState):
         A recovery is complete or nothing: the publications after the client's offset
         up to the top, at most ``recovery_limit`` of them, else ``recovered: false``.
         """
-        wants_recovery = command.get_bool("recover")
+        wants_recovery = self._wants_recovery(channel, command)
         state: dict[str, Any] = {}
         since = (command.get_int("offset"), command.get_str("epoch"))
+        if recovery and wants_recovery and self._cache_mode(channel):
+            return await self._cache_state(channel, since)
         recovered = False
         try:
             if recovery and wants_recovery:
@@ -349,6 +386,36 @@ class Subscribing(SessionState):
         if recovery and wants_recovery:
             state["recovered"] = recovered or None
             state["publications"] = page.publications if recovered else None
+        return state, top
+
+    async def _cache_state(
+        self, channel: str, since: tuple[int, str]
+    ) -> tuple[dict[str, Any] | Error, tuple[int, str] | None]:
+        """A cache recovery (Centrifugo's ``isCacheRecovered``): the latest
+        publication, unless the client already stands there; ``recovered`` when the
+        latest kept is the stream's top (nothing kept: when the client is at the top).
+        Never 112: a position in another epoch just gets the latest."""
+        try:
+            page = await self.backend.history(
+                channel, limit=1, since=None, reverse=True, max_bytes=max(self._budget, 0)
+            )
+        except Error as error:
+            if error.code == ERROR_NOT_AVAILABLE.code:
+                return {}, None
+            return error, None
+        self._budget -= page.size
+        top = (page.offset, page.epoch)
+        same = since[0] > 0 and since == top
+        latest = page.publications[0] if page.publications else None
+        recovered = same if latest is None else latest["offset"] == page.offset
+        state: dict[str, Any] = {
+            "positioned": True,
+            "recoverable": True,
+            "epoch": page.epoch,
+            "offset": page.offset,
+            "recovered": recovered or None,
+            "publications": [latest] if latest is not None and recovered and not same else None,
+        }
         return state, top
 
     # -- presence, once the reply is out --------------------------------------------------
@@ -398,12 +465,20 @@ class Subscribing(SessionState):
     # -- the server's word --------------------------------------------------------------------
 
     async def server_subscribe(
-        self, channel: str, *, info: Any = None, data: Any = None
+        self,
+        channel: str,
+        *,
+        info: Any = None,
+        data: Any = None,
+        recover_since: tuple[int, str] | None = None,
     ) -> Frame | None:
         """Subscribe on the server's word (server API): the ``subscribe`` push to send.
 
         None if not connected, already subscribed or at the channel limit (a server
-        asking for more than a client may hold is told nothing: it is logged).
+        asking for more than a client may hold is told nothing: it is logged). With
+        ``recover_since`` (offset, epoch) where the channel recovers, what was missed
+        since follows the push as ``pub`` pushes (:meth:`take_pushes`); Go's push
+        carries the position only.
         """
         if not self._connected or channel in self._subs:
             return None
@@ -414,10 +489,21 @@ class Subscribing(SessionState):
         subscription = Subscription("server", info=info)
         # Its presence is entered by the caller once the push is out (enter_presence):
         # not through after_reply, which a frame being handled meanwhile may run.
-        joined = await self._join_server_side(channel, subscription, Command(0, "subscribe"))
+        request = {}
+        if recover_since is not None:
+            request = {"recover": True, "offset": recover_since[0], "epoch": recover_since[1]}
+        joined = await self._join_server_side(
+            channel, subscription, Command(0, "subscribe", request)
+        )
         if isinstance(joined, Error):
             logger.warning("client %s not subscribed to %r: %r", self.client_id, channel, joined)
             return None
+        if recovered := joined.get("publications"):
+            # Before what arrived while joining, which came after them.
+            self._pushes[:0] = [
+                self.codec.encode_publication(channel, pub["data"], pub.get("info"), pub["offset"])
+                for pub in recovered
+            ]
         # The Subscribe push: where the stream stands, where the channel keeps one.
         stream = {key: joined[key] for key in SUBSCRIBE_PUSH_FIELDS if key in joined}
         return self.codec.encode_push(channel, "subscribe", {"data": data, **stream})
