@@ -21,7 +21,7 @@ from realtime_broker.plugin import MAX_MESSAGE_SIZE
 from realtime_hub import Receive, Send, get_hub
 from realtime_hub.plugin import channel_rules
 
-from . import hooks
+from . import emulation, hooks
 from .api import ServerAPI, send_text
 from .budget import COMMAND_BURST, COMMAND_RATE, MAX_INVALID_TOKENS, MAX_JOIN_LEAVE_SUBSCRIBERS
 from .node import Node
@@ -357,6 +357,7 @@ def register_routes(host: Host) -> list[ASGIRoute]:
         ASGIRoute(host.setting(CENTRIFUGE_PATH), websocket, scope_types=("websocket",)),
         *uni_routes(host, lambda: get_node(host)),
         *(ASGIRoute(f"{prefix}/{name}", server_api, ("http",)) for name in ServerAPI.METHODS),
+        *emulation.routes(host, lambda: get_node(host)),
     ]
 
 

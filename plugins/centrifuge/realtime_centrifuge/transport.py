@@ -405,10 +405,17 @@ class SessionHandler:
     __slots__ = ("_connect_by", "_ids", "_ticking", "_timer", "client", "node", "registered",
                  "session")  # fmt: skip
 
-    def __init__(self, node: Node, client: Client, scope: Any, codec: Codec = JSON) -> None:
+    def __init__(
+        self,
+        node: Node,
+        client: Client,
+        scope: Any,
+        codec: Codec = JSON,
+        session_type: type[Session] = Session,  # an emulated session adds to its connect
+    ) -> None:
         self.node = node
         self.client = client
-        self.session = Session(
+        self.session = session_type(
             node.rules,
             node.verifier,
             ConnectionBackend(node, client, scope, codec),

@@ -351,6 +351,7 @@ async def open_response(
     high_water: int,
     farewell: Callable[[int, str], str | bytes | None] | None = None,
     preamble: bytes = b"",
+    take_over: bool = True,
 ) -> ResponseStream:
     """Answer a request (its body fully received) with a 200 whose body is a stream.
 
@@ -360,7 +361,8 @@ async def open_response(
     ``framing.chunked``), else on ASGI (``framing.plain``): attach it to the hub with
     ``stream.framing``, then ``await stream.run(receive)``. ``high_water`` is what the
     transport may hold before the stream stops being written to directly, where it
-    cannot send on the socket itself (the hub's ``direct_limit``).
+    cannot send on the socket itself (the hub's ``direct_limit``). ``take_over``
+    False keeps it on ASGI (the hub's ``fast_path`` off).
     """
     all_headers = [*headers, *STREAM_HEADERS]
     stream = ResponseStream(framing.chunked, farewell)
@@ -377,7 +379,11 @@ async def open_response(
     head = b"HTTP/1.1 200 \r\n%stransfer-encoding: chunked\r\nconnection: close\r\n" % b"".join(
         b"%s: %s\r\n" % pair for pair in all_headers
     )
-    taken = hypercorn_internals.take_over_response(send, head, RESPONSE_METHODS, make)
+    taken = (
+        hypercorn_internals.take_over_response(send, head, RESPONSE_METHODS, make)
+        if take_over
+        else None
+    )
     if taken is not None:
         if preamble:
             stream.transport.write(CHUNKED.frame(preamble))
