@@ -342,13 +342,6 @@ async def test_a_refresh_renews_the_connection(server: tuple[Quart, int]) -> Non
     assert (await client.closed())[0] == 3500  # another user's token
 
 
-async def test_protobuf_is_refused_with_a_close_that_says_so(server: tuple[Quart, int]) -> None:
-    _, port = server
-    client = await peer(port, subprotocols=["centrifuge-protobuf"])
-    code, reason = await client.closed()
-    assert code == 3506 and "protobuf" in reason and "JSON" in reason
-
-
 async def test_a_scripts_broadcast_reaches_raw_and_centrifuge_clients_of_the_channel(
     server: tuple[Quart, int], tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterable
 from ssl import SSLError
@@ -232,8 +233,15 @@ def _server_headers(config: Any) -> bytes:
     return lines
 
 
+#: An HTTP token (RFC 9110), what a subprotocol name is: nothing else goes in the 101.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
 def take_over(
-    asgi_send: Any, methods: Iterable[str], make: Callable[[Any], tuple[P, int]]
+    asgi_send: Any,
+    methods: Iterable[str],
+    make: Callable[[Any], tuple[P, int]],
+    subprotocol: str | None = None,
 ) -> tuple[P, bytes] | None:
     """Accept the handshake on Hypercorn's behalf and give the transport to another protocol.
 
@@ -241,10 +249,11 @@ def take_over(
     received, with compression declined. ``make(transport)`` builds the new protocol
     and says the transport's high-water mark; then the 101 response is written and
     Hypercorn unwinds (its read loop ends at a fed EOF, its writer is detached, its
-    stream marked closed, so nothing of it writes to the socket). Returns the
-    protocol and what the client sent before the 101 (to parse). ``None`` where this
-    cannot be done (not Hypercorn over HTTP/1.1, an extension negotiated, the peer
-    gone, a transport without every one of ``methods``, the probe said no).
+    stream marked closed, so nothing of it writes to the socket). ``subprotocol``, one
+    the client offered, is named in the 101 (an SDK that offered one needs it back).
+    Returns the protocol and what the client sent before the 101 (to parse). ``None``
+    where this cannot be done (not Hypercorn over HTTP/1.1, an extension negotiated,
+    the peer gone, a transport without every one of ``methods``, the probe said no).
     """
     located = locate(asgi_send)
     if located is None:
@@ -263,10 +272,15 @@ def take_over(
         or sock.is_closing()
     ):
         return None
+    chosen = b""
+    if subprotocol is not None:
+        if not _TOKEN.fullmatch(subprotocol):
+            raise ValueError(f"not a subprotocol token: {subprotocol!r}")
+        chosen = b"sec-websocket-protocol: %s\r\n" % subprotocol.encode("ascii")
     response = (
         b"HTTP/1.1 101 \r\nsec-websocket-accept: %s\r\nupgrade: WebSocket\r\n"
-        b"connection: Upgrade\r\n%s\r\n"
-    ) % (generate_accept_token(handshake.key), _server_headers(stream.config))
+        b"connection: Upgrade\r\n%s%s\r\n"
+    ) % (generate_accept_token(handshake.key), chosen, _server_headers(stream.config))
     handshake.accepted = True
     stream.closed = True  # Hypercorn's stream ignores everything from now on
     writer, server.writer = server.writer, _DETACHED

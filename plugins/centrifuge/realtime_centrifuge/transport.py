@@ -25,7 +25,6 @@ from realtime_hub import ASGIConnection, Client, CloseCode, Held, Hub, Receive, 
 from .budget import join_leave_pushed
 from .codec import RawJSON, encode_json
 from .codes import (
-    DISCONNECT_INAPPROPRIATE_PROTOCOL,
     DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_STALE,
     ERROR_INTERNAL,
@@ -37,6 +36,7 @@ from .codes import (
     Error,
 )
 from .history import read_history, read_presence, read_presence_stats
+from .protobuf import PROTOBUF as PROTOBUF_CODEC
 from .session import ConnectAuth, HistoryPage, Session
 from .wire import JSON, Codec, Frame
 
@@ -47,7 +47,7 @@ log = logging.getLogger("realtime.centrifuge")
 
 ASGIEndpoint = Callable[[Any, Receive, Send], Coroutine[Any, Any, None]]
 
-#: The protobuf codec's subprotocol: refused with a close that says so.
+#: The protobuf codec's subprotocol, as the SDKs offer it (accepted by that name).
 PROTOBUF = "centrifuge-protobuf"
 #: After a refused connect the client has this long to close (as Go), seconds.
 REJECTED_GRACE = 5.0
@@ -351,7 +351,11 @@ class ConnectionBackend:
         return [publication_object(pub, self.codec) for pub in held.publications], held.lost
 
     async def publish(self, channel: str, data: Any, info: Mapping[str, Any]) -> None:
-        publication = Publication(encode_json(data), json=True, info=client_info_json(info))
+        info_text = client_info_json(info)
+        if isinstance(data, bytes):  # a protobuf client's data that is not JSON
+            publication = Publication(data, info=info_text)
+        else:
+            publication = Publication(encode_json(data), json=True, info=info_text)
         try:
             await self.node.broker.publish(channel, publication)
         except BrokerUnavailable:
@@ -366,31 +370,16 @@ def client_info_json(info: Mapping[str, Any]) -> str:
     return encode_json({key: value for key, value in info.items() if value is not None})
 
 
-def wants_protobuf(scope: Any) -> bool:
-    """The protobuf codec, asked by subprotocol (SDKs) or query (Go's ``?format=``)."""
+def codec_of(scope: Any) -> tuple[Codec, str | None]:
+    """The codec a connection asks for, and the subprotocol to accept it with: protobuf
+    by subprotocol (the SDKs) or query (Go's ``?format=protobuf``, ``?cf_protocol=``)."""
     if PROTOBUF in (scope.get("subprotocols") or ()):
-        return True
+        return PROTOBUF_CODEC, PROTOBUF
     with contextlib.suppress(ValueError):
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), max_num_fields=10)
-        return "protobuf" in [*query.get("format", ()), *query.get("cf_protocol", ())]
-    return False
-
-
-async def refuse_protobuf(scope: Any, receive: Receive, send: Send) -> None:
-    """Accept the subprotocol only to close at once with 3506 and a reason that says why.
-
-    Refusing the handshake instead would leave the SDK retrying a bare network error.
-    """
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    accept: dict[str, Any] = {"type": "websocket.accept"}
-    if PROTOBUF in (scope.get("subprotocols") or ()):
-        accept["subprotocol"] = PROTOBUF
-    await send(accept)
-    reason = "protobuf codec not supported: use JSON"
-    await send({"type": "websocket.close", "code": DISCONNECT_INAPPROPRIATE_PROTOCOL.code,
-                "reason": reason})  # fmt: skip
+        if "protobuf" in [*query.get("format", ()), *query.get("cf_protocol", ())]:
+            return PROTOBUF_CODEC, None
+    return JSON, None
 
 
 class SessionHandler:
@@ -547,13 +536,12 @@ class SessionHandler:
 async def serve_connection(node: Node, scope: Any, receive: Receive, send: Send) -> None:
     """One Centrifuge connection's handshake; the hub then reads it for its handler."""
     hub = node.hub
-    if wants_protobuf(scope):
-        await refuse_protobuf(scope, receive, send)
-        return
+    codec, subprotocol = codec_of(scope)
     client = await hub.connect(
         ASGIConnection(receive, send, scope),
-        lambda client: SessionHandler(node, client, scope),
+        lambda client: SessionHandler(node, client, scope, codec),
         protocol="centrifuge",  # the label of realtime_connections
+        subprotocol=subprotocol,
     )
     if client is not None:
         await hub.serve(client)

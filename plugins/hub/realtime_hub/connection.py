@@ -43,8 +43,11 @@ class ASGIConnection:
         watched = self.guard.ended if self.guard is not None else None
         return watched if watched is not None else self._ended
 
-    async def accept(self, handover: Callable[[Send], T | None] | None = None) -> T | None:
+    async def accept(
+        self, handover: Callable[[Send], T | None] | None = None, subprotocol: str | None = None
+    ) -> T | None:
         """Complete the handshake; ``handover(send)`` may do it instead, taking the socket.
+        ``subprotocol`` (one the client offered) is the one accepted.
 
         Returns what ``handover`` returned, or None when the handshake went through ASGI.
         """
@@ -55,7 +58,10 @@ class ASGIConnection:
             taken = handover(self.asgi_send)
             if taken is not None:
                 return taken
-        await self.asgi_send({"type": "websocket.accept"})
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
+        await self.asgi_send(accept)
         return None
 
     def detach(self) -> Callable[[], None] | None:

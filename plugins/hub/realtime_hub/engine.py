@@ -237,6 +237,7 @@ class Hub(Backlogs, Membership):
         handler: Callable[[Client], Handler] | None = None,
         *,
         protocol: str = "raw",
+        subprotocol: str | None = None,
     ) -> Client | None:
         """Accept a WebSocket and hold it; ``None`` if the client left during the handshake.
 
@@ -245,7 +246,8 @@ class Hub(Backlogs, Membership):
         its own. Otherwise it stays on ASGI, guarded (:func:`.fastpath.guard`). Either
         way ``handler(client)`` makes the reader of its messages; the protocol then calls
         :meth:`serve`, which reads an ASGI connection until it ends. ``protocol`` names
-        the wire protocol it speaks, the label of its connection in metrics.
+        the wire protocol it speaks, the label of its connection in metrics;
+        ``subprotocol``, one the client offered, the one accepted (an ASGI connection).
         """
         if not self.running:
             await connection.close(CloseCode.TRY_AGAIN_LATER, "server not ready")
@@ -263,8 +265,12 @@ class Hub(Backlogs, Membership):
                         limits=self.incoming,
                         client=client_id,
                         high_water=self.direct_limit,
-                    )
+                        subprotocol=subprotocol,
+                    ),
+                    subprotocol=subprotocol,
                 )
+            elif subprotocol is not None and isinstance(connection, ASGIConnection):
+                await connection.accept(subprotocol=subprotocol)
             else:
                 await connection.accept()
         except ConnectionGone:

@@ -360,12 +360,17 @@ class Socket(FrameParser, asyncio.Protocol):
 
 
 def take_over(
-    asgi_send: Any, limits: IncomingLimits, client: int, high_water: int
+    asgi_send: Any,
+    limits: IncomingLimits,
+    client: int,
+    high_water: int,
+    subprotocol: str | None = None,
 ) -> Socket | None:
     """Accept the handshake on Hypercorn's behalf and take the socket away from it.
 
     Call instead of sending ``websocket.accept``, after ``websocket.connect`` was
-    received, with compression declined. Writes the 101 response, makes a
+    received, with compression declined. Writes the 101 response (naming
+    ``subprotocol`` if given), makes a
     :class:`Socket` the transport's protocol, and lets Hypercorn unwind its
     per-connection machinery (:func:`realtime.internals.hypercorn.take_over`).
     ``None`` where this cannot be done (not Hypercorn over HTTP/1.1, an extension
@@ -379,7 +384,7 @@ def take_over(
         # the transport holds no more than it did when the hub asked for its size.
         return sock, 0 if sock.sends_itself else high_water
 
-    taken = hypercorn_internals.take_over(asgi_send, GUARD_METHODS, make)
+    taken = hypercorn_internals.take_over(asgi_send, GUARD_METHODS, make, subprotocol)
     if taken is None:
         return None
     sock, early = taken
