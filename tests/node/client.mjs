@@ -5,7 +5,8 @@
 //                 "token": "JWT",                 (optional) initial connection token
 //                 "tokenUrl": "http://HOST/chat_token.py?user=ada",
 //                                                 (optional) getToken fetches {"token": ...}
-//                 "subscriptions": [{"channel": "news", "token": "JWT", "tokenUrl": "..."}],
+//                 "subscriptions": [{"channel": "news", "token": "JWT", "tokenUrl": "...",
+//                                    "since": {}}],  (since: centrifuge-js's option)
 //                 "frames": true,                 (optional) report every WebSocket frame
 //                 "connect": true}                (default) connect at once
 // Subscriptions listed in the config are created before connect(), so centrifuge-js
@@ -76,9 +77,10 @@ client.on("publication", (ctx) =>
   emit("server_publication", { channel: ctx.channel, data: ctx.data ?? null, info: ctx.info ?? null }),
 );
 
-function subscribe({ channel, token, tokenUrl }) {
+function subscribe({ channel, token, tokenUrl, since }) {
   const subOptions = {};
   if (token) subOptions.token = token;
+  if (since) subOptions.since = since; // {} asks a cache-mode channel for its latest
   if (tokenUrl) subOptions.getToken = () => fetchToken(tokenUrl, "subscription", channel);
   const sub = client.newSubscription(channel, subOptions);
   sub.on("subscribing", (ctx) => emit("subscribing", { channel, code: ctx.code, reason: ctx.reason }));
