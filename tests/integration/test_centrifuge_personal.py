@@ -24,6 +24,7 @@ from realtime.errors import PluginError
 from realtime_centrifuge import Session
 from realtime_centrifuge.plugin import get_node
 
+from ..conftest import RedisServer
 from .test_centrifuge_cache import CHANNELS, KEY, api, settings
 from .test_centrifuge_endpoint import Peer, connected, peer, token
 from .test_fanout import hypercorn
@@ -200,3 +201,31 @@ async def test_rpc_without_a_hook_is_not_available(server: tuple[Quart, int]) ->
     reply = await client.call("rpc", method="anything", data={})
     assert reply["error"]["code"] == 108
     await client.ws.close()
+
+
+async def test_sessions_and_single_connections_across_hosts_over_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The server API of one host reaches a session on the other; a user's new
+    connection on one host closes its old one on the other."""
+    config = settings(
+        channel=PERSONAL,
+        broker=redis_server.url,
+        user_subscribe_to_personal_channel=True,
+        user_personal_channel_namespace="personal",
+        user_personal_single_connection=True,
+    )
+    one, two = (create_app(tmp_path, settings=config) for _ in range(2))
+    async with hypercorn(one) as port_one, hypercorn(two) as port_two:
+        old, _ = await connect_result(port_one, "ann")
+        new, _ = await connect_result(port_two, "ann")
+        assert await old.closed() == (3504, "connection limit")
+        (session,) = sessions(two, "ann")
+        session.session_id = "s-2"
+        body = {"user": "ann", "channel": "stream:x", "session": "s-2"}
+        assert await api(port_one, "subscribe", body) == {"result": {}}
+        assert (await new.push())["push"]["channel"] == "stream:x"
+        await api(port_one, "publish", {"channel": "personal:#ann", "data": "hi"})
+        assert (await new.push())["push"]["pub"]["data"] == "hi"
+        await api(port_one, "disconnect", {"user": "ann", "session": "s-2"})
+        assert (await new.closed())[0] == 3503
