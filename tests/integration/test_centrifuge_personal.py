@@ -191,6 +191,13 @@ async def test_recover_since_on_a_server_side_subscribe(server: tuple[Quart, int
             headers={"X-API-Key": KEY},
         )
     assert bad.status_code == 400 and "recover_since.offset" in bad.text
+    # An empty position in a cache-mode channel: the latest (a one-way client's way).
+    for n in (1, 2):
+        await api(port, "publish", {"channel": "cache:now", "data": n})
+    await api(port, "subscribe", {"user": "ann", "channel": "cache:now", "recover_since": {}})
+    assert (await client.push())["push"]["subscribe"]["offset"] == 2
+    assert (await client.push())["push"]["pub"] == {"data": 2, "offset": 2}
+    assert await _maybe_push(client) is None
     for each in (client, again):
         await each.ws.close()
 

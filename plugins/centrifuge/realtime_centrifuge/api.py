@@ -498,7 +498,7 @@ class ServerAPI:
         session = _get(params, "session", str)
         info = self._payload(params, "info")
         data = self._payload(params, "data")
-        since = _position(params, "recover_since")
+        since = _position(params, "recover_since", empty=True)  # {}: from the start
         _refuse(params, "b64info", str, "binary info needs the Protobuf protocol: send info")
         _refuse(params, "b64data", str, "binary data needs the Protobuf protocol: send data")
         _refuse(params, "override", dict, "channel options cannot be overridden per call")

@@ -74,11 +74,12 @@ def str_map(params: Params, name: str) -> dict[str, str]:
     return value
 
 
-def position(params: Params, name: str) -> tuple[int, str] | None:
+def position(params: Params, name: str, *, empty: bool = False) -> tuple[int, str] | None:
     """A ``StreamPosition`` field (``{"offset": N, "epoch": "..."}``) as (offset,
-    epoch); None if absent, null or empty (Go's zero value: no position)."""
+    epoch); None if absent or null, and if ``{}`` unless ``empty`` (where Go's
+    pointer makes ``{}`` the position 0: ``recover_since``)."""
     raw = get(params, name, dict)
-    if not raw:
+    if not raw and not (empty and isinstance(params.get(name), dict)):
         return None
     offset, epoch = raw.get("offset", 0), raw.get("epoch", "")
     if offset is None:

@@ -157,7 +157,7 @@ class Subscribing(SessionState):
         joined = await self._join_in_turn(channel, request, recovery, join_leave, subscription)
         if isinstance(joined, Error):
             return joined
-        if recovery and self._wants_recovery(channel, request):
+        if request.get_bool("recover") or (recovery and self._wants_recovery(channel, request)):
             joined["was_recovering"] = True
         return joined
 
