@@ -380,3 +380,21 @@ async def test_an_event_stream_that_stops_reading_is_closed_and_others_keep_up(
                 assert await asyncio.wait_for(reading, 30) == list(range(sent))
         finally:
             sock.close()
+
+
+async def test_streams_per_address_are_capped_as_websockets_are(tmp_path: Path) -> None:
+    async with served(tmp_path, max_connections_per_ip=2) as (app, port):
+        params = cf_connect(token=token("hal", channels=["news"]))
+        async with stream(port, SSE, params=params) as one:
+            await one.next()
+            body = json.dumps({"token": token("hal")})
+            async with stream(port, STREAM, method="POST", sse=False, content=body) as two:
+                await two.next()
+                async with httpx.AsyncClient() as http:
+                    third = await http.get(f"http://127.0.0.1:{port}{SSE}", params=params)
+                assert third.status_code == 429 and "limit 2" in third.text
+            # One ended: its place is free again.
+            hub = get_hub(get_host(app))
+            await eventually(lambda: len(hub) == 1, message="the stream's client gone")
+            async with stream(port, SSE, params=params) as again:
+                assert (await again.next())["connect"]["subs"] == {"news": {}}
