@@ -25,16 +25,17 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from realtime import ASGIRoute, Host
+from realtime import ASGIRoute, Host, log_access
 from realtime_hub import HubClosed, Receive, Send
 from realtime_hub.httpstream import BARE, EVENTS, LINES, BodyFraming, open_response
 
-from .api import send_text
+from .api import CLIENT_GONE, send_text
 from .emulation_routing import EmulatedSession, Emulation, Refused
 from .transport import SessionHandler
 from .wire import JSON, Codec
@@ -168,6 +169,7 @@ async def serve_stream(
     if not hub.running:
         await send_text(send, 503, "the server is starting or stopping")
         return
+    log_access("emulation", str(scope.get("method", ""))[:16], str(scope["path"])[:256], 200, 0.0)
     stream = await open_response(
         send,
         framing=framing,
@@ -355,5 +357,33 @@ def routes(host: Host, node_of: Callable[[], Node]) -> list[ASGIRoute]:
     return [
         ASGIRoute(HTTP_STREAM_PATH, http_stream, ("http",)),
         ASGIRoute(SSE_PATH, sse, ("http",)),
-        ASGIRoute(EMULATION_PATH, emulation, ("http",)),
+        ASGIRoute(EMULATION_PATH, logged(emulation), ("http",)),
     ]
+
+
+def logged(app: ASGIApp) -> ASGIApp:
+    """One access line per request (as the server API's): which host answered what.
+
+    Not for the streams, whose ``send`` must stay Hypercorn's own to be taken over:
+    :func:`serve_stream` logs each one as it opens.
+    """
+
+    async def run(scope: Any, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status = CLIENT_GONE
+
+        async def watched(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await app(scope, receive, watched)
+        finally:
+            method = str(scope.get("method", ""))[:16]
+            log_access(
+                "emulation", method, str(scope["path"])[:256], status, time.perf_counter() - started
+            )
+
+    return run
