@@ -20,6 +20,9 @@ import httpx
 import jwt
 import pytest
 
+from realtime_centrifuge.protobuf import client_pb2 as pb
+from realtime_centrifuge.protobuf.encode import varint
+
 from ..conftest import FAN_OUT_MODES, RedisServer, Server, eventually
 
 SECRET = "emulation-test-secret-long-enough-32b"
@@ -365,3 +368,86 @@ async def test_emulation_over_two_workers(app_dir: Path, redis_server: RedisServ
         assert srv.log.count("Running on") >= 2
     finally:
         srv.stop()
+
+
+# Protobuf ---------------------------------------------------------------------------
+
+
+def _delimited(*messages: Any) -> bytes:
+    return b"".join(varint(len(data)) + data for data in (m.SerializeToString() for m in messages))
+
+
+def _replies(buffer: bytearray) -> Iterator[pb.Reply]:
+    """The whole varint-delimited replies at the start of ``buffer``, taken off it."""
+    while buffer:
+        size = shift = pos = 0
+        while pos < len(buffer):
+            byte = buffer[pos]
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            pos += 1
+            if not byte & 0x80:
+                break
+        else:
+            return
+        if len(buffer) < pos + size:
+            return
+        reply = pb.Reply()
+        reply.ParseFromString(bytes(buffer[pos : pos + size]))
+        del buffer[: pos + size]
+        yield reply
+
+
+async def test_a_protobuf_http_stream_with_protobuf_emulation_requests(server: Server) -> None:
+    connect = pb.Command(id=1, connect=pb.ConnectRequest(token=token("pat")))
+    replies: asyncio.Queue[pb.Reply] = asyncio.Queue()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        request = http.build_request(
+            "POST",
+            "/connection/http_stream",
+            content=_delimited(connect),
+            headers={"content-type": "application/octet-stream"},
+        )
+        response = await http.send(request, stream=True)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/octet-stream"
+
+        async def pump() -> None:
+            buffer = bytearray()
+            async for chunk in response.aiter_raw():
+                buffer += chunk
+                for reply in _replies(buffer):
+                    replies.put_nowait(reply)
+
+        task = asyncio.create_task(pump())
+        try:
+            first = await asyncio.wait_for(replies.get(), 10)
+            assert first.id == 1 and first.connect.client and first.connect.session
+            subscribe = pb.Command(id=2, subscribe=pb.SubscribeRequest(channel="default"))
+            emulation = pb.EmulationRequest(
+                node=first.connect.node, session=first.connect.session, data=_delimited(subscribe)
+            )
+            posted = await http.post(
+                "/emulation",
+                content=emulation.SerializeToString(),
+                headers={"content-type": "application/octet-stream"},
+            )
+            assert posted.status_code == 204
+            assert (await asyncio.wait_for(replies.get(), 10)).id == 2
+            await broadcast(server.url, "to protobuf")
+            push = await asyncio.wait_for(replies.get(), 10)
+            assert push.push.channel == "default" and push.push.pub.data == b"to protobuf"
+            # Garbage as commands: the session (only) ends, with its disconnect push.
+            emulation.data = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"
+            posted = await http.post(
+                "/emulation",
+                content=emulation.SerializeToString(),
+                headers={"content-type": "application/octet-stream"},
+            )
+            assert posted.status_code == 204
+            last = await asyncio.wait_for(replies.get(), 10)
+            assert last.push.disconnect.code == 3501
+            await asyncio.wait_for(task, 10)  # the body ended
+        finally:
+            task.cancel()
+            await response.aclose()
