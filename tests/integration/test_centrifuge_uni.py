@@ -30,7 +30,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from realtime import create_app, get_host, hookimpl
 from realtime_broker import Publication, get_broker
 from realtime_centrifuge import ConnectAuth, Error
-from realtime_hub import get_hub
+from realtime_centrifuge.uni_codec import UniJSONCodec
+from realtime_hub import WEBSOCKET, get_hub
 
 from ..conftest import eventually
 from .test_fanout import hypercorn, send_buffer_max
@@ -168,20 +169,40 @@ async def test_uni_websocket_connect_in_the_url_with_the_subs_claim(
         assert (await next_push(ws))["pub"]["data"] == "via url"
 
 
-async def test_uni_sse_with_cf_connect_and_with_a_post_body(server: tuple[Quart, int]) -> None:
+async def test_uni_sse_with_cf_connect_and_with_a_post_body(
+    server: tuple[Quart, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     app, port = server
+    encoded: list[str] = []
+    encode = UniJSONCodec.encode_publication
+
+    def counted(self: UniJSONCodec, channel: str, *args: Any, **kwargs: Any) -> Any:
+        encoded.append(channel)
+        return encode(self, channel, *args, **kwargs)
+
+    monkeypatch.setattr(UniJSONCodec, "encode_publication", counted)
     params = cf_connect(token=token("cy", channels=["news"]))
     async with stream(port, SSE, params=params) as get:
         assert get.response.headers["content-type"] == "text/event-stream; charset=utf-8"
         assert "no-cache" in get.response.headers["cache-control"]
         assert (await get.next())["connect"]["subs"] == {"news": {}}
         body = json.dumps({"token": token("cy", channels=["news"])})
-        async with stream(port, SSE, method="POST", content=body) as post:
+        async with (
+            stream(port, SSE, method="POST", content=body) as post,
+            connect(f"ws://127.0.0.1:{port}{WS}?{httpx.QueryParams(params)}") as ws,
+        ):
             assert (await post.next())["connect"]["subs"] == {"news": {}}
-            await subscribed(app, "news", 2)
-            await script_broadcast(port, "to both")
-            expected = {"channel": "news", "pub": {"data": "to both"}}
+            assert (await next_push(ws))["connect"]["subs"] == {"news": {}}
+            await subscribed(app, "news", 3)
+            # Both streams are written on the fast path, as a WebSocket is.
+            hub = get_hub(get_host(app))
+            streams = [c for c in hub if c.wire is not None and c.framing is not WEBSOCKET]
+            assert len(streams) == 2 and all(c.direct is not None for c in streams)
+            await script_broadcast(port, "to all")
+            expected = {"channel": "news", "pub": {"data": "to all"}}
             assert await get.next() == expected and await post.next() == expected
+            assert await next_push(ws) == expected
+            assert encoded == ["news"]  # once for the three one-way clients
 
 
 async def test_uni_http_stream_gets_newline_delimited_pushes(server: tuple[Quart, int]) -> None:
@@ -221,9 +242,18 @@ async def test_server_side_subscribe_through_the_server_api(server: tuple[Quart,
                 f"http://127.0.0.1:{port}/api/subscribe", json={"user": "fay", "channel": "news"}
             )
             assert response.status_code == 200, response.text
-        assert await events.next() == {"channel": "news", "subscribe": {}}
-        await script_broadcast(port, "after subscribe")
-        assert await events.next() == {"channel": "news", "pub": {"data": "after subscribe"}}
+            assert await events.next() == {"channel": "news", "subscribe": {}}
+            await script_broadcast(port, "after subscribe")
+            expected = {"channel": "news", "pub": {"data": "after subscribe"}}
+            assert await events.next() == expected
+            response = await api.post(
+                f"http://127.0.0.1:{port}/api/disconnect", json={"user": "fay"}
+            )
+            assert response.status_code == 200, response.text
+        # The stream's last push says why it ends (a WebSocket's close frame would).
+        assert await events.ended() == [
+            {"disconnect": {"code": 3503, "reason": "force disconnect"}}
+        ]
 
 
 def cookie_plugin() -> types.ModuleType:
