@@ -10,6 +10,7 @@ bounded as a slow WebSocket is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import sys
@@ -33,7 +34,7 @@ from realtime_centrifuge import ConnectAuth, Error
 from realtime_centrifuge.uni_codec import UniJSONCodec
 from realtime_hub import WEBSOCKET, get_hub
 
-from ..conftest import eventually
+from ..conftest import RedisServer, Server, eventually
 from .test_fanout import hypercorn, send_buffer_max
 
 SECRET = "test-secret-long-enough-for-hs256-32b"
@@ -428,3 +429,34 @@ async def test_streams_per_address_are_capped_as_websockets_are(tmp_path: Path) 
             await eventually(lambda: len(hub) == 1, message="the stream's client gone")
             async with stream(port, SSE, params=params) as again:
                 assert (await again.next())["connect"]["subs"] == {"news": {}}
+
+
+async def test_one_way_clients_on_two_workers_over_redis(
+    app_dir: Path, redis_server: RedisServer
+) -> None:
+    """Streams spread over two processes: a broadcast and the server API reach them all."""
+    (app_dir / "send.py").write_text(SEND)
+    server = Server(
+        app_dir, "--workers", "2", "--broker", redis_server.url,
+        "--token-hmac-secret", SECRET, "--api-key", API_KEY,
+    ).start()  # fmt: skip
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            sources = []
+            for _ in range(6):  # the kernel spreads them over both workers
+                params = cf_connect(token=token("ivy", channels=["news"]))
+                events = await stack.enter_async_context(stream(server.port, SSE, params=params))
+                assert (await events.next())["connect"]["subs"] == {"news": {}}
+                sources.append(events)
+            async with httpx.AsyncClient(headers={"X-API-Key": API_KEY}) as api:
+                response = await api.post(
+                    f"{server.url}/api/subscribe", json={"user": "ivy", "channel": "extra"}
+                )
+                assert response.status_code == 200, response.text
+            for events in sources:
+                assert await events.next() == {"channel": "extra", "subscribe": {}}
+            await script_broadcast(server.port, "everywhere")
+            for events in sources:
+                assert await events.next() == {"channel": "news", "pub": {"data": "everywhere"}}
+    finally:
+        server.stop()
