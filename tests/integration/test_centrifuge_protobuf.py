@@ -146,7 +146,7 @@ async def test_protobuf_sdk_does_everything_the_json_one_does(server: int) -> No
         sub, _ = alice.subs["chat:room"]
         await sub.publish(b'{"text": "from alice"}')
         ctx = await next_item(room.publications)
-        assert json.loads(ctx.pub.data) == {"text": "from alice"}
+        assert ctx.pub.data == b'{"text": "from alice"}'  # byte for byte, as sent
         assert ctx.pub.info is not None and ctx.pub.info.user == "alice"
         assert ctx.pub.info.client == connected.client
         await sub.publish(b"\x00\x01 not json")  # binary, passed through as it is
@@ -162,6 +162,7 @@ async def test_protobuf_sdk_does_everything_the_json_one_does(server: int) -> No
         assert [pub.offset for pub in history.publications] == [1, 2, 3]
         assert json.loads(history.publications[0].data) == {"text": "from a script"}
         assert history.publications[1].info.user == "alice"
+        assert history.publications[1].data == b'{"text": "from alice"}'
         assert history.publications[2].data == b"\x00\x01 not json"
         assert history.offset == 3 and history.epoch
 

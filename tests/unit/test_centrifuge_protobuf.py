@@ -198,6 +198,17 @@ def test_data_that_is_not_json_stays_bytes() -> None:
     assert "data" not in decoded.params
 
 
+def test_published_json_is_kept_as_the_client_sent_it() -> None:
+    raw = b'{"b": 1,  "a": [2]}'
+    [decoded] = decode(pb.Command(id=1, publish=pb.PublishRequest(channel="c", data=raw)))
+    assert decoded.params["data"] == {"b": 1, "a": [2]}  # hooks see the value
+    assert decoded.published_data() == RawJSON(raw.decode())  # subscribers get the text
+    [binary] = decode(pb.Command(id=1, publish=pb.PublishRequest(channel="c", data=b"\xff")))
+    assert binary.published_data() == b"\xff"
+    [other] = decode(pb.Command(id=2, rpc=pb.RPCRequest(data=raw)))
+    assert other.raw_data is None and other.published_data() == {"b": 1, "a": [2]}
+
+
 def test_first_request_in_go_order_wins_and_unknown_fields_are_skipped() -> None:
     both = pb.Command(
         id=7,

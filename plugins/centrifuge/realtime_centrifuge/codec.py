@@ -59,6 +59,13 @@ class Command:
     #: One of :data:`METHODS`, or ``""`` for the empty command, the client's pong.
     method: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    #: A protobuf client's publish ``data`` as it sent it, when that is JSON text
+    #: (``params`` holds its value): published byte for byte, as Centrifugo passes it on.
+    raw_data: RawJSON | None = field(default=None, compare=False)
+
+    def published_data(self) -> Any:
+        """``data`` as a publication carries it: the client's own JSON text where kept."""
+        return self.params.get("data") if self.raw_data is None else self.raw_data
 
     def get_str(self, key: str) -> str:
         """A string field; ``""`` when absent, as Go reads it."""

@@ -27,7 +27,7 @@ from google.protobuf.unknown_fields import (  # type: ignore[import-untyped,unus
     UnknownFieldSet,
 )
 
-from ..codec import METHODS, Command, json_loads
+from ..codec import METHODS, Command, RawJSON, json_loads
 from ..codes import DISCONNECT_BAD_REQUEST, DisconnectError
 from . import client_pb2 as pb
 
@@ -170,6 +170,9 @@ def decode_command(raw: bytes) -> Command:
     if method != "send" and (command_id == 0) != (method == ""):
         # An id without a known request, or a request without an id (send aside).
         raise _bad_request()
+    if method == "publish" and "data" in params and not isinstance(params["data"], bytes):
+        # Published as sent (whitespace, key order), as Centrifugo keeps a client's bytes.
+        return Command(command_id, method, params, RawJSON(message.publish.data.decode()))
     return Command(command_id, method, params)
 
 

@@ -33,7 +33,7 @@ class Commands(SessionState):
         )
         if error := self.rules.can_publish(self.user, channel, channel in self._subs, answer):
             return error
-        await self.backend.publish(channel, data, self._client_info(channel))
+        await self.backend.publish(channel, command.published_data(), self._client_info(channel))
         return {}
 
     async def _history(self, command: Command) -> Result:
