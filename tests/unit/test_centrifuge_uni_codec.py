@@ -72,3 +72,6 @@ def test_a_stream_s_farewell_says_the_close_as_centrifuge_does() -> None:
     assert farewell(1008, "client buffer full") == '{"disconnect":{"code":3008,"reason":"slow"}}'
     assert json.loads(farewell(1001, "bye") or "")["disconnect"]["code"] == 3001
     assert json.loads(farewell(1011, "boom") or "")["disconnect"]["code"] == 3004
+    # Whatever reason a close carries, the farewell is a push, never an exception.
+    long = json.loads(farewell(4000, "é" * 200) or "")
+    assert long["disconnect"] == {"code": 4000, "reason": "é" * 200}

@@ -96,11 +96,11 @@ class _ChunkedUniEvents:
 UNI_EVENTS = BodyFraming(_UniEvents(), _ChunkedUniEvents())
 
 
-def farewell(code: int, reason: str) -> str | None:
+def farewell(code: int, reason: str) -> Frame | None:
     """The disconnect push a one-way stream ends with (what the close frame says on a
     WebSocket). The hub's own closes use RFC codes: said as Centrifuge's."""
     if 3000 <= code <= 4999:
-        return disconnect_push(Disconnect(code, reason[:123]))
+        return UNI_JSON.encode_push("", "disconnect", {"code": code, "reason": reason})
     if code == CloseCode.POLICY_VIOLATION:  # the client's buffer overflowed
         return disconnect_push(DISCONNECT_SLOW)
     if code in (CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER):
@@ -162,9 +162,9 @@ class UniSessionHandler(SessionHandler):
         return hub.send(client, frame) and not client.closing
 
     async def _disconnect(self, exc: DisconnectError) -> None:
-        if self._split:  # a stream says it in its farewell, as it closes
+        if self._split:
             self._send(UNI_JSON.join([*exc.replies, disconnect_push(exc.disconnect)]))
-        elif exc.replies:
+        elif exc.replies:  # a stream says the disconnect in its farewell, as it closes
             self._send(UNI_JSON.join(exc.replies))
         await self._close(exc.disconnect)
 
