@@ -168,6 +168,35 @@ def test_codec_identity_and_ping() -> None:
             ),
             '{"id":11,"sub_refresh":{"channel":"c","token":"s","untrack":["k"]}}',
         ),
+        (
+            pb.Command(
+                id=13,
+                subscribe=pb.SubscribeRequest(
+                    channel="a",
+                    tf=pb.FilterNode(
+                        op="and",
+                        nodes=[
+                            pb.FilterNode(key="k", cmp="eq", val="v"),
+                            pb.FilterNode(key="x", cmp="in", vals=["1", "2"]),
+                        ],
+                    ),
+                ),
+            ),
+            '{"id":13,"subscribe":{"channel":"a","tf":{"op":"and","nodes":[{"key":"k",'
+            '"cmp":"eq","val":"v"},{"key":"x","cmp":"in","vals":["1","2"]}]}}}',
+        ),
+        (
+            pb.Command(
+                id=14,
+                sub_refresh=pb.SubRefreshRequest(
+                    channel="a",
+                    type=1,
+                    track=[pb.TrackBatch(signature="s", items=[pb.KeyedItem(key="k", version=3)])],
+                ),
+            ),
+            '{"id":14,"sub_refresh":{"channel":"a","type":1,"track":[{"signature":"s",'
+            '"items":[{"key":"k","version":3}]}]}}',
+        ),
         (pb.Command(), "{}"),  # the pong
         (pb.Command(history=None, id=12, presence=pb.PresenceRequest()), '{"id":12,"presence":{}}'),
     ],
