@@ -442,11 +442,13 @@ async def test_one_way_clients_on_two_workers_over_redis(
     ).start()  # fmt: skip
     try:
         async with contextlib.AsyncExitStack() as stack:
-            sources = []
+            sources, sessions = [], []
             for _ in range(6):  # the kernel spreads them over both workers
                 params = cf_connect(token=token("ivy", channels=["news"]))
                 events = await stack.enter_async_context(stream(server.port, SSE, params=params))
-                assert (await events.next())["connect"]["subs"] == {"news": {}}
+                connected = (await events.next())["connect"]
+                assert connected["subs"] == {"news": {}}
+                sessions.append(connected["session"])
                 sources.append(events)
             async with httpx.AsyncClient(headers={"X-API-Key": API_KEY}) as api:
                 response = await api.post(
@@ -455,8 +457,15 @@ async def test_one_way_clients_on_two_workers_over_redis(
                 assert response.status_code == 200, response.text
             for events in sources:
                 assert await events.next() == {"channel": "extra", "subscribe": {}}
+            # A session targets its one connection, wherever it is.
+            async with httpx.AsyncClient(headers={"X-API-Key": API_KEY}) as api:
+                body = {"user": "ivy", "channel": "extra", "session": sessions[2]}
+                response = await api.post(f"{server.url}/api/unsubscribe", json=body)
+                assert response.status_code == 200, response.text
+            assert (await sources[2].next())["unsubscribe"]["code"] == 2000
             await script_broadcast(server.port, "everywhere")
             for events in sources:
                 assert await events.next() == {"channel": "news", "pub": {"data": "everywhere"}}
+            assert len(set(sessions)) == 6
     finally:
         server.stop()

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -126,6 +127,9 @@ class UniSessionHandler(SessionHandler):
         super().__init__(node, client, scope, UNI_JSON)
         # No pongs: a one-way client cannot answer a ping (and ``pong`` is false).
         self.session.options = options
+        # Go gives each one-way connection a session (in its connect push): the server
+        # API's ``session`` targets that one connection.
+        self.session.session_id = str(uuid.uuid4())
         self._split = split
         self._started = False
         self._refusal: Disconnect | None = None
