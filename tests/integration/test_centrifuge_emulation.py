@@ -191,7 +191,13 @@ async def test_a_stream_connects_subscribes_receives_and_is_disconnected(
         assert all(reply["error"]["code"] == 108 for reply in replies)  # no RPC hook
         # The server API's disconnect: a disconnect push, then the body ends.
         bye = {"code": 4000, "reason": "bye"}
-        await api(server.url, "disconnect", {"user": "alice", "disconnect": bye})
+        # Another session of alice's is not this one: untouched.
+        other = {"user": "alice", "session": "not-" + stream.session, "disconnect": bye}
+        await api(server.url, "disconnect", other)
+        assert await emulate(server.url, stream, {"id": 5, "rpc": {"method": "m"}}) == 204
+        assert (await stream.next())["id"] == 5  # still connected, nothing before the reply
+        target = {"user": "alice", "session": stream.session, "disconnect": bye}
+        await api(server.url, "disconnect", target)
         push = await stream.until(lambda reply: "disconnect" in reply.get("push", {}))
         assert push["push"]["disconnect"] == {"code": 4000, "reason": "bye"}
         await asyncio.wait_for(stream.ended.wait(), 5)

@@ -164,6 +164,7 @@ async def serve_stream(
         session = made.session
         assert isinstance(session, EmulatedSession)
         session.emulation = (layer.uid, session_id)
+        session.session_id = session_id  # what the server API's ``session`` targets
         return made
 
     if not hub.running:
