@@ -328,6 +328,27 @@ async def test_a_slow_stream_reader_is_bounded_like_a_slow_websocket(app_dir: Pa
         srv.stop()
 
 
+async def test_streams_per_address_are_capped_as_websockets_are(app_dir: Path) -> None:
+    srv = Server(app_dir, *ARGS, "--max-connections-per-ip", "2").start()
+    try:
+        async with (
+            opened(srv.url, "http_stream"),
+            opened(srv.url, "sse"),
+            httpx.AsyncClient(base_url=srv.url, timeout=10) as http,
+        ):
+            response = await http.post("/connection/http_stream", content=connect_command())
+            assert response.status_code == 429
+
+        # Both ended: the address may open streams again.
+        async def reopened() -> bool:
+            async with opened(srv.url, "http_stream") as stream:
+                return bool(stream.session)
+
+        await eventually(reopened)
+    finally:
+        srv.stop()
+
+
 # Across processes -------------------------------------------------------------------
 
 

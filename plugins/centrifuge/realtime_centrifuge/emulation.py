@@ -148,11 +148,12 @@ async def serve_stream(
     commands: str | bytes,
     preamble: bytes = b"",
 ) -> None:
-    """One emulated connection: the response opened, the session attached to the hub
-    and fed its connect command, then held until it ends."""
+    """One emulated connection: counted, the response opened, the session attached to
+    the hub and fed its connect command, then held until it ends."""
     node = layer.node
     hub = node.hub
     session_id = str(uuid.uuid4())
+    address = str((scope.get("client") or ("unknown",))[0])
 
     def farewell(code: int, reason: str) -> str | bytes | None:
         if code < FIRST_PROTOCOL_CODE:
@@ -167,30 +168,39 @@ async def serve_stream(
         session.session_id = session_id  # what the server API's ``session`` targets
         return made
 
+    def ended() -> None:
+        layer.release(session_id)
+        layer.leave(address)
+
     if not hub.running:
         await send_text(send, 503, "the server is starting or stopping")
         return
-    log_access("emulation", str(scope.get("method", ""))[:16], str(scope["path"])[:256], 200, 0.0)
-    stream = await open_response(
-        send,
-        framing=framing,
-        headers=headers,
-        high_water=hub.direct_limit,
-        farewell=farewell,
-        preamble=preamble,
-        take_over=hub.fast_path,
-    )
+    refused = layer.admit(address)
+    if refused is not None:
+        await send_text(send, refused.status, refused.text)
+        return
+    method, path = str(scope.get("method", ""))[:16], str(scope["path"])[:256]
+    log_access("emulation", method, path, 200, 0.0)
     try:
-        client = hub.attach(
-            stream,
-            stream.framing,
-            handler,
-            release=lambda: layer.release(session_id),
-            protocol="centrifuge",
+        stream = await open_response(
+            send,
+            framing=framing,
+            headers=headers,
+            high_water=hub.direct_limit,
+            farewell=farewell,
+            preamble=preamble,
+            take_over=hub.fast_path,
         )
+        client = hub.attach(stream, stream.framing, handler, release=ended, protocol="centrifuge")
     except HubClosed:
+        layer.leave(address)
         stream.abort()
         return
+    except BaseException:
+        layer.leave(address)
+        raise
+    if client.handler is None:
+        return  # ended already (the client left while it was set up): released
     layer.hold(session_id, client)
     with contextlib.suppress(Refused):
         await layer.dispatch(layer.uid, session_id, commands)
