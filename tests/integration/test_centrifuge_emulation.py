@@ -328,6 +328,26 @@ async def test_a_slow_stream_reader_is_bounded_like_a_slow_websocket(app_dir: Pa
         srv.stop()
 
 
+async def test_emulation_requests_past_the_rate_get_429(app_dir: Path) -> None:
+    srv = Server(app_dir, *ARGS, "--max-incoming-rate", "10").start()
+    try:
+        async with (
+            opened(srv.url, "http_stream") as stream,
+            httpx.AsyncClient(base_url=srv.url, timeout=10) as http,
+        ):
+            statuses = []
+            for number in range(30):
+                command = json.dumps({"id": 10 + number, "rpc": {"method": "m"}})
+                body = {"node": stream.node, "session": stream.session, "data": command}
+                statuses.append((await http.post("/emulation", json=body)).status_code)
+            assert set(statuses) == {204, 429}, statuses
+            assert statuses[:10] == [204] * 10  # the burst passes
+            answered = [await stream.next() for _ in range(statuses.count(204))]
+            assert all(reply["error"]["code"] == 108 for reply in answered)  # still served
+    finally:
+        srv.stop()
+
+
 async def test_streams_per_address_are_capped_as_websockets_are(app_dir: Path) -> None:
     srv = Server(app_dir, *ARGS, "--max-connections-per-ip", "2").start()
     try:

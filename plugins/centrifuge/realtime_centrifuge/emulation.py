@@ -358,7 +358,8 @@ def routes(host: Host, node_of: Callable[[], Node]) -> list[ASGIRoute]:
             await send_text(send, 400, "no commands")
             return
         try:
-            await layer.dispatch(target, session, data)
+            address = str((scope.get("client") or ("unknown",))[0])
+            await layer.dispatch(target, session, data, address)
         except Refused as refused:
             await send_text(send, refused.status, refused.text)
             return

@@ -48,6 +48,8 @@ MAX_WAITING = 16
 #: Sessions whose forwarded requests this process counts (their rate, when it does
 #: not hold them); past it the counts start afresh.
 MAX_FORWARD_BUCKETS = 10_000
+#: Requests one client address may send on to other processes: this many sessions'.
+ADDRESS_RATE_FACTOR = 10
 #: How long a list of the cluster's processes is trusted to say a node is unknown.
 NODES_TTL = 2.0
 
@@ -95,6 +97,10 @@ class Emulation:
         self.node = node
         limits = node.hub.incoming
         self.rate = Rate(limits.rate, limits.burst) if limits.rate else Rate(0)
+        factor = ADDRESS_RATE_FACTOR
+        self.address_rate = (
+            Rate(limits.rate * factor, limits.burst * factor) if limits.rate else Rate(0)
+        )
         #: The largest request body, connect body or command frame: a WebSocket message's.
         self.max_size = limits.max_size
         self.sessions: dict[str, _Held] = {}
@@ -142,17 +148,18 @@ class Emulation:
     def release(self, session: str) -> None:
         self.sessions.pop(session, None)
 
-    async def dispatch(self, node: str, session: str, data: str | bytes) -> None:
+    async def dispatch(self, node: str, session: str, data: str | bytes, address: str = "") -> None:
         """Hand ``data`` (the client's commands, as its codec frames them) to the
         session: here, or through the broker to its process. :class:`Refused` with
-        404 for a node the cluster does not know, 429 past the session's rate, 413 for
-        what a control message cannot carry, 503 when the broker cannot take it."""
+        404 for a node the cluster does not know, 429 past the session's rate (or, sent
+        on, the client ``address``'s), 413 for what a control message cannot carry,
+        503 when the broker cannot take it."""
         if node == self.uid:
             await self._apply(session, data)
             return
         if not await self._known(node):
             raise Refused(404, "node not found")
-        self._take_forwarded(session)
+        self._take_forwarded(session, address)
         binary = isinstance(data, bytes)
         text = base64.b64encode(data).decode("ascii") if isinstance(data, bytes) else data
         fields = {"op": OP, "user": NOBODY, "node": node, "session": session}
@@ -191,14 +198,18 @@ class Emulation:
         finally:
             held.waiting -= 1
 
-    def _take_forwarded(self, session: str) -> None:
-        bucket = self._forwarded.get(session)
-        if bucket is None:
-            if len(self._forwarded) >= MAX_FORWARD_BUCKETS:
-                self._forwarded.clear()
-            bucket = self._forwarded[session] = Bucket(self.rate)
-        if not bucket.take():
-            raise Refused(429, "too many emulation requests")
+    def _take_forwarded(self, session: str, address: str) -> None:
+        """Count a request sent on: against its session's rate, and its address's
+        (:data:`ADDRESS_RATE_FACTOR` sessions' worth), so made-up sessions cannot
+        turn one client into a flood of control messages to every process."""
+        for key, rate in ((session, self.rate), ("\x00" + address, self.address_rate)):
+            bucket = self._forwarded.get(key)
+            if bucket is None:
+                if len(self._forwarded) >= MAX_FORWARD_BUCKETS:
+                    self._forwarded.clear()
+                bucket = self._forwarded[key] = Bucket(rate)
+            if not bucket.take():
+                raise Refused(429, "too many emulation requests")
 
     async def _known(self, node: str) -> bool:
         """Whether ``node`` is a live process of the cluster (listed within NODES_TTL)."""
