@@ -31,7 +31,7 @@ def test_a_protobuf_emulation_request_parses_as_the_generated_code_writes_it() -
     ],
 )
 def test_a_malformed_protobuf_request_is_a_value_error(body: bytes) -> None:
-    with pytest.raises(ValueError, match="varint|past the end|wire type|can't decode"):
+    with pytest.raises(ValueError, match=r"varint|past the end|wire type|can't decode"):
         protobuf_request(body)
 
 
