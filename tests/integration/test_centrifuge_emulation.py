@@ -328,6 +328,22 @@ async def test_a_slow_stream_reader_is_bounded_like_a_slow_websocket(app_dir: Pa
         srv.stop()
 
 
+async def test_pings_on_the_stream_pongs_through_emulation(app_dir: Path) -> None:
+    srv = Server(app_dir, *ARGS, "--client-ping-interval", "1", "--client-pong-timeout", "1")
+    srv.start()
+    try:
+        async with opened(srv.url, "sse", "ann") as answering, opened(srv.url, "sse", "bo") as mute:
+            for _ in range(3):  # three pings answered: still connected
+                assert await answering.next(5) == {}
+                assert await emulate(srv.url, answering, {}) == 204
+            push = await mute.until(lambda reply: "disconnect" in reply.get("push", {}), 10)
+            assert push["push"]["disconnect"]["code"] == 3012  # no pong
+            await asyncio.wait_for(mute.ended.wait(), 5)
+            assert not answering.ended.is_set()
+    finally:
+        srv.stop()
+
+
 async def test_emulation_requests_past_the_rate_get_429(app_dir: Path) -> None:
     srv = Server(app_dir, *ARGS, "--max-incoming-rate", "10").start()
     try:
