@@ -20,10 +20,14 @@ import httpx
 import jwt
 import pytest
 
+from realtime import create_app, get_host
+from realtime_broker import Publication
 from realtime_centrifuge.protobuf import client_pb2 as pb
 from realtime_centrifuge.protobuf.encode import varint
+from realtime_hub import get_hub
 
 from ..conftest import FAN_OUT_MODES, RedisServer, Server, eventually
+from .test_fanout import hypercorn
 
 SECRET = "emulation-test-secret-long-enough-32b"
 API_KEY = "emulation-api-key"
@@ -514,3 +518,31 @@ async def test_a_protobuf_http_stream_with_protobuf_emulation_requests(server: S
         finally:
             task.cancel()
             await response.aclose()
+
+
+# In this process: what a taken-over stream costs -----------------------------------
+
+
+async def test_taken_over_streams_keep_no_task_of_hypercorns(tmp_path: Path) -> None:
+    app = create_app(tmp_path, settings={"token_hmac_secret": SECRET})
+    async with hypercorn(app) as port, httpx.AsyncClient(timeout=10) as http:
+        base = f"http://127.0.0.1:{port}"
+        before = len(asyncio.all_tasks())
+        responses = []
+        for number in range(20):
+            request = http.build_request(
+                "POST", f"{base}/connection/http_stream", content=connect_command(f"u{number}")
+            )
+            response = await http.send(request, stream=True)
+            assert response.status_code == 200
+            responses.append(response)
+        hub = get_hub(get_host(app))
+        await eventually(lambda: len(hub) == 20)
+        assert all(client.wire is not None for client in hub)
+        assert {type(client.wire.framing).__name__ for client in hub} == {"_Chunked"}  # type: ignore[union-attr]
+        # The client's end (httpx's read task is not in this count: it is awaited here).
+        await eventually(lambda: len(asyncio.all_tasks()) <= before + 2)
+        assert hub.publish("default", Publication("x")) == 0  # nobody subscribed
+        for response in responses:
+            await response.aclose()
+        await eventually(lambda: len(hub) == 0)
