@@ -530,8 +530,11 @@ async def test_taken_over_streams_keep_no_task_of_hypercorns(tmp_path: Path) -> 
         before = len(asyncio.all_tasks())
         responses = []
         for number in range(20):
-            request = http.build_request(
-                "POST", f"{base}/connection/http_stream", content=connect_command(f"u{number}")
+            command = connect_command(f"u{number}")
+            request = (
+                http.build_request("POST", f"{base}/connection/http_stream", content=command)
+                if number % 2
+                else http.build_request("GET", f"{base}/connection/sse?cf_connect={quote(command)}")
             )
             response = await http.send(request, stream=True)
             assert response.status_code == 200
