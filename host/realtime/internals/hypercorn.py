@@ -11,7 +11,9 @@ This module finds them (:func:`locate`) and does what the hub needs of them:
   wsproto ``Connection``, and a stand-in for it that sees every frame first;
 - :func:`refuse_reading`: stop reading a connection for good;
 - :func:`take_over`: write the 101 on Hypercorn's behalf and hand the transport
-  to another protocol, letting Hypercorn unwind its per-connection machinery.
+  to another protocol, letting Hypercorn unwind its per-connection machinery;
+- :func:`take_over_response`: the same for an HTTP/1.1 request answered with a long
+  response (an event stream, an HTTP-streaming body) the protocol then writes itself.
 
 :class:`TCPServer` and :func:`install_lean_tcp` are Hypercorn's connection with fewer
 tasks. Each of these checks :func:`realtime.internals.fence` first and does nothing
