@@ -9,6 +9,7 @@ import pytest
 
 from realtime_broker import Publication
 from realtime_hub import CLOSE_OVERFLOW, Client, ConnectionGone, Hub, HubClosed, engine
+from realtime_hub.engine import CLOSE_TIMEOUT
 from realtime_websocket import RawFormat
 
 RAW = RawFormat()
@@ -380,3 +381,41 @@ async def test_a_hold_keeps_at_most_max_held_and_counts_the_rest_as_lost() -> No
     assert publish(hub, "live") == 1
     await settle(lambda: connection.received == ["live"])
     hub.forget(client)
+
+
+async def test_close_client_sends_the_backlog_before_the_close_frame() -> None:
+    """A plain ASGI WebSocket's only buffer is the backlog: a farewell queued just
+    before close_client reaches the peer, and the close frame comes after it."""
+    hub = Hub()
+    hub.start()
+    peer = FakeConnection(reading=False)
+    task = await connect(hub, peer)
+    client = next(iter(hub))
+    for i in range(5):
+        hub.send(client, f"farewell {i}")
+    assert client.queue  # held: the peer is not reading yet
+    closing = asyncio.create_task(hub.close_client(client, 4000, "bye"))
+    await asyncio.sleep(0.01)
+    assert client.channels == []  # out of its channels at once
+    assert publish(hub, "after") == 0
+    peer.reading.set()
+    await closing
+    assert peer.received == [f"farewell {i}" for i in range(5)]
+    assert peer.closed == (4000, "bye")
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_close_client_of_a_peer_that_never_reads_ends_within_its_bound() -> None:
+    hub = Hub()
+    hub.start()
+    peer = FakeConnection(reading=False)
+    task = await connect(hub, peer)
+    client = next(iter(hub))
+    hub.send(client, "never taken")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await hub.close_client(client, 4000, "bye")
+    assert loop.time() - started < 3 * CLOSE_TIMEOUT
+    assert peer.closed == (4000, "bye") and len(hub) == 0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

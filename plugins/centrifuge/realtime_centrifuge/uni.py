@@ -19,8 +19,6 @@ this differs, the docstring says so.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 import uuid
@@ -63,9 +61,6 @@ CONNECT_PARAM = "cf_connect"
 SSE_HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"),)
 #: Newline-delimited JSON; Go sets no type (and Go's server then sniffs text/plain).
 HTTP_STREAM_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"),)
-
-#: How long a refused one-way WebSocket's last pushes may take to go before its close.
-FLUSH_TIMEOUT = 1.0
 
 NodeOf = Callable[[], "Node"]
 ASGIApp = Callable[[Any, Receive, Send], Coroutine[Any, Any, None]]
@@ -173,14 +168,8 @@ class UniSessionHandler(SessionHandler):
         await self._close(exc.disconnect)
 
     async def _close(self, disconnect: Disconnect) -> None:
-        """Close after what was sent: a WebSocket on ASGI holds it in its backlog, which
-        the hub's close would drop (a taken-over one holds it in its transport)."""
-        client = self.client
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FLUSH_TIMEOUT):
-                while client.queue and client.sender is not None and not client.closing:
-                    await asyncio.shield(client.sender)
-        await self.node.hub.close_client(client, disconnect.code, disconnect.reason)
+        """Close after what was sent (the hub's close_client flushes the backlog first)."""
+        await self.node.hub.close_client(self.client, disconnect.code, disconnect.reason)
 
 
 class UniOptions:

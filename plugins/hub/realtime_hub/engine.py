@@ -209,12 +209,7 @@ class Hub(Backlogs, Membership):
         deadline = asyncio.get_running_loop().time() + grace
 
         async def flush_then_close(client: Client) -> None:
-            with suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    while client.queue and client.sender is not None:
-                        await asyncio.shield(client.sender)
-                    if client.wire is not None and not client.closing:
-                        await client.wire.drain()
+            await self._flush(client, deadline)
             await self._close(client, code, reason)
 
         await asyncio.gather(*(flush_then_close(c) for c in list(self._clients.values())))
@@ -444,9 +439,30 @@ class Hub(Backlogs, Membership):
             self._spawn(self._close(client, code, reason))
 
     async def close_client(self, client: Client, code: int, reason: str) -> None:
-        """:meth:`disconnect`, awaited: the close frame is on its way (or the socket dropped)."""
+        """Close one client after what was queued to it, awaited: out of its channels now,
+        its backlog sent (for at most :data:`CLOSE_TIMEOUT`), then the close frame.
+
+        A protocol's farewell (a disconnect reply sent just before) so reaches a plain
+        ASGI WebSocket too, whose only buffer is the backlog :meth:`disconnect` drops.
+        """
+        if client.closing:
+            return
+        for channel in client.channels[:]:
+            self.leave(channel, client)
+        if client.queue:
+            await self._flush(client, asyncio.get_running_loop().time() + CLOSE_TIMEOUT)
         if not client.closing:
             await self._close(client, code, reason)
+
+    @staticmethod
+    async def _flush(client: Client, deadline: float) -> None:
+        """Wait until ``client``'s backlog and transport have gone out, or ``deadline``."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                while client.queue and client.sender is not None and not client.closing:
+                    await asyncio.shield(client.sender)
+                if client.wire is not None and not client.closing:
+                    await client.wire.drain()
 
     # Fan-out ------------------------------------------------------------------
 
