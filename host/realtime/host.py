@@ -105,6 +105,10 @@ def get_host(app: Quart) -> Host:
     return host
 
 
+def _released() -> None:
+    """The release of a connection nothing counted."""
+
+
 class Host:
     """Per-application state: plugins, settings, functions, the script runner."""
 
@@ -149,6 +153,14 @@ class Host:
         """``option``'s value, typed as its owner declared it (its default if the owner
         is not loaded): ``host.setting(MAX_BODY_SIZE)`` rather than a string and a fallback."""
         return option.get(self.settings)
+
+    def hold_connection(self, scope: Any) -> Callable[[], None] | tuple[int, str]:
+        """Count a long-lived HTTP response as one more connection (see
+        :meth:`ConnectionLimits.acquire`): ``--max-connections`` and its per-address cap
+        bound WebSockets and streams together. The release, or the refusal's status and text."""
+        if self.limits is None:  # an app not built by build_app: nothing counts
+            return _released
+        return self.limits.acquire(scope)
 
     # Registration -----------------------------------------------------------
 

@@ -120,13 +120,19 @@ class _Hold:
             limits._release(self.address)
 
 
+def _address(scope: Any) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 class ConnectionLimits:
     """Refuses a WebSocket handshake past the per-address or the total cap.
 
     Counts ASGI ``websocket`` scopes (the connections that stay), keyed by the client
     address the proxy middleware established, so behind Caddy it is the browser's. A
     connection counts until its ASGI call returns, or, if the app called
-    ``scope[DETACH]()``, until it calls the release that returned.
+    ``scope[DETACH]()``, until it calls the release that returned. A protocol's
+    long-lived HTTP responses count in the same caps through :meth:`acquire`.
     A refused handshake gets an HTTP status (429 per address, 503 in total) when the
     server supports ASGI's WebSocket denial responses, a 403 otherwise, and counts in
     :attr:`handshakes` as ``per_ip`` or ``capacity`` (the host sets it at start-up).
@@ -155,29 +161,44 @@ class ConnectionLimits:
             self.total = max(1, int(soft * AUTO_SHARE))
         return self.total
 
+    def _check(self, address: str) -> tuple[int, str, str] | None:
+        """Why one more connection from ``address`` is refused (status, text, result)."""
+        if self.per_address and self.by_address.get(address, 0) >= self.per_address:
+            limit = self.per_address
+            return 429, f"too many connections from {address} (limit {limit})", "per_ip"
+        if self.open >= self.limit():
+            return 503, f"server full ({self.total} connections)", "capacity"
+        return None
+
+    def _hold(self, address: str) -> _Hold:
+        self.open += 1
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        return _Hold(self, address)
+
+    def acquire(self, scope: Any) -> Callable[[], None] | tuple[int, str]:
+        """Count a long-lived HTTP response (a stream a protocol keeps open) as one more
+        connection of its client address, within the caps WebSockets count against:
+        the release to call when it ends (once is enough; more do nothing), or the
+        refusal's status (429, 503) and text for the protocol to answer with."""
+        address = _address(scope)
+        refused = self._check(address)
+        if refused is not None:
+            status, reason, _ = refused
+            self.refused += 1
+            self._throttle.warn(log, f"stream {status}", "refused a stream: %s", reason)
+            return status, reason
+        return self._hold(address).release
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        address = client[0] if client else "unknown"
-        held = self.by_address.get(address, 0)
-        if self.per_address and held >= self.per_address:
-            await self._refuse(
-                scope,
-                send,
-                429,
-                f"too many connections from {address} (limit {self.per_address})",
-                "per_ip",
-            )
+        address = _address(scope)
+        refused = self._check(address)
+        if refused is not None:
+            await self._refuse(scope, send, *refused)
             return
-        if self.open >= self.limit():
-            reason = f"server full ({self.total} connections)"
-            await self._refuse(scope, send, 503, reason, "capacity")
-            return
-        self.open += 1
-        self.by_address[address] = held + 1
-        hold = _Hold(self, address)
+        hold = self._hold(address)
         scope[DETACH] = hold.detach
         try:
             await self.app(scope, receive, send)

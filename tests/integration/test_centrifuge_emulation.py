@@ -361,7 +361,7 @@ async def test_emulation_requests_past_the_rate_get_429(app_dir: Path) -> None:
                 body = {"node": stream.node, "session": stream.session, "data": command}
                 statuses.append((await http.post("/emulation", json=body)).status_code)
             assert set(statuses) == {204, 429}, statuses
-            assert statuses[:10] == [204] * 10  # the burst passes
+            assert statuses[:9] == [204] * 9  # the burst of 10 passes (the connect took one)
             answered = [await stream.next() for _ in range(statuses.count(204))]
             assert all(reply["error"]["code"] == 108 for reply in answered)  # still served
     finally:

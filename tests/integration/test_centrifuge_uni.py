@@ -431,6 +431,32 @@ async def test_streams_per_address_are_capped_as_websockets_are(tmp_path: Path) 
                 assert (await again.next())["connect"]["subs"] == {"news": {}}
 
 
+async def test_websockets_and_every_kind_of_stream_share_one_count(tmp_path: Path) -> None:
+    """``--max-connections-per-ip`` bounds what an address holds, whatever it holds:
+    a WebSocket and a one-way stream leave no room for an emulated stream or another
+    WebSocket."""
+    async with served(tmp_path, max_connections_per_ip=2) as (app, port):
+        params = cf_connect(token=token("hal", channels=["news"]))
+        async with (
+            connect(f"ws://127.0.0.1:{port}/connection/websocket"),
+            stream(port, SSE, params=params) as one,
+        ):
+            await one.next()
+            async with httpx.AsyncClient() as http:
+                emulated = await http.post(
+                    f"http://127.0.0.1:{port}/connection/http_stream",
+                    content=json.dumps({"id": 1, "connect": {"token": token("hal")}}),
+                )
+            assert emulated.status_code == 429 and "limit 2" in emulated.text
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(f"ws://127.0.0.1:{port}/connection/websocket"):
+                    pass
+            assert refused.value.response.status_code == 429
+        host = get_host(app)
+        assert host.limits is not None
+        await eventually(lambda: host.limits is not None and host.limits.open == 0)
+
+
 async def test_one_way_clients_on_two_workers_over_redis(
     app_dir: Path, redis_server: RedisServer
 ) -> None:

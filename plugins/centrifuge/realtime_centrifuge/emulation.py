@@ -153,7 +153,6 @@ async def serve_stream(
     node = layer.node
     hub = node.hub
     session_id = str(uuid.uuid4())
-    address = str((scope.get("client") or ("unknown",))[0])
 
     def farewell(code: int, reason: str) -> str | bytes | None:
         if code < FIRST_PROTOCOL_CODE:
@@ -168,17 +167,18 @@ async def serve_stream(
         session.session_id = session_id  # what the server API's ``session`` targets
         return made
 
-    def ended() -> None:
-        layer.release(session_id)
-        layer.leave(address)
-
     if not hub.running:
         await send_text(send, 503, "the server is starting or stopping")
         return
-    refused = layer.admit(address)
-    if refused is not None:
-        await send_text(send, refused.status, refused.text)
+    release = node.host.hold_connection(scope)  # WebSockets and streams: one count
+    if isinstance(release, tuple):
+        await send_text(send, *release)
         return
+
+    def ended() -> None:
+        layer.release(session_id)
+        release()
+
     method, path = str(scope.get("method", ""))[:16], str(scope["path"])[:256]
     log_access("emulation", method, path, 200, 0.0)
     try:
@@ -193,11 +193,11 @@ async def serve_stream(
         )
         client = hub.attach(stream, stream.framing, handler, release=ended, protocol="centrifuge")
     except HubClosed:
-        layer.leave(address)
+        release()
         stream.abort()
         return
     except BaseException:
-        layer.leave(address)
+        release()
         raise
     if client.handler is None:
         return  # ended already (the client left while it was set up): released

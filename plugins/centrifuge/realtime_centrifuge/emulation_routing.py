@@ -107,10 +107,6 @@ class Emulation:
         self._forwarded: dict[str, Bucket] = {}
         self._nodes: tuple[float, frozenset[str]] = (0.0, frozenset())
         self._stop = node.broker.on_control(self._control)
-        #: Open streams, in all and by client address: bounded by the host's caps on
-        #: WebSocket connections (each kind counts its own), which count no HTTP.
-        self.streams = 0
-        self.by_address: dict[str, int] = {}
 
     @property
     def uid(self) -> str:
@@ -119,28 +115,6 @@ class Emulation:
 
     def close(self) -> None:
         self._stop()
-
-    def admit(self, address: str) -> Refused | None:
-        """Count one more stream from ``address``, or say why not (429, 503)."""
-        limits = getattr(self.node.host, "limits", None)
-        per_address = int(getattr(limits, "per_address", 0) or 0)
-        total = int(limits.limit()) if limits is not None else 0
-        held = self.by_address.get(address, 0)
-        if per_address and held >= per_address:
-            return Refused(429, f"too many connections from {address} (limit {per_address})")
-        if total and self.streams >= total:
-            return Refused(503, f"server full ({total} connections)")
-        self.streams += 1
-        self.by_address[address] = held + 1
-        return None
-
-    def leave(self, address: str) -> None:
-        self.streams -= 1
-        left = self.by_address.get(address, 1) - 1
-        if left > 0:
-            self.by_address[address] = left
-        else:
-            self.by_address.pop(address, None)
 
     def hold(self, session: str, client: Client) -> None:
         self.sessions[session] = _Held(client, Bucket(self.rate))

@@ -28,7 +28,6 @@ from urllib.parse import parse_qs
 
 from realtime import ASGIRoute, Host
 from realtime.routes import deny_websocket
-from realtime.settings import MAX_CONNECTIONS_PER_IP
 from realtime_hub import ASGIConnection, Client, CloseCode, HubClosed, Receive, Send
 from realtime_hub.httpstream import LINES, BodyFraming, open_response
 from realtime_hub.stream import CHUNKED
@@ -189,51 +188,6 @@ class UniOptions:
         return self._options
 
 
-class StreamLimits:
-    """One-way HTTP streams open per client address and in all, refused past the caps
-    WebSockets have (``--max-connections-per-ip``: 429, ``--max-connections``: 503).
-
-    The host counts WebSocket scopes only, and a stream is an HTTP request that stays.
-    """
-
-    __slots__ = ("by_address", "host", "open")
-
-    def __init__(self, host: Host) -> None:
-        self.host = host
-        self.open = 0
-        self.by_address: dict[str, int] = {}
-
-    def acquire(self, scope: Any) -> Callable[[], None] | tuple[int, str]:
-        """A release to call once the stream ended, or the refusal's status and text."""
-        client = scope.get("client")
-        address = str(client[0]) if client else "unknown"
-        held = self.by_address.get(address, 0)
-        per_address = self.host.setting(MAX_CONNECTIONS_PER_IP)
-        if per_address and held >= per_address:
-            return 429, f"too many connections from {address} (limit {per_address})"
-        limits = self.host.limits
-        total = limits.limit() if limits is not None else 0
-        if total and self.open >= total:
-            return 503, f"server full ({total} streams)"
-        self.open += 1
-        self.by_address[address] = held + 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            self.open -= 1
-            left = self.by_address[address] - 1
-            if left:
-                self.by_address[address] = left
-            else:
-                del self.by_address[address]
-
-        return release
-
-
 def query_request(scope: Any) -> str | None:
     """The ``cf_connect`` URL parameter, or None; ValueError for a malformed query."""
     query = scope.get("query_string", b"").decode("latin-1")
@@ -312,7 +266,7 @@ def websocket_endpoint(node_of: NodeOf, options: UniOptions) -> ASGIApp:
 def stream_endpoint(
     node_of: NodeOf,
     options: UniOptions,
-    limits: StreamLimits,
+    host: Host,
     *,
     framing: BodyFraming,
     headers: tuple[tuple[bytes, bytes], ...],
@@ -365,7 +319,7 @@ def stream_endpoint(
         if not hub.running:
             await send_text(send, 503, "the server is starting or stopping")
             return
-        release = limits.acquire(scope)
+        release = host.hold_connection(scope)  # WebSockets and streams: one count
         if isinstance(release, tuple):
             await send_text(send, *release)
             return
@@ -407,13 +361,12 @@ def stream_endpoint(
 def uni_routes(host: Host, node_of: NodeOf) -> list[ASGIRoute]:
     """The one-way endpoints, at Centrifugo's default paths."""
     options = UniOptions()
-    limits = StreamLimits(host)  # both stream endpoints together, as one kind of client
     sse = stream_endpoint(
-        node_of, options, limits, framing=UNI_EVENTS, headers=SSE_HEADERS, get=True,
+        node_of, options, host, framing=UNI_EVENTS, headers=SSE_HEADERS, get=True,
         preamble=b"\r\n",
     )  # fmt: skip
     http_stream = stream_endpoint(
-        node_of, options, limits, framing=LINES, headers=HTTP_STREAM_HEADERS, get=False
+        node_of, options, host, framing=LINES, headers=HTTP_STREAM_HEADERS, get=False
     )
     return [
         ASGIRoute(UNI_WEBSOCKET_PATH, websocket_endpoint(node_of, options), ("websocket",)),
