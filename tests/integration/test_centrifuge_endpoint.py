@@ -589,7 +589,10 @@ async def test_control_messages_from_the_broker_are_bounded_and_checked(
     alice = await connected(port, "alice")
     disconnect = {"op": "disconnect", "user": "alice", "code": 4500, "reason": "bye"}
     oversized = json.dumps({**disconnect, "padding": "x" * MAX_CONTROL_SIZE})
-    for bad in (oversized, "not json", '{"op": "disconnect"}', '{"op": 1, "user": []}'):
+    unhashable = json.dumps({**disconnect, "op": ["disconnect"]})
+    foreign = json.dumps({**disconnect, "op": "emulation"})  # the emulation layer's op
+    for bad in (oversized, "not json", '{"op": "disconnect"}', '{"op": 1, "user": []}',
+                unhashable, foreign):  # fmt: skip
         assert node._control(Publication(bad, json=True)) == 0
     assert (await alice.call("subscribe", channel="news"))["subscribe"] == {}  # still here
     assert "control message refused" in caplog.text

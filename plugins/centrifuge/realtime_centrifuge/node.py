@@ -60,6 +60,11 @@ def api_publication(pub: Publication) -> dict[str, Any]:
     return entry
 
 
+#: The control operations :class:`Node` applies to a user's connections; others on the
+#: same channel (``emulation``: commands routed to a stream) are not for it.
+CONNECTION_OPS = frozenset({"disconnect", "refresh", "subscribe", "unsubscribe"})
+
+
 class Node:
     """Per host (``app.extensions``): nothing here is shared between two apps."""
 
@@ -362,10 +367,12 @@ class Node:
             parsed = json.loads(data)
             op, user, client = parsed["op"], parsed["user"], parsed.get("client", "")
             session = parsed.get("session", "")
-            if not (isinstance(user, str) and isinstance(client, str) and isinstance(session, str)):
-                raise TypeError("user, client and session are strings")
+            if not all(isinstance(field, str) for field in (op, user, client, session)):
+                raise TypeError("op, user, client and session are strings")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             log.warning("control message refused: %r", exc)
+            return 0
+        if op not in CONNECTION_OPS:  # another listener's (the emulation layer's)
             return 0
         # A session targets the emulated or one-way connection holding it (Go's rule).
         targets = [
