@@ -37,7 +37,7 @@ from .codes import (
 )
 from .history import read_history, read_presence, read_presence_stats
 from .protobuf import PROTOBUF as PROTOBUF_CODEC
-from .session import ConnectAuth, HistoryPage, Session
+from .session import ConnectAuth, HistoryPage, Session, SessionOptions
 from .wire import JSON, Codec, Frame
 
 if TYPE_CHECKING:
@@ -401,6 +401,7 @@ class SessionHandler:
         scope: Any,
         codec: Codec = JSON,
         session_type: type[Session] = Session,  # an emulated session adds to its connect
+        options: SessionOptions | None = None,  # the node's unless a transport has its own
     ) -> None:
         self.node = node
         self.client = client
@@ -408,7 +409,7 @@ class SessionHandler:
             node.rules,
             node.verifier,
             ConnectionBackend(node, client, scope, codec),
-            options=node.options,
+            options=node.options if options is None else options,
             codec=codec,
         )
         client.state = self.session

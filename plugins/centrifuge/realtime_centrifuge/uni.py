@@ -118,9 +118,8 @@ class UniSessionHandler(SessionHandler):
     def __init__(
         self, node: Node, client: Client, scope: Any, options: SessionOptions, *, split: bool
     ) -> None:
-        super().__init__(node, client, scope, UNI_JSON)
         # No pongs: a one-way client cannot answer a ping (and ``pong`` is false).
-        self.session.options = options
+        super().__init__(node, client, scope, UNI_JSON, options=options)
         # Go gives each one-way connection a session (in its connect push): the server
         # API's ``session`` targets that one connection.
         self.session.session_id = str(uuid.uuid4())
