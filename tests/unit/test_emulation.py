@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections.abc import Callable
+from types import SimpleNamespace
+
 import pytest
 
 from realtime_centrifuge.emulation import _json_request, protobuf_request
+from realtime_centrifuge.emulation_routing import Emulation, Refused
 from realtime_centrifuge.protobuf import client_pb2 as pb
+from realtime_hub.guard import IncomingLimits
 from realtime_hub.httpstream import BARE, EVENTS, LINES
 
 
@@ -53,3 +60,74 @@ def test_each_body_framing_plain_and_chunked() -> None:
     assert EVENTS.chunked.frame("x") == b"9\r\ndata: x\n\n\r\n"
     # One object per kind: the hub groups a channel's subscribers by framing object.
     assert LINES.chunked is LINES.chunked and LINES.plain is not EVENTS.plain
+
+
+# -- routing bounds (issue 21 red-team review) -----------------------------------------
+
+
+class _Broker:
+    """What :class:`Emulation` needs of a broker: a node list it reads slowly."""
+
+    uid = "here"
+
+    def __init__(self) -> None:
+        self.listed = asyncio.Event()
+        self.reads = 0
+        self.published: list[bytes] = []
+
+    def on_control(self, handler: object) -> Callable[[], None]:
+        return lambda: None
+
+    async def cluster_nodes(self) -> list[dict[str, object]]:
+        self.reads += 1
+        await self.listed.wait()
+        return [{"uid": "here"}, {"uid": "there"}]
+
+    async def publish_control(self, data: bytes) -> None:
+        self.published.append(data)
+
+
+def _layer(rate: int = 100) -> tuple[Emulation, _Broker]:
+    broker = _Broker()
+    node = SimpleNamespace(hub=SimpleNamespace(incoming=IncomingLimits(65536, rate)), broker=broker)
+    return Emulation(node), broker  # type: ignore[arg-type]
+
+
+async def test_a_session_longer_than_any_id_is_refused_and_nothing_kept() -> None:
+    # Each session sent on gets a rate bucket keyed by its id: 64 KB ids would hold
+    # 10,000 x 64 KB = 640 MB. The server's ids are UUIDs; a longer one is no session.
+    layer, broker = _layer()
+    broker.listed.set()
+    with pytest.raises(Refused) as refused:
+        await layer.dispatch("there", "s" * 60_000, "{}", "192.0.2.1")
+    assert refused.value.status == 400
+    assert layer._forwarded == {} and broker.published == []
+    await layer.dispatch("there", str(uuid.uuid4()), "{}", "192.0.2.1")  # a real one is sent
+    assert len(broker.published) == 1
+
+
+async def test_requests_for_unknown_nodes_count_against_their_address() -> None:
+    # A 404 costs a read of the cluster's node list now and then: made-up nodes must
+    # not let one address past its rate (nor past it with the list being read).
+    layer, broker = _layer(rate=10)
+    broker.listed.set()
+    statuses = []
+    for _ in range(layer.address_rate.burst + 1):
+        with pytest.raises(Refused) as refused:
+            await layer.dispatch("ghost", "s", "{}", "192.0.2.1")
+        statuses.append(refused.value.status)
+    assert statuses[:-1] == [404] * layer.address_rate.burst
+    assert statuses[-1] == 429
+
+
+async def test_concurrent_requests_share_one_read_of_the_node_list() -> None:
+    layer, broker = _layer(rate=0)
+    waiting = [
+        asyncio.ensure_future(layer.dispatch(f"node-{n}", "s", "{}", f"192.0.2.{n}"))
+        for n in range(50)
+    ]
+    await asyncio.sleep(0)  # each request runs up to its wait on the list
+    broker.listed.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(result, Refused) and result.status == 404 for result in results)
+    assert broker.reads == 1

@@ -52,6 +52,10 @@ MAX_FORWARD_BUCKETS = 10_000
 ADDRESS_RATE_FACTOR = 10
 #: How long a list of the cluster's processes is trusted to say a node is unknown.
 NODES_TTL = 2.0
+#: The longest session id a request may name: the server gives UUIDs (36 characters).
+#: Each one sent on is a key of this process's rate buckets, so a longer one would
+#: let made-up ids hold ``MAX_FORWARD_BUCKETS`` times the request size.
+MAX_SESSION_ID = 64
 
 
 class EmulatedSession(Session):
@@ -106,6 +110,8 @@ class Emulation:
         self.sessions: dict[str, _Held] = {}
         self._forwarded: dict[str, Bucket] = {}
         self._nodes: tuple[float, frozenset[str]] = (0.0, frozenset())
+        #: The read of the node list under way: every request waiting on it shares it.
+        self._reading: asyncio.Task[frozenset[str]] | None = None
         self._stop = node.broker.on_control(self._control)
 
     @property
@@ -125,15 +131,20 @@ class Emulation:
     async def dispatch(self, node: str, session: str, data: str | bytes, address: str = "") -> None:
         """Hand ``data`` (the client's commands, as its codec frames them) to the
         session: here, or through the broker to its process. :class:`Refused` with
-        404 for a node the cluster does not know, 429 past the session's rate (or, sent
-        on, the client ``address``'s), 413 for what a control message cannot carry,
-        503 when the broker cannot take it."""
+        400 for a session id longer than any the server gives, 404 for a node the
+        cluster does not know, 429 past the session's rate (or, sent on or for an
+        unknown node, the client ``address``'s), 413 for what a control message cannot
+        carry, 503 when the broker cannot take it."""
+        if len(session) > MAX_SESSION_ID:
+            raise Refused(400, "not a session id")
         if node == self.uid:
             await self._apply(session, data)
             return
+        # The address first: a made-up node costs a read of the node list now and then.
+        self._take_forwarded("\x00" + address, self.address_rate)
         if not await self._known(node):
             raise Refused(404, "node not found")
-        self._take_forwarded(session, address)
+        self._take_forwarded(session, self.rate)
         binary = isinstance(data, bytes)
         text = base64.b64encode(data).decode("ascii") if isinstance(data, bytes) else data
         fields = {"op": OP, "user": NOBODY, "node": node, "session": session}
@@ -172,18 +183,18 @@ class Emulation:
         finally:
             held.waiting -= 1
 
-    def _take_forwarded(self, session: str, address: str) -> None:
-        """Count a request sent on: against its session's rate, and its address's
-        (:data:`ADDRESS_RATE_FACTOR` sessions' worth), so made-up sessions cannot
-        turn one client into a flood of control messages to every process."""
-        for key, rate in ((session, self.rate), ("\x00" + address, self.address_rate)):
-            bucket = self._forwarded.get(key)
-            if bucket is None:
-                if len(self._forwarded) >= MAX_FORWARD_BUCKETS:
-                    self._forwarded.clear()
-                bucket = self._forwarded[key] = Bucket(rate)
-            if not bucket.take():
-                raise Refused(429, "too many emulation requests")
+    def _take_forwarded(self, key: str, rate: Rate) -> None:
+        """Count a request sent on (or for an unknown node): against its session's
+        rate, and its address's (:data:`ADDRESS_RATE_FACTOR` sessions' worth), so
+        made-up sessions cannot turn one client into a flood of control messages to
+        every process."""
+        bucket = self._forwarded.get(key)
+        if bucket is None:
+            if len(self._forwarded) >= MAX_FORWARD_BUCKETS:
+                self._forwarded.clear()
+            bucket = self._forwarded[key] = Bucket(rate)
+        if not bucket.take():
+            raise Refused(429, "too many emulation requests")
 
     async def _known(self, node: str) -> bool:
         """Whether ``node`` is a live process of the cluster (listed within NODES_TTL)."""
@@ -193,13 +204,25 @@ class Emulation:
             return True
         if now - read_at < NODES_TTL / 2:
             return False  # just read: not there
+        reading = self._reading
+        if reading is None:  # one read at a time, however many requests wait on it
+            reading = self._reading = asyncio.get_running_loop().create_task(self._read_nodes())
+            # Its failure is each waiter's to raise; none may be left (all cancelled).
+            reading.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
-            listed = await self.node.broker.cluster_nodes()
+            nodes = await asyncio.shield(reading)
         except BrokerUnavailable:
             raise Refused(503, "the broker is unavailable") from None
-        nodes = frozenset(str(entry.get("uid", "")) for entry in listed)
-        self._nodes = (time.monotonic(), nodes)
         return node in nodes
+
+    async def _read_nodes(self) -> frozenset[str]:
+        try:
+            listed = await self.node.broker.cluster_nodes()
+            nodes = frozenset(str(entry.get("uid", "")) for entry in listed)
+            self._nodes = (time.monotonic(), nodes)
+            return nodes
+        finally:
+            self._reading = None
 
     def _control(self, message: bytes | Publication) -> int:
         """A routed request from another process, for a session held here."""
