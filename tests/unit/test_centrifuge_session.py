@@ -277,6 +277,24 @@ async def test_client_requested_server_side_subscriptions() -> None:
     assert exc.disconnect.code == 3501  # Go: DisconnectBadRequest for an unknown namespace
 
 
+async def test_a_connect_asking_for_more_channels_than_allowed_asks_no_hook() -> None:
+    # A 64 KB connect names some 5,000 channels: each asked of the hook (an HTTP
+    # call, maybe) before the channel limit was checked, bypassing the command rate.
+    session, backend, _ = make(max_channels=2)
+    backend.subscribe_answer = False
+    subs = {f"chat:{n}": {} for n in range(1000)}
+    exc = await closed_with(session, {"id": 1, "connect": {"token": token(sub="42"), "subs": subs}})
+    assert exc.disconnect == Disconnect(3505, "channel limit")
+    assert backend.calls == [] and backend.joined() == []
+    # Up to the limit, each is asked as before.
+    session, backend, _ = make(max_channels=2)
+    backend.subscribe_answer = False
+    connect = {"token": token(sub="42"), "subs": {"chat:a": {}, "chat:b": {}}}
+    replies = await send(session, {"id": 1, "connect": connect})
+    assert replies[0]["connect"].get("subs", {}) == {}
+    assert [call[2] for call in backend.calls] == ["chat:a", "chat:b"]
+
+
 @pytest.mark.parametrize(
     ("claims", "expected"),
     [

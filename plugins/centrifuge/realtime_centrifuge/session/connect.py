@@ -111,7 +111,12 @@ class Connecting(Subscribing):
         if honour_requested:
             # What centrifuge-js asks to keep from its last connection: granted where a
             # subscribe without token would be, silently skipped elsewhere (as Centrifugo).
-            for channel in command.get_map("subs"):
+            asked = command.get_map("subs")
+            if len(asked) > self.options.max_channels:
+                # More than it may hold: refused before any is asked of the hook (a
+                # 64 KB connect names thousands, past the rate commands are held to).
+                raise DisconnectError(DISCONNECT_CHANNEL_LIMIT)
+            for channel in asked:
                 if not channel or channel in subs:
                     continue
                 if self.rules.namespace_of(channel) is None:
