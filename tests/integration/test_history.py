@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from realtime_broker import (
+    Broker,
     HistoryUnavailable,
     MemoryBroker,
     Publication,
@@ -206,3 +207,45 @@ async def test_redis_history_expires_ttl_after_the_last_publication(
         assert page.publications == () and page.position.offset == 1  # the position stays
     finally:
         await broker.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_metadata_travels_live_and_in_history_on_every_broker(
+    kind: str, redis_server: RedisServer
+) -> None:
+    """A publication's event, id, skip and attrs reach another process's subscriber
+    and come back from history as they were published."""
+    brokers: tuple[Broker, ...] = (
+        (MemoryBroker("memory://", {}),)
+        if kind == "memory"
+        else (RedisBroker(redis_server.url, SETTINGS), RedisBroker(redis_server.url, SETTINGS))
+    )
+    one, two = brokers[0], brokers[-1]
+    for broker in brokers:
+        broker.history_policy = history_policy
+        await broker.start()
+    try:
+        got: list[Publication] = []
+
+        def deliver(publication: Publication) -> int:
+            got.append(publication)
+            return 1
+
+        two.subscribe("h:meta", deliver)
+        await two.ready("h:meta")
+        sent = Publication(
+            "hello", event="my-event", id="urn:uuid:42", skip="123.456",
+            attrs={"private": "1", "retry": "5000"},
+        )  # fmt: skip
+        await one.publish("h:meta", sent)
+        await eventually(lambda: len(got) == 1)
+        page = await two.history("h:meta", limit=-1)
+        for publication in (got[0], page.publications[0]):
+            assert (publication.data, publication.event, publication.id) == (
+                "hello", "my-event", "urn:uuid:42",
+            )  # fmt: skip
+            assert publication.skip == "123.456"
+            assert dict(publication.attrs or {}) == {"private": "1", "retry": "5000"}
+    finally:
+        for broker in brokers:
+            await broker.close()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from realtime_broker import MAX_CONTROL_SIZE, MAX_INFO_SIZE, Member, PresenceEvent, Publication
+from realtime_broker.base import as_publication
+from realtime_broker.meta import MAX_ATTRS, MAX_NAME
 from realtime_broker.redis.envelope import (
     CONTROL_MAGIC,
     MAGIC,
@@ -34,16 +38,21 @@ from realtime_broker.redis.envelope import (
         Publication("null", json=True, info='{"user":"42","client":"c1"}'),
         Publication(b"\x00 12 x", info="é" * 100),
         Publication("t5 hello", info=""),
+        # With metadata (realtime_broker.meta), which protocols that name messages use.
+        Publication("hi", event="my-event", skip="123.456"),
+        Publication('{"a":1}', json=True, info="{}", id="urn:uuid:1", attrs={"private": "1"}),
+        Publication(b"m3 abc", event="m3 {}", attrs={"é": "ü", "retry": "5000"}),
     ],
 )
 def test_the_redis_envelope_round_trips(publication: Publication) -> None:
     # Redis stamps magic, epoch and sequence in front of what the publisher sends.
     got = decode(MAGIC + b"ab12cd34 7 " + encode(publication))
-    assert got == Publication(
-        publication.data, publication.json, publication.info, epoch="ab12cd34", offset=7
-    )
+    assert got == dataclasses.replace(publication, epoch="ab12cd34", offset=7)
     assert isinstance(got, Publication)
     assert type(got.data) is type(publication.data)
+
+
+_LONG_EVENT = b'{"e":"' + b"x" * (MAX_NAME + 1) + b'"}'
 
 
 @pytest.mark.parametrize(
@@ -76,6 +85,23 @@ def test_the_redis_envelope_round_trips(publication: Publication) -> None:
         b"realtime/2 ab12cd34 3 T9 hello",  # shorter than it says
         b"realtime/2 ab12cd34 3 T2 \xff\xfehello",
         b"realtime/2 ab12cd34 3 X2 {}hello",
+        # Metadata: a bounded length, then JSON of realtime's shape, then the kind.
+        b"realtime/2 ab12cd34 3 m",
+        b"realtime/2 ab12cd34 3 m2 {}",  # no kind after it
+        b"realtime/2 ab12cd34 3 m9 {}thello",  # shorter than it says
+        b"realtime/2 ab12cd34 3 m" + b"9" * 5000 + b" {}thello",
+        b"realtime/2 ab12cd34 3 m99999 {}thello",  # over MAX_META_SIZE
+        b"realtime/2 ab12cd34 3 m2 []thello",
+        b'realtime/2 ab12cd34 3 m8 {"x":1}thello',  # a key realtime never writes
+        b'realtime/2 ab12cd34 3 m8 {"e":1}thello',  # an event that is not a string
+        b'realtime/2 ab12cd34 3 m12 {"a":["x"]}thello',
+        b'realtime/2 ab12cd34 3 m14 {"a":{"k":1}}thello',
+        b"realtime/2 ab12cd34 3 m2 \xff\xfethello",
+        b"realtime/2 ab12cd34 3 m"
+        + str(len(_LONG_EVENT)).encode()
+        + b" "
+        + _LONG_EVENT
+        + b"thello",
     ],
 )
 def test_payloads_realtime_did_not_publish_are_recognised(raw: bytes) -> None:
@@ -159,3 +185,20 @@ def test_control_messages_decode_with_their_id_and_are_bounded() -> None:
 def test_the_proof_is_what_redis_sha1hex_stores() -> None:
     # redis.sha1hex("abc") in the control script.
     assert proof(b"abc") == b"a9993e364706816aba3e25717850c26c9cd0d89d"
+
+
+@pytest.mark.parametrize(
+    ("publication", "error"),
+    [
+        (Publication("x", event="e" * (MAX_NAME + 1)), ValueError),
+        (Publication("x", skip=7), TypeError),  # type: ignore[arg-type]
+        (Publication("x", attrs={str(i): "" for i in range(MAX_ATTRS + 1)}), ValueError),
+        (Publication("x", attrs={"k": 1}), TypeError),  # type: ignore[dict-item]
+        (Publication("x", attrs=["k"]), TypeError),  # type: ignore[arg-type]
+    ],
+)
+def test_metadata_no_broker_could_carry_is_refused_on_publish(
+    publication: Publication, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        as_publication(publication)

@@ -419,3 +419,29 @@ async def test_close_client_of_a_peer_that_never_reads_ends_within_its_bound() -
     assert peer.closed == (4000, "bye") and len(hub) == 0
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_publication_skips_the_one_client_it_names() -> None:
+    """Pusher's ``socket_id`` exclusion: the publisher's own connection does not get it,
+    in any format; a name not here, or not in the channel, skips nobody."""
+    hub = Hub()
+    hub.start()
+    connections = [FakeConnection() for _ in range(3)]
+    tasks = [await connect(hub, c) for c in connections]
+    clients = sorted(hub, key=lambda c: c.id)
+    for client, name in zip(clients, ("1.1", "2.2", "3.3"), strict=True):
+        hub.identify(client, name=name)
+    elsewhere = FakeConnection()
+    tasks.append(await connect(hub, elsewhere, channel="other"))
+    hub.identify(next(c for c in hub if c not in clients), name="4.4")
+    assert hub.publish("default", Publication("a", skip="2.2")) == 2
+    assert hub.publish("default", Publication("b", skip="4.4")) == 3  # not in the channel
+    assert hub.publish("default", Publication("c", skip="9.9")) == 3  # not here
+    await settle(lambda: len(connections[0].received) == 3)
+    assert connections[1].received == ["b", "c"]
+    assert connections[0].received == connections[2].received == ["a", "b", "c"]
+    assert elsewhere.received == []
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert hub._named == {}  # forgotten with their clients

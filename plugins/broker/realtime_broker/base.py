@@ -32,6 +32,7 @@ from .errors import BrokerUnavailable as BrokerUnavailable
 from .errors import HistoryUnavailable as HistoryUnavailable
 from .errors import PresenceUnavailable
 from .errors import UnrecoverablePosition as UnrecoverablePosition
+from .meta import check_meta, has_meta
 from .presence import (
     Member,
     PresenceEvent,
@@ -61,6 +62,13 @@ class Publication:
     ``epoch`` and ``offset`` are filled by the broker on delivery: where the
     publication stands in the channel's numbering (Redis's epoch and sequence number;
     ``""`` and 0 with ``memory://``). What a publisher sets there is ignored.
+
+    The rest is for protocols that name or address messages (:mod:`.meta`): ``event``
+    (Pusher's event name, Mercure's ``type``), ``id`` (a publisher's id for it, as
+    Mercure's updates have), ``skip`` (the name of the one connection it is not
+    delivered to, as Pusher's ``socket_id`` exclusion) and ``attrs`` (a few more
+    strings, such as Mercure's ``private``). Protocols that have no such notion ignore
+    them; every broker carries them.
     """
 
     data: str | bytes
@@ -68,6 +76,10 @@ class Publication:
     info: str | None = None
     epoch: str = ""
     offset: int = 0
+    event: str | None = None
+    id: str | None = None
+    skip: str | None = None
+    attrs: Mapping[str, str] | None = None
 
 
 #: Called with a publication on the subscribing process's loop; returns how many
@@ -138,6 +150,8 @@ def as_publication(data: str | bytes | Publication) -> Publication:
         raise TypeError("a JSON publication's data is the document's text (str), not bytes")
     if over_info_size(data.info):
         raise ValueError(f"the publisher info is over {MAX_INFO_SIZE} bytes; not sent")
+    if has_meta(data):
+        check_meta(data)
     if data.epoch or data.offset:
         data = dataclasses.replace(data, epoch="", offset=0)  # the broker numbers it
     return data

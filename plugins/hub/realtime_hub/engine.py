@@ -31,7 +31,7 @@ from realtime_broker import PresenceEvent
 from .backlog import OVERFLOW_POLICIES, TRANSPORT_HIGH_WATER, Backlogs, OverflowPolicy
 from .census import MAX_RECENT, Disconnect, arrived, departed
 from .channels import ChannelRules
-from .clients import Channel, Client, Connection, Format, Held, HubStats, Message
+from .clients import Channel, Client, Connection, Format, Group, Held, HubStats, Message
 from .closecode import CloseCode
 from .connection import ASGIConnection, ConnectionGone, Handler
 from .fastpath import (
@@ -178,6 +178,9 @@ class Hub(Backlogs, Membership):
         #: Told of clients and channels coming and going (:meth:`watch`).
         self.watchers = Watchers()
         self._clients: dict[int, Client] = {}
+        #: Identified clients by their protocol's name for them: a publication's
+        #: ``skip`` names the one it is not delivered to.
+        self._named: dict[str, Client] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -394,6 +397,8 @@ class Hub(Backlogs, Membership):
             client.sender.cancel()
         for channel in client.channels[:]:
             self.leave(channel, client)
+        if client.name and self._named.get(client.name) is client:
+            del self._named[client.name]
         if self._clients.pop(client.id, None) is not None:
             self.stats.connected = len(self._clients)
             record = departed(self.stats, self.recent_disconnects, client)
@@ -412,6 +417,7 @@ class Hub(Backlogs, Membership):
             return
         client.user = user
         client.name = name or str(client.id)
+        self._named[client.name] = client
         if self.watchers:
             self.watchers.connected(client)
 
@@ -488,6 +494,9 @@ class Hub(Backlogs, Membership):
             members = self._hold_publication(members, publication)
             if not members:
                 return self._holding.get(channel, 0)
+        skip = getattr(publication, "skip", None)
+        if skip is not None:
+            members = self._skipping(members, channel, skip)
         pending = self._pending
         now = not pending and sum(map(len, members.values())) <= self.fan_out_slice
         if not now and len(pending) >= self.max_pending:
@@ -532,6 +541,25 @@ class Hub(Backlogs, Membership):
         if not now and self._drainer is None:
             self._drainer = self._loop.create_task(self._drain_pending())
         return count
+
+    def _skipping(self, members: Channel, channel: str, name: str) -> Channel:
+        """``members`` without the client named ``name`` (a publisher's own connection,
+        as Pusher's ``socket_id`` excludes it); the same object when it is not there."""
+        skipped = self._named.get(name)
+        if skipped is None or channel not in skipped.channels:
+            return members
+        trimmed: Channel = {}
+        for fmt, group in members.items():
+            if skipped.id in group:
+                kept = Group(group.framing)
+                for client in group.values():
+                    if client is not skipped:
+                        kept.add(client)
+                if kept:
+                    trimmed[fmt] = kept
+            else:
+                trimmed[fmt] = group
+        return trimmed
 
     def _hold_publication(self, members: Channel, publication: Any) -> Channel:
         """Give ``publication`` to the channel's holders; the other groups, to deliver.

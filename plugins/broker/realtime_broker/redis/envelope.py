@@ -5,7 +5,8 @@ tested without a Redis. Three kinds share a channel prefix but not a magic:
 
 - a publication, ``realtime/2 <epoch> <seq> <kind><body>``: the publisher sends
   ``<kind><body>`` (:func:`encode`), the publish script puts the magic, epoch and
-  sequence number in front;
+  sequence number in front; a publication with metadata (:mod:`..meta`) has
+  ``m<length> <meta JSON>`` before its kind;
 - a join or leave, ``realtime/2p ...``, made by the presence scripts (:func:`decode_presence`);
 - a control message, ``realtime/2c <id> <body>`` on the broker's control channel
   (:func:`encode_control`, :func:`decode_control`), whose ``id`` names the proof the
@@ -25,6 +26,7 @@ import re
 from typing import Any
 
 from ..base import MAX_CONTROL_SIZE, MAX_INFO_SIZE, Publication
+from ..meta import MAX_META_SIZE, decode_meta, encode_meta, has_meta
 from ..presence import Member, PresenceEvent
 
 #: What every payload starts with; anything else on the channel is not ours. Version
@@ -43,7 +45,12 @@ SEQ_DIGITS = 19
 INFO_DIGITS = len(str(MAX_INFO_SIZE))
 #: The envelope around a body at its largest, info aside: magic, epoch, sequence,
 #: spaces, kind, the info's length and a space.
-ENVELOPE_OVERHEAD = len(MAGIC) + EPOCH_MAX + 1 + SEQ_DIGITS + 1 + 1 + INFO_DIGITS + 1
+#: What comes before the kind when the publication has metadata.
+META = b"m"
+META_DIGITS = len(str(MAX_META_SIZE))
+ENVELOPE_OVERHEAD = (len(MAGIC) + EPOCH_MAX + 1 + SEQ_DIGITS + 1 + 1 + INFO_DIGITS + 1) + (
+    1 + META_DIGITS + 1 + MAX_META_SIZE
+)
 
 #: What joins and leaves start with on a channel's Pub/Sub channel. Then ``j`` (a join),
 #: ``l`` (a leave), in capitals when it is the user's first client to join or last
@@ -129,10 +136,14 @@ def encode(publication: Publication, limit: int | None = None) -> bytes:
         kind = BINARY
     if limit is not None and len(body) > limit:
         raise ValueError(f"the publication is {len(body)} bytes, over the {limit}-byte limit")
+    prefix = b""
+    if has_meta(publication):
+        meta = encode_meta(publication)
+        prefix = b"%s%d " % (META, len(meta)) + meta
     if publication.info is None:
-        return kind + body
+        return prefix + kind + body
     info = publication.info.encode()
-    return b"%s%d %s%s" % (kind.upper(), len(info), info, body)
+    return b"%s%s%d %s%s" % (prefix, kind.upper(), len(info), info, body)
 
 
 def decode(raw: bytes, limit: int | None = None) -> Publication | Drop:
@@ -154,8 +165,21 @@ def decode(raw: bytes, limit: int | None = None) -> Publication | Drop:
     seq = raw[start:space]
     if space <= start or not seq.isdigit():  # ASCII digits only, for bytes
         return Drop.FOREIGN
-    kind = raw[space + 1 : space + 2]
-    start = space + 2
+    start = space + 1
+    meta: dict[str, Any] = {}
+    if raw[start : start + 1] == META:
+        space = raw.find(b" ", start + 1, start + 2 + META_DIGITS)
+        length = raw[start + 1 : space]
+        if space <= start + 1 or not length.isdigit() or int(length) > MAX_META_SIZE:
+            return Drop.FOREIGN
+        end = space + 1 + int(length)
+        decoded = decode_meta(raw[space + 1 : end]) if end <= len(raw) else None
+        if decoded is None:
+            return Drop.FOREIGN
+        meta = decoded
+        start = end
+    kind = raw[start : start + 1]
+    start += 1
     info: str | None = None
     if kind in WITH_INFO:
         kind = WITH_INFO[kind]
@@ -176,7 +200,7 @@ def decode(raw: bytes, limit: int | None = None) -> Publication | Drop:
         return Drop.OVERSIZED
     body = raw[start:]
     if kind == BINARY:
-        return Publication(body, False, info, epoch.decode(), int(seq))
+        return Publication(body, False, info, epoch.decode(), int(seq), **meta)
     if kind != TEXT and kind != JSON:
         return Drop.FOREIGN
     if kind == JSON:
@@ -184,12 +208,12 @@ def decode(raw: bytes, limit: int | None = None) -> Publication | Drop:
         json_text = _json_text(body)
         if json_text is None:
             return Drop.FOREIGN
-        return Publication(json_text, True, info, epoch.decode(), int(seq))
+        return Publication(json_text, True, info, epoch.decode(), int(seq), **meta)
     try:
         text = body.decode()
     except UnicodeDecodeError:
         return Drop.FOREIGN
-    return Publication(text, False, info, epoch.decode(), int(seq))
+    return Publication(text, False, info, epoch.decode(), int(seq), **meta)
 
 
 def _json_text(data: bytes) -> str | None:
