@@ -294,6 +294,22 @@ async def test_wrong_types_in_other_methods_are_400(http: httpx.AsyncClient) -> 
         assert response.status_code == 400, (method, body)
 
 
+async def test_a_stream_offset_past_uint64_is_400_before_the_backend(
+    http: httpx.AsyncClient, backend: Recorder
+) -> None:
+    # Go's uint64 refuses it; here it reached the broker (Redis: "Invalid stream ID").
+    for method, body in [
+        ("history", {"channel": "chat", "since": {"offset": 2**64, "epoch": "e"}}),
+        ("subscribe", {"user": "u", "channel": "chat", "recover_since": {"offset": 2**64}}),
+    ]:
+        response = await http.post(f"/api/{method}", json=body)
+        assert response.status_code == 400, (method, body)
+        assert b"offset" in response.content
+    assert backend.calls == []
+    since = {"offset": 2**64 - 1, "epoch": "e"}
+    assert (await http.post("/api/history", json={"channel": "chat", "since": since})).is_success
+
+
 async def test_body_over_max_body_size_is_413(api: ServerAPI, http: httpx.AsyncClient) -> None:
     big = {"channel": "a", "data": "x" * 5000}
     response = await http.post("/api/publish", json=big)

@@ -86,8 +86,9 @@ def position(params: Params, name: str, *, empty: bool = False) -> tuple[int, st
         offset = 0
     if epoch is None:
         epoch = ""
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise BadBody(f"{name}.offset must be an integer >= 0")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 2**64:
+        # Go's uint64: past it the body does not decode (and no broker takes it).
+        raise BadBody(f"{name}.offset must be an integer from 0 to 2^64-1")
     if not isinstance(epoch, str):
         raise BadBody(f"{name}.epoch must be a string")
     return offset, epoch
