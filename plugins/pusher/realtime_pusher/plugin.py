@@ -1,0 +1,96 @@
+"""The Pusher plugin: ``/app/{key}`` WebSockets, the HTTP API under ``/apps/{id}``,
+and the auth functions for drop-in scripts.
+
+Built on the hub and the broker's public API, as the Centrifuge plugin is; it knows
+nothing of the other protocols, which serve the same channels beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from realtime import Host, Option, hookimpl
+from realtime.routes import AnyRoute
+
+from .apps import Apps, make_apps, parse_apps
+
+#: Sessions live in the hub; publications and presence go through the broker.
+REQUIRES = ("hub", "broker")
+
+PUSHER_APPS: Option[Any] = Option(
+    "pusher_apps",
+    None,
+    "the Pusher apps served, each with id, key and secret (an array of tables "
+    "[[pusher_apps]] in realtime.toml, JSON here; see docs/pusher.md)",
+    type=parse_apps,
+)
+PUSHER_APP_ID = Option("pusher_app_id", "", "one Pusher app's id (with its key and secret)")
+PUSHER_APP_KEY = Option("pusher_app_key", "", "one Pusher app's key (pusher-js's first argument)")
+PUSHER_APP_SECRET = Option("pusher_app_secret", "", "one Pusher app's secret")
+PUSHER_TIMESTAMP_WINDOW = Option(
+    "pusher_timestamp_window",
+    600,
+    "seconds an HTTP API request's auth_timestamp may be off the server's clock",
+    type=int,
+)
+
+
+def apps_of(settings: Mapping[str, Any]) -> Apps:
+    """The configured apps: ``pusher_apps``, then the one from the single-app flags."""
+    tables = list(PUSHER_APPS.get(settings) or [])
+    one = {
+        "id": PUSHER_APP_ID.get(settings),
+        "key": PUSHER_APP_KEY.get(settings),
+        "secret": PUSHER_APP_SECRET.get(settings),
+    }
+    if any(one.values()):
+        if not all(one.values()):
+            raise ValueError("--pusher-app-id, --pusher-app-key and --pusher-app-secret: all three")
+        tables.append(one)
+    return make_apps(tables)
+
+
+@hookimpl
+def register_options() -> list[Option[Any]]:
+    return [PUSHER_APPS, PUSHER_APP_ID, PUSHER_APP_KEY, PUSHER_APP_SECRET, PUSHER_TIMESTAMP_WINDOW]
+
+
+@hookimpl
+def validate(host: Host) -> None:
+    apps_of(host.settings)
+    if not 1 <= host.setting(PUSHER_TIMESTAMP_WINDOW) <= 86400:
+        raise ValueError("--pusher-timestamp-window must be 1 to 86400 seconds")
+
+
+@hookimpl
+def register_routes(host: Host) -> list[AnyRoute]:
+    from . import api, ws
+
+    apps = apps_of(host.settings)
+    if not apps:
+        return []
+    return [*ws.routes(host, apps), *api.routes(host, apps)]
+
+
+@hookimpl
+def register_functions(host: Host) -> Mapping[str, Callable[..., Any]]:
+    from . import functions
+
+    return functions.functions(host)
+
+
+@hookimpl
+def startup(host: Host) -> None:
+    from . import node
+
+    apps = apps_of(host.settings)
+    if apps:
+        node.start(host, apps)
+
+
+@hookimpl
+async def shutdown(host: Host) -> None:
+    from . import node
+
+    await node.stop(host)
