@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import pytest
 
 from realtime_centrifuge.emulation import _json_request, protobuf_request
 from realtime_centrifuge.emulation_routing import Emulation, Refused
+from realtime_centrifuge.node import Node
 from realtime_centrifuge.protobuf import client_pb2 as pb
 from realtime_hub.guard import IncomingLimits
 from realtime_hub.httpstream import BARE, EVENTS, LINES
@@ -131,3 +133,21 @@ async def test_concurrent_requests_share_one_read_of_the_node_list() -> None:
     results = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(result, Refused) and result.status == 404 for result in results)
     assert broker.reads == 1
+
+
+async def test_a_routed_request_for_another_node_is_not_parsed_by_this_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every process hears every routed request (the control channel is broadcast):
+    # one 64 KB request cost each of them two JSON parses, its node's listener's and
+    # the Centrifuge node's, whoever held the session.
+    layer, broker = _layer()
+    broker.listed.set()
+    await layer.dispatch("there", str(uuid.uuid4()), "x" * 60_000, "192.0.2.1")
+    [routed] = broker.published
+    parsed: list[object] = []
+    loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda data, **kw: parsed.append(data) or loads(data, **kw))
+    assert layer._control(routed) == 0  # this process is "here"
+    assert Node._control(SimpleNamespace(), routed) == 0  # type: ignore[arg-type]
+    assert parsed == []

@@ -43,6 +43,9 @@ log = logging.getLogger("realtime.centrifuge")
 #: own control handler (:meth:`.node.Node._control`) finds no connection for it.
 OP = "emulation"
 NOBODY = "\x00emulation"
+#: How a routed request begins (its ``op`` first): what every process's listeners look
+#: for before parsing, as each hears every control message.
+MARK = b'{"op":"emulation",'
 #: Requests of one session that may wait for the one being handled.
 MAX_WAITING = 16
 #: Sessions whose forwarded requests this process counts (their rate, when it does
@@ -227,7 +230,11 @@ class Emulation:
     def _control(self, message: bytes | Publication) -> int:
         """A routed request from another process, for a session held here."""
         data = message.data if isinstance(message, Publication) else message
-        if not isinstance(data, bytes) or b'"op":"emulation"' not in data[:64]:
+        if not isinstance(data, bytes) or not data.startswith(MARK):
+            return 0
+        # Another process's: the field as json.dumps wrote it (a quote inside a string
+        # is escaped, so no session or data can hold it), no parse of the whole.
+        if b'"node":%s,' % json.dumps(self.uid).encode() not in data:
             return 0
         try:
             parsed = json.loads(data)

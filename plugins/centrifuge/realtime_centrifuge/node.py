@@ -35,6 +35,7 @@ from .codes import (
     DisconnectError,
     Error,
 )
+from .emulation_routing import MARK as EMULATION_MARK
 from .history import read_history, read_presence, read_presence_stats, remove_history
 from .metrics import CentrifugeMetrics
 from .session import Session, SessionOptions
@@ -363,6 +364,8 @@ class Node:
         if len(data) > MAX_CONTROL_SIZE:
             log.warning("control message refused: over %d bytes", MAX_CONTROL_SIZE)
             return 0
+        if isinstance(data, bytes) and data.startswith(EMULATION_MARK):
+            return 0  # the emulation layer's: not parsed here too
         try:
             parsed = json.loads(data)
             op, user, client = parsed["op"], parsed["user"], parsed.get("client", "")
