@@ -206,6 +206,20 @@ async def test_uni_sse_with_cf_connect_and_with_a_post_body(
             assert encoded == ["news"]  # once for the three one-way clients
 
 
+async def test_one_way_streams_follow_the_fast_path_setting(server: tuple[Quart, int]) -> None:
+    """Taken over from Hypercorn with the fast path, through ASGI without it (as the
+    emulation's streams and WebSockets are)."""
+    app, port = server
+    fast_path = get_hub(get_host(app)).fast_path
+    params = cf_connect(token=token("cy", channels=["news"]))
+    async with stream(port, SSE, params=params) as get:
+        assert (await get.next())["connect"]["subs"] == {"news": {}}
+        (client,) = [c for c in get_hub(get_host(app)) if c.framing is not WEBSOCKET]
+        assert client.connection.chunked is fast_path  # taken over, or through ASGI
+        await script_broadcast(port, "either way")
+        assert await get.next() == {"channel": "news", "pub": {"data": "either way"}}
+
+
 async def test_uni_http_stream_gets_newline_delimited_pushes(server: tuple[Quart, int]) -> None:
     app, port = server
     body = json.dumps({"token": token("di", channels=["news"]), "name": "curl"})

@@ -330,6 +330,7 @@ def stream_endpoint(
                 high_water=hub.direct_limit,
                 farewell=farewell,
                 preamble=preamble,
+                take_over=hub.fast_path,  # --no-fast-path: through ASGI, as WebSockets
             )
         except BaseException:
             release()  # never attached: the hub will not
