@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from realtime_centrifuge.emulation import _json_request, protobuf_request
-from realtime_centrifuge.emulation_routing import Emulation, Refused
+from realtime_centrifuge.emulation_routing import FORWARDED_KIB_BURST, Emulation, Refused
 from realtime_centrifuge.node import Node
 from realtime_centrifuge.protobuf import client_pb2 as pb
 from realtime_hub.guard import IncomingLimits
@@ -120,6 +120,23 @@ async def test_requests_for_unknown_nodes_count_against_their_address() -> None:
         statuses.append(refused.value.status)
     assert statuses[:-1] == [404] * layer.address_rate.burst
     assert statuses[-1] == 429
+
+
+async def test_bytes_sent_on_to_other_processes_are_bounded_per_address() -> None:
+    # Every process parses every control message: one address's forwarded bytes are
+    # bounded (FORWARDED_KIB_BURST at once), whatever its request count allows.
+    layer, broker = _layer(rate=1000)
+    broker.listed.set()
+    command = "x" * 40_000  # about 40 KiB a request once wrapped
+    sent = 0
+    with pytest.raises(Refused) as refused:
+        for _ in range(20):
+            await layer.dispatch("there", str(uuid.uuid4()), command, "192.0.2.1")
+            sent += 1
+    assert refused.value.status == 429
+    assert sent == FORWARDED_KIB_BURST // 40  # the burst, then refused
+    assert sum(map(len, broker.published)) <= FORWARDED_KIB_BURST * 1024
+    await layer.dispatch("there", str(uuid.uuid4()), command, "192.0.2.2")  # others go on
 
 
 async def test_concurrent_requests_share_one_read_of_the_node_list() -> None:

@@ -53,6 +53,11 @@ MAX_WAITING = 16
 MAX_FORWARD_BUCKETS = 10_000
 #: Requests one client address may send on to other processes: this many sessions'.
 ADDRESS_RATE_FACTOR = 10
+#: What one client address may send on to other processes, KiB a second (and in a
+#: burst): every process hears each control message, so this is what one client can
+#: make the whole cluster parse. A WebSocket's bytes reach its own process only.
+FORWARDED_KIB_RATE = 1024
+FORWARDED_KIB_BURST = 256
 #: How long a list of the cluster's processes is trusted to say a node is unknown.
 NODES_TTL = 2.0
 #: The longest session id a request may name: the server gives UUIDs (36 characters).
@@ -110,6 +115,7 @@ class Emulation:
         )
         #: The largest request body, connect body or command frame: a WebSocket message's.
         self.max_size = limits.max_size
+        self.address_bytes = Rate(FORWARDED_KIB_RATE, FORWARDED_KIB_BURST)
         self.sessions: dict[str, _Held] = {}
         self._forwarded: dict[str, Bucket] = {}
         self._nodes: tuple[float, frozenset[str]] = (0.0, frozenset())
@@ -155,6 +161,8 @@ class Emulation:
         encoded = message.encode()
         if len(encoded) > MAX_CONTROL_SIZE:
             raise Refused(413, "request too large to route to its node")
+        kib = -(-len(encoded) // 1024)
+        self._take_forwarded("\x01" + address, self.address_bytes, kib)
         try:
             await self.node.broker.publish_control(encoded)
         except BrokerUnavailable:
@@ -186,7 +194,7 @@ class Emulation:
         finally:
             held.waiting -= 1
 
-    def _take_forwarded(self, key: str, rate: Rate) -> None:
+    def _take_forwarded(self, key: str, rate: Rate, count: int = 1) -> None:
         """Count a request sent on (or for an unknown node): against its session's
         rate, and its address's (:data:`ADDRESS_RATE_FACTOR` sessions' worth), so
         made-up sessions cannot turn one client into a flood of control messages to
@@ -196,7 +204,7 @@ class Emulation:
             if len(self._forwarded) >= MAX_FORWARD_BUCKETS:
                 self._forwarded.clear()
             bucket = self._forwarded[key] = Bucket(rate)
-        if not bucket.take():
+        if not bucket.take(count):
             raise Refused(429, "too many emulation requests")
 
     async def _known(self, node: str) -> bool:
