@@ -51,15 +51,20 @@ class ASGIRoute:
 
     For endpoints that hold thousands of connections, where Quart's per-connection
     objects (a request wrapper, a queue, two tasks) cost more than they give.
-    The path matches exactly.
+    The path matches exactly; with ``prefix``, every path under it too (the path then
+    ends in ``/``, and the longest matching prefix wins), for paths with a variable
+    part such as ``/apps/1/channels/{name}``. An exact route comes before any prefix.
     """
 
     path: str
     app: ASGIApp
     scope_types: tuple[str, ...] = ("http", "websocket")
+    prefix: bool = False
 
     def __post_init__(self) -> None:
         _check_path(self.path)
+        if self.prefix and not self.path.endswith("/"):
+            raise ValueError(f"a prefix route's path ends in '/': {self.path!r}")
         unknown = set(self.scope_types) - {"http", "websocket"}
         if unknown:
             raise ValueError(f"ASGIRoute scope types must be http or websocket, got {unknown}")
@@ -90,7 +95,9 @@ def check_routes(
     for plugin, routes in claims:
         for route in routes:
             for kind in route_kinds(route):
-                key = (kind, route.path)
+                # A prefix claims its subtree: "/a/" and the prefix "/a/" do not clash.
+                path = f"{route.path}*" if getattr(route, "prefix", False) else route.path
+                key = (kind, path)
                 if key in route_owner:
                     raise PluginError(
                         f"{kind} route {route.path!r} is claimed by both plugin "
@@ -122,12 +129,37 @@ class ASGIDispatcher:
 
     def __init__(self, fallback: ASGIApp, routes: list[ASGIRoute]) -> None:
         self.fallback = fallback
-        self.table = {(kind, route.path): route.app for route in routes for kind in route.kinds}
+        self.table = {
+            (kind, route.path): route.app
+            for route in routes
+            if not route.prefix
+            for kind in route.kinds
+        }
+        #: (kind, prefix, app), longest prefix first.
+        self.prefixes = sorted(
+            (
+                (kind, route.path, route.app)
+                for route in routes
+                if route.prefix
+                for kind in route.kinds
+            ),
+            key=lambda entry: -len(entry[1]),
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # A coroutine function, so servers that tell ASGI 3 from ASGI 2 by it serve
         # this alone too (the tests do).
-        app = self.table.get((scope["type"], scope.get("path")))
+        kind, path = scope["type"], scope.get("path")
+        app = self.table.get((kind, path))
+        if app is None and self.prefixes and isinstance(path, str):
+            app = next(
+                (
+                    entry[2]
+                    for entry in self.prefixes
+                    if entry[0] == kind and path.startswith(entry[1])
+                ),
+                None,
+            )
         await (app or self.fallback)(scope, receive, send)
 
 
@@ -157,3 +189,21 @@ async def deny_websocket(
         await send({"type": "websocket.http.response.body", "body": f"{body}\n".encode()})
     else:
         await send({"type": "websocket.close", "code": close_code})
+
+
+async def read_body(receive: Any, limit: int) -> bytes | None:
+    """An ASGI request's body, for an :class:`ASGIRoute`; None once it passes ``limit``
+    bytes, or when the client left first (nothing past the limit is kept)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from realtime import ASGIRoute, Host, log_access
+from realtime.routes import read_body
 from realtime_hub import HubClosed, Receive, Send
 from realtime_hub.httpstream import BARE, EVENTS, LINES, BodyFraming, open_response
 
@@ -88,23 +89,6 @@ def _header(scope: Any, name: bytes) -> bytes:
         if key.lower() == name:
             return bytes(value)
     return b""
-
-
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or ``None`` past ``limit`` bytes (or when the client left)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _refuse_method(scope: Any, send: Send, allowed: bytes) -> bool:

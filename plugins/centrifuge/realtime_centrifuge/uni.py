@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from realtime import ASGIRoute, Host
-from realtime.routes import deny_websocket
+from realtime.routes import deny_websocket, read_body
 from realtime_hub import ASGIConnection, Client, CloseCode, HubClosed, Receive, Send
 from realtime_hub.httpstream import LINES, BodyFraming, open_response
 from realtime_hub.stream import CHUNKED
@@ -195,23 +195,6 @@ def query_request(scope: Any) -> str | None:
     values = parse_qs(query, max_num_fields=32, strict_parsing=False, errors="strict")
     found = values.get(CONNECT_PARAM)
     return found[0] if found else None
-
-
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request's body, or None once it passes ``limit`` bytes (or the client left)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _declared_length(scope: Any) -> int | None:
