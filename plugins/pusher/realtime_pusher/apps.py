@@ -8,6 +8,7 @@ From the ``pusher_apps`` setting: in realtime.toml an array of tables
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -38,6 +39,10 @@ class PusherApp:
     channel_prefix: str | None = None
     #: Largest ``client-*`` event or HTTP API event data, bytes (Pusher's limit: 10 KB).
     max_event_size: int = 10 * 1024
+    #: The 32-byte key, base64, from which the auth endpoint derives each
+    #: ``private-encrypted-`` channel's ``shared_secret`` (as the server SDKs'
+    #: ``encryption_master_key_base64``); None: such channels cannot be authorized.
+    encryption_master_key_base64: str | None = None
 
     def __post_init__(self) -> None:
         for field in ("id", "key"):
@@ -51,6 +56,22 @@ class PusherApp:
             raise ValueError("a Pusher app's activity_timeout is 1 to 3600 seconds")
         if not 1 <= self.max_event_size <= 1024 * 1024:
             raise ValueError("a Pusher app's max_event_size is 1 byte to 1 MiB")
+        if self.encryption_master_key_base64 is not None and self.encryption_master_key is None:
+            raise ValueError(
+                f"the Pusher app {self.id!r}'s encryption_master_key_base64 is not "
+                "base64 of 32 bytes"
+            )
+
+    @property
+    def encryption_master_key(self) -> bytes | None:
+        """The decoded ``encryption_master_key_base64`` (None if unset or not 32 bytes)."""
+        if not isinstance(self.encryption_master_key_base64, str):
+            return None
+        try:
+            key = base64.b64decode(self.encryption_master_key_base64, validate=True)
+        except ValueError:
+            return None
+        return key if len(key) == 32 else None
 
 
 @dataclass(frozen=True, slots=True)
