@@ -388,3 +388,27 @@ async def test_bodies_over_the_limit_are_413_unread(served: tuple[Quart, int]) -
             f"http://127.0.0.1:{port}/apps/123/batch_events", content=b"x" * (300 * 1024)
         )
     assert response.status_code == 413 and "over" in response.text
+
+
+async def test_a_scripts_broadcast_names_its_event(
+    served: tuple[Quart, int], tmp_path: Path
+) -> None:
+    app, port = served
+    (tmp_path / "named.py").write_text(
+        'broadcast(request.values["data"], channel="news", event="order-shipped")\n'
+        'broadcast({"n": 1}, channel="news", event="as-json")\n'
+        'broadcast("plain", channel="news")\n'
+    )
+    news = recorder(app, "news")
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"http://127.0.0.1:{port}/named.py", data={"data": "boxed"})
+        assert response.status_code == 200, response.text
+        refused = tmp_path / "refused.py"
+        refused.write_text('broadcast("x", channel="news", event="")\n')
+        response = await http.post(f"http://127.0.0.1:{port}/refused.py")
+        assert response.status_code == 400 and "event name" in response.text
+    assert [(p.data, p.event, p.json) for p in news] == [
+        ("boxed", "order-shipped", False),
+        ('{"n":1}', "as-json", True),
+        ("plain", None, False),
+    ]

@@ -43,6 +43,8 @@ class MessageNotText(HTTPError, ValueError):
 JSONValue = dict[str, Any] | list[Any] | int | float | bool
 #: Longest channel name, in bytes, as in the Centrifuge protocol.
 MAX_CHANNEL_LENGTH = 255
+#: Longest event name, characters (Pusher's limit).
+MAX_EVENT_NAME = 200
 
 
 class InvalidChannel(HTTPError, ValueError):
@@ -65,14 +67,18 @@ class Broadcast(int):
         return result
 
 
-def broadcast(message: str | bytes | JSONValue, channel: str = DEFAULT_CHANNEL) -> Broadcast:
+def broadcast(
+    message: str | bytes | JSONValue, channel: str = DEFAULT_CHANNEL, *, event: str | None = None
+) -> Broadcast:
     """Send ``message`` to every client in ``channel`` (``default``: what ``/ws`` listens to).
 
     ``str`` goes as text and ``bytes`` as binary, exactly as given; a JSON value (dict,
     list, number, bool) as its JSON text, which JSON protocols embed as a value.
     Returns the number of clients it was queued for (across every process, with a
     distributed broker), a :class:`Broadcast` whose ``offset`` and ``epoch`` say where
-    it stands in a channel that keeps history; never waits on a client. Raises
+    it stands in a channel that keeps history; never waits on a client. ``event`` names
+    the message for protocols that name theirs (Pusher's event name, Mercure's
+    ``type``); others ignore it. Raises
     ``MessageTooLarge`` (413) over
     ``max_message_size``, ``MessageNotText`` (400) for a lone surrogate,
     ``InvalidChannel`` (400) for a bad channel name, ``TypeError`` for anything else,
@@ -106,11 +112,15 @@ def broadcast(message: str | bytes | JSONValue, channel: str = DEFAULT_CHANNEL) 
     else:
         size = len(message)
     _check_channel(channel)
+    if event is not None:
+        _check_event(event)
     host = current_host()
     limit = host.setting(MAX_MESSAGE_SIZE)
     if size > limit:
         raise MessageTooLarge(f"message is {size} bytes, over the {limit}-byte limit; not sent")
-    publication = Publication(message, json=True) if is_json else message
+    publication: str | bytes | Publication = message
+    if is_json or event is not None:
+        publication = Publication(message, json=is_json, event=event)
     result = get_broker(host).publish_result_sync(channel, publication)
     counted: Instrument | None = host.app.extensions.get(PUBLICATIONS_KEY)
     if counted is not None:
@@ -131,6 +141,21 @@ def _check_channel(channel: str) -> None:
     if not channel or length > MAX_CHANNEL_LENGTH or not channel.isprintable():
         raise InvalidChannel(
             f"channel name must be 1 to {MAX_CHANNEL_LENGTH} printable bytes; not sent"
+        )
+
+
+class InvalidEvent(HTTPError, ValueError):
+    """The event name is empty, too long or not printable text; nothing was sent."""
+
+    status = 400
+
+
+def _check_event(event: str) -> None:
+    if not isinstance(event, str):
+        raise TypeError(f"broadcast()'s event is a str or None, got {type(event).__name__}")
+    if not 1 <= len(event) <= MAX_EVENT_NAME or not event.isprintable():
+        raise InvalidEvent(
+            f"event name must be 1 to {MAX_EVENT_NAME} printable characters; not sent"
         )
 
 
