@@ -102,7 +102,7 @@ class Functions:
             if not (
                 isinstance(user_id, str) and 1 <= len(user_id) <= 200 and user_id.isprintable()
             ):
-                raise TypeError("channel_data's user_id is 1 to 200 printable characters")
+                raise AuthRefused("channel_data's user_id is 1 to 200 printable characters")
         elif channel_data is not None:
             raise TypeError("channel_data is for presence channels only")
         answer = {"auth": channel_auth(pusher_app.key, pusher_app.secret, socket_id, channel, data)}
@@ -133,7 +133,7 @@ class Functions:
         data = _json_text(user_data, "user_data")
         problem = fields.user_id_error(json.loads(data).get("id"))
         if problem:
-            raise TypeError(f"user_data's id: {problem}")
+            raise AuthRefused(f"user_data's id: {problem}")
         return {
             "auth": user_auth(pusher_app.key, pusher_app.secret, socket_id, data),
             "user_data": data,

@@ -1,0 +1,82 @@
+"""The drop-in auth endpoint (issue 22, item 2): app/pusher_auth.py answers pusher-js's
+form POST (``socket_id``, ``channel_name``) with the auth strings Pusher defines, for the
+user its cookie names, and refuses what it should."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from quart import Quart
+
+from realtime import create_app
+from realtime_pusher.signing import channel_auth, check_auth, user_auth
+
+from .test_fanout import hypercorn
+
+KEY, SECRET = "demo-key", "demo-secret"
+
+
+@pytest.fixture
+async def served(app_dir: Path) -> AsyncIterator[tuple[Quart, int]]:
+    apps = [{"id": "1", "key": KEY, "secret": SECRET}]
+    app = create_app(app_dir, settings={"pusher_apps": apps})
+    async with hypercorn(app) as port:
+        yield app, port
+
+
+async def auth(port: int, form: dict[str, str], user: str | None = "ann") -> httpx.Response:
+    cookies = {} if user is None else {"user": user}
+    async with httpx.AsyncClient(cookies=cookies) as http:
+        return await http.post(f"http://127.0.0.1:{port}/pusher_auth.py", data=form)
+
+
+async def test_private_presence_and_signin(served: tuple[Quart, int]) -> None:
+    _, port = served
+    response = await auth(port, {"socket_id": "123.456", "channel_name": "private-orders"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"auth"}
+    assert check_auth(channel_auth(KEY, SECRET, "123.456", "private-orders"), body["auth"])
+
+    response = await auth(port, {"socket_id": "123.456", "channel_name": "presence-room"})
+    body = response.json()
+    member: dict[str, Any] = json.loads(body["channel_data"])
+    assert member == {"user_id": "guest-ann", "user_info": {"name": "ann"}}
+    expected = channel_auth(KEY, SECRET, "123.456", "presence-room", body["channel_data"])
+    assert check_auth(expected, body["auth"])
+
+    # pusher:signin: socket_id alone.
+    response = await auth(port, {"socket_id": "123.456"})
+    body = response.json()
+    assert json.loads(body["user_data"]) == {"id": "guest-ann", "user_info": {"name": "ann"}}
+    assert check_auth(user_auth(KEY, SECRET, "123.456", body["user_data"]), body["auth"])
+    # The signature is for this socket only.
+    assert not check_auth(user_auth(KEY, SECRET, "123.457", body["user_data"]), body["auth"])
+
+
+@pytest.mark.parametrize(
+    ("form", "user", "status", "says"),
+    [
+        ({"socket_id": "1.2", "channel_name": "private-a"}, None, 403, "sign in"),
+        ({"socket_id": "1.2", "channel_name": "private-a"}, "x" * 65, 403, "sign in"),
+        ({"socket_id": "nope", "channel_name": "private-a"}, "ann", 400, "socket_id"),
+        ({"channel_name": "private-a"}, "ann", 400, "socket_id"),
+        ({"socket_id": "1.2", "channel_name": "news"}, "ann", 400, "public channel"),
+        ({"socket_id": "1.2", "channel_name": "private-a b"}, "ann", 400, "channel name"),
+        ({"socket_id": "1.2", "channel_name": "private-encrypted-a"}, "ann", 500, "master"),
+        ({"socket_id": "1.2"}, "a/b", 400, "id"),
+    ],
+)
+async def test_refusals(
+    served: tuple[Quart, int], form: dict[str, str], user: str | None, status: int, says: str
+) -> None:
+    _, port = served
+    response = await auth(port, form, user)
+    assert response.status_code == status, response.text
+    assert says in response.text
