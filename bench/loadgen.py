@@ -31,6 +31,16 @@ subscribes through ``POST --emulation-path`` once the connect reply named its se
 as centrifuge-js's ``http_stream`` transport does. ``clients.py`` has those wire
 formats; the deliveries are counted here, as for every protocol.
 
+With ``--protocol pusher`` the clients speak Pusher protocol 7 as pusher-js does
+(``--url`` is ``/app/<key>?protocol=7&...``): they wait for
+``pusher:connection_established``, send ``pusher:subscribe`` to ``--channel`` and
+count as connected once ``pusher_internal:subscription_succeeded`` came; each
+channel event's ``data`` is then a publication, and ``pusher:ping`` is answered with
+``pusher:pong``. With ``--protocol mercure`` each client is an ``EventSource`` on a
+Mercure hub: ``GET --url?topic=<--channel>``, connected once the 200 came, and
+each ``data:`` line of the event stream is a publication. ``protocols.py`` has
+those wire formats.
+
 With ``--channels C`` client i joins channel ``bench<i % C>`` (``/ws?channel=`` for raw
 clients, a subscription for Centrifuge ones), and publication k goes to channel
 ``bench<(k - 1) % C>`` through the server HTTP API (``--publish-api KEY``: ``POST
@@ -93,6 +103,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import clients
+import protocols
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: Linux: bind() picks the address now and the port at connect(), so ports scale per target.
@@ -151,6 +162,7 @@ def client_text(payload: bytes, opcode: int = 1) -> bytes:
 CENTRIFUGE_PING = b"{}"
 CENTRIFUGE_PONG = client_text(b"{}")
 PROTOBUF_PONG = client_text(clients.PROTOBUF_PONG, opcode=2)
+PUSHER_PONG = client_text(protocols.PUSHER_PONG)
 #: What precedes a publication's data in a ``pub`` push.
 DATA_KEY = b'"data":'
 PUSH = b'{"push":'
@@ -257,8 +269,8 @@ class Client(asyncio.Protocol):
         self.received = 0
         self.ooo = 0
         self.ended: str | None = None  # "close 1008", "eof", "error ..."
-        # --protocol centrifuge-http-stream: the response, not WebSocket frames.
-        self.stream = clients.HttpStream() if run.stream else None
+        # --protocol centrifuge-http-stream and mercure: the response, not WebSocket frames.
+        self.stream = clients.HttpStream() if run.stream or run.mercure else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
@@ -313,7 +325,7 @@ class Client(asyncio.Protocol):
                 # Connected once the connect and subscribe replies came (centrifuge_line).
                 assert self.transport is not None
                 self.transport.write(self.run.connect_frame(self.channel))
-            else:
+            elif not self.run.pusher:  # Pusher: once subscribed (pusher_message)
                 self.handshake.set_result(None)
         if self.buf:
             self.buf += data
@@ -394,6 +406,13 @@ class Client(asyncio.Protocol):
 
     def whole(self, payload: bytes, now: int) -> None:
         """A whole WebSocket message: binary protobuf replies, or what message() takes."""
+        if self.run.pusher:
+            data = protocols.pusher_data_fast(payload)  # the common case, a publication
+            if data is not None:
+                self.publication(data, now)
+            else:
+                self.pusher_message(payload, now)
+            return
         if not self.run.protobuf:
             self.message(payload, now)
             return
@@ -428,6 +447,36 @@ class Client(asyncio.Protocol):
         else:
             self.run.warm_received(self, data)
 
+    def pusher_message(self, payload: bytes, now: int) -> None:
+        """A Pusher message other than a publication with plain string data."""
+        try:
+            event = protocols.pusher_event(payload)
+        except ValueError as exc:
+            self.fail(f"bad Pusher message: {exc}")
+            return
+        name, transport = event.event, self.transport
+        if name == "pusher:ping":
+            self.run.pings += 1
+            if transport is not None:
+                transport.write(PUSHER_PONG)
+        elif name == "pusher:connection_established":
+            if protocols.pusher_socket_id(event) is None:
+                self.fail(f"bad connection_established {event.data[:80]!r}")
+            elif transport is not None:
+                channel = self.run.channel_names[self.channel]
+                transport.write(client_text(protocols.pusher_subscribe(channel)))
+        elif name == "pusher_internal:subscription_succeeded":
+            mine = event.channel == self.run.channel_names[self.channel]
+            if mine and not self.handshake.done():
+                self.handshake.set_result(None)
+        elif name in ("pusher:error", "pusher:subscription_error"):
+            self.fail(f"{name} {event.data[:120]}")
+        elif event.channel and not name.startswith("pusher"):
+            data = event.data.encode()  # data the fast path did not read (escapes, a value)
+            self.publication(clients.publication_data(data), now)
+        else:
+            self.run.other_pushes[payload[:80].decode(errors="replace")] += 1
+
     def replied(self) -> None:
         """The connect or the subscribe reply: connected once both came."""
         self.replies += 1
@@ -438,10 +487,16 @@ class Client(asyncio.Protocol):
         """HTTP streaming: the response's lines are the JSON codec's replies and pushes."""
         assert self.stream is not None
         now = now_ns()
+        mercure = self.run.mercure
         for line in self.stream.feed(data):
-            self.centrifuge_line(line, now)
+            if mercure:
+                self.sse_line(line, now)
+            else:
+                self.centrifuge_line(line, now)
             if self.ended is not None:
                 return
+        if mercure and self.stream.status == 200 and not self.handshake.done():
+            self.handshake.set_result(None)  # subscribed once the stream's head came
         if self.stream.error is not None:
             self.fail(self.stream.error)
         elif self.stream.ended and self.transport is not None:
@@ -476,6 +531,16 @@ class Client(asyncio.Protocol):
         else:
             self.last = seq
         self.run.delivered(seq, payload, dot, now)
+
+    def sse_line(self, line: bytes, now: int) -> None:
+        """One line of a Mercure event stream: ``data:`` is a publication."""
+        data = protocols.sse_data(line)
+        if data is not None:
+            self.publication(data, now)
+            return
+        name, _ = protocols.sse_field(line)
+        if name not in ("", "id", "event", "retry"):
+            self.run.other_pushes[line[:80].decode(errors="replace")] += 1
 
     def centrifuge_line(self, line: bytes, now: int) -> None:
         """One Centrifuge reply or push (a frame may hold several, joined by newlines)."""
@@ -544,6 +609,8 @@ class Run:
         self.centrifuge = args.protocol.startswith("centrifuge")
         self.protobuf = args.protocol == "centrifuge-protobuf"
         self.stream = args.protocol == "centrifuge-http-stream"
+        self.pusher = args.protocol == "pusher"
+        self.mercure = args.protocol == "mercure"
         self.sessions: dict[Client, tuple[str, str]] = {}  # stream clients' (session, node)
         self.emulations: set[asyncio.Task[None]] = set()
         self.emulation_errors: Counter[str] = Counter()
@@ -639,7 +706,9 @@ class Run:
         offer = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if self.args.offer_deflate else ""
         channel = index % len(self.channel_names)
         path = self.path
-        if self.args.channels and not self.centrifuge:  # raw: the channel is in the URL
+        if self.mercure:  # the channel is the topic
+            path = protocols.mercure_path(path, self.channel_names[channel])
+        elif self.args.channels and not (self.centrifuge or self.pusher):  # raw: in the URL
             path += ("&" if "?" in path else "?") + f"channel={self.channel_names[channel]}"
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -654,6 +723,8 @@ class Run:
             )
         elif self.stream:
             request = clients.http_stream_request(path, f"{self.host}:{self.port}", self.args.token)
+        elif self.mercure:
+            request = protocols.mercure_request(path, f"{self.host}:{self.port}")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
@@ -1303,10 +1374,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--protocol",
-        choices=("raw", "centrifuge", "centrifuge-protobuf", "centrifuge-http-stream"),
+        choices=(
+            "raw",
+            "centrifuge",
+            "centrifuge-protobuf",
+            "centrifuge-http-stream",
+            "pusher",
+            "mercure",
+        ),
         default="raw",
         help="raw: every message is a publication; centrifuge: connect + subscribe, pub pushes "
-        "(JSON; protobuf over WebSocket; JSON over HTTP streaming, see clients.py)",
+        "(JSON; protobuf over WebSocket; JSON over HTTP streaming, see clients.py); pusher: "
+        "protocol 7, subscribe, channel events; mercure: an SSE subscription (protocols.py)",
     )
     p.add_argument(
         "--emulation-path",
@@ -1314,7 +1393,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="centrifuge-http-stream: where commands after connect are POSTed",
     )
     p.add_argument("--token", default="", help="Centrifuge connection token (none: anonymous)")
-    p.add_argument("--channel", default="default", help="channel a Centrifuge client subscribes to")
+    p.add_argument(
+        "--channel",
+        default="default",
+        help="channel a Centrifuge or Pusher client subscribes to (a Mercure client's topic)",
+    )
     p.add_argument(
         "--channels",
         type=int,

@@ -15,7 +15,10 @@ The ``realtime-centrifuge`` row is the same server with Centrifuge-protocol clie
 ``realtime`` row of the same run in the "Centrifuge protocol vs raw /ws" table;
 ``realtime-centrifuge-protobuf`` (the protobuf codec) and
 ``realtime-centrifuge-http-stream`` (HTTP streaming with ``/emulation``) are set
-against it in "Centrifuge codecs and transports" (issue 21's targets). The
+against it in "Centrifuge codecs and transports" (issue 21's targets).
+``realtime-pusher`` (Pusher protocol 7 clients, as pusher-js) and
+``realtime-mercure`` (Mercure SSE subscribers, as EventSource) are set against the
+raw row in "Pusher and Mercure vs raw /ws" (issue 22's targets). The
 channels scenario puts 10,000 clients in 1,000 channels of 10 and publishes to one
 channel at a time, against a server holding only 10 clients (``--channels 0`` skips it).
 
@@ -64,6 +67,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import protocols
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
@@ -96,6 +101,11 @@ def hs256_token(secret: str, claims: dict[str, Any]) -> str:
 
 #: One connection token every Centrifuge client of a run reuses.
 TOKEN = hs256_token(TOKEN_SECRET, {"sub": "bench-user"})
+#: The Pusher app of the Pusher row: the first (only) app, so its channel names are
+#: the bus's and send.py's broadcast to ``default`` reaches its ``default`` subscribers.
+PUSHER_APP = ("bench", "bench-key", "bench-pusher-secret-0123456789abcdef")
+#: The Mercure row's JWT key: it turns the hub on; its subscribers are anonymous.
+MERCURE_KEY = "bench-mercure-key-0123456789abcdef0123"
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,29 @@ SERVERS: dict[str, Server] = {
             ("--token-hmac-secret", TOKEN_SECRET, "--client-ping-interval", "0"),
             ("--protocol", "centrifuge-http-stream", "--token", TOKEN),
             path="/connection/http_stream",
+        ),
+        Server(
+            "realtime-pusher",
+            "realtime",
+            "Pusher protocol 7 clients (as pusher-js): subscribe to a public channel",
+            (
+                *("--pusher-app-id", PUSHER_APP[0], "--pusher-app-key", PUSHER_APP[1]),
+                *("--pusher-app-secret", PUSHER_APP[2]),
+            ),
+            ("--protocol", "pusher"),
+            path=protocols.pusher_path(PUSHER_APP[1]),
+        ),
+        Server(
+            "realtime-mercure",
+            "realtime",
+            "Mercure SSE subscribers (as EventSource), anonymous, one topic",
+            (
+                *("--mercure-jwt-key", MERCURE_KEY, "--mercure-anonymous"),
+                # send.py's broadcast() is a "foreign" update: public, to reach anonymous.
+                *("--mercure-foreign-updates", "public"),
+            ),
+            ("--protocol", "mercure"),
+            path="/.well-known/mercure",
         ),
         Server("naive", "naive", "baseline: Quart, for ws in clients: await ws.send"),
         Server("websockets_lib", "websockets_lib", "baseline: websockets library broadcast()"),
@@ -265,6 +298,14 @@ CODEC_ROWS = {
     "realtime-centrifuge-protobuf": ("protobuf codec, WebSocket", 1.0),
     "realtime-centrifuge-http-stream": ("JSON codec, HTTP streaming", 1.3),
 }
+#: Issue 22: each row's CPU per delivery at most this many times raw /ws's (``realtime``)
+#: and its memory per connection at most raw's + this, at the same client count.
+PROTOCOL_ROWS = {
+    "realtime-pusher": "Pusher protocol 7, WebSocket",
+    "realtime-mercure": "Mercure, SSE (HTTP/1.1 stream)",
+}
+PROTOCOL_CPU_RATIO = 1.2
+PROTOCOL_EXTRA_KB = 4.0
 #: A publication to one of many channels costs at most this many times a broadcast
 #: on a server holding only that channel's clients.
 CHANNEL_CPU_RATIO = 2.0
@@ -1205,7 +1246,7 @@ def notes(r: dict[str, Any]) -> str:
         found.append(f"server counted {warm.get('server_count')}")
     other = (r.get("centrifuge") or {}).get("other_frames")
     if other:
-        found.append(f"unexpected Centrifuge frames {sum(other.values())}")
+        found.append(f"unexpected protocol frames {sum(other.values())}")
     emulation = (r.get("centrifuge") or {}).get("emulation_errors")
     if emulation:
         found.append(f"emulation requests failed {emulation}")
@@ -1311,6 +1352,11 @@ def main_tables(results: list[dict[str, Any]]) -> str:
         header = ["clients", "row", "codec, transport", "CPU µs/delivery", "KB/conn"]
         header += ["CPU µs/connect", "p50 ms", "p99 ms", "lost"]
         out += ["", "### Centrifuge codecs and transports (row vs realtime-centrifuge)", ""]
+        out.append(table(header, rows))
+    if rows := protocol_rows(ok):
+        header = ["clients", "row", "protocol, transport", "CPU µs/delivery", "KB/conn"]
+        header += ["CPU µs/connect", "p50 ms", "p99 ms", "lost"]
+        out += ["", "### Pusher and Mercure vs raw /ws (row vs realtime)", ""]
         out.append(table(header, rows))
     return "\n".join(out)
 
@@ -1569,6 +1615,49 @@ def codec_rows(ok: dict[tuple[str, int], dict[str, Any]]) -> list[list[str]]:
                     versus(row["latency_ms"]["p50"], json_row["latency_ms"]["p50"], 2),
                     versus(row["latency_ms"]["p99"], json_row["latency_ms"]["p99"], 2),
                     f"{fmt(row['lost'])} vs {fmt(json_row['lost'])}",
+                ]
+            )
+    return rows
+
+
+def protocol_rows(ok: dict[tuple[str, int], dict[str, Any]]) -> list[list[str]]:
+    """Issue 22: the Pusher and Mercure rows against raw /ws, same run and client count.
+
+    Two targets, each judged met or missed: CPU per delivery at most
+    ``PROTOCOL_CPU_RATIO`` times raw's, KB per connection at most raw's +
+    ``PROTOCOL_EXTRA_KB``; the rest is there to read them by.
+    """
+    rows = []
+    for n in sorted({clients for _, clients in ok}):
+        raw = ok.get(("realtime", n))
+        for name, what in PROTOCOL_ROWS.items():
+            row = ok.get((name, n))
+            if row is None or raw is None:
+                continue
+            a, b = row["server_cpu_us_per_delivery"], raw["server_cpu_us_per_delivery"]
+            good = a is not None and b is not None and a <= PROTOCOL_CPU_RATIO * b
+            cpu = f"{versus(a, b, 2)}: ≤ {PROTOCOL_CPU_RATIO:.2f}x {met(good)}"
+            if not (row["lost"] == 0 and row["connected"] == row["clients"]):
+                cpu += " (not every delivery made: see lost)"
+            a, b = row["kb_per_connection"], raw["kb_per_connection"]
+            good = a is not None and b is not None and a <= b + PROTOCOL_EXTRA_KB
+            extra = f"{a - b:+.1f} KB" if a is not None and b is not None else "-"
+            memory = f"{fmt(a, 1)} vs {fmt(b, 1)} ({extra}): ≤ +{PROTOCOL_EXTRA_KB:.0f} KB"
+            rows.append(
+                [
+                    fmt(n),
+                    name,
+                    what,
+                    cpu,
+                    f"{memory} {met(good)}",
+                    versus(
+                        row.get("server_cpu_us_per_connect"),
+                        raw.get("server_cpu_us_per_connect"),
+                        0,
+                    ),
+                    versus(row["latency_ms"]["p50"], raw["latency_ms"]["p50"], 2),
+                    versus(row["latency_ms"]["p99"], raw["latency_ms"]["p99"], 2),
+                    f"{fmt(row['lost'])} vs {fmt(raw['lost'])}",
                 ]
             )
     return rows

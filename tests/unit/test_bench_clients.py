@@ -1,10 +1,11 @@
-"""The load generator's protobuf and HTTP-streaming clients (bench/clients.py), no sockets.
+"""The load generator's protocol clients (bench/clients.py, bench/protocols.py), no sockets.
 
 The bytes a benchmark client sends are read back with the classes generated from
 client.proto, and what the server's own protobuf codec writes is read by the client's
 hand-written decoder, so the rows measure the protocol the SDKs speak. The HTTP
 stream parser is fed a chunked response cut at every byte; loadgen's client, fed
-frames by hand, counts protobuf and streamed deliveries as it counts JSON ones.
+frames by hand, counts protobuf and streamed deliveries as it counts JSON ones, and
+Pusher events and Mercure's ``data:`` lines as well.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def bench() -> Iterator[tuple[ModuleType, ModuleType]]:
         yield clients, loadgen
     finally:
         sys.path.remove(str(BENCH))
-        sys.modules.pop("loadgen", None)
-        sys.modules.pop("clients", None)
+        for name in ("loadgen", "clients", "protocols"):
+            sys.modules.pop(name, None)
 
 
 def split(frame: bytes) -> list[bytes]:
@@ -385,3 +386,182 @@ def test_run_py_judges_each_row_against_json_over_websocket(bench: Any) -> None:
     assert stream[-1] == "3 vs 0"
     assert "### Centrifuge codecs and transports" in run.main_tables(results)
     assert run.codec_rows({("realtime-centrifuge-protobuf", 5000): results[1]}) == []
+
+
+def protocols_module() -> ModuleType:
+    """bench/protocols.py (the fixture put bench/ on the path for loadgen's import)."""
+    return sys.modules["protocols"]
+
+
+def test_pusher_requests_are_what_pusher_js_sends(bench: Any) -> None:
+    protocols = protocols_module()
+    assert (
+        protocols.pusher_path("k 1") == "/app/k%201?protocol=7&client=js&version=8.4.0&flash=false"
+    )
+    assert json.loads(protocols.pusher_subscribe("news")) == {
+        "event": "pusher:subscribe",
+        "data": {"auth": "", "channel": "news"},
+    }
+    assert json.loads(protocols.PUSHER_PONG) == {"event": "pusher:pong", "data": {}}
+
+
+@pytest.mark.parametrize(
+    ("payload", "data"),
+    [
+        (b'{"event":"news","channel":"default","data":"m1.5.xx"}', b"m1.5.xx"),
+        (b'{"channel":"default","data":"w3","event":"x"}', b"w3"),
+        (b'{"event":"e","channel":"c","data":"\\"m2.7.x\\""}', b"m2.7.x"),  # JSON text
+        (b'{"event":"e","channel":"c","data":"a\\nb"}', None),  # an escape: the full parse
+        (b'{"event":"e","channel":"c","data":{"a":1}}', None),  # not a string
+        (b'{"event":"pusher:ping","data":{}}', None),
+        (b'{"channel":"c","event":"pusher_internal:subscription_succeeded","data":"{}"}', None),
+        (b'{"event":"e","channel":"c"}', None),
+    ],
+)
+def test_pusher_fast_path_reads_plain_publications_only(
+    bench: Any, payload: bytes, data: bytes | None
+) -> None:
+    protocols = protocols_module()
+    assert protocols.pusher_data_fast(payload) == data
+    if data is not None:  # what the fast path reads, the full parse reads too
+        assert protocols.pusher_event(payload).data.strip('"').encode() == data
+
+
+def test_pusher_events_parse_and_refuse(bench: Any) -> None:
+    protocols = protocols_module()
+    welcome = {"socket_id": "12.34", "activity_timeout": 120}
+    established = json.dumps(
+        {"event": "pusher:connection_established", "data": json.dumps(welcome)}
+    ).encode()
+    event = protocols.pusher_event(established)
+    assert (event.event, event.channel) == ("pusher:connection_established", "")
+    assert event.value == {"socket_id": "12.34", "activity_timeout": 120}
+    assert protocols.pusher_socket_id(event) == "12.34"
+    odd = protocols.pusher_event(
+        b'{"event":"pusher:connection_established","data":{"socket_id":"x.1"}}'
+    )
+    assert odd.data == '{"socket_id":"x.1"}' and protocols.pusher_socket_id(odd) is None
+    assert protocols.pusher_event(b'{"event":"e","channel":"c","data":"text"}').value is None
+    for bad in (b"nope", b"[1]", b'{"event":5}', b'{"data":"x"}'):
+        with pytest.raises(ValueError, match="not"):
+            protocols.pusher_event(bad)
+
+
+def test_mercure_request_and_event_stream_lines(bench: Any) -> None:
+    protocols = protocols_module()
+    path = protocols.mercure_path("/.well-known/mercure", "https://x/a b")
+    assert path == "/.well-known/mercure?topic=https%3A%2F%2Fx%2Fa%20b"
+    assert protocols.mercure_path("/hub?x=1", "t") == "/hub?x=1&topic=t"
+    head = protocols.mercure_request(path, "127.0.0.1:9")
+    assert head.startswith(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:9\r\n".encode())
+    assert b"Accept: text/event-stream\r\n" in head and head.endswith(b"\r\n\r\n")
+    assert protocols.sse_data(b"data: m1.2.x") == b"m1.2.x"
+    assert protocols.sse_data(b"data:m1.2.x\r") == b"m1.2.x"
+    assert protocols.sse_data(b'data: "w4"') == b"w4"  # a JSON string loses its quotes
+    assert protocols.sse_data(b"data:  two") == b" two"  # only one space goes
+    assert protocols.sse_data(b"id: urn:uuid:1") is None
+    assert protocols.sse_data(b":heartbeat") is None
+    assert protocols.sse_field(b": hi\r") == ("", b" hi")
+    assert protocols.sse_field(b"id: urn:1") == ("id", b"urn:1")
+    assert protocols.sse_field(b"retry:5000") == ("retry", b"5000")
+    assert protocols.sse_field(b"event") == ("event", b"")
+
+
+def pusher_text(message: dict[str, Any]) -> bytes:
+    return server_frame(1, json.dumps(message, separators=(",", ":")).encode())
+
+
+async def test_pusher_client_subscribes_then_counts_events(bench: Any) -> None:
+    _, loadgen = bench
+    protocols = protocols_module()
+    run, client, transport = new_client(loadgen, "pusher")
+    client.data_received(b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: acc\r\n\r\n")
+    assert transport.written == [b"GET / HTTP/1.1\r\n\r\n"]  # nothing until established
+    data = json.dumps({"socket_id": "1.2", "activity_timeout": 120})
+    client.data_received(pusher_text({"event": "pusher:connection_established", "data": data}))
+    assert unmask(transport.written[-1]) == (1, protocols.pusher_subscribe("default"))
+    assert not client.handshake.done()
+    succeeded = {
+        "event": "pusher_internal:subscription_succeeded",
+        "channel": "other",
+        "data": "{}",
+    }
+    client.data_received(pusher_text(succeeded))
+    assert not client.handshake.done()  # another channel's
+    client.data_received(pusher_text(succeeded | {"channel": "default"}))
+    assert client.handshake.done() and client.ended is None
+    run.broadcasts[1] = loadgen.Broadcast(0, 1, asyncio.get_running_loop().create_future())
+    now = loadgen.now_ns()
+    for seq, quoted in ((1, False), (2, True), (2, False)):
+        text = f"m{seq}.{now}.xx"
+        event = {
+            "event": "message",
+            "channel": "default",
+            "data": json.dumps(text) if quoted else text,
+        }
+        client.data_received(pusher_text(event))
+    client.data_received(pusher_text({"event": "pusher:ping", "data": {}}))
+    assert (client.received, client.last, client.ooo, run.delivered_total) == (3, 2, 1, 3)
+    assert run.broadcasts[1].done.done()
+    assert unmask(transport.written[-1]) == (1, protocols.PUSHER_PONG) and run.pings == 1
+    client.data_received(pusher_text({"event": "pusher:error", "data": {"code": 4201}}))
+    assert client.ended is not None and "pusher:error" in client.ended and transport.closed
+
+
+async def test_pusher_client_refuses_a_bad_welcome(bench: Any) -> None:
+    _, loadgen = bench
+    _, client, transport = new_client(loadgen, "pusher")
+    client.data_received(b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: acc\r\n\r\n")
+    welcome = {"event": "pusher:connection_established", "data": '{"socket_id":"abc"}'}
+    client.data_received(pusher_text(welcome))
+    assert client.ended is not None and "bad connection_established" in client.ended
+    assert client.handshake.done() and transport.closed
+
+
+async def test_mercure_client_is_subscribed_by_the_head_and_counts_data_lines(bench: Any) -> None:
+    _, loadgen = bench
+    run, client, transport = new_client(loadgen, "mercure")
+    head = b"HTTP/1.1 200 \r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    client.data_received(head)
+    assert client.handshake.done() and client.ended is None
+    now = loadgen.now_ns()
+    events = b":\n" + b"".join(
+        b"id: urn:uuid:%d\ndata: m%d.%d.xx\n\n" % (k, k, now) for k in (1, 2)
+    )
+    client.data_received(b"%x\r\n%s\r\n" % (len(events), events))
+    client.data_received(b"%x\r\nretry: 5000\nbogus: 1\n\r\n" % 22)
+    assert (client.received, client.last, run.delivered_total) == (2, 2, 2)
+    assert list(run.other_pushes) == ["bogus: 1"]
+    assert transport.written == [b"GET / HTTP/1.1\r\n\r\n"]
+    client.data_received(b"0\r\n\r\n")
+    assert transport.closed
+
+
+async def test_mercure_client_fails_on_a_refused_subscription(bench: Any) -> None:
+    _, loadgen = bench
+    _, client, transport = new_client(loadgen, "mercure")
+    client.data_received(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+    assert client.ended is not None and "401" in client.ended and transport.closed
+    with pytest.raises(ConnectionError):
+        client.handshake.result()
+
+
+def test_run_py_judges_pusher_and_mercure_against_raw(bench: Any) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(BENCH))
+        sys.modules.pop("run", None)
+    results = [row("realtime", 5.0), row("realtime-pusher", 5.9), row("realtime-mercure", 6.5, 2)]
+    results[2]["kb_per_connection"] = 11.0
+    ok = {(r["server"], r["clients"]): r for r in results}
+    pusher, mercure = run.protocol_rows(ok)
+    assert pusher[1] == "realtime-pusher"
+    assert pusher[3] == "5.90 vs 5.00 (1.18x): ≤ 1.20x met"
+    assert pusher[4] == "6.5 vs 6.5 (+0.0 KB): ≤ +4 KB met"
+    assert mercure[3].startswith("6.50 vs 5.00 (1.30x): ≤ 1.20x **missed** (not every")
+    assert mercure[4] == "11.0 vs 6.5 (+4.5 KB): ≤ +4 KB **missed**"
+    assert mercure[-1] == "2 vs 0"
+    assert "### Pusher and Mercure vs raw /ws" in run.main_tables(results)
+    assert run.protocol_rows({("realtime-pusher", 5000): results[1]}) == []
