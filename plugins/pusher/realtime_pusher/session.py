@@ -52,6 +52,7 @@ class PusherSession:
     __slots__ = (
         "app",
         "client",
+        "ended",
         "event_tat",
         "fmt",
         "last_seen",
@@ -80,6 +81,8 @@ class PusherSession:
         self.last_seen = time.monotonic()
         self.pinged = False
         self.event_tat = 0.0
+        #: The connection is over (:meth:`closed`): a subscribe under way undoes itself.
+        self.ended = False
 
     # Sending ------------------------------------------------------------------
 
@@ -122,6 +125,7 @@ class PusherSession:
         return None
 
     def closed(self) -> None:
+        self.ended = True
         node = self.node
         node.unregister(self)
         for sub in self.subs.values():
@@ -147,6 +151,8 @@ class PusherSession:
     # Subscriptions ------------------------------------------------------------
 
     async def _subscribe(self, data: Any) -> None:
+        if self.ended:
+            return
         if not isinstance(data, dict):
             self.send(wire.error("pusher:subscribe needs data with a channel"))
             return
@@ -216,10 +222,15 @@ class PusherSession:
             self.node.remember_user(app, user_id, self)
             info = None if user_info is None else wire.dumps(user_info)
             await hub.ready(bus)
+            broker = self.node.broker
             try:
-                await self.node.broker.join_presence(bus, Member(self.socket_id, user_id, info))
+                await broker.join_presence(bus, Member(self.socket_id, user_id, info))
             except (ValueError, BrokerError) as exc:
                 log.warning("pusher: presence join on %r failed: %r", bus, exc)
+            if self.ended or self.subs.get(channel) is not sub:
+                # Gone while joining: its leave may have gone before the join.
+                await broker.leave_presence(bus, self.socket_id)
+                return
         else:
             await hub.ready(bus)
         if self.subs.get(channel) is sub:
@@ -384,7 +395,9 @@ class PusherSession:
         if sub is None:
             self.send(wire.error("client events go to a channel subscribed to", refused, where))
             return
-        if sub.kind not in ("private", "encrypted", "presence"):
+        if sub.kind not in ("private", "presence"):
+            # Not on encrypted channels either: their data is the clients' ciphertext,
+            # and pusher-js refuses to send client events there.
             self.send(
                 wire.error("client events go to private and presence channels", refused, where)
             )
