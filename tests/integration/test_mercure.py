@@ -75,17 +75,38 @@ async def server(
 
 
 class Events:
-    """Server-sent events as a client parses them: a dict of fields per event."""
+    """Server-sent events as a client parses them: a dict of fields per event.
+
+    One task reads the lines into a queue, so a wait that times out loses nothing.
+    """
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        self.lines = response.aiter_lines()
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.comments = 0
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for line in self.response.aiter_lines():
+                self.queue.put_nowait(line)
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.queue.put_nowait(None)
+
+    async def _line(self) -> str:
+        line = await self.queue.get()
+        if line is None:
+            self.queue.put_nowait(None)
+            raise EOFError("the stream ended")
+        return line
 
     async def next(self, timeout: float = 5.0) -> dict[str, str]:
         async with asyncio.timeout(timeout):
             event: dict[str, str] = {}
-            async for line in self.lines:
+            while True:
+                line = await self._line()
                 if line == "":
                     if event:
                         return event
@@ -99,12 +120,12 @@ class Events:
                     event["data"] += "\n" + value
                 else:
                     event[name] = value
-            raise EOFError("the stream ended")
 
     async def comment(self, timeout: float = 5.0) -> None:
         """Wait for the next comment line (a heartbeat, or the stream's first line)."""
         async with asyncio.timeout(timeout):
-            async for line in self.lines:
+            while True:
+                line = await self._line()
                 if line.startswith(":"):
                     self.comments += 1
                     return
@@ -132,7 +153,11 @@ async def subscribe(
     ):
         assert response.status_code == 200, await response.aread()
         assert response.headers["content-type"].startswith("text/event-stream")
-        yield Events(response)
+        events = Events(response)
+        try:
+            yield events
+        finally:
+            events.reader.cancel()
 
 
 async def wait_subscribed(app: Quart, channel: str, count: int = 1) -> None:
@@ -306,7 +331,7 @@ async def test_bad_input_is_a_4xx(tmp_path: Path) -> None:
         assert (
             await http.post(url, data={"topic": "https://x/.well-known/mercure"}, headers=pub)
         ).status_code == 403
-        assert (await http.post(url, content=b"x" * (200 * 1024), headers=pub)).status_code == 413
+        assert (await http.post(url, content=b"x" * (300 * 1024), headers=pub)).status_code == 413
         big = {"topic": BOOK, "data": "x" * (64 * 1024 + 1)}
         assert (await http.post(url, data=big, headers=pub)).status_code == 413
         assert (await http.post(url, data={"topic": BOOK}, headers=pub)).status_code == 200
@@ -389,3 +414,53 @@ async def test_foreign_updates_may_be_public(tmp_path: Path) -> None:
         async with httpx.AsyncClient() as http:
             await http.get(f"http://127.0.0.1:{port}/send.py", params={"m": "public", "c": BOOK})
         assert await events.next() == {"data": "public"}
+
+
+async def test_an_unknown_last_event_id_replays_nothing(server: tuple[Quart, int]) -> None:
+    _app, port = server
+    await publish(port, BOOK, "kept", id="k1")
+    async with subscribe(port, BOOK, headers={"last-event-id": "never-seen"}) as events:
+        assert events.response.headers["last-event-id"] == "k1"
+        await events.nothing()
+        await publish(port, BOOK, "live", id="k2")
+        assert await events.next() == {"id": "k2", "data": "live"}
+
+
+async def test_without_history_the_resume_point_is_earliest(tmp_path: Path) -> None:
+    async with (
+        served(tmp_path, mercure_history_size=0) as (app, port),
+        subscribe(port, BOOK, headers={"last-event-id": "x"}) as events,
+    ):
+        assert events.response.headers["last-event-id"] == "earliest"
+        await wait_subscribed(app, BOOK)
+        await publish(port, BOOK, "live", id="l1")
+        assert await events.next() == {"id": "l1", "data": "live"}
+
+
+async def test_a_replay_keeps_foreign_publications_in_their_place(tmp_path: Path) -> None:
+    async with served(tmp_path) as (_app, port), httpx.AsyncClient() as http:
+        await publish(port, BOOK, "one", id="f1")
+        await publish(port, BOOK, "two", id="f2")
+        sent = await http.get(f"http://127.0.0.1:{port}/send.py", params={"m": "script", "c": BOOK})
+        assert sent.status_code == 200
+        await publish(port, BOOK, "three", id="f3")
+        grant = token(subscribe=["*"])
+        async with subscribe(
+            port, BOOK, jwt_token=grant, headers={"last-event-id": "f1"}
+        ) as events:
+            assert await events.next() == {"id": "f2", "data": "two"}
+            assert await events.next() == {"data": "script"}
+            assert await events.next() == {"id": "f3", "data": "three"}
+
+
+async def test_without_a_subscriber_key_everyone_reads_public_updates(tmp_path: Path) -> None:
+    async with (
+        served(
+            tmp_path, mercure_jwt_key="", mercure_publisher_jwt_key=KEY, mercure_anonymous=False
+        ) as (app, port),
+        subscribe(port, BOOK, jwt_token=token(subscribe=["*"])) as events,
+    ):
+        await wait_subscribed(app, BOOK)
+        await publish(port, BOOK, "private", private="1", id="n1")
+        await publish(port, BOOK, "public", id="n2")
+        assert await events.next() == {"id": "n2", "data": "public"}

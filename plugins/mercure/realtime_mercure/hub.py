@@ -50,7 +50,7 @@ MAX_QUERY_SIZE = 16 * 1024
 MAX_FIELDS = 128
 #: The longest update ``id`` or ``type`` (the broker's bound on names).
 MAX_NAME = 512
-#: Form fields besides ``data`` and the topics: room for them in the body.
+#: Form fields besides ``data`` (url-encoded, up to three times its size): room in the body.
 FORM_SLACK = 16 * 1024
 #: Addresses whose publish rate is tracked at once (the oldest are forgotten).
 MAX_TRACKED = 10_000
@@ -221,18 +221,26 @@ class MercureNode:
     ) -> None:
         config = self.config
         query = self.query(scope)
-        try:
-            token = find_token(scope, query, post=False, origin_allowed=True)
-        except Unauthorized:
-            raise _Refused(401, "Unauthorized", [(b"www-authenticate", b"Bearer")]) from None
-        grant = self.grant(config.subscriber, token)
-        if grant is None and config.subscriber.key and not config.anonymous:
-            raise _Refused(401, "Unauthorized", [(b"www-authenticate", b"Bearer")])
+        grant: Grant | None = None
+        if config.subscriber.key:  # else, as Go: everyone subscribes, to public updates
+            try:
+                token = find_token(scope, query, post=False, origin_allowed=True)
+            except Unauthorized:
+                raise _Refused(401, "Unauthorized", [(b"www-authenticate", b"Bearer")]) from None
+            grant = self.grant(config.subscriber, token)
+            if grant is None and not config.anonymous:
+                raise _Refused(401, "Unauthorized", [(b"www-authenticate", b"Bearer")])
         selectors = query.get("topic", [])
         if not selectors:
             raise _Refused(400, 'Missing "topic" parameter.')
         if len(selectors) > config.max_topics:
             raise _Refused(400, 'Too many "topic" parameters.')
+        try:
+            hub = get_hub(self.host)
+            broker = get_broker(self.host)
+        except (HubClosed, BrokerUnavailable):
+            raise _Refused(503, "Service Unavailable") from None
+        longest = hub.rules.max_channel_length
         exact: set[str] = set()
         templates: list[str] = []
         for selector in selectors:
@@ -243,8 +251,8 @@ class MercureNode:
             if is_template(selector):
                 if selector not in templates:
                     templates.append(selector)
-            elif not _channel_name(selector):
-                raise _Refused(400, "A topic is 1 to 255 printable bytes")
+            elif not _channel_name(selector, longest):
+                raise _Refused(400, f"A topic is 1 to {longest} printable bytes")
             else:
                 exact.add(selector)
         fmt = self.subscription(
@@ -256,11 +264,6 @@ class MercureNode:
         last_id = (
             last_ids[0].decode("latin-1") if last_ids else (query.get("lastEventID") or [""])[0]
         )
-        try:
-            hub = get_hub(self.host)
-            broker = get_broker(self.host)
-        except (HubClosed, BrokerUnavailable):
-            raise _Refused(503, "Service Unavailable") from None
         if not hub.running:
             raise _Refused(503, "Service Unavailable")
         channels = fmt.channels()
@@ -378,7 +381,7 @@ class MercureNode:
         if not self.may_publish(scope):
             raise _Refused(429, "Too Many Requests")
         query = self.query(scope)
-        limit = config.max_message_size + FORM_SLACK
+        limit = 3 * config.max_message_size + FORM_SLACK  # %XX for every byte, at worst
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             raise _Refused(413, "Request Entity Too Large")
@@ -405,6 +408,11 @@ class MercureNode:
             )
         except (ValueError, UnicodeDecodeError):
             raise _Refused(400, "Bad Request") from None
+        try:
+            broker = get_broker(self.host)
+            longest = get_hub(self.host).rules.max_channel_length
+        except (HubClosed, BrokerUnavailable):
+            raise _Refused(503, "Service Unavailable") from None
         topics = tuple(dict.fromkeys(form.get("topic", [])))
         if not topics:
             raise _Refused(400, 'Missing "topic" parameter')
@@ -413,8 +421,8 @@ class MercureNode:
         for topic in topics:
             if RESERVED in topic:
                 raise _Refused(403, 'topic value references the reserved "/.well-known/mercure"')
-            if not _channel_name(topic):
-                raise _Refused(400, "A topic is 1 to 255 printable bytes")
+            if not _channel_name(topic, longest):
+                raise _Refused(400, f"A topic is 1 to {longest} printable bytes")
         private = "private" in form
         if not all(any_match(grant.publish, (topic,)) for topic in topics):
             raise _Refused(401, "Unauthorized")
@@ -435,7 +443,6 @@ class MercureNode:
         attrs = update_attrs(topics, private=private, retry=retry, at=time.time_ns())
         publication = Publication(data, event=event, id=update_id, attrs=attrs)
         try:
-            broker = get_broker(self.host)
             await asyncio.gather(
                 *(broker.publish_result(channel, publication) for channel in (*topics, TEMPLATES))
             )
@@ -469,29 +476,35 @@ def _replayed(
 ) -> list[tuple[int, int, str, Publication]]:
     """What came after the update ``last_id`` in the kept channels' history, oldest
     first (all for ``earliest``, none if no channel holds it): after it in the channel
-    holding it, published later than it in the others."""
+    holding it, published later than it in the others. A publication of another
+    protocol has no time of its own: it takes the one of the update before it."""
+    timed: dict[str, list[tuple[int, int, str, Publication]]] = {}
+    for channel, result in reads.items():
+        at = 0
+        timed[channel] = entries = []
+        for publication in result.publications:
+            at = max(at, published_at(publication))
+            entries.append((at, publication.offset, channel, publication))
     items: list[tuple[int, int, str, Publication]] = []
     if last_id == EARLIEST:
-        for channel, result in reads.items():
-            items.extend((published_at(p), p.offset, channel, p) for p in result.publications)
+        for entries in timed.values():
+            items.extend(entries)
         return sorted(items, key=lambda item: (item[0], item[1]))
     resume_at: int | None = None
     found: dict[str, int] = {}
-    for channel, result in reads.items():
-        for index, publication in enumerate(result.publications):
-            if publication.id == last_id:
+    for channel, entries in timed.items():
+        for index, entry in enumerate(entries):
+            if entry[3].id == last_id:
                 found[channel] = index
-                resume_at = published_at(publication)
+                resume_at = entry[0]
                 break
     if resume_at is None:
         return []
-    for channel, result in reads.items():
-        publications = result.publications
+    for channel, entries in timed.items():
         if channel in found:
-            later = publications[found[channel] + 1 :]
+            items.extend(entries[found[channel] + 1 :])
         else:
-            later = tuple(p for p in publications if published_at(p) > resume_at)
-        items.extend((published_at(p), p.offset, channel, p) for p in later)
+            items.extend(entry for entry in entries if entry[0] > resume_at)
     return sorted(items, key=lambda item: (item[0], item[1]))
 
 
@@ -500,12 +513,14 @@ def _one(form: Mapping[str, list[str]], name: str) -> str:
     return values[0] if values else ""
 
 
-def _channel_name(topic: str) -> bool:
+def _channel_name(topic: str, longest: int) -> bool:
+    """Whether ``topic`` can be a channel: printable (so never an internal channel),
+    within the hub's ``max_channel_length`` in UTF-8."""
     try:
         size = len(topic.encode())
     except UnicodeEncodeError:
         return False
-    return 0 < size <= 255 and topic.isprintable()
+    return 0 < size <= longest and topic.isprintable()
 
 
 def _content_length(scope: Any) -> int | None:
