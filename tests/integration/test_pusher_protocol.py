@@ -432,3 +432,11 @@ async def test_the_origin_check_covers_pusher_handshakes(port: int) -> None:
     assert info.value.response.status_code == 403
     async with pusher(port, origin=f"http://127.0.0.1:{port}") as client:
         assert client.socket_id
+
+
+async def test_the_default_event_is_a_setting(tmp_path: Path) -> None:
+    app = served_app(tmp_path, pusher_default_event="update")
+    async with hypercorn(app) as port, pusher(port) as client:
+        await client.subscribe("news")
+        await get_broker(get_host(app)).publish("news", "hi")
+        assert await client.raw() == {"event": "update", "channel": "news", "data": "hi"}

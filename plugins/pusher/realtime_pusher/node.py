@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from realtime import Host, Option
+from realtime import Host
 from realtime_broker import (
     MAX_CONTROL_SIZE,
     Broker,
@@ -35,6 +35,7 @@ from realtime_hub import Client, Hub, get_hub
 
 from . import wire
 from .apps import Apps, PusherApp
+from .plugin import PUSHER_DEFAULT_EVENT
 
 if TYPE_CHECKING:
     from .session import PusherSession
@@ -45,13 +46,6 @@ log = logging.getLogger("realtime.pusher")
 EXTENSION_KEY = "realtime_pusher.node"
 #: The Pusher channel a signed-in user's own events go to (as Pusher names it).
 USER_CHANNEL_PREFIX = wire.USER_CHANNEL_PREFIX
-#: The event name of a publication that has none (a script's ``broadcast("hi",
-#: channel="news")``): pusher-js subscribers bind it (``channel.bind("message", ...)``).
-PUSHER_DEFAULT_EVENT = Option(
-    "pusher_default_event",
-    "message",
-    "the Pusher event name of a publication that names none (a script's broadcast)",
-)
 #: The control messages' op (the Centrifuge node ignores ops it does not know).
 TERMINATE_OP = "pusher.terminate"
 
@@ -102,6 +96,8 @@ class PusherNode:
         self.apps = apps
         self.hub = hub
         self.broker = broker
+        #: The event name of a publication that has none (a script's ``broadcast("hi",
+        #: channel="news")``), as pusher-js binds it (``channel.bind("message", ...)``).
         self.default_event: str = PUSHER_DEFAULT_EVENT.get(host.settings) or "message"
         self.formats = {app.id: PusherFormat(apps.prefix(app), self.default_event) for app in apps}
         #: This host's sessions in each presence bus channel, by hub client id.
@@ -312,4 +308,4 @@ async def stop(host: Host) -> None:
         await node.close()
 
 
-__all__ = ["PUSHER_DEFAULT_EVENT", "PusherFormat", "PusherNode", "get_node"]
+__all__ = ["PusherFormat", "PusherNode", "get_node"]

@@ -34,6 +34,12 @@ PUSHER_TIMESTAMP_WINDOW = Option(
     "seconds an HTTP API request's auth_timestamp may be off the server's clock",
     type=int,
 )
+PUSHER_DEFAULT_EVENT = Option(
+    "pusher_default_event",
+    "message",
+    "the Pusher event name of a publication that names none (a script's broadcast()), "
+    "as pusher-js binds it: channel.bind('message', ...)",
+)
 
 
 def apps_of(settings: Mapping[str, Any]) -> Apps:
@@ -53,7 +59,14 @@ def apps_of(settings: Mapping[str, Any]) -> Apps:
 
 @hookimpl
 def register_options() -> list[Option[Any]]:
-    return [PUSHER_APPS, PUSHER_APP_ID, PUSHER_APP_KEY, PUSHER_APP_SECRET, PUSHER_TIMESTAMP_WINDOW]
+    return [
+        PUSHER_APPS,
+        PUSHER_APP_ID,
+        PUSHER_APP_KEY,
+        PUSHER_APP_SECRET,
+        PUSHER_TIMESTAMP_WINDOW,
+        PUSHER_DEFAULT_EVENT,
+    ]
 
 
 @hookimpl
@@ -61,6 +74,8 @@ def validate(host: Host) -> None:
     apps_of(host.settings)
     if not 1 <= host.setting(PUSHER_TIMESTAMP_WINDOW) <= 86400:
         raise ValueError("--pusher-timestamp-window must be 1 to 86400 seconds")
+    if not 1 <= len(host.setting(PUSHER_DEFAULT_EVENT)) <= 200:
+        raise ValueError("--pusher-default-event must be 1 to 200 characters")
 
 
 @hookimpl
