@@ -440,3 +440,31 @@ async def test_the_default_event_is_a_setting(tmp_path: Path) -> None:
         await client.subscribe("news")
         await get_broker(get_host(app)).publish("news", "hi")
         assert await client.raw() == {"event": "update", "channel": "news", "data": "hi"}
+
+
+async def test_a_publication_is_encoded_once_for_every_subscriber_of_an_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from realtime_pusher.node import PusherFormat
+
+    calls: list[str] = []
+    encode = PusherFormat.encode
+
+    def counted(self: PusherFormat, channel: str, publication: Any) -> str | None:
+        calls.append(channel)
+        return encode(self, channel, publication)
+
+    monkeypatch.setattr(PusherFormat, "encode", counted)
+    app = served_app(tmp_path)
+    async with (
+        hypercorn(app) as port,
+        pusher(port) as one,
+        pusher(port) as two,
+        pusher(port) as three,
+    ):
+        for client in (one, two, three):
+            await client.subscribe("news")
+        await get_broker(get_host(app)).publish("news", "hi")
+        for client in (one, two, three):
+            assert (await client.raw())["data"] == "hi"
+        assert calls == ["news"]
