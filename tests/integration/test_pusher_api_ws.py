@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from realtime import create_app, get_host
 
 from ..conftest import eventually
+from .test_centrifuge_endpoint import SECRET, connected
 from .test_fanout import hypercorn
 from .test_pusher_api import APPS, call, sdk
 
@@ -122,3 +123,37 @@ async def test_presence_users_and_terminate(served: tuple[Quart, int]) -> None:
             return bool(users == {"users": [{"id": "u2"}]})
 
         await eventually(only_u2)
+
+
+async def test_one_bus_for_every_protocol(tmp_path: Path) -> None:
+    """An API event reaches raw /ws, Centrifuge and Pusher subscribers of its channel."""
+    settings = {
+        "pusher_apps": APPS,
+        "token_hmac_secret": SECRET,
+        "channel": {
+            "without_namespace": {
+                "allow_subscribe_for_client": True,
+                "allow_subscribe_for_anonymous": True,
+            }
+        },
+    }
+    async with hypercorn(create_app(tmp_path, settings=settings)) as port:
+        centrifuge = await connected(port, "alice")
+        assert "subscribe" in await centrifuge.call("subscribe", channel="news")
+        async with open_socket(port) as socket, connect(f"ws://127.0.0.1:{port}/ws") as raw:
+            await socket.subscribe("news")
+            await socket.subscribe("default")
+            sent = await call(sdk(port).trigger, ["news", "default"], "multi", {"a": 1})
+            assert sent == {}
+            # JSON text goes as JSON: the Centrifuge client gets the value...
+            push = await centrifuge.push()
+            assert push["push"]["channel"] == "news"
+            assert push["push"]["pub"]["data"] == {"a": 1}
+            # ...raw /ws (the default channel) the text, and Pusher the event.
+            assert await asyncio.wait_for(raw.recv(), 5) == '{"a": 1}'
+            events = {
+                (m["channel"], m["event"], m["data"])
+                for m in [await socket.next("multi"), await socket.next("multi")]
+            }
+            assert events == {("news", "multi", '{"a": 1}'), ("default", "multi", '{"a": 1}')}
+        await centrifuge.ws.close()
