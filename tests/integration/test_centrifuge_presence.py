@@ -21,7 +21,15 @@ from quart import Quart
 from websockets.asyncio.client import connect
 
 from realtime import get_host
-from realtime_broker import Member, PresenceEvent, PresenceMode, Publication, get_broker
+from realtime_broker import (
+    MAX_INFO_SIZE,
+    Member,
+    PresenceEvent,
+    PresenceMode,
+    Publication,
+    get_broker,
+)
+from realtime_broker.redis.envelope import ENVELOPE_OVERHEAD
 from realtime_centrifuge.plugin import get_node
 
 from ..conftest import RedisServer, Server
@@ -419,7 +427,9 @@ async def test_over_redis_forged_or_oversized_presence_messages_are_dropped(
         await event(watcher)  # its own join
         broker: Any = get_broker(get_host(app))
         name = broker.key("room:forged")
-        oversized = "realtime/2p j3:abc" + "5:alice" + "x" * (broker.max_message_size + 20_000)
+        # Past the largest envelope a publication may have (body, info, metadata).
+        bound = broker.max_message_size + MAX_INFO_SIZE + ENVELOPE_OVERHEAD
+        oversized = "realtime/2p j3:abc" + "5:alice" + "x" * (bound + 1)
         for forged in (
             "realtime/2p x3:abc5:alice",  # no such kind
             "realtime/2p j99:abc",  # a length past the end
