@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("realtime.pusher")
 
-#: Channels one connection may be subscribed to at once.
-MAX_SUBSCRIPTIONS = 100
+#: Channels one connection may be subscribed to at once. Below the hub's burst of
+#: incoming frames (``max_incoming_rate``, 100 by default): pusher-js sends one
+#: subscribe per channel, all at once, when it reconnects, and a signin beside them.
+MAX_SUBSCRIPTIONS = 64
 #: Client events a connection may send a second, in bursts of as many (Pusher's limit).
 CLIENT_EVENT_RATE = Rate(10, 10)
 
