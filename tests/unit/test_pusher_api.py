@@ -244,3 +244,14 @@ def test_the_auth_functions_refuse_clearly() -> None:
     with pytest.raises(AuthRefused, match="id"):
         made.pusher_user_auth("1.2", {"name": "no id"})
     assert made.pusher_user_auth("1.2", '{"id":"a"}')["user_data"] == '{"id":"a"}'
+
+
+def test_a_path_signed_as_sent_or_decoded() -> None:
+    decoded, raw = "/apps/1/channels/a@b", "/apps/1/channels/a%40b"
+    for signed_path in (decoded, raw):
+        params = signed(method="GET", path=signed_path, body=b"")
+        kw = {"method": "GET", "path": decoded, "raw_path": raw}
+        assert check(params, b"", **kw) is ONE
+    params = signed(method="GET", path="/apps/1/channels/other", body=b"")
+    with pytest.raises(APIError, match="Invalid signature"):
+        check(params, b"", method="GET", path=decoded, raw_path=raw)

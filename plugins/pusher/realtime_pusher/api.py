@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 #: Most channels one event goes to, and most events in one batch (Pusher's limits).
 MAX_CHANNELS = 100
 MAX_BATCH = 10
+#: Presence reads of one ``GET /channels`` under way at once.
+READ_CONCURRENCY = 32
 #: Attributes ``info`` may ask for.
 INFO_ATTRIBUTES = ("subscription_count", "user_count")
 #: The status logged for a request whose client left before it was answered.
@@ -117,8 +119,17 @@ class PusherAPI:
             if body is None:
                 return CLIENT_GONE
             params = parse_query(scope.get("query_string", b""))
+            raw = scope.get("raw_path")
             app = authenticate(
-                self.apps, app, method, path, params, body, now=time.time(), window=self.window
+                self.apps,
+                app,
+                method,
+                path,
+                params,
+                body,
+                now=time.time(),
+                window=self.window,
+                raw_path=raw.decode("latin-1") if isinstance(raw, bytes) else None,
             )
             result = await self._run(app, action, args, params, body)
         except APIError as error:
@@ -312,9 +323,17 @@ class PusherAPI:
             for name, count in sorted(self._app_channels(app, counts).items())
             if name.startswith(prefix)
         }
-        return {
-            "channels": {name: await self._attributes(app, name, info, counts) for name in occupied}
-        }
+        names = list(occupied)
+        found: list[dict[str, Any]] = []
+        # user_count is a presence read per channel: a few at a time, not thousands.
+        for start in range(0, len(names), READ_CONCURRENCY):
+            found += await asyncio.gather(
+                *(
+                    self._attributes(app, name, info, counts)
+                    for name in names[start : start + READ_CONCURRENCY]
+                )
+            )
+        return {"channels": dict(zip(names, found, strict=True))}
 
     async def _channel(self, app: PusherApp, name: str, params: Mapping[str, str]) -> Any:
         problem = fields.channel_error(name)

@@ -72,9 +72,12 @@ def authenticate(
     *,
     now: float,
     window: float,
+    raw_path: str | None = None,
 ) -> PusherApp:
     """The app a request is signed for (``app``, or the one ``auth_key`` names where
-    the path names none); :class:`APIError` 401 saying what is wrong otherwise."""
+    the path names none); :class:`APIError` 401 saying what is wrong otherwise.
+
+    The path signed is the decoded one (``raw_path``, as sent, is accepted too)."""
     key = params.get("auth_key")
     if not key:
         raise APIError(401, "missing auth_key")
@@ -101,8 +104,12 @@ def authenticate(
             raise APIError(401, "missing body_md5 for a request with a body")
         if not _HEX32.fullmatch(given_md5) or not check_auth(body_md5(body), given_md5):
             raise APIError(401, "body_md5 does not match the body")
-    expected = api_signature(app.secret, method, path, params)
-    if not check_auth(expected, params.get("auth_signature")):
+    given = params.get("auth_signature")
+    signed = check_auth(api_signature(app.secret, method, path, params), given)
+    if raw_path is not None and raw_path != path:
+        # A client that signed the path as it sent it, percent-escapes and all.
+        signed = check_auth(api_signature(app.secret, method, raw_path, params), given) or signed
+    if not signed:
         raise APIError(
             401,
             "Invalid signature: expected the HMAC-SHA256 hex digest, with the app's "
