@@ -92,7 +92,6 @@ import os
 import re
 import resource
 import socket
-import struct
 import sys
 import threading
 import time
@@ -104,24 +103,13 @@ from urllib.parse import urlsplit
 
 import clients
 import protocols
+from protoclient import DATA_KEY, PUSH, ProtocolClient, connect_frame
+from wsclient import DEFLATE_OFFER, DEFLATE_TAIL, WS_GUID, client_frame, negotiate_deflate
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: Linux: bind() picks the address now and the port at connect(), so ports scale per target.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 SLOW_RCVBUF = 4096
 SENT_TO = re.compile(rb"Sent to (\d+) client")
-#: The offer Chromium makes on every WebSocket handshake.
-DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
-#: RFC 7692 §7.2.2: the tail a sender strips from each compressed message.
-DEFLATE_TAIL = b"\x00\x00\xff\xff"
-DEFLATE_PARAMS = frozenset(
-    (
-        "server_no_context_takeover",
-        "client_no_context_takeover",
-        "server_max_window_bits",
-        "client_max_window_bits",
-    )
-)
 now_ns = time.perf_counter_ns
 #: --sustained's latency histogram: 1 ms buckets, the last one holds this and above.
 HISTOGRAM_MS = 600_000
@@ -137,76 +125,6 @@ def loopback(host: str) -> str:
     return host
 
 
-def client_frame(opcode: int, payload: bytes = b"") -> bytes:
-    """A masked client frame (payload up to 125 bytes: control frames only)."""
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i & 3] for i, b in enumerate(payload[:125]))
-    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(masked)) + key + masked
-
-
-def client_text(payload: bytes, opcode: int = 1) -> bytes:
-    """A masked client text (or, with opcode 2, binary) frame of up to 64 KiB."""
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-    elif size < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-    else:
-        raise ValueError("client frames above 64 KiB are not needed here")
-    key = os.urandom(4)
-    mask = (key * (size // 4 + 1))[:size]
-    return head + key + (int.from_bytes(payload) ^ int.from_bytes(mask)).to_bytes(size)
-
-
-#: The Centrifuge protocol's ping (a server frame) and its pong (the client's answer).
-CENTRIFUGE_PING = b"{}"
-CENTRIFUGE_PONG = client_text(b"{}")
-PROTOBUF_PONG = client_text(clients.PROTOBUF_PONG, opcode=2)
-PUSHER_PONG = client_text(protocols.PUSHER_PONG)
-#: What precedes a publication's data in a ``pub`` push.
-DATA_KEY = b'"data":'
-PUSH = b'{"push":'
-
-
-def response_extensions(head: bytes) -> list[tuple[str, dict[str, str | None]]]:
-    """The extensions a handshake response accepted: ``[(name, {param: value})]``."""
-    found: list[tuple[str, dict[str, str | None]]] = []
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() != b"sec-websocket-extensions":
-            continue
-        for item in value.decode("latin-1").split(","):
-            parts = [part.strip() for part in item.split(";")]
-            if not parts[0]:
-                continue
-            params: dict[str, str | None] = {}
-            for part in parts[1:]:
-                key, eq, val = part.partition("=")
-                params[key.strip().lower()] = val.strip().strip('"') if eq else None
-            found.append((parts[0].lower(), params))
-    return found
-
-
-def negotiate_deflate(head: bytes, offered: bool) -> tuple[bool, bool, str | None]:
-    """(negotiated, server_no_context_takeover, error) from a handshake response."""
-    accepted = response_extensions(head)
-    if not accepted:
-        return False, False, None
-    if not offered:
-        return False, False, f"server accepted extensions never offered: {accepted}"
-    if len(accepted) != 1 or accepted[0][0] != "permessage-deflate":
-        return False, False, f"unexpected extensions in response: {accepted}"
-    params = accepted[0][1]
-    unknown = set(params) - DEFLATE_PARAMS
-    if unknown:
-        return False, False, f"unknown permessage-deflate parameters {sorted(unknown)}"
-    if "server_max_window_bits" in params:  # RFC 7692 §7.1.2.1: 8..15; wbits -15 reads any
-        bits = params["server_max_window_bits"] or ""
-        if not (bits.isdigit() and 8 <= int(bits) <= 15):
-            return False, False, f"bad server_max_window_bits {bits!r}"
-    return True, "server_no_context_takeover" in params, None
-
-
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -219,8 +137,12 @@ def cpu_time() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class Client(asyncio.Protocol):
-    """One WebSocket client: upgrade by hand, then parse unmasked server frames."""
+class Client(ProtocolClient, asyncio.Protocol):
+    """One client: upgrade by hand, then parse unmasked server frames (or an HTTP stream).
+
+    What a whole message means for its protocol is ``ProtocolClient``'s (protoclient.py);
+    the account of deliveries is :meth:`message`'s, the same for every protocol.
+    """
 
     __slots__ = (
         "accept",
@@ -404,104 +326,6 @@ class Client(asyncio.Protocol):
         self.run.inflated += 1
         return data
 
-    def whole(self, payload: bytes, now: int) -> None:
-        """A whole WebSocket message: binary protobuf replies, or what message() takes."""
-        if self.run.pusher:
-            data = protocols.pusher_data_fast(payload)  # the common case, a publication
-            if data is not None:
-                self.publication(data, now)
-            else:
-                self.pusher_message(payload, now)
-            return
-        if not self.run.protobuf:
-            self.message(payload, now)
-            return
-        data = clients.publication_fast(payload)  # the common case, one publication
-        if data is not None:
-            self.publication(clients.publication_data(data), now)
-            return
-        try:
-            replies = clients.protobuf_replies(payload)
-        except ValueError as exc:
-            self.fail(f"bad protobuf frame: {exc}")
-            return
-        for reply in replies:
-            if reply.kind == "pub":
-                self.publication(clients.publication_data(reply.data), now)
-            elif reply.kind == "ping":
-                self.run.pings += 1
-                if self.transport is not None:
-                    self.transport.write(PROTOBUF_PONG)
-            elif reply.kind == "error":
-                self.fail(f"Centrifuge error {reply.data.decode(errors='replace')}")
-                return
-            elif reply.kind in ("connect", "subscribe") and reply.id in (1, 2):
-                self.replied()
-            else:
-                self.run.other_pushes[reply.data[:80].hex()] += 1
-
-    def publication(self, data: bytes, now: int) -> None:
-        """A publication's data: measured (``m…``) or a warm-up (``w…``)."""
-        if data[:1] == b"m":
-            self.message(data, now)
-        else:
-            self.run.warm_received(self, data)
-
-    def pusher_message(self, payload: bytes, now: int) -> None:
-        """A Pusher message other than a publication with plain string data."""
-        try:
-            event = protocols.pusher_event(payload)
-        except ValueError as exc:
-            self.fail(f"bad Pusher message: {exc}")
-            return
-        name, transport = event.event, self.transport
-        if name == "pusher:ping":
-            self.run.pings += 1
-            if transport is not None:
-                transport.write(PUSHER_PONG)
-        elif name == "pusher:connection_established":
-            if protocols.pusher_socket_id(event) is None:
-                self.fail(f"bad connection_established {event.data[:80]!r}")
-            elif transport is not None:
-                channel = self.run.channel_names[self.channel]
-                transport.write(client_text(protocols.pusher_subscribe(channel)))
-        elif name == "pusher_internal:subscription_succeeded":
-            mine = event.channel == self.run.channel_names[self.channel]
-            if mine and not self.handshake.done():
-                self.handshake.set_result(None)
-        elif name in ("pusher:error", "pusher:subscription_error"):
-            self.fail(f"{name} {event.data[:120]}")
-        elif event.channel and not name.startswith("pusher"):
-            data = event.data.encode()  # data the fast path did not read (escapes, a value)
-            self.publication(clients.publication_data(data), now)
-        else:
-            self.run.other_pushes[payload[:80].decode(errors="replace")] += 1
-
-    def replied(self) -> None:
-        """The connect or the subscribe reply: connected once both came."""
-        self.replies += 1
-        if self.replies == 2 and not self.handshake.done():
-            self.handshake.set_result(None)
-
-    def stream_received(self, data: bytes) -> None:
-        """HTTP streaming: the response's lines are the JSON codec's replies and pushes."""
-        assert self.stream is not None
-        now = now_ns()
-        mercure = self.run.mercure
-        for line in self.stream.feed(data):
-            if mercure:
-                self.sse_line(line, now)
-            else:
-                self.centrifuge_line(line, now)
-            if self.ended is not None:
-                return
-        if mercure and self.stream.status == 200 and not self.handshake.done():
-            self.handshake.set_result(None)  # subscribed once the stream's head came
-        if self.stream.error is not None:
-            self.fail(self.stream.error)
-        elif self.stream.ended and self.transport is not None:
-            self.transport.close()
-
     def message(self, payload: bytes, now: int) -> None:
         """A message: ``m<seq>.<t0 ns>.xxx`` is measured, ``w<k>`` is a warm-up."""
         if payload[:1] != b"m":  # the raw clients' publications go straight on
@@ -531,52 +355,6 @@ class Client(asyncio.Protocol):
         else:
             self.last = seq
         self.run.delivered(seq, payload, dot, now)
-
-    def sse_line(self, line: bytes, now: int) -> None:
-        """One line of a Mercure event stream: ``data:`` is a publication."""
-        data = protocols.sse_data(line)
-        if data is not None:
-            self.publication(data, now)
-            return
-        name, _ = protocols.sse_field(line)
-        if name not in ("", "id", "event", "retry"):
-            self.run.other_pushes[line[:80].decode(errors="replace")] += 1
-
-    def centrifuge_line(self, line: bytes, now: int) -> None:
-        """One Centrifuge reply or push (a frame may hold several, joined by newlines)."""
-        if line[:8] == PUSH:
-            at = line.find(DATA_KEY)
-            if at < 0 or line[at + 7 : at + 8] != b'"':
-                self.run.other_pushes[line[:80].decode(errors="replace")] += 1
-                return
-            start = at + 8
-            self.publication(line[start : line.find(b'"', start)], now)
-        elif line == CENTRIFUGE_PING:
-            self.run.pings += 1
-            if self.stream is not None:
-                self.run.emulate(self, "{}")
-            elif self.transport is not None:
-                self.transport.write(CENTRIFUGE_PONG)
-        else:
-            try:
-                reply = json.loads(line)
-            except ValueError:
-                self.fail(f"bad Centrifuge frame {line[:80]!r}")
-                return
-            if "error" in reply:
-                self.fail(f"Centrifuge error {reply['error']}")
-                return
-            if reply.get("id") in (1, 2) and ("connect" in reply or "subscribe" in reply):
-                self.replied()
-                if self.stream is not None and reply.get("id") == 1:
-                    session = clients.connect_result(line)
-                    if session is None:
-                        self.fail(f"bad connect reply {line[:80]!r}")
-                        return
-                    name = self.run.channel_names[self.channel]
-                    self.run.emulate(self, clients.subscribe_command(name), *session)
-            else:
-                self.run.other_pushes[line[:80].decode(errors="replace")] += 1
 
     def goodbye(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -689,14 +467,7 @@ class Run:
 
     def connect_frame(self, channel: int) -> bytes:
         """A Centrifuge client's first frame: connect, then subscribe, in one."""
-        if self.protobuf:
-            frame = clients.protobuf_connect(self.args.token, self.channel_names[channel])
-            return client_text(frame, opcode=2)
-        connect: dict[str, Any] = {"token": self.args.token} if self.args.token else {}
-        name = self.channel_names[channel]
-        commands = [{"id": 1, "connect": connect}, {"id": 2, "subscribe": {"channel": name}}]
-        text = "\n".join(json.dumps(c, separators=(",", ":")) for c in commands)
-        return client_text(text.encode())
+        return connect_frame(self.protobuf, self.args.token, self.channel_names[channel])
 
     async def connect_one(self, index: int, slow: bool) -> None:
         loop = asyncio.get_running_loop()

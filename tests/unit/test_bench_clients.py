@@ -40,7 +40,7 @@ def bench() -> Iterator[tuple[ModuleType, ModuleType]]:
         yield clients, loadgen
     finally:
         sys.path.remove(str(BENCH))
-        for name in ("loadgen", "clients", "protocols"):
+        for name in ("loadgen", "clients", "protocols", "protoclient", "wsclient"):
             sys.modules.pop(name, None)
 
 
