@@ -267,6 +267,8 @@ async def test_last_event_id_replays_exactly_what_was_missed(server: tuple[Quart
     async with subscribe(port, TEMPLATE, params=[("lastEventID", "id5")]) as events:
         assert await events.next() == {"id": "id6", "data": "u6"}
         await events.nothing()
+    async with subscribe(port, BOOK, params=[("Last-Event-ID", "id5")]) as events:  # version 7
+        assert await events.next() == {"id": "id6", "data": "u6"}
     async with subscribe(port, BOOK, params=[("lastEventID", "earliest")]) as events:
         assert [(await events.next())["id"] for _ in range(6)] == [f"id{n}" for n in range(1, 7)]
 
@@ -284,7 +286,7 @@ async def test_heartbeat_comments(tmp_path: Path) -> None:
 
 async def test_the_stream_ends_at_the_tokens_exp(tmp_path: Path) -> None:
     async with served(tmp_path) as (_app, port):
-        expiring = token(subscribe=["*"], exp=int(time.time()) + 1)
+        expiring = token(subscribe=["*"], exp=int(time.time()) + 2)
         async with subscribe(port, BOOK, jwt_token=expiring) as events:
             with pytest.raises(EOFError):
                 await events.next(timeout=5)

@@ -261,8 +261,12 @@ class MercureNode:
             grant.subscribe if grant is not None else None,
         )
         last_ids = header(scope, b"last-event-id")
+        # The header (EventSource's reconnect), then ``lastEventID``, then version 7's
+        # ``Last-Event-ID`` query parameter (which the 0.x Go hub keeps for it).
         last_id = (
-            last_ids[0].decode("latin-1") if last_ids else (query.get("lastEventID") or [""])[0]
+            last_ids[0].decode("utf-8", "replace")
+            if last_ids
+            else (query.get("lastEventID") or query.get("Last-Event-ID") or [""])[0]
         )
         if not hub.running:
             raise _Refused(503, "Service Unavailable")
