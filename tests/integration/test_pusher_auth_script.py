@@ -5,6 +5,7 @@ user its cookie names, and refuses what it should."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,19 @@ from quart import Quart
 from realtime import create_app
 from realtime_pusher.signing import channel_auth, check_auth, user_auth
 
+from ..conftest import APP_DIR
 from .test_fanout import hypercorn
+from .test_pusher_api_ws import open_socket
 
 KEY, SECRET = "demo-key", "demo-secret"
 
 
 @pytest.fixture
-async def served(app_dir: Path) -> AsyncIterator[tuple[Quart, int]]:
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Quart, int]]:
+    # The script as shipped, alone (the demo's pages are not what is tested here).
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    shutil.copy(APP_DIR / "pusher_auth.py", app_dir / "pusher_auth.py")
     apps = [{"id": "1", "key": KEY, "secret": SECRET}]
     app = create_app(app_dir, settings={"pusher_apps": apps})
     async with hypercorn(app) as port:
@@ -80,3 +87,28 @@ async def test_refusals(
     response = await auth(port, form, user)
     assert response.status_code == status, response.text
     assert says in response.text
+
+
+async def test_a_real_socket_subscribes_and_signs_in_with_the_scripts_answers(
+    served: tuple[Quart, int],
+) -> None:
+    _, port = served
+    async with open_socket(port, KEY) as socket:
+        form = {"socket_id": socket.socket_id, "channel_name": "presence-room"}
+        presence = (await auth(port, form)).json()
+        await socket.ws.send(json.dumps(subscribe("presence-room", presence)))
+        ok = await socket.next("pusher_internal:subscription_succeeded")
+        assert json.loads(ok["data"])["presence"]["ids"] == ["guest-ann"]
+        signin = (await auth(port, {"socket_id": socket.socket_id})).json()
+        await socket.ws.send(json.dumps({"event": "pusher:signin", "data": signin}))
+        signed_in = await socket.next("pusher:signin_success")
+        assert json.loads(signed_in["data"])["user_data"] == signin["user_data"]
+        # Another socket's answer is refused: the signature is the socket's.
+        async with open_socket(port, KEY) as other:
+            await other.ws.send(json.dumps(subscribe("presence-room", presence)))
+            refused = await other.next()
+            assert refused["event"] == "pusher:subscription_error", refused
+
+
+def subscribe(channel: str, answer: dict[str, str]) -> dict[str, Any]:
+    return {"event": "pusher:subscribe", "data": {"channel": channel, **answer}}

@@ -11,8 +11,11 @@ CHANNEL = re.compile(r"[-a-zA-Z0-9_=@,.;]{1,200}")
 USER_CHANNEL_PREFIX = "#server-to-user-"
 #: A socket id as the server hands them out: ``digits.digits``.
 SOCKET_ID = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}")
-#: User ids: the channel-name characters, at most 200.
-USER_ID = CHANNEL
+#: The longest user id the protocol takes (a presence ``user_id``, a signin ``id``).
+MAX_USER_ID = 128
+#: User ids in paths and signins: the channel-name characters, at most 128 (the
+#: server SDKs check the characters; the connections take no longer ids).
+USER_ID = re.compile(r"[-a-zA-Z0-9_=@,.;]{1,128}")
 #: The longest event name (Pusher's limit).
 MAX_EVENT_NAME = 200
 #: Event names the protocol itself uses: never published through the API.
@@ -25,10 +28,10 @@ def channel_error(channel: object, *, user_channels: bool = False) -> str | None
     (``#server-to-user-<id>`` too, where ``user_channels``)."""
     if not isinstance(channel, str):
         return "a channel name is a string"
-    name = channel
     if user_channels and channel.startswith(USER_CHANNEL_PREFIX):
-        name = channel[len(USER_CHANNEL_PREFIX) :]
-    if not CHANNEL.fullmatch(name):
+        problem = user_id_error(channel[len(USER_CHANNEL_PREFIX) :])
+        return None if problem is None else f"{channel[:210]!r}: {problem}"
+    if not CHANNEL.fullmatch(channel):
         return f"invalid channel name {channel[:210]!r}: 1 to 200 letters, digits or '-_=@,.;'"
     return None
 
@@ -42,7 +45,7 @@ def socket_id_error(socket_id: object) -> str | None:
 
 def user_id_error(user_id: object) -> str | None:
     if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
-        return "invalid user id: 1 to 200 letters, digits or '-_=@,.;'"
+        return f"invalid user id: 1 to {MAX_USER_ID} letters, digits or '-_=@,.;'"
     return None
 
 

@@ -100,9 +100,13 @@ class Functions:
             if isinstance(user_id, int) and not isinstance(user_id, bool):
                 user_id = str(user_id)
             if not (
-                isinstance(user_id, str) and 1 <= len(user_id) <= 200 and user_id.isprintable()
+                isinstance(user_id, str)
+                and 1 <= len(user_id) <= fields.MAX_USER_ID
+                and user_id.isprintable()
             ):
-                raise AuthRefused("channel_data's user_id is 1 to 200 printable characters")
+                raise AuthRefused(
+                    f"channel_data's user_id is 1 to {fields.MAX_USER_ID} printable characters"
+                )
         elif channel_data is not None:
             raise TypeError("channel_data is for presence channels only")
         answer = {"auth": channel_auth(pusher_app.key, pusher_app.secret, socket_id, channel, data)}
