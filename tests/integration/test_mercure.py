@@ -466,3 +466,33 @@ async def test_without_a_subscriber_key_everyone_reads_public_updates(tmp_path: 
         await publish(port, BOOK, "private", private="1", id="n1")
         await publish(port, BOOK, "public", id="n2")
         assert await events.next() == {"id": "n2", "data": "public"}
+
+
+async def test_malformed_requests_are_4xx_and_log_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with served(tmp_path, mercure_anonymous=False) as (_app, port):
+        get = b"GET /.well-known/mercure?"
+        head = b" HTTP/1.1\r\nHost: x\r\n"
+        form = b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 4\r\n"
+        raw = [
+            get + b"topic=%ff" + head + b"\r\n",
+            get + b"topic=a&topic=%zz&" + b"t=1&" * 200 + head + b"\r\n",
+            get + b"topic=a" + head + b"Authorization: Bearer \xff\xfe" + b"a" * 60 + b"\r\n\r\n",
+            get + b"topic=a" + head + b'Cookie: a=";;=\\"; mercureAuthorization=short\r\n\r\n',
+            b"POST /.well-known/mercure" + head + form
+            + b"Authorization: Bearer " + PUBLISHER.encode() + b"\r\n\r\n\xff\xfe=1",
+            b"PUT /.well-known/mercure" + head + b"Content-Length: 0\r\n\r\n",
+        ]  # fmt: skip
+        statuses = []
+        for request in raw:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 5)
+            statuses.append(int(status_line.split()[1]))
+            writer.close()
+        assert statuses == [400, 400, 401, 401, 400, 405]
+        huge_retry = await publish(port, BOOK, retry="9" * 30)
+        assert huge_retry.status_code == 400
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
