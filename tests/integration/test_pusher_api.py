@@ -21,7 +21,7 @@ import pytest
 from quart import Quart
 
 from realtime import create_app, get_host
-from realtime_broker import Member, Publication, get_broker
+from realtime_broker import BrokerUnavailable, Member, Publication, get_broker
 from realtime_pusher.signing import api_signature, body_md5
 
 from .test_fanout import hypercorn
@@ -301,6 +301,10 @@ async def test_hand_signed_requests_in_any_order_and_encoding(served: tuple[Quar
         (event(channel=None, channels=[]), 400, "channels"),
         (event(channel=None, channels=[f"c{i}" for i in range(101)]), 400, "at most 100"),
         (event(channel=None, channels=["a", "a"]), 400, "twice"),
+        (event(channel=None, channels=["a", {"b": 1}]), 400, "a channel name is a string"),
+        (event(channel=None, channels="news"), 400, "channels is a list"),
+        (b"null", 400, "JSON object"),
+        (b"\xff\xfe", 400, "not JSON"),
         (event(channels=["a"]), 400, "not both"),
         (event(channel="bad channel"), 400, "invalid channel name"),
         (event(channel="x" * 201), 400, "invalid channel name"),
@@ -324,6 +328,25 @@ async def test_bad_events_are_refused(
     got_status, text = await _post(port, "/apps/123/events", body)
     assert (got_status, says in text) == (status, True), text
     assert news == []
+
+
+async def test_the_window_is_the_setting_and_a_broker_outage_is_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(tmp_path, settings={"pusher_apps": APPS, "pusher_timestamp_window": 30})
+    async with hypercorn(app) as port:
+        real = time.time
+        monkeypatch.setattr(pusher.http, "time", SimpleNamespace(time=lambda: real() - 60))
+        with pytest.raises(pusher.errors.PusherBadAuth, match="within 30 s"):
+            await call(sdk(port).trigger, "news", "e", "d")
+        monkeypatch.undo()
+
+        async def down(*args: Any, **kwargs: Any) -> Any:
+            raise BrokerUnavailable("redis is away")
+
+        monkeypatch.setattr(get_broker(get_host(app)), "publish_result", down)
+        with pytest.raises(pusher.errors.PusherBadStatus, match="503"):
+            await call(sdk(port).trigger, "news", "e", "d")
 
 
 async def test_batches_are_bounded(served: tuple[Quart, int]) -> None:

@@ -209,9 +209,9 @@ class PusherAPI:
             raise APIError(400, "channels is a list of 1 to 100 channel names")
         if len(channels) > MAX_CHANNELS:
             raise APIError(400, f"at most {MAX_CHANNELS} channels per event")
-        if len(set(channels)) != len(channels):
+        event = self._event(app, body, channels)  # every name checked: all strings now
+        if len(event) != len(channels):
             raise APIError(400, "a channel is named twice")
-        event = self._event(app, body, channels)
         info = _info(body.get("info"))
         await asyncio.gather(
             *(get_broker(self.host).publish_result(self._bus(app, c), event[c]) for c in channels)
