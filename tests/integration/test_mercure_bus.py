@@ -152,3 +152,13 @@ async def test_private_grant_by_alternate_topic(tmp_path: Path) -> None:
         await wait_subscribed(app, BOOK)
         await publish(port, [BOOK, alternate], "mine", private="1", id="g1")
         assert await events.next() == {"id": "g1", "data": "mine"}
+
+
+async def test_a_publish_with_redis_down_is_503(tmp_path: Path, redis_server: RedisServer) -> None:
+    settings = {"broker": redis_server.url, "broker_timeout": 0.5, "mercure_jwt_key": KEY}
+    app = create_app(tmp_path, settings=settings)
+    async with hypercorn(app) as port:
+        assert (await publish(port, BOOK, "up")).status_code == 200
+        redis_server.stop()
+        response = await publish(port, BOOK, "down")
+        assert response.status_code == 503

@@ -452,6 +452,8 @@ class MercureNode:
             )
         except BrokerUnavailable:
             raise _Refused(503, "Service Unavailable") from None
+        except (TypeError, ValueError) as exc:  # what the broker cannot carry
+            raise _Refused(400, str(exc)) from None
         await reply(send, 200, update_id, cors)
 
 
