@@ -135,6 +135,10 @@ class PusherAPI:
         except APIError as error:
             await _send(send, error.status, f"{error.message}\n".encode(), TEXT.encode())
             return error.status
+        except Exception:
+            log.exception("the Pusher HTTP API failed on %s %s", method[:16], path[:256])
+            await _send(send, 500, b"internal error\n", TEXT.encode())
+            return 500
         await _send(send, 200, _dumps(result), _JSON)
         return 200
 
@@ -190,6 +194,8 @@ class PusherAPI:
             return await self._terminate(app, args[0])
         except BrokerUnavailable:
             raise APIError(503, "the broker cannot be reached: try again") from None
+        except ValueError as exc:  # a publication the broker cannot carry
+            raise APIError(400, str(exc)[:512]) from None
 
     def _bus(self, app: PusherApp, channel: str) -> str:
         from .node import get_node
