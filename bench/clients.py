@@ -313,6 +313,14 @@ class HttpStream:
         self.ended = False
         self.error: str | None = None
 
+    def between_chunks(self) -> bool:
+        """A chunked body with nothing pending: the next byte starts a chunk's size line."""
+        return (
+            self.chunked
+            and not (self._chunk_left or self._buf or self._body or self.ended)
+            and self.error is None
+        )
+
     def feed(self, data: bytes) -> list[bytes]:
         if self.error is not None or self.ended:
             return []

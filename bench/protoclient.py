@@ -143,6 +143,11 @@ class ProtocolClient:
         assert self.stream is not None
         now = now_ns()
         mercure = self.run.mercure
+        if mercure and self.stream.between_chunks():
+            value = protocols.sse_chunk_data(data)  # the common case, one update
+            if value is not None:
+                self.publication(value, now)
+                return
         for line in self.stream.feed(data):
             if mercure:
                 self.sse_line(line, now)

@@ -467,6 +467,41 @@ def test_mercure_request_and_event_stream_lines(bench: Any) -> None:
     assert protocols.sse_field(b"event") == ("event", b"")
 
 
+SSE_HEAD = b"HTTP/1.1 200 \r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "fast"),
+    [
+        (b"id: urn:uuid:1\ndata: m1.2.xx\n\n", b"m1.2.xx"),
+        (b"data: w3\n\n", b"w3"),
+        (b"event: news\nretry: 10\nid: 7\ndata: m4.5.x\n\n", b"m4.5.x"),
+        (b"data: a\ndata: b\n\n", None),  # two data lines: the line parser
+        (b'data: "w3"\n\n', None),  # a JSON string: the line parser unquotes it
+        (b"data:w3\n\n", None),  # no space
+        (b":\n", None),  # a heartbeat
+        (b"id: 1\n", None),  # no data
+    ],
+)
+def test_sse_fast_path_agrees_with_the_stream_parser(
+    bench: Any, body: bytes, fast: bytes | None
+) -> None:
+    clients, _ = bench
+    protocols = protocols_module()
+    chunk = b"%x\r\n%s\r\n" % (len(body), body)
+    assert protocols.sse_chunk_data(chunk) == fast
+    stream = clients.HttpStream()
+    assert stream.feed(SSE_HEAD) == [] and stream.between_chunks()
+    found = [d for d in map(protocols.sse_data, stream.feed(chunk)) if d is not None]
+    assert stream.between_chunks()
+    if fast is not None:
+        assert found == [fast]
+    for cut in (chunk[:-1], chunk + chunk, b"zz\r\n" + body + b"\r\n", chunk[:-2] + b"xx"):
+        assert protocols.sse_chunk_data(cut) is None
+    stream.feed(chunk[:5])
+    assert not stream.between_chunks()  # a chunk begun: the fast path must not be tried
+
+
 def pusher_text(message: dict[str, Any]) -> bytes:
     return server_frame(1, json.dumps(message, separators=(",", ":")).encode())
 
@@ -521,16 +556,21 @@ async def test_pusher_client_refuses_a_bad_welcome(bench: Any) -> None:
 async def test_mercure_client_is_subscribed_by_the_head_and_counts_data_lines(bench: Any) -> None:
     _, loadgen = bench
     run, client, transport = new_client(loadgen, "mercure")
-    head = b"HTTP/1.1 200 \r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-    client.data_received(head)
+    client.data_received(SSE_HEAD)
     assert client.handshake.done() and client.ended is None
     now = loadgen.now_ns()
     events = b":\n" + b"".join(
         b"id: urn:uuid:%d\ndata: m%d.%d.xx\n\n" % (k, k, now) for k in (1, 2)
     )
     client.data_received(b"%x\r\n%s\r\n" % (len(events), events))
-    client.data_received(b"%x\r\nretry: 5000\nbogus: 1\n\r\n" % 22)
+    other = b"retry: 5000\nbogus: 1\n"
+    client.data_received(b"%x\r\n%s\r\n" % (len(other), other))
     assert (client.received, client.last, run.delivered_total) == (2, 2, 2)
+    one = b"data: m3.%d.xx\n\n" % now
+    client.data_received(b"%x\r\n%s\r\n" % (len(one), one))  # the fast path
+    client.data_received(b"%x\r\n%s" % (len(one), one[:4]))  # a read cut in a chunk
+    client.data_received(one[4:] + b"\r\n")
+    assert (client.received, client.last, run.delivered_total) == (4, 3, 4)
     assert list(run.other_pushes) == ["bogus: 1"]
     assert transport.written == [b"GET / HTTP/1.1\r\n\r\n"]
     client.data_received(b"0\r\n\r\n")
