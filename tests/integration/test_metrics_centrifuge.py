@@ -246,8 +246,8 @@ async def test_control_messages_applied_to_a_connection_log_with_its_ids(
             node = get_node(get_host(app))
             (session,) = [c.state for c in node.users["alice"].values()]
             await get_broker(get_host(app)).publish_control(
-                b'{"op": "bogus", "user": "alice", "channel": ""}'
-            )
+                b'{"op": "subscribe", "user": "alice", "channel": "bogus:x"}'
+            )  # no such namespace: refused, and said so in alice's connection's name
             await eventually(lambda: any("bogus" in m for m, _ in handler.seen))
             (ids,) = [ids for message, ids in handler.seen if "bogus" in message]
             assert ids["client"] == session.client_id and ids["connection"].isdigit()
