@@ -71,3 +71,51 @@ def test_bad_selectors_are_refused(selector: str) -> None:
 def test_good_selectors_pass() -> None:
     for selector in ("*", BOOKS, "plain", "https://example.com/{+path}{?q*}"):
         assert check_selector(selector) == selector
+
+
+@pytest.mark.parametrize(
+    ("selector", "topic"),
+    [
+        # Adjacent expressions: a backtracking regex tries every way to split the topic.
+        ("".join(f"{{v{n}}}" for n in range(MAX_EXPRESSIONS)), "a" * 200 + "!"),
+        ("{a}-{b}-{c}-{d}-{e}", "-" * 250 + "!"),
+        ("{.a,b,c,d,e,f,g,h,i,j}", "." * 250 + "!"),
+        ("{+a,b,c,d,e,f,g,h,i,j}" * 10, "," * 250 + '"'),
+    ],
+)
+def test_a_hostile_template_costs_one_pass_over_the_topic(selector: str, topic: str) -> None:
+    import time
+
+    check_selector(selector)
+    started = time.perf_counter()
+    for _ in range(10):
+        assert matches(selector, topic) is False
+        assert matches(selector, topic[:-1]) is True
+    # Linear: well under a millisecond a match; the backtracking regex took seconds.
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("selector", "topic", "expected"),
+    [
+        ("https://example.com/{id}.json", "https://example.com/1.2.json", True),
+        ("https://example.com/{id}.json", "https://example.com/1.2.jso", False),
+        ("https://example.com/{a}-{b}", "https://example.com/x-y-z", True),
+        ("https://example.com/{a}{b}", "https://example.com/x%2Fy", True),
+        ("https://example.com/{a}", "https://example.com/x%2", False),
+        ("https://example.com/{a}", "https://example.com/x%2G", False),
+        ("https://example.com/x{.fmt}", "https://example.com/x.a.b", True),
+        ("https://example.com/x{.fmt}", "https://example.com/x", True),
+        ("https://example.com/x{/a,b}", "https://example.com/x/1/2", True),
+        ("https://example.com/x{/a,b}", "https://example.com/x/1/2/3", False),
+        ("https://example.com/x{/a*}", "https://example.com/x/1/2/3", True),
+        ("https://example.com/x{;a,b}", "https://example.com/x;a=1;b", True),
+        ("https://example.com/x{?a}", "https://example.com/x?", False),
+        ("https://example.com/{a,b}", "https://example.com/1,2", True),
+        ("https://example.com/{a,b}", "https://example.com/1,2,3", False),
+        ("https://example.com/{a*}", "https://example.com/1,2,3", True),
+        ("{a}", "", True),
+    ],
+)
+def test_template_languages(selector: str, topic: str, expected: bool) -> None:
+    assert matches(selector, topic) is expected
