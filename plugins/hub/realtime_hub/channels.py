@@ -186,6 +186,9 @@ class ChannelRules:
     user_boundary: str = "#"
     user_separator: str = ","
     private_prefix: str = "$"
+    #: Prefixes another protocol guards with its own authorization (the
+    #: ``reserve_channels`` hook): private here, and never published to by a client.
+    reserved: tuple[str, ...] = ()
 
     @classmethod
     def neutral(cls) -> ChannelRules:
@@ -289,8 +292,11 @@ class ChannelRules:
         return PresenceMode(options.presence, options.join_leave)
 
     def is_private(self, channel: str) -> bool:
-        """``$`` channels need a subscription token whatever the options say."""
-        return channel.startswith(self.private_prefix)
+        """``$`` channels, and reserved ones, need a subscription token whatever the
+        options say."""
+        return channel.startswith(self.private_prefix) or (
+            bool(self.reserved) and channel.startswith(self.reserved)
+        )
 
     def is_user_limited(self, channel: str) -> bool:
         """A ``#`` channel in a namespace that allows user-limited channels.
@@ -367,6 +373,8 @@ class ChannelRules:
         """The namespace options' answer for a client's publish to a valid channel."""
         options = self.namespace_of(channel)
         assert options is not None  # channel_refusal refused unknown namespaces
+        if self.reserved and channel.startswith(self.reserved):
+            return False  # another protocol's: its clients publish there its own way
         if user or options.allow_publish_for_anonymous:
             if options.allow_publish_for_client:
                 return True

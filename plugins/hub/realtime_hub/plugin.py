@@ -7,6 +7,7 @@ want; a loss the broker detects on a channel is told to that channel's clients o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from realtime import Host, Option, hookimpl
 from realtime.settings import SCRIPT_TIMEOUT
 from realtime_broker import Deliver, PresenceEvent, get_broker
 
+from . import hooks
 from .channels import ChannelRules
 from .engine import MAX_INCOMING_RATE as DEFAULT_MAX_INCOMING_RATE
 from .engine import MAX_INCOMING_SIZE as DEFAULT_MAX_INCOMING_SIZE
@@ -153,6 +155,22 @@ def configure_server(config: ServerConfig, settings: Mapping[str, Any]) -> None:
 
 
 @hookimpl
+def register_hookspecs() -> object:
+    return hooks
+
+
+def _reserving(rules: ChannelRules, host: Host) -> ChannelRules:
+    """``rules`` with the prefixes other protocols reserve (the reserve_channels hook)."""
+    reserved = tuple(
+        str(prefix)
+        for _, prefixes in host.plugins.call_each("reserve_channels", host=host)
+        for prefix in prefixes
+        if prefix
+    )
+    return dataclasses.replace(rules, reserved=reserved) if reserved else rules
+
+
+@hookimpl
 def startup(host: Host) -> None:
     hub = Hub(
         max_buffer=host.setting(CLIENT_BUFFER),
@@ -161,7 +179,7 @@ def startup(host: Host) -> None:
         compression=host.setting(COMPRESSION),
         max_incoming_size=host.setting(MAX_INCOMING_SIZE),
         max_incoming_rate=host.setting(MAX_INCOMING_RATE),
-        rules=channel_rules(host.settings),
+        rules=_reserving(channel_rules(host.settings), host),
         ping_interval=host.setting(PING_INTERVAL),
         pong_timeout=host.setting(PONG_TIMEOUT),
     )

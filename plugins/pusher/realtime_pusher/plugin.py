@@ -79,6 +79,16 @@ def validate(host: Host) -> None:
 
 
 @hookimpl
+def reserve_channels(host: Host) -> list[str]:
+    """Every app's private, presence and user channels, as the bus names them: a raw
+    ``/ws`` or Centrifuge client must not read what Pusher's auth guards."""
+    from .wire import GUARDED_PREFIXES
+
+    apps = apps_of(host.settings)
+    return [apps.prefix(app) + guarded for app in apps for guarded in GUARDED_PREFIXES]
+
+
+@hookimpl
 def register_routes(host: Host) -> list[AnyRoute]:
     from . import api, ws
 

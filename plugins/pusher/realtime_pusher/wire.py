@@ -41,6 +41,9 @@ CLIENT_EVENT_REFUSED: Final = 4301
 CHANNEL_NAME: Final = re.compile(r"[A-Za-z0-9_\-=@,.;]{1,200}")
 #: The channel a signed-in user's own events come on (pusher-js subscribes to it).
 USER_CHANNEL_PREFIX: Final = "#server-to-user-"
+#: The channels Pusher authorizes itself (HMAC auth strings, signin): the hub's rules
+#: keep the other protocols' clients out of them (the hub's reserve_channels hook).
+GUARDED_PREFIXES: Final = ("private-", "presence-", USER_CHANNEL_PREFIX)
 #: Event names: at most 200 characters.
 MAX_EVENT_NAME: Final = 200
 #: Seconds a connection has to answer the server's ``pusher:ping``, at most.
