@@ -28,6 +28,7 @@ APPS = [
     {"id": "1", "key": KEY, "secret": SECRET, "enable_client_messages": True},
     {"id": "2", "key": "quiet-key", "secret": "quiet-secret"},
     {"id": "3", "key": "fast-key", "secret": "fast-secret", "activity_timeout": 1},
+    {"id": "4", "key": "small-key", "secret": "small-secret", "max_presence_members": 2},
 ]
 
 
@@ -322,6 +323,31 @@ async def test_presence_auth_covers_channel_data(port: int) -> None:
         assert bad["data"]["type"] == "AuthError"  # no channel_data, not signed in
         big = await client.subscribe("presence-x", channel_data=presence_data("a", "x" * 3000))
         assert big["data"]["type"] == "LimitReached"
+
+
+async def test_presence_channels_hold_a_bounded_number_of_members(port: int) -> None:
+    """Pusher's limit (100 by default, per app): a member past it is refused, so what
+    subscription_succeeded lists (and each subscribe costs) stays bounded; a user
+    already in gets in again on another connection."""
+    channel, key, secret = "presence-full", "small-key", "small-secret"
+    async with (
+        pusher(port, key) as a,
+        pusher(port, key) as b,
+        pusher(port, key) as c,
+        pusher(port, key) as b2,
+    ):
+        for client, user in ((a, "a"), (b, "b")):
+            ok = await client.subscribe(channel, secret, key, channel_data=presence_data(user))
+            assert ok["event"] == "pusher_internal:subscription_succeeded"
+        refused = await c.subscribe(channel, secret, key, channel_data=presence_data("c"))
+        assert refused["event"] == "pusher:subscription_error"
+        assert refused["data"]["type"] == "LimitReached"
+        ok = await b2.subscribe(channel, secret, key, channel_data=presence_data("b"))
+        assert ok["data"]["presence"]["count"] == 2
+        await a.ws.close()
+        assert (await b.next())["event"] == "pusher_internal:member_removed"
+        ok = await c.subscribe(channel, secret, key, channel_data=presence_data("c"))
+        assert ok["data"]["presence"]["count"] == 2
 
 
 async def test_client_events_reach_the_others_with_user_id(port: int) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from realtime_broker.presence import MAX_PRESENCE_MEMBERS
+
 #: What an app's id and key may be made of: they go in URL paths (``/app/{key}``,
 #: ``/apps/{id}/events``).
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -43,6 +45,9 @@ class PusherApp:
     #: ``private-encrypted-`` channel's ``shared_secret`` (as the server SDKs'
     #: ``encryption_master_key_base64``); None: such channels cannot be authorized.
     encryption_master_key_base64: str | None = None
+    #: Distinct users one presence channel holds (Pusher's limit: 100): a subscribe
+    #: past it is refused, so what ``subscription_succeeded`` lists stays bounded.
+    max_presence_members: int = 100
 
     def __post_init__(self) -> None:
         for field in ("id", "key"):
@@ -56,6 +61,8 @@ class PusherApp:
             raise ValueError("a Pusher app's activity_timeout is 1 to 3600 seconds")
         if not 1 <= self.max_event_size <= 1024 * 1024:
             raise ValueError("a Pusher app's max_event_size is 1 byte to 1 MiB")
+        if not 1 <= self.max_presence_members <= MAX_PRESENCE_MEMBERS:
+            raise ValueError(f"a Pusher app's max_presence_members is 1 to {MAX_PRESENCE_MEMBERS}")
         if self.encryption_master_key_base64 is not None and self.encryption_master_key is None:
             raise ValueError(
                 f"the Pusher app {self.id!r}'s encryption_master_key_base64 is not "

@@ -31,6 +31,7 @@ from realtime_broker import (
     PresenceMode,
     get_broker,
 )
+from realtime_broker.presence import MAX_PRESENCE_MEMBERS
 from realtime_hub import Client, Hub, get_hub
 
 from . import wire
@@ -236,14 +237,34 @@ class PusherNode:
             if session.socket_id != member.client:
                 session.presence_event(channel, message)
 
-    async def members(self, channel: str) -> dict[str, Any]:
-        """``{"ids", "hash", "count"}`` of a presence channel, from the broker's store."""
+    async def members(
+        self, channel: str, limit: int = MAX_PRESENCE_MEMBERS, own: str | None = None
+    ) -> dict[str, Any]:
+        """``{"ids", "hash", "count"}`` of a presence channel, from the broker's store:
+        at most ``limit`` users (hosts joining at once may pass the limit a little),
+        ``own`` among them (our own join may not be readable yet: said anyway)."""
         found = await self.broker.presence(channel)
         users: dict[str, Any] = {}
+        if own is not None:
+            users[own] = None
         for member in found.values():
-            if member.user not in users:
-                users[member.user] = user_info_of(member)
+            user = member.user
+            if user in users:
+                if user == own and users[user] is None:
+                    users[user] = user_info_of(member)
+            elif len(users) < limit:
+                users[user] = user_info_of(member)
         return {"ids": list(users), "hash": users, "count": len(users)}
+
+    async def presence_full(self, app: PusherApp, channel: str, user_id: str) -> bool:
+        """Whether ``channel`` holds ``app.max_presence_members`` users already, none of
+        them ``user_id`` (who may join on another connection): a count, read in full
+        only at the limit."""
+        limit = app.max_presence_members
+        if (await self.broker.presence_stats(channel)).users < limit:
+            return False
+        found = await self.broker.presence(channel)
+        return all(member.user != user_id for member in found.values())
 
     # Activity -----------------------------------------------------------------
 

@@ -212,6 +212,25 @@ class PusherSession:
                 await self._succeeded(channel, existing)
                 return
         bus = self.node.bus_channel(app, channel)
+        if kind == "presence":
+            assert user_id is not None
+            try:
+                full = await self.node.presence_full(app, bus, user_id)
+            except BrokerError as exc:
+                log.warning("pusher: presence read on %r failed: %r", bus, exc)
+                full = False
+            if full:
+                self.send(
+                    wire.subscription_error(
+                        channel,
+                        "LimitReached",
+                        "The maximum members per presence channel limit was reached",
+                        4100,
+                    )
+                )
+                return
+            if self.ended or channel in self.subs:
+                return  # gone, or the same channel subscribed meanwhile
         sub = Subscription(bus, kind)
         self.subs[channel] = sub
         hub = self.node.hub
@@ -243,7 +262,7 @@ class PusherSession:
             self.send(wire.subscription_succeeded(channel))
             return
         try:
-            members = await self.node.members(sub.bus)
+            members = await self.node.members(sub.bus, self.app.max_presence_members, sub.user_id)
         except BrokerError as exc:
             log.warning("pusher: presence read on %r failed: %r", sub.bus, exc)
             self.send(
@@ -252,11 +271,6 @@ class PusherSession:
             return
         if self.subs.get(channel) is not sub:
             return  # unsubscribed meanwhile
-        if sub.user_id is not None and sub.user_id not in members["hash"]:
-            # Our own join may not be readable yet (a store out of reach): say us anyway.
-            members["hash"][sub.user_id] = None
-            members["ids"].append(sub.user_id)
-            members["count"] += 1
         self.send(wire.subscription_succeeded(channel, members))
         pending, sub.pending = sub.pending, None
         for message in pending or ():
