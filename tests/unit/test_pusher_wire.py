@@ -137,3 +137,16 @@ def test_presence_channels_of_every_app_are_tracked_and_others_as_before() -> No
     assert node.app_of_bus("2:news") == (apps.by_id["2"], "news")
     assert node.app_of_bus("news") == (apps.by_id["1"], "news")
     assert node.user_channel(apps.by_id["2"], "7") == "2:#server-to-user-7"
+
+
+@pytest.mark.parametrize(
+    "event",
+    ["pusher_internal:member_added", "pusher_internal:subscription_succeeded", "pusher:error"],
+)
+def test_a_foreign_publication_cannot_speak_for_the_protocol(event: str) -> None:
+    # A Mercure update's type (or a script's event) is a publication's event: it must
+    # not fake a presence member or an error to pusher-js.
+    fmt = PusherFormat("", "message")
+    data = json.dumps({"user_id": "admin", "user_info": {}})
+    assert fmt.encode("presence-room", Publication(data, event=event)) is None
+    assert fmt.encode("presence-room", Publication(data, event="update")) is not None

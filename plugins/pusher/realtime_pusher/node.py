@@ -35,6 +35,7 @@ from realtime_broker.presence import MAX_PRESENCE_MEMBERS
 from realtime_hub import Client, Hub, get_hub
 
 from . import wire
+from .api_fields import RESERVED_EVENT_PREFIXES
 from .apps import Apps, PusherApp
 from .plugin import PUSHER_DEFAULT_EVENT
 
@@ -72,8 +73,13 @@ class PusherFormat:
         data = publication.data
         if not isinstance(data, str):
             return None
+        event = publication.event or self.default_event
+        if event.startswith(RESERVED_EVENT_PREFIXES):
+            # The protocol's own (member_added, subscription_succeeded, errors): said by
+            # this server only, never by a publisher (a Mercure update's ``type``).
+            return None
         message: dict[str, Any] = {
-            "event": publication.event or self.default_event,
+            "event": event,
             "channel": channel[self.prefix_length :],
             "data": data,
         }
