@@ -376,6 +376,32 @@ async def test_cors_allowlist(tmp_path: Path) -> None:
         assert from_app.status_code == 200
 
 
+async def test_any_origin_is_never_credentialed(tmp_path: Path) -> None:
+    """``*`` lets every site use the hub with a token it holds, as Go's CORS answers
+    it: ``*``, no credentials, so no site reads updates by the user's cookie; and a
+    cookie authorizes a POST only from an origin listed by name (no CSRF)."""
+    async with (
+        served(tmp_path, mercure_cors_origins="*") as (_app, port),
+        httpx.AsyncClient() as http,
+    ):
+        url = f"http://127.0.0.1:{port}{PATH}"
+        evil = {"origin": "https://evil.example"}
+        preflight = await http.options(
+            url, headers={**evil, "access-control-request-method": "GET"}
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in preflight.headers
+        published = await http.post(
+            url, data={"topic": BOOK}, headers={**evil, "authorization": f"Bearer {PUBLISHER}"}
+        )
+        assert published.status_code == 200
+        assert published.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in published.headers
+        http.cookies.set("mercureAuthorization", PUBLISHER)
+        assert (await http.post(url, data={"topic": BOOK}, headers=evil)).status_code == 401
+
+
 async def test_a_cookie_or_the_query_authorizes_a_subscriber(server: tuple[Quart, int]) -> None:
     app, port = server
     grant = token(subscribe=[BOOK])

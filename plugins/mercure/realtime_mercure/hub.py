@@ -76,6 +76,11 @@ class Config:
     def origin_allowed(self, origin: str | None) -> bool:
         return origin is not None and ("*" in self.cors_origins or origin in self.cors_origins)
 
+    def origin_listed(self, origin: str | None) -> bool:
+        """Whether ``origin`` is allowed by name: only those get credentialed CORS
+        answers and may publish by cookie (``*`` would let any site do both)."""
+        return origin is not None and origin in self.cors_origins
+
 
 class _Stream:
     """A subscriber's handler: it sends nothing; its timers end with it."""
@@ -176,6 +181,13 @@ class MercureNode:
         if not self.config.origin_allowed(origin):
             return []
         assert origin is not None
+        if not self.config.origin_listed(origin):
+            # Any origin: as Go's CORS answers "*", never with credentials (reflecting
+            # the origin with credentials would let every site read by the cookie).
+            return [
+                (b"access-control-allow-origin", b"*"),
+                (b"access-control-expose-headers", b"last-event-id"),
+            ]
         return [
             (b"access-control-allow-origin", origin.encode("latin-1")),
             (b"access-control-allow-credentials", b"true"),
@@ -390,7 +402,7 @@ class MercureNode:
         if declared is not None and declared > limit:
             raise _Refused(413, "Request Entity Too Large")
         try:
-            origin_allowed = config.origin_allowed(request_origin(scope))
+            origin_allowed = config.origin_listed(request_origin(scope))
             token = find_token(scope, query, post=True, origin_allowed=origin_allowed)
         except Unauthorized:
             raise _Refused(401, "Unauthorized", [(b"www-authenticate", b"Bearer")]) from None

@@ -49,7 +49,8 @@ MERCURE_CORS_ORIGINS = Option(
     "mercure_cors_origins",
     "",
     "origins allowed to use the hub from a browser across origins, space-separated "
-    "(* for any); a cookie-authorized publish must come from one of them",
+    "(* for any, answered without credentials); the cookie works across origins, and "
+    "authorizes a publish, from origins listed by name only",
 )
 MERCURE_HEARTBEAT = Option(
     "mercure_heartbeat",
