@@ -9,6 +9,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .sentinel import is_sentinel_url, make_sentinel_client
+
 #: What a command raises when Redis cannot be reached (or answer in time).
 UNREACHABLE = (RedisError, OSError, TimeoutError)
 #: Connections to Redis a process opens at most for its commands (the subscription
@@ -26,6 +28,8 @@ def make_client(url: str, timeout: float, retries: int, **options: Any) -> Redis
     refuses the 101st command in flight ("Too many connections"), which a burst
     of clients resubscribing or publishing at once reaches.
     """
+    if is_sentinel_url(url):
+        return make_sentinel_client(url, timeout, retries, max_connections=POOL_SIZE, **options)
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=POOL_SIZE,
