@@ -44,6 +44,35 @@ async def test_a_mercure_update_reaches_a_raw_websocket_of_its_channel(tmp_path:
         assert await asyncio.wait_for(ws.recv(), 5) == "to every protocol"
 
 
+async def test_a_private_update_reaches_no_other_protocol(tmp_path: Path) -> None:
+    """Private updates are for Mercure subscribers whose grant matches: never for a
+    raw /ws or Pusher subscriber of a channel named as the topic (no grant there)."""
+    grant = token(subscribe=["books"])
+    async with served(tmp_path) as (app, port):
+        async with (
+            connect(f"ws://127.0.0.1:{port}/ws?channel=books") as ws,
+            subscribe(port, "books", jwt_token=grant) as granted,
+        ):
+            await wait_subscribed(app, "books", 2)
+            response = await publish(port, "books", "secret", id="s1", private="on")
+            assert response.status_code == 200
+            assert (await publish(port, "books", "public", id="s2")).status_code == 200
+            assert await asyncio.wait_for(ws.recv(), 5) == "public"
+            assert await granted.next() == {"id": "s1", "data": "secret"}
+            assert await granted.next() == {"id": "s2", "data": "public"}
+        # A granted subscriber replays private updates in order with the rest (a URL
+        # topic: kept by mercure_history_size, as the template channel is).
+        await publish(port, BOOK, "secret", id="r1", private="on")
+        await publish(port, BOOK, "public", id="r2")
+        earliest = [("lastEventID", "earliest")]
+        async with subscribe(
+            port, BOOK, jwt_token=token(subscribe=[BOOK]), params=earliest
+        ) as again:
+            assert await again.next() == {"id": "r1", "data": "secret"}
+            assert await again.next() == {"id": "r2", "data": "public"}
+            await again.nothing()
+
+
 async def test_a_centrifuge_subscriber_hears_a_mercure_update(tmp_path: Path) -> None:
     secret = "centrifuge-secret-long-enough-for-hs256"
     async with served(tmp_path, token_hmac_secret=secret) as (_app, port):

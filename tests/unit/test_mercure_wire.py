@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from realtime_broker import PresenceEvent, Publication
-from realtime_mercure.wire import TEMPLATES, Subscription, event_text, topics_of, update_attrs
+from realtime_mercure.wire import (
+    PRIVATE,
+    TEMPLATES,
+    Subscription,
+    event_text,
+    topics_of,
+    update_attrs,
+    update_channels,
+)
 
 BOOK = "https://example.com/books/1"
 ALT = "https://example.com/users/1/books/1"
@@ -28,7 +36,8 @@ def sub(
 def heard(subscription: Subscription, publication: Publication) -> list[str]:
     """The channels a subscriber of this kind gets ``publication`` on (of those it
     was published to: each topic's, then the template channel)."""
-    channels = [*topics_of("", publication), TEMPLATES]
+    private = bool(publication.attrs and PRIVATE in publication.attrs)
+    channels = update_channels(topics_of("", publication), private=private)
     return [
         channel
         for channel in channels
@@ -49,7 +58,10 @@ def test_an_update_reaches_each_kind_of_subscriber_once() -> None:
 def test_private_updates_need_a_grant_matching_one_of_the_topics() -> None:
     secret = update(BOOK, ALT, private=True)
     assert heard(sub((BOOK,)), secret) == []
-    assert heard(sub((BOOK,), grant=("https://example.com/users/{u}/books/{b}",)), secret) == [BOOK]
+    grant = ("https://example.com/users/{u}/books/{b}",)
+    assert heard(sub((BOOK,), grant=grant), secret) == [TEMPLATES]  # never on BOOK's channel
+    assert sub((BOOK,), grant=grant).channels() == [BOOK, TEMPLATES]
+    assert heard(sub((ALT,), (BOOKS,), grant=grant), secret) == [TEMPLATES]  # once
     assert heard(sub((), (BOOKS,), grant=("*",)), secret) == [TEMPLATES]
     assert heard(sub((BOOK,), grant=("https://example.com/authors/1",)), secret) == []
 

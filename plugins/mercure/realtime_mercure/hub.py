@@ -6,7 +6,8 @@ it joins the channel of each exact topic selector and, for ``*`` and URI templat
 :data:`.wire.TEMPLATES`, in its :class:`.wire.Subscription` format. Its buffer and
 overflow policy are every connection's; it counts in ``--max-connections``
 (``host.hold_connection``). A publish is one publication per topic channel plus one
-on :data:`.wire.TEMPLATES`, through the broker, so it reaches every host.
+on :data:`.wire.TEMPLATES` (a private one on that only), through the broker, so it
+reaches every host.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ from realtime_hub.httpstream import BARE, open_response
 
 from .auth import Grant, Unauthorized, Verifier, find_token, header, request_origin
 from .selectors import InvalidSelector, any_match, check_selector, is_template
-from .wire import MAX_UPDATE_TOPICS, TEMPLATES, Subscription, published_at, update_attrs
+from .wire import (
+    MAX_UPDATE_TOPICS,
+    Subscription,
+    published_at,
+    update_attrs,
+    update_channels,
+)
 
 log = logging.getLogger("realtime.mercure")
 
@@ -460,7 +467,10 @@ class MercureNode:
         publication = Publication(data, event=event, id=update_id, attrs=attrs)
         try:
             await asyncio.gather(
-                *(broker.publish_result(channel, publication) for channel in (*topics, TEMPLATES))
+                *(
+                    broker.publish_result(channel, publication)
+                    for channel in update_channels(topics, private=private)
+                )
             )
         except BrokerUnavailable:
             raise _Refused(503, "Service Unavailable") from None

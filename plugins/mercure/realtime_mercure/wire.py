@@ -6,9 +6,11 @@ An update is one :class:`~realtime_broker.Publication`: its data, ``event`` (the
 replay read from several channels) and its topics ``t0``..``tN`` (``t0`` the
 canonical one). It is published on the channel of each of its topics, where
 exact-topic subscribers hear it, and once on :data:`TEMPLATES`, where subscribers
-by URI template or ``*`` do. A publication from another protocol has no mark: its
-one topic is its channel, it never reaches :data:`TEMPLATES`, and it counts as
-private or public as ``mercure_foreign_updates`` says.
+by URI template or ``*`` do; a private update on :data:`TEMPLATES` only, where every
+subscriber with a grant listens (:func:`update_channels`). A publication from
+another protocol has no mark: its one topic is its channel, it never reaches
+:data:`TEMPLATES`, and it counts as private or public as ``mercure_foreign_updates``
+says.
 
 A subscriber's :class:`Subscription` is its format: shared by every subscriber
 with the same selectors and grants (interned), it decides who gets an update, once
@@ -68,6 +70,14 @@ def published_at(publication: Publication) -> int:
         return int(attrs.get(AT, "0")) if attrs else 0
     except ValueError:
         return 0
+
+
+def update_channels(topics: tuple[str, ...], *, private: bool) -> tuple[str, ...]:
+    """Where an update is published: each topic's channel (other protocols' clients of
+    that channel hear it too) and :data:`TEMPLATES`; a private one on :data:`TEMPLATES`
+    only, which no other protocol can name, since only a Mercure grant may read it
+    (a raw ``/ws`` or public Pusher channel of the same name would let anyone)."""
+    return (TEMPLATES,) if private else (*topics, TEMPLATES)
 
 
 def update_attrs(
@@ -142,9 +152,10 @@ class Subscription:
         self.key = (exact, templates, grant)
 
     def channels(self) -> list[str]:
-        """The channels it joins: its exact topics, then :data:`TEMPLATES` if needed."""
+        """The channels it joins: its exact topics, then :data:`TEMPLATES` for its
+        templates, or for the private updates its grant may read."""
         joined = sorted(self.exact)
-        if self.templates:
+        if self.templates or self.grant is not None:
             joined.append(TEMPLATES)
         return joined
 
@@ -154,23 +165,25 @@ class Subscription:
             return False  # a presence event: nothing in Mercure
         topics = topics_of(channel, publication)
         exact = self.exact
+        mercure = is_mercure(publication)
+        attrs: Mapping[str, str] | None = publication.attrs
         if channel == TEMPLATES:
-            if not is_mercure(publication):
+            if not mercure:
                 return False
             if any(topic in exact for topic in topics):
-                return False  # it came on that topic's channel
-            if not any_match(self.templates, topics):
+                if not (attrs and PRIVATE in attrs):
+                    return False  # it came on that topic's channel
+            elif not any_match(self.templates, topics):
                 return False
+        elif mercure and attrs and PRIVATE in attrs:
+            return False  # private updates come on TEMPLATES only
         else:
             for topic in topics:
                 if topic in exact:
                     if topic != channel:
                         return False  # it comes on an earlier topic's channel
                     break
-        attrs: Mapping[str, str] | None = publication.attrs
-        private = (
-            bool(attrs and PRIVATE in attrs) if is_mercure(publication) else self.foreign_private
-        )
+        private = bool(attrs and PRIVATE in attrs) if mercure else self.foreign_private
         if private:
             grant = self.grant
             return grant is not None and any_match(grant, topics)
