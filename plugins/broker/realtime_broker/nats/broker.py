@@ -123,6 +123,7 @@ class NatsBroker(Broker):
         self._closed = False
         #: This process's NATS subscription per channel, as sent.
         self._subs: dict[str, Subscription] = {}
+        self._sync_lock = asyncio.Lock()
         #: Per channel subscribed here: set once NATS confirmed its subscription.
         self._ready: dict[str, asyncio.Event] = {}
         #: Other processes, by uid: what each last said, and when (monotonic).
@@ -255,13 +256,15 @@ class NatsBroker(Broker):
         self._spawn(self._after_reconnect(), "nats reconnected")
 
     async def _after_reconnect(self) -> None:
-        """Once the subscriptions nats-py sent again are confirmed, tell every channel
-        subscribed here that it may have missed publications meanwhile."""
+        """Once the subscriptions nats-py sent again, and those asked for meanwhile, are
+        confirmed, tell every channel subscribed here that it may have missed
+        publications meanwhile (NATS cannot say which)."""
         nc = self._nc
         if nc is None:
             return
         try:
-            await nc.flush(max(1, round(self.timeout * 3)))
+            async with self._sync_lock:
+                await self._sync_once(nc, force=True)
         except UNREACHABLE as exc:
             # Told all the same: late is better than never (the next reconnection,
             # if this one failed, tells again).
@@ -270,14 +273,8 @@ class NatsBroker(Broker):
         log.warning("the nats connection to %s is back", self.describe())
         if self._connected is not None:
             self._connected.set()
-        for channel in self._subs:
-            event = self._ready.get(channel)
-            if event is not None:
-                event.set()
-        lost = list(self._subs)
-        for channel in lost:
-            if channel in self.subscribers:
-                self._lost(channel)
+        for channel in list(self.subscribers):
+            self._lost(channel)
         self._wake_sync()
 
     async def _closed_for_good(self) -> None:
@@ -333,7 +330,8 @@ class NatsBroker(Broker):
             if nc is None or not nc.is_connected:
                 continue  # woken again once connected
             try:
-                await self._sync_once(nc)
+                async with self._sync_lock:
+                    await self._sync_once(nc)
             except UNREACHABLE as exc:
                 log.debug("sending subscriptions to nats failed: %s", exc)
                 await asyncio.sleep(RECONNECT_WAIT)
@@ -343,7 +341,8 @@ class NatsBroker(Broker):
                 await asyncio.sleep(RECONNECT_WAIT)
                 self._wake_sync()
 
-    async def _sync_once(self, nc: Client) -> None:
+    async def _sync_once(self, nc: Client, *, force: bool = False) -> None:
+        """One pass; ``force``: flush even if nothing new waits (after a reconnection)."""
         for channel in [c for c in self._subs if c not in self.subscribers]:
             sub = self._subs.pop(channel)
             await sub.unsubscribe()
@@ -355,7 +354,7 @@ class NatsBroker(Broker):
                 continue
             self._subs[channel] = await nc.subscribe(subject, cb=self._handler(channel))
         waiting = [c for c, event in self._ready.items() if not event.is_set() and c in self._subs]
-        if waiting:
+        if waiting or force:
             await nc.flush(max(1, round(self.timeout * 3)))
             for channel in waiting:
                 event = self._ready.get(channel)
