@@ -445,6 +445,19 @@ async def test_signin_and_events_to_the_user(tmp_path: Path) -> None:
         assert code == 4009
 
 
+async def test_a_signed_in_members_info_is_bounded_too(port: int) -> None:
+    async with pusher(port) as client:
+        user_data = json.dumps({"id": "big", "user_info": {"bio": "x" * 3000}})
+        await client.send(
+            "pusher:signin",
+            {"user_data": user_data, "auth": user_auth(KEY, SECRET, client.socket_id, user_data)},
+        )
+        assert (await client.raw())["event"] == "pusher:signin_success"
+        big = await client.subscribe("presence-signed")
+        assert big["event"] == "pusher:subscription_error"
+        assert big["data"]["type"] == "LimitReached"
+
+
 async def test_a_bad_signin_closes_4009(port: int) -> None:
     async with pusher(port) as client:
         await client.send("pusher:signin", {"user_data": '{"id":"u"}', "auth": f"{KEY}:bad"})

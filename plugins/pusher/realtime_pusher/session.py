@@ -298,7 +298,7 @@ class PusherSession:
                 self._auth_error(channel)
                 return None
             assert self.user_id is not None
-            return self.user_id, self.user_data.get("user_info")
+            return self._bounded_member(channel, self.user_id, self.user_data.get("user_info"))
         if not isinstance(channel_data, str):
             self._auth_error(channel, "a presence channel's auth needs channel_data")
             return None
@@ -315,7 +315,11 @@ class PusherSession:
             self._auth_error(channel, "channel_data needs a user_id (a string or a number)")
             return None
         assert isinstance(parsed, dict)
-        user_info = parsed.get("user_info")
+        return self._bounded_member(channel, user_id, parsed.get("user_info"))
+
+    def _bounded_member(self, channel: str, user_id: str, user_info: Any) -> tuple[str, Any] | None:
+        """``(user_id, user_info)``, or None (and the error sent) for an info over
+        :data:`wire.MAX_MEMBER_INFO`: by channel_data or by signin alike."""
         if user_info is not None and len(wire.dumps(user_info).encode()) > wire.MAX_MEMBER_INFO:
             self.send(
                 wire.subscription_error(
