@@ -14,6 +14,7 @@ Caddy to the other.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -40,7 +41,17 @@ from ..sdk import ROOT, NodeClient, node_executable
 APP_ID = "1001"
 KEY = "pusher-test-key"
 SECRET = "pusher-test-secret-0123456789"
-APPS = [{"id": APP_ID, "key": KEY, "secret": SECRET, "enable_client_messages": True}]
+#: The key from which private-encrypted- channels' secrets are derived (32 bytes).
+MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
+APPS = [
+    {
+        "id": APP_ID,
+        "key": KEY,
+        "secret": SECRET,
+        "enable_client_messages": True,
+        "encryption_master_key_base64": MASTER_KEY,
+    }
+]
 HARNESS = ROOT / "tests" / "node" / "pusher_client.mjs"
 SDK_HARNESS = ROOT / "tests" / "node" / "pusher_sdk.mjs"
 #: pusher-js's browser build (a UMD script: ``window.Pusher``) and Echo's (``window.Echo``).
@@ -140,7 +151,14 @@ async def node_sdk(port: int, ops: list[Mapping[str, Any]], **config: Any) -> li
 def python_sdk(port: int, secret: str = SECRET) -> pusher.Pusher:
     """PyPI's ``pusher`` (3.3) client for this server."""
     return pusher.Pusher(
-        app_id=APP_ID, key=KEY, secret=secret, host="127.0.0.1", port=port, ssl=False, timeout=5
+        app_id=APP_ID,
+        key=KEY,
+        secret=secret,
+        host="127.0.0.1",
+        port=port,
+        ssl=False,
+        timeout=5,
+        encryption_master_key_base64=MASTER_KEY,
     )
 
 
@@ -316,6 +334,26 @@ async def test_server_sdks_trigger_and_wrong_secret_or_stale_timestamp_are_refus
         ]  # fmt: skip
     finally:
         await bob.close()
+        await ada.close()
+
+
+async def test_private_encrypted_channel_end_to_end_with_both_sdks(server: int) -> None:
+    """The auth script's ``shared_secret`` is the one the SDKs encrypt with: pusher-js
+    decrypts what each SDK sent (the server relays ciphertext it cannot read)."""
+    channel = "private-encrypted-ledger"
+    ada = await pusher_js(server, "ada", subscriptions=[channel])
+    try:
+        await connected(ada)
+        await ada.next("subscribed")
+        py = python_sdk(server)
+        await asyncio.to_thread(py.trigger, channel, "entry", {"from": "python"})
+        op = {"op": "trigger", "channels": channel, "event": "entry", "data": {"from": "node"}}
+        results = await node_sdk(server, [op], encryptionMasterKeyBase64=MASTER_KEY)
+        assert results[0]["status"] == 200, results
+        got = [(await ada.next("message"))["data"] for _ in range(2)]
+        assert got == [{"from": "python"}, {"from": "node"}]
+        assert ada.seen("connection_error") == []
+    finally:
         await ada.close()
 
 

@@ -5,6 +5,7 @@
 //   CONFIG_JSON: {"appId": "1", "key": "app-key", "secret": "...",
 //                 "host": "127.0.0.1", "port": 8000,
 //                 "clockSkew": 0,          (optional) seconds the SDK's clock is behind
+//                 "encryptionMasterKeyBase64": "...",  (optional) for private-encrypted-
 //                 "ops": [{"op": "trigger", "channels": ["news"], "event": "e",
 //                          "data": {...}, "params": {"socket_id": "1.2"}},
 //                         {"op": "triggerBatch", "batch": [{channel, name, data}]},
@@ -29,6 +30,9 @@ const pusher = new Pusher({
   port: config.port,
   useTLS: false,
   timeout: 5000,
+  ...(config.encryptionMasterKeyBase64
+    ? { encryptionMasterKeyBase64: config.encryptionMasterKeyBase64 }
+    : {}),
 });
 
 function parsed(text) {
