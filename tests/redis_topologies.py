@@ -8,6 +8,7 @@ is each process's own word (its log, or what it answers), never a fixed sleep.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -129,7 +130,7 @@ class SentinelSet:
         others = len(self.sentinels) - 1
         for sentinel in self.sentinels:
             wait_until(
-                lambda s=sentinel: self._knows(s, others),
+                functools.partial(self._knows, sentinel, others),
                 timeout=15,
                 message=f"sentinel {sentinel.port} knowing the replica and the others",
             )
