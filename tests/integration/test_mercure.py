@@ -22,6 +22,7 @@ import pytest
 from quart import Quart
 
 from realtime import create_app, get_host
+from realtime_broker import Publication, get_broker
 from realtime_hub import get_hub
 
 from ..conftest import eventually
@@ -442,6 +443,23 @@ async def test_foreign_updates_may_be_public(tmp_path: Path) -> None:
         async with httpx.AsyncClient() as http:
             await http.get(f"http://127.0.0.1:{port}/send.py", params={"m": "public", "c": BOOK})
         assert await events.next() == {"data": "public"}
+
+
+async def test_other_protocols_guarded_channels_stay_theirs(tmp_path: Path) -> None:
+    """A Centrifuge ``$`` channel (or a Pusher private-, presence- or user channel, as
+    the hub's rules reserve them) is guarded by its protocol's own auth: a Mercure
+    grant, even ``*``, with foreign updates public, does not read what is sent there;
+    Mercure's own updates to such a topic still reach Mercure subscribers."""
+    guarded = "$orders"
+    async with (
+        served(tmp_path, mercure_foreign_updates="public") as (app, port),
+        subscribe(port, guarded, jwt_token=token(subscribe=["*"])) as events,
+    ):
+        await wait_subscribed(app, guarded)
+        broker = get_broker(get_host(app))
+        await broker.publish(guarded, Publication("a Centrifuge server publish"))
+        assert (await publish(port, guarded, "a Mercure update", id="g1")).status_code == 200
+        assert await events.next() == {"id": "g1", "data": "a Mercure update"}
 
 
 async def test_an_unknown_last_event_id_replays_nothing(server: tuple[Quart, int]) -> None:

@@ -148,8 +148,17 @@ class MercureNode:
         key = (exact, templates, grant)
         found = self.formats.get(key)
         if found is None:
+            try:
+                guarded_by = get_hub(self.host).rules.is_private
+            except HubClosed:
+                guarded_by = None
+            guarded = frozenset(topic for topic in exact if guarded_by is None or guarded_by(topic))
             found = Subscription(
-                exact, templates, grant, foreign_private=self.config.foreign_private
+                exact,
+                templates,
+                grant,
+                foreign_private=self.config.foreign_private,
+                guarded=guarded,
             )
             self.formats[key] = found
         return found

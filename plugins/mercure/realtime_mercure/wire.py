@@ -133,9 +133,21 @@ class Subscription:
     its ``*`` and URI templates (it joins :data:`TEMPLATES` for them); ``grant``: the
     selectors of its token's ``mercure.subscribe`` claim (None: public updates only).
     ``foreign_private``: another protocol's publications count as private updates.
+    ``guarded``: which of its exact topics are channels another protocol guards with
+    its own auth (the hub's private ones: Centrifuge's ``$``, what Pusher reserves):
+    another protocol's publications there never reach a Mercure subscriber, whatever
+    its grant (a ``*`` grant is for Mercure's private updates, not for these).
     """
 
-    __slots__ = ("__weakref__", "exact", "foreign_private", "grant", "key", "templates")
+    __slots__ = (
+        "__weakref__",
+        "exact",
+        "foreign_private",
+        "grant",
+        "guarded",
+        "key",
+        "templates",
+    )
 
     def __init__(
         self,
@@ -144,11 +156,13 @@ class Subscription:
         grant: tuple[str, ...] | None,
         *,
         foreign_private: bool,
+        guarded: frozenset[str] = frozenset(),
     ) -> None:
         self.exact = exact
         self.templates = templates
         self.grant = grant
         self.foreign_private = foreign_private
+        self.guarded = guarded
         self.key = (exact, templates, grant)
 
     def channels(self) -> list[str]:
@@ -177,6 +191,8 @@ class Subscription:
                 return False
         elif mercure and attrs and PRIVATE in attrs:
             return False  # private updates come on TEMPLATES only
+        elif not mercure and channel in self.guarded:
+            return False
         else:
             for topic in topics:
                 if topic in exact:
