@@ -59,8 +59,9 @@ PUSHER_WEB = ROOT / "node_modules" / "pusher-js" / "dist" / "web" / "pusher.js"
 ECHO_WEB = ROOT / "node_modules" / "laravel-echo" / "dist" / "echo.iife.js"
 SOCKET_ID = re.compile(r"\d+\.\d+")
 
-#: The auth endpoint of the Node clients: the user is ``?user=``; ``private-vault`` is
-#: for ``admin`` only (anyone else gets 403, which pusher-js reports).
+#: The auth endpoint of the Node clients (channels, and pusher:signin when no
+#: channel_name is posted): the user is ``?user=``; ``private-vault`` is for ``admin``
+#: only (anyone else gets 403, which pusher-js reports).
 NODE_AUTH_SCRIPT = """\
 user = request.values.get("user", "")
 socket_id = request.form.get("socket_id", "")
@@ -68,7 +69,9 @@ channel = request.form.get("channel_name", "")
 if not user or (channel.startswith("private-vault") and user != "admin"):
     response.json({"error": "not for you"}, 403)
     exit()
-if channel.startswith("presence-"):
+if not channel:  # pusher:signin
+    response.json(pusher_user_auth(socket_id, {"id": user, "user_info": {"name": user}}))
+elif channel.startswith("presence-"):
     response.json(pusher_auth(socket_id, channel, {"user_id": user, "user_info": {"name": user}}))
 else:
     response.json(pusher_auth(socket_id, channel))
@@ -355,6 +358,42 @@ async def test_private_encrypted_channel_end_to_end_with_both_sdks(server: int) 
         assert ada.seen("connection_error") == []
     finally:
         await ada.close()
+
+
+async def test_signin_events_to_a_user_and_terminating_its_connections(server: int) -> None:
+    """pusher:signin through the script's ``pusher_user_auth``; the SDKs' sendToUser
+    reaches every connection of that user, and terminate_user_connections closes them
+    with 4009, after which pusher-js does not reconnect."""
+    tabs = [await pusher_js(server, "ada") for _ in range(2)]
+    bob = await pusher_js(server, "bob")
+    try:
+        for client in (*tabs, bob):
+            await connected(client)
+            user = ok(await client.command("signin"))
+            assert user["user_info"]["name"] == user["id"]
+            ok(await client.command("user_bind", event="notice"))
+        await asyncio.to_thread(python_sdk(server).send_to_user, "ada", "notice", {"n": 1})
+        send = {"op": "sendToUser", "userId": "ada", "event": "notice", "data": {"n": 2}}
+        results = await node_sdk(server, [send])
+        assert results[0]["status"] == 200, results
+        for tab in tabs:
+            got = [(await tab.next("user_event"))["data"] for _ in range(2)]
+            assert got == [{"n": 1}, {"n": 2}]
+
+        results = await node_sdk(server, [{"op": "terminate", "userId": "ada"}])
+        assert results[0]["status"] == 200, results
+        for tab in tabs:
+            error = await tab.next("connection_error")
+            assert error["error"]["data"]["code"] == 4009, error
+            await tab.next("state", where=lambda e: e["current"] == "disconnected")
+        # Bob is untouched: still connected, still signed in, still served; ada's tabs
+        # stay down meanwhile (4009 is pusher-js's "refused": no reconnect).
+        await asyncio.to_thread(python_sdk(server).send_to_user, "bob", "notice", {"n": 3})
+        assert (await bob.next("user_event"))["data"] == {"n": 3}
+        assert [ok(await tab.command("state"))["state"] for tab in tabs] == ["disconnected"] * 2
+    finally:
+        for client in (bob, *tabs):
+            await client.close()
 
 
 # -- Two hosts over Redis behind Caddy ------------------------------------------------

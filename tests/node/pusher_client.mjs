@@ -16,11 +16,12 @@
 // status, error}, message {channel, name, data} (every event on a channel that is not
 // pusher:/pusher_internal:, from bind_global), bound {channel, name, data, user_id}
 // (from a bind op's callback, which gets the metadata), member_added / member_removed
-// {channel, id, info}; with Echo: echo_event {channel, kind, name, data}, echo_whisper
+// {channel, id, info}, user_event {name, data} (a signed-in user's, see user_bind); with Echo: echo_event {channel, kind, name, data}, echo_whisper
 // {channel, kind, name, data}, echo_subscribed {channel, kind}, echo_error {channel,
 // kind, error}, here {channel, members}, joining / leaving {channel, member}.
 // OPs: subscribe {channel}, bind {channel, event}, unsubscribe {channel}, trigger
-// {channel, event, data}, members {channel}, state, disconnect, connect, exit; with
+// {channel, event, data}, members {channel}, signin (answers the user_data), user_bind
+// {event}, state, disconnect, connect, exit; with
 // Echo: echo_listen {kind: "channel" | "private" | "join", name, event},
 // echo_whisper_listen {kind, name, event}, echo_whisper {kind, name, event, data},
 // echo_leave {name}.
@@ -39,8 +40,9 @@ function emit(event, fields = {}) {
 function describe(error) {
   if (error === null || error === undefined) return null;
   if (typeof error !== "object") return String(error);
+  if (error instanceof Error) return { name: error.name, message: error.message };
   try {
-    return JSON.parse(JSON.stringify(error, Object.getOwnPropertyNames(error)));
+    return JSON.parse(JSON.stringify(error));
   } catch {
     return String(error);
   }
@@ -58,6 +60,8 @@ if (config.authEndpoint) {
   options.channelAuthorization = { endpoint: config.authEndpoint, transport: "ajax" };
   // Echo reads its own authEndpoint option (and passes it on).
   options.authEndpoint = config.authEndpoint;
+  // pusher:signin's endpoint: the same script (it tells them apart by channel_name).
+  options.userAuthentication = { endpoint: config.authEndpoint, transport: "ajax" };
 }
 
 let echo = null;
@@ -144,6 +148,13 @@ async function run(command) {
       );
       return null;
     }
+    case "signin":
+      pusher.signin();
+      await pusher.user.signinDonePromise;
+      return pusher.user.user_data;
+    case "user_bind":
+      pusher.user.bind(command.event, (data) => emit("user_event", { name: command.event, data }));
+      return null;
     case "unsubscribe":
       pusher.unsubscribe(command.channel);
       return null;

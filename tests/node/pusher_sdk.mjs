@@ -10,6 +10,7 @@
 //                          "data": {...}, "params": {"socket_id": "1.2"}},
 //                         {"op": "triggerBatch", "batch": [{channel, name, data}]},
 //                         {"op": "get", "path": "/channels", "params": {...}},
+//                         {"op": "sendToUser", "userId": "ada", "event": "e", "data": {}},
 //                         {"op": "terminate", "userId": "ada"}]}
 //
 // Prints one JSON line per op, in order: {"op", "ok", "status", "body"} (body parsed
@@ -51,6 +52,8 @@ async function call(op) {
       return pusher.triggerBatch(op.batch);
     case "get":
       return pusher.get({ path: op.path, params: op.params ?? {} });
+    case "sendToUser":
+      return pusher.sendToUser(op.userId, op.event, op.data);
     case "terminate":
       return pusher.terminateUserConnections(op.userId);
     default:
