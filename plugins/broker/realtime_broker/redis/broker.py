@@ -130,7 +130,8 @@ class RedisBroker(RedisListener):
         node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # One immediate retry on a new connection: after an outage the pooled one is
         # stale, and without it the first broadcast after Redis is back would fail.
-        self._publisher = make_client(self.url, self.timeout, 1, socket_timeout=self.timeout)
+        self._publisher = self._make_publisher()
+        await self._prepare()
         self._script = self._publisher.register_script(scripts.script("publish"))
         self._history_script = self._publisher.register_script(scripts.script("history"))
         self._control_script = self._publisher.register_script(scripts.script("control"))
@@ -151,13 +152,19 @@ class RedisBroker(RedisListener):
                 self.describe(),
             )
 
+    def _make_publisher(self) -> Any:
+        """The client for commands (see :mod:`.clustered` for Redis Cluster's)."""
+        return make_client(self.url, self.timeout, 1, socket_timeout=self.timeout)
+
+    async def _prepare(self) -> None:
+        """Before the subscription starts (Redis Cluster learns its shards here)."""
+
     async def close(self) -> None:
         await super().close()
         await self.presence_store.stop_checking()
         await self.control_check.close()
         tasks, self._tasks = self._tasks, []
-        if self._flush_task is not None:
-            tasks.append(self._flush_task)
+        tasks += self._flush_tasks
         # Whatever they ended with was logged when they ended (see _spawn). Cancelled
         # again if need be: redis-py (8.1) sometimes lets a command finish normally
         # although its task was cancelled meanwhile, and the task would go on for ever.
@@ -224,14 +231,15 @@ class RedisBroker(RedisListener):
         payload = encode(as_publication(data), self.max_message_size)
         listening = channel in self.subscribers
         names = self.names
-        keys = [names.meta_key(channel), names.nodes, names.history_key(channel)]
+        nodes = names.nodes if names.publish_command == "PUBLISH" else names.meta_key(channel)
+        keys = [names.meta_key(channel), nodes, names.history_key(channel)]
         if key:
             keys.append(names.result_key(channel, key))
         kept = self.keeps_history(channel)
         size, ttl = kept or (0, 0.0)
         args = [payload, os.urandom(4).hex(), MAGIC, names.key(channel), int(listening), META_TTL,
                 size, max(1, round(ttl * 1000)),
-                round(IDEMPOTENCY_TTL * 1000) if key else 0]  # fmt: skip
+                round(IDEMPOTENCY_TTL * 1000) if key else 0, names.publish_command]  # fmt: skip
         try:
             async with asyncio.timeout(self.timeout):
                 # EVALSHA, loading the script only when Redis says it does not know it.
@@ -254,8 +262,12 @@ class RedisBroker(RedisListener):
             # Nobody listens right now; a process whose subscription is down finds the
             # gap when it is back, and tells its clients.
             return PublishResult(0, position)
-        count = self.cluster.count(dict(zip(flat[::2], flat[1::2], strict=True)))
+        count = self.cluster.count(self._nodes_reported(flat))
         return PublishResult(count, position)
+
+    def _nodes_reported(self, flat: list[bytes]) -> Mapping[bytes, bytes]:
+        """The nodes hash as the publish script read it (see RedisClusterBroker)."""
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
     async def _read_history(
         self, channel: str, limit: int, since: StreamPosition | None, reverse: bool
@@ -311,7 +323,8 @@ class RedisBroker(RedisListener):
             raise BrokerUnavailable("the broker is not running")
         ident = os.urandom(8).hex().encode()
         keys = [self.names.control_key(ident)]
-        args = [body, self.names.control, CONTROL_MAGIC + ident + b" ", round(PROOF_TTL * 1000)]
+        args = [body, self.names.control, CONTROL_MAGIC + ident + b" ", round(PROOF_TTL * 1000),
+                self.names.publish_command]  # fmt: skip
         try:
             async with asyncio.timeout(self.timeout):
                 receivers = await self._control_script(keys=keys, args=args)
@@ -369,6 +382,9 @@ class RedisBroker(RedisListener):
         # A restarted Redis has no counts yet, and maybe an old channel map.
         self.cluster.forget_map()
 
+    async def _reported(self) -> None:
+        """After each heartbeat's count report (Redis Cluster reads the others' here)."""
+
     # Background tasks -----------------------------------------------------------
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -412,6 +428,7 @@ class RedisBroker(RedisListener):
                 async with asyncio.timeout(self.timeout):
                     await self.cluster.report_count(count)
                     self._redis_answered = time.monotonic()
+                    await self._reported()
                     await self.cluster.maybe_forget_stale_nodes()
                 await self.cluster.report_channels()
             except UNREACHABLE:

@@ -1,4 +1,8 @@
-"""The Redis broker's subscription: one Pub/Sub connection, and what to believe on it.
+"""The Redis broker's subscription: its Pub/Sub connections, and what to believe on them.
+
+One connection on a plain Redis; one per shard under Redis Cluster (each a *link*,
+:mod:`.link` and :mod:`.subscriptions`), each read, numbered and checked on its own as
+below, so a link that fails costs only its own channels.
 
 A process SUBSCRIBEs to a channel's Redis channel while it has a local subscriber for
 it, and UNSUBSCRIBEs when the last one leaves (reference-counted, never a pattern), so
@@ -25,7 +29,6 @@ flooding the log (:mod:`.tally`), and dropped; one message never stops the subsc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -39,10 +42,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from ..base import EMPTY_EPOCH, MAX_INFO_SIZE, Broker, Publication, StreamPosition
+from ..base import EMPTY_EPOCH, MAX_INFO_SIZE, Publication, StreamPosition
 from ..errors import BrokerUnavailable
 from ..presence import PresenceEvent
-from .connection import make_client
 from .envelope import (
     ENVELOPE_OVERHEAD,
     EPOCH,
@@ -52,8 +54,9 @@ from .envelope import (
     decode_presence,
     parse_counter,
 )
-from .names import Names
+from .link import Link
 from .sequence import DELIVER, Mark, Place, Queue, Sequence, Truth, Verdict, mark
+from .subscriptions import Subscriptions, _close
 from .tally import Tally
 
 log = logging.getLogger("realtime.broker")
@@ -74,7 +77,7 @@ BARRIER_LIMIT = 16 * BATCH
 POSITION_CHECK_INTERVAL = 40.0
 
 
-class RedisListener(Broker):
+class RedisListener(Subscriptions):
     """The subscription half of :class:`.broker.RedisBroker`: listening, ordering,
     checking numbers, and telling losses. The broker adds publishing, history,
     presence, the cluster's view and control messages, and is told what the
@@ -90,7 +93,7 @@ class RedisListener(Broker):
 
         self.timeout: float = BROKER_TIMEOUT.get(settings)
         self.prefix: str = BROKER_PREFIX.get(settings)
-        self.names = Names(self.prefix)
+        self.names = self.NAMES(self.prefix)
         #: Every publisher's limit (the broker plugin's setting, declared once there).
         self.max_message_size: int = MAX_MESSAGE_SIZE.get(settings)
         self.sequence = Sequence()
@@ -100,37 +103,21 @@ class RedisListener(Broker):
         #: Subscribers waiting for a channel's publications up to a position.
         self._catching_up: dict[str, list[tuple[StreamPosition, asyncio.Future[None]]]] = {}
         #: The connection pool for commands (set by the broker's start).
-        self._publisher: Redis | None = None
+        #: Redis, or RedisCluster (:mod:`.clustered`): typed loosely for both.
+        self._publisher: Any = None
         self._listener: asyncio.Task[None] | None = None
+        #: Set while every link is subscribed (the subscription as a whole is up).
         self._subscribed: asyncio.Event | None = None
         self._down_since = time.monotonic()
-        #: The subscription's connection while it is up: where SUBSCRIBEs go.
-        self._pubsub: PubSub | None = None
-        #: Channels to SUBSCRIBE (True) or UNSUBSCRIBE (False) on it, not sent yet.
-        self._changes: dict[str, bool] = {}
-        self._flush_task: asyncio.Task[None] | None = None
-        #: Channels Redis confirmed on this connection (and has not unsubscribed since)...
-        self._live: set[str] = set()
-        #: ...of which those whose numbering this process has not looked up yet.
-        self._fresh: set[str] = set()
+        #: The subscription's connections: one on a plain Redis (see :mod:`.link`).
+        self._links: list[Link] = [Link(self.describe(), control=True)]
         #: Per channel subscribed here: set once Redis confirmed it and it is looked up.
         self._ready: dict[str, asyncio.Event] = {}
         self.position_check_interval = float(CHECK_INTERVAL.get(settings))
         if self.position_check_interval <= 0:
             raise ValueError("--position-check-interval must be above 0")
-        #: Channels whose position the next settle checks against Redis, and when next.
-        self._checking: set[str] = set()
-        self._next_check = 0.0
         #: Numberings Redis lost under this process's subscribers (epoch changes).
         self.epochs_lost = 0
-
-    def key(self, channel: str) -> str:
-        """The Pub/Sub channel carrying ``channel``'s publications."""
-        return self.names.key(channel)
-
-    @property
-    def subscribed(self) -> bool:
-        return self._subscribed is not None and self._subscribed.is_set()
 
     # What the subscription hears for the rest of the broker ----------------------
 
@@ -204,76 +191,37 @@ class RedisListener(Broker):
         # Whatever arrives for it from now on is dropped unseen (see _step), and a
         # later subscription starts afresh: nobody here missed anything meanwhile.
         self.sequence.drop(channel)
-        self._fresh.discard(channel)
+        self._link_of(channel).fresh.discard(channel)
         self._request(channel, False)
 
-    def _request(self, channel: str, wanted: bool) -> None:
-        """Have Redis (un)subscribe ``channel`` soon, in the order asked, batched.
-
-        Only the last wish per channel is sent: one given up and wanted again is
-        SUBSCRIBEd again, which Redis confirms again, and the listener starts afresh.
-        """
-        if self._pubsub is None:
-            return  # no subscription now: the next one subscribes the current set
-        self._changes[channel] = wanted
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if self._flush_task is None and self._changes and self._pubsub is not None:
-            self._flush_task = asyncio.get_running_loop().create_task(
-                self._flush(), name="redis subscriptions"
-            )
-
-    async def _flush(self) -> None:
-        """Send the subscription changes asked for, on the listener's connection.
-
-        Only on a connection that is up: redis-py would otherwise connect again behind
-        the listener's back. Whatever is not sent is not lost: the listener subscribes
-        to every channel wanted at that moment whenever it connects. The confirmations
-        come back through the listener, in order with the messages.
-        """
-        pubsub = self._pubsub
-        try:
-            while self._changes:
-                pubsub = self._pubsub
-                connection = pubsub.connection if pubsub is not None else None
-                if connection is None or not connection.is_connected:
-                    return
-                changes, self._changes = self._changes, {}
-                stop = [self.key(c) for c, wanted in changes.items() if not wanted]
-                start = [self.key(c) for c, wanted in changes.items() if wanted]
-                if stop:
-                    await connection.send_command("UNSUBSCRIBE", *stop, check_health=False)
-                if start:
-                    await connection.send_command("SUBSCRIBE", *start, check_health=False)
-        except (RedisError, OSError) as exc:
-            # The connection is failing: its listener notices and subscribes afresh.
-            log.debug("sending subscriptions failed: %s", exc)
-        except Exception:
-            self.tally.add("flush", "sending subscriptions to redis failed", exc_info=True)
-        finally:
-            self._flush_task = None
-            if self._pubsub is not pubsub:
-                # The listener connected again meanwhile: what was asked since is its.
-                self._schedule_flush()
-
     async def _listen(self) -> None:
+        """Every link's subscription, each on its own (one task per link)."""
+        if len(self._links) == 1:
+            await self._listen_on(self._links[0])
+            return
+        async with asyncio.TaskGroup() as group:
+            for link in self._links:
+                group.create_task(self._listen_on(link), name=f"redis listener ({link.name})")
+
+    async def _listen_on(self, link: Link) -> None:
         """Subscribe and handle messages; on any failure, reconnect with backoff and jitter."""
         assert self._subscribed is not None
         delay = BACKOFF_MIN
         while True:
-            client = make_client(self.url, self.timeout, 0)
-            pubsub = client.pubsub()
+            client: Redis | None = None
+            pubsub: PubSub | None = None
             queue: Queue = deque()
             try:
-                await pubsub.connect()  # type: ignore[no-untyped-call]
+                client, pubsub = await self._connect(link)
                 # The control channel and every channel wanted now, in one SUBSCRIBE;
                 # later changes go through _flush, on this connection, after it.
-                self._changes.clear()
-                self._pubsub = pubsub
-                keys = map(self.key, self.subscribers)
-                await pubsub.execute_command("SUBSCRIBE", self.names.control, *keys)
-                await self._serve(pubsub, queue)
+                link.changes.clear()
+                link.unsubscribing.clear()
+                link.pubsub = pubsub
+                keys = [self.key(c) for c in self.subscribers if self._link_of(c) is link]
+                assert pubsub.connection is not None
+                await self._send(pubsub.connection, self.SUBSCRIBE, [*self._always(link), *keys])
+                await self._serve(link, pubsub, queue)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -284,61 +232,57 @@ class RedisListener(Broker):
                     self.tally.add(
                         "listener", f"the redis listener failed and restarts ({why})", exc_info=True
                     )
-                elif self._subscribed.is_set():
-                    log.warning("lost the redis subscription: %s", why)
+                elif link.up:
+                    log.warning("lost the redis subscription (%s): %s", link.name, why)
                 else:
                     self.tally.add(
                         f"retry {type(exc).__name__}", f"cannot subscribe to redis yet ({why})"
                     )
-                if self._subscribed.is_set():
-                    self._subscribed.clear()
-                    self._down_since = time.monotonic()
+                if link.up:
+                    self._link_changed(link, False)
+                    link.losses += 1
                     self.subscription_losses += 1
                     delay = BACKOFF_MIN  # it worked until now: retry soon
             finally:
                 # Positions stay: the next connection compares them with Redis.
-                self._pubsub = None
-                self._live.clear()
-                self._fresh.clear()
-                for event in self._ready.values():
-                    event.clear()
-                # Through Any: redis-py types aclose() from 8.2 on and not before.
-                close_pubsub: Any = pubsub.aclose
-                with contextlib.suppress(Exception):
-                    await close_pubsub()
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+                link.pubsub = None
+                link.commands = None
+                link.live.clear()
+                link.fresh.clear()
+                for channel, event in self._ready.items():
+                    if self._link_of(channel) is link:
+                        event.clear()
+                await _close(client, pubsub)
             # Reached only after a failure (_serve never returns normally).
             await asyncio.sleep(random.uniform(BACKOFF_MIN, delay))
             delay = min(delay * 2, BACKOFF_MAX)
 
-    async def _serve(self, pubsub: PubSub, queue: Queue) -> None:
+    async def _serve(self, link: Link, pubsub: PubSub, queue: Queue) -> None:
         """One subscription's life: catch up with Redis, then handle messages in order."""
-        assert self._subscribed is not None
         # Redis answers in order: past the PONG, every channel asked for at connect is
         # confirmed, and the first _settle looks them all up.
-        await self._barrier(pubsub, queue)
-        await self._settle(pubsub, queue)
-        if self.subscription_losses:
-            log.info("resubscribed to redis at %s", self.describe())
-        self._subscribed.set()
+        await self._barrier(link, pubsub, queue)
+        await self._settle(link, pubsub, queue)
+        if link.losses:
+            log.info("resubscribed to redis at %s", link.name)
+        self._link_changed(link, True)
         # A restarted Redis has no counts yet, and maybe an old channel map.
         self._resubscribed()
-        self._next_check = time.monotonic() + self.position_check_interval
+        link.next_check = time.monotonic() + self.position_check_interval
         while True:
             message = await self._read(pubsub, min(IDLE_PING, self.position_check_interval))
             if message is None:
                 # Idle: the subscription must answer a PING, or it is dead.
-                await self._barrier(pubsub, queue)
+                await self._barrier(link, pubsub, queue)
             else:
-                self._enqueue(message, queue)
+                self._enqueue(message, queue, link)
             while queue:
                 if self._step(*queue[0]):
                     queue.popleft()
                 else:
-                    await self._settle(pubsub, queue)
-            if self._fresh or self._check_due():
-                await self._settle(pubsub, queue)
+                    await self._settle(link, pubsub, queue)
+            if link.fresh or self._check_due(link):
+                await self._settle(link, pubsub, queue)
 
     def _salvage(self, queue: Queue) -> None:
         """The subscription failed with messages received but not handled: deliver those
@@ -359,16 +303,26 @@ class RedisListener(Broker):
         message: dict[str, Any] | None = await pubsub.get_message(timeout=wait)
         return message
 
-    def _enqueue(self, message: Mapping[str, Any], queue: Queue) -> None:
-        """Queue a message or a confirmation from the subscription, or count and drop it."""
+    def _enqueue(self, message: Mapping[str, Any], queue: Queue, link: Link | None = None) -> None:
+        """Queue a message or a confirmation from the subscription, or count and drop it.
+
+        An unsubscribe nobody asked for (a cluster shard that lost the channel's slot)
+        ends the link's connection: it subscribes afresh where the slot is now."""
         kind = message.get("type")
+        confirmation = self.MARKS.get(kind) if isinstance(kind, str) else None
+        if confirmation is Mark.UNSUBSCRIBED and link is not None:
+            name = message.get("channel")
+            if isinstance(name, bytes) and link.unsubscribing[name] > 0:
+                link.unsubscribing[name] -= 1
+            elif self.UNSUBSCRIBE != "UNSUBSCRIBE":
+                raise ConnectionError(f"redis unsubscribed {_text(name)} on its own")
         try:
-            if kind == "message":
+            if kind in self.MESSAGE_TYPES:
                 self._enqueue_message(message, queue)
-            elif kind in ("subscribe", "unsubscribe"):
+            elif confirmation is not None:
                 channel = self.names.channel_of(message.get("channel"))
                 if channel is not None:
-                    queue.append((channel, Mark(kind)))
+                    queue.append((channel, confirmation))
             # Anything else is a PONG no barrier waits for.
         except Exception:
             self.tally.add("failed", "handling a message from redis failed", exc_info=True)
@@ -482,23 +436,24 @@ class RedisListener(Broker):
 
     def _confirmed(self, channel: str, mark: Mark) -> None:
         """Redis (un)subscribed ``channel``: what arrives from here on is heard under it."""
+        link = self._link_of(channel)
         if mark is Mark.UNSUBSCRIBED:
-            self._live.discard(channel)
-            self._fresh.discard(channel)
+            link.live.discard(channel)
+            link.fresh.discard(channel)
             self.sequence.drop(channel)  # a later SUBSCRIBE starts afresh
             event = self._ready.get(channel)
             if event is not None:
                 event.clear()  # subscribed here again: its SUBSCRIBE follows
             return
-        if channel in self._live:
+        if channel in link.live:
             # Confirmed again without an UNSUBSCRIBE in between: the channel was given
             # up here and wanted again before Redis was told. Start afresh all the same.
             self.sequence.drop(channel)
-        self._live.add(channel)
+        link.live.add(channel)
         if channel in self.subscribers:
-            self._fresh.add(channel)
+            link.fresh.add(channel)
 
-    async def _settle(self, pubsub: PubSub, queue: Queue) -> None:
+    async def _settle(self, link: Link, pubsub: PubSub, queue: Queue) -> None:
         """Ask Redis, then handle the queue (whose head looked off, or which confirmed a
         subscription) in that light; look up every channel newly subscribed.
 
@@ -517,17 +472,17 @@ class RedisListener(Broker):
         """
         while True:
             while len(queue) < BATCH and (message := await self._read(pubsub, 0.0)) is not None:
-                self._enqueue(message, queue)
+                self._enqueue(message, queue, link)
             covered = len(queue)
-            confirmed = set(self._fresh)
-            checking, self._checking = self._checking, set()
-            asked = set(self._fresh) | checking
+            confirmed = set(link.fresh)
+            checking, link.checking = link.checking, set()
+            asked = set(link.fresh) | checking
             for channel, item in islice(queue, covered):
                 asked.add(channel)
                 if item is Mark.SUBSCRIBED:
                     confirmed.add(channel)
-            truth = await self._truth(asked)
-            await self._barrier(pubsub, queue)
+            truth = await self._truth(asked, link)
+            await self._barrier(link, pubsub, queue)
             index = 0
             while queue:
                 channel, item = queue[0]
@@ -541,9 +496,9 @@ class RedisListener(Broker):
                 settled = [
                     channel
                     for channel in asked
-                    if channel in self._live
+                    if channel in link.live
                     and channel in self.subscribers
-                    and (channel not in self._fresh or channel in confirmed)
+                    and (channel not in link.fresh or channel in confirmed)
                 ]
                 for channel in settled:
                     before = self.sequence.position.get(channel)
@@ -556,29 +511,29 @@ class RedisListener(Broker):
                 # round that stopped early: what it left queued is judged by the next).
                 self.sequence.confirm(truth, settled)
                 for channel in settled:
-                    self._fresh.discard(channel)
+                    link.fresh.discard(channel)
                     event = self._ready.get(channel)
                     if event is not None:
                         event.set()
-                if not self._fresh:
+                if not link.fresh:
                     return
 
-    def _check_due(self) -> bool:
+    def _check_due(self, link: Link) -> bool:
         """Whether the positions of this process's channels keeping history are due to be
         checked against Redis (one counter read each, not one per client); if so, which."""
         now = time.monotonic()
-        if now < self._next_check:
+        if now < link.next_check:
             return False
-        self._next_check = now + self.position_check_interval
+        link.next_check = now + self.position_check_interval
         known = self.sequence.position
-        self._checking = {
+        link.checking = {
             channel
-            for channel in self._live
+            for channel in link.live
             if channel in known
             and channel in self.subscribers
             and self.keeps_history(channel) is not None
         }
-        return bool(self._checking)
+        return bool(link.checking)
 
     def _epoch_changed(
         self, channel: str, before: tuple[str, int] | None, *, renumbered: bool = False
@@ -604,14 +559,17 @@ class RedisListener(Broker):
         except Exception:
             log.exception("telling subscribers about a lost numbering failed")
 
-    async def _truth(self, channels: Collection[str]) -> Truth:
-        """Redis's epoch and counter for each of ``channels`` (one pipelined round trip)."""
-        assert self._publisher is not None
+    async def _truth(self, channels: Collection[str], link: Link | None = None) -> Truth:
+        """Redis's epoch and counter for each of ``channels`` (one pipelined round trip),
+        asked where ``link`` is subscribed."""
+        client = link.commands if link is not None and link.commands is not None else None
+        client = client or self._publisher
+        assert client is not None
         if not channels:
             return {}
         names = list(channels)
         async with asyncio.timeout(self.timeout):
-            pipe = self._publisher.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             for channel in names:
                 pipe.hmget(self.names.meta_key(channel), ["epoch", "seq"])
             replies = await pipe.execute()
@@ -621,7 +579,7 @@ class RedisListener(Broker):
             truth[channel] = (epoch.decode() if valid else None, parse_counter(seq))
         return truth
 
-    async def _barrier(self, pubsub: PubSub, queue: Queue) -> None:
+    async def _barrier(self, link: Link, pubsub: PubSub, queue: Queue) -> None:
         """PING through the subscription and queue what arrives until its PONG.
 
         Redis answers in order, so everything it published, and every subscription it
@@ -637,12 +595,12 @@ class RedisListener(Broker):
                     continue
                 if message.get("type") == "pong" and message.get("data") == token:
                     return
-                if len(queue) >= BARRIER_LIMIT and message.get("type") == "message":
+                if len(queue) >= BARRIER_LIMIT and message.get("type") in self.MESSAGE_TYPES:
                     # A flood while Redis is asked: bounded here; genuine ones among
                     # what is dropped show as a gap, a loss told to their channel.
                     self._drop("unverified", _text(message.get("channel")), "in a flood")
                     continue
-                self._enqueue(message, queue)
+                self._enqueue(message, queue, link)
 
     def _deliver(self, channel: str, publication: Publication, *, renumbered: bool = False) -> None:
         self.sequence.delivered(

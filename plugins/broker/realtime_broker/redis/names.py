@@ -24,6 +24,10 @@ import hashlib
 class Names:
     """Every name the broker uses in Redis, from its prefix. Sans-IO."""
 
+    #: The command the scripts publish with, and presence's announce flag for it.
+    publish_command = "PUBLISH"
+    announce = "1"
+
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.nodes = f"{prefix}:nodes"
@@ -77,3 +81,46 @@ class Names:
     def info_key(self, node: str) -> str:
         """The hash describing ``node`` for the cluster's view."""
         return f"{self.prefix}:{{node:{node}}}:info"
+
+
+class ClusterNames(Names):
+    """The names under Redis Cluster (``redis+cluster://``): every Pub/Sub channel is a
+    shard channel (SPUBLISH/SSUBSCRIBE) in the slot of the keys it goes with.
+
+    - ``realtime:{ch:NAME}:channel``: a channel's shard channel, in the slot of its
+      numbering, history and presence, so each script publishes in its own slot.
+    - ``realtime:{control}``: the control shard channel, and ``realtime:{control}:ID``
+      the proofs, all in one slot.
+    """
+
+    publish_command = "SPUBLISH"
+    announce = "s"
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.control = f"{prefix}:{{control}}"
+        self.control_bytes = self.control.encode()
+        self.channel_prefix = f"{prefix}:{{ch:".encode()
+        self.channel_suffix = b"}:channel"
+
+    def key(self, channel: str) -> str:
+        return f"{self.prefix}:{{ch:{channel}}}:channel"
+
+    def channel_of(self, name: object) -> str | None:
+        if (
+            not isinstance(name, bytes)
+            or not name.startswith(self.channel_prefix)
+            or not name.endswith(self.channel_suffix)
+            or len(name) < len(self.channel_prefix) + len(self.channel_suffix)
+        ):
+            return None
+        try:
+            return name[len(self.channel_prefix) : -len(self.channel_suffix)].decode()
+        except UnicodeDecodeError:
+            return None
+
+    def beacon(self, index: int) -> str:
+        """A shard channel nobody publishes on, the ``index``-th candidate: a shard's
+        subscription holds one in its slots, so it is a subscription even with no
+        channel of its own (its PINGs are answered in Pub/Sub form)."""
+        return f"{self.prefix}:{{beacon:{index}}}"

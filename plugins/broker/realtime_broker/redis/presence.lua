@@ -1,10 +1,12 @@
 -- Shared by the presence scripts, which start with it (see realtime_broker.redis.presence).
 -- KEYS: members hash, expiry sorted set, users hash.
--- ARGV[1..3]: "1" to announce joins and leaves, the Pub/Sub channel, PRESENCE_MAGIC.
+-- ARGV[1..3]: "1" to announce joins and leaves (PUBLISH; "s": SPUBLISH, under Redis
+-- Cluster), the Pub/Sub channel, PRESENCE_MAGIC.
 -- Every script returns {its result, told}: told lists the user-level joins and leaves
 -- ("J"/"L" messages) this call made, announced or not, so the caller alone can act on
 -- them: each is decided by exactly one call, on one process.
-local announce, pubsub, magic = ARGV[1] == '1', ARGV[2], ARGV[3]
+local announce, pubsub, magic = ARGV[1] ~= '0', ARGV[2], ARGV[3]
+local publish = ARGV[1] == 's' and 'SPUBLISH' or 'PUBLISH'
 local told = {}
 local function now_ms()
   local t = redis.call('TIME')
@@ -20,7 +22,7 @@ local function tell(kind, client, value)
     table.insert(told, message)
   end
   if announce then
-    redis.call('PUBLISH', pubsub, message)
+    redis.call(publish, pubsub, message)
   end
 end
 local function remove(client)

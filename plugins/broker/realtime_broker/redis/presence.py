@@ -104,7 +104,7 @@ class RedisPresence(PresenceManager):
         script = self._scripts.get(name)
         if self.client is None or script is None:
             raise BrokerUnavailable("the broker is not running")
-        head = [int(announce), self.names.key(channel), PRESENCE_MAGIC]
+        head = [self.names.announce if announce else 0, self.names.key(channel), PRESENCE_MAGIC]
         try:
             async with asyncio.timeout(self.timeout):
                 reply = await script(keys=self.names.presence_keys(channel), args=[*head, *args])

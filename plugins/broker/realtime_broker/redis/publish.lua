@@ -4,7 +4,9 @@
 -- ARGV: kind+body, a new epoch if the channel has none, MAGIC, the Pub/Sub channel
 -- (not a key), "1" if the publishing process listens to the channel, META_TTL, the
 -- history size (0: keeps none), the history TTL in ms, the idempotency result's TTL in
--- ms (0: no key).
+-- ms (0: no key), the command (PUBLISH; SPUBLISH under Redis Cluster, where the nodes
+-- hash is in another slot: then KEYS[2] is the numbering again, not read, and the
+-- nodes come back empty).
 -- Returns {receivers, the nodes hash flattened, epoch, offset}: one round trip per
 -- publication; receivers is -1 for a key already seen, with its first epoch and offset
 -- (nothing published).
@@ -24,7 +26,7 @@ if not epoch then
   redis.call('DEL', KEYS[3])
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local receivers = redis.call('PUBLISH', ARGV[4], ARGV[3] .. epoch .. ' ' .. seq .. ' ' .. ARGV[1])
+local receivers = redis.call(ARGV[10], ARGV[4], ARGV[3] .. epoch .. ' ' .. seq .. ' ' .. ARGV[1])
 if receivers == 0 and ARGV[5] == '1' then
   -- The publisher listens, yet nobody heard it: its own subscription is down, and it
   -- is told the publication failed, so it must leave no gap (nor a new key).
@@ -52,4 +54,8 @@ else
     redis.call('PEXPIRE', KEYS[4], ARGV[9])
   end
 end
-return {receivers, redis.call('HGETALL', KEYS[2]), epoch, seq}
+local nodes = {}
+if ARGV[10] == 'PUBLISH' then
+  nodes = redis.call('HGETALL', KEYS[2])
+end
+return {receivers, nodes, epoch, seq}

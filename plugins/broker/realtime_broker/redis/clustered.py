@@ -1,0 +1,190 @@
+"""Redis Cluster as the broker (``redis+cluster://``, ``rediss+cluster://``).
+
+The same broker as on one Redis (:class:`.broker.RedisBroker`), with three changes:
+
+- Every script runs in one slot: a channel's numbering, history, presence and its
+  shard channel share the ``{ch:NAME}`` hash tag; control messages and their proofs
+  share ``{control}`` (:class:`.names.ClusterNames`). Commands go through redis-py's
+  ``RedisCluster``, which follows the slots' owners.
+- Publications, joins, leaves and control messages go out with ``SPUBLISH`` (sharded
+  pub/sub): only the shard owning the channel's slot carries them, to the hosts
+  subscribed there. The subscription is one link per shard (:mod:`.link`), each a
+  Pub/Sub connection to that shard's primary with ``SSUBSCRIBE`` for its channels,
+  numbered and checked as on one Redis. A link that fails (its primary died)
+  reconnects on its own to whoever serves its slots then (the promoted replica),
+  finds what its channels missed, and tells their subscribers; the other links
+  never notice.
+- The nodes hash (client counts) lives in its own slot, so the publish script cannot
+  read it: a publication's count is the other hosts' reports as this host last read
+  them (each heartbeat), which is what it was anyway: as last reported.
+
+Shards are taken at start: a cluster resharded while the broker runs is followed for
+failovers, but a slot moved to another shard makes that link reconnect again and again
+(logged) until the hosts restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from itertools import count
+from typing import Any, ClassVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from .broker import RedisBroker
+from .connection import POOL_SIZE, UNREACHABLE, make_client
+from .link import Link
+from .names import ClusterNames, Names
+from .sequence import Mark
+from .slots import SlotRange, first_in, owner, parse_slots, parse_url, shards, slot_of
+from .subscriptions import _close
+
+log = logging.getLogger("realtime.broker")
+
+
+class RedisClusterBroker(RedisBroker):
+    """``redis+cluster://[user:password@]host:port[,host:port...]`` (or
+    ``rediss+cluster://``): any of the cluster's nodes, the rest are found."""
+
+    NAMES: ClassVar[type[Names]] = ClusterNames
+    SUBSCRIBE, UNSUBSCRIBE = "SSUBSCRIBE", "SUNSUBSCRIBE"
+    MESSAGE_TYPES = frozenset({"smessage"})
+    MARKS: ClassVar[Mapping[str, Mark]] = {
+        "ssubscribe": Mark.SUBSCRIBED,
+        "sunsubscribe": Mark.UNSUBSCRIBED,
+    }
+
+    def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
+        self.cluster_url = parse_url(url)  # first: a wrong URL fails before anything
+        super().__init__(url, settings)
+        #: The link serving each slot (set by start, from the cluster's shards).
+        self._by_slot: list[Link] = []
+        #: Every node address seen, where the slots' owners are asked.
+        self._known: list[tuple[str, int]] = list(self.cluster_url.nodes)
+        #: The nodes hash as this process last read it (see the module's doc).
+        self._nodes_seen: dict[bytes, bytes] = {}
+
+    def _make_publisher(self) -> Any:
+        url = self.cluster_url
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in url.nodes],
+            username=url.username,
+            password=url.password,
+            ssl=url.scheme == "rediss",
+            max_connections=POOL_SIZE,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            # A few quick retries, where redis-py refreshes the slots' owners: a
+            # failover is followed within the broker's timeout, which bounds each call.
+            retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 3),
+        )
+
+    async def _prepare(self) -> None:
+        """Learn the shards (CLUSTER SLOTS) and make a link for each."""
+        try:
+            async with asyncio.timeout(self.timeout * 3):
+                while True:
+                    try:
+                        ranges = await self._slots()
+                        partition = shards(ranges)
+                        break
+                    except (*UNREACHABLE, ValueError) as exc:
+                        log.warning("redis cluster at %s not ready: %s", self.describe(), exc)
+                        await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise RuntimeError(
+                f"redis cluster at {self.describe()} did not tell its slots in time: every "
+                "slot must be served when the broker starts"
+            ) from None
+        control = slot_of(self.names.control)
+        links = []
+        for slots in partition:
+            first, last = min(slots), max(slots)
+            where = owner(ranges, first)
+            name = f"shard {first}-{last}"
+            link = Link(name, control=control in slots, slots=slots)
+            link.extra["node"] = where
+            beacons = (self.names.beacon(i) for i in count())  # type: ignore[attr-defined]
+            link.extra["beacon"] = first_in(slots, beacons)
+            links.append(link)
+        self._links = links
+        by_slot: list[Link | None] = [None] * (max(max(s) for s in partition) + 1)
+        for link in links:
+            for slot in link.slots:
+                by_slot[slot] = link
+        self._by_slot = [link for link in by_slot if link is not None]
+
+    async def _slots(self) -> list[SlotRange]:
+        """Who serves which slot now, asked of the first known node that answers."""
+        error: BaseException | None = None
+        for host, port in list(self._known):
+            client = make_client(self.cluster_url.node_url(host, port), self.timeout, 0)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    reply = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+                    ranges = parse_slots(reply)
+            except UNREACHABLE as exc:
+                error = exc
+                continue
+            finally:
+                await client.aclose()
+            for r in ranges:
+                if (r.host, r.port) not in self._known:
+                    self._known.append((r.host, r.port))
+            return ranges
+        raise ConnectionError(f"no cluster node answered ({error})")
+
+    # The subscription: one link per shard ------------------------------------------
+
+    def _link_of(self, channel: str) -> Link:
+        return self._by_slot[slot_of(self.names.key(channel))]
+
+    async def _connect(self, link: Link) -> tuple[Redis, PubSub]:
+        """A connection to whoever serves ``link``'s slots now (after a failover, the
+        replica that took over)."""
+        where = owner(await self._slots(), min(link.slots))
+        if where is None:
+            raise ConnectionError(f"no primary serves {link.name} now")
+        if where != link.extra.get("node"):
+            log.warning("redis cluster %s is served by %s:%d now", link.name, *where)
+            link.extra["node"] = where
+        client = make_client(self.cluster_url.node_url(*where), self.timeout, 0)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            await _close(client, pubsub)
+            raise
+        link.commands = client
+        return client, pubsub
+
+    def _groups(self, names: list[str]) -> list[list[str]]:
+        """One SSUBSCRIBE per slot: a command's shard channels must share one."""
+        by_slot: dict[int, list[str]] = {}
+        for name in names:
+            by_slot.setdefault(slot_of(name), []).append(name)
+        return list(by_slot.values())
+
+    def _always(self, link: Link) -> list[str]:
+        names = super()._always(link)
+        beacon = link.extra.get("beacon")
+        return [*names, beacon] if beacon else names
+
+    # Counts: the nodes hash read by the heartbeat, not by the publish script -------
+
+    def _nodes_reported(self, flat: list[bytes]) -> Mapping[bytes, bytes]:
+        return self._nodes_seen
+
+    async def _reported(self) -> None:
+        assert self._publisher is not None
+        self._nodes_seen = await self._publisher.hgetall(self.names.nodes)
+
+    async def close(self) -> None:
+        await super().close()
+        self._by_slot = []
