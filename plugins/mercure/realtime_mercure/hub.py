@@ -149,10 +149,16 @@ class MercureNode:
         found = self.formats.get(key)
         if found is None:
             try:
-                guarded_by = get_hub(self.host).rules.is_private
+                rules = get_hub(self.host).rules
             except HubClosed:
-                guarded_by = None
-            guarded = frozenset(topic for topic in exact if guarded_by is None or guarded_by(topic))
+                rules = None
+            # Channels another protocol guards with its own auth: Centrifuge's private
+            # ($, and what Pusher reserves) and user-limited (#42) ones.
+            guarded = frozenset(
+                topic
+                for topic in exact
+                if rules is None or rules.is_private(topic) or rules.is_user_limited(topic)
+            )
             found = Subscription(
                 exact,
                 templates,
