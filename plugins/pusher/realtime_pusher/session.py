@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from realtime.rate import Rate
-from realtime_broker import BrokerError, Member, Publication
+from realtime_broker import BrokerError, Member, PresenceUnavailable, Publication
 from realtime_hub import Client
 
 from . import wire
@@ -216,7 +216,7 @@ class PusherSession:
             assert user_id is not None
             try:
                 full = await self.node.presence_full(app, bus, user_id)
-            except BrokerError as exc:
+            except (BrokerError, PresenceUnavailable) as exc:
                 log.warning("pusher: presence read on %r failed: %r", bus, exc)
                 full = False
             if full:
@@ -263,7 +263,7 @@ class PusherSession:
             return
         try:
             members = await self.node.members(sub.bus, self.app.max_presence_members, sub.user_id)
-        except BrokerError as exc:
+        except (BrokerError, PresenceUnavailable) as exc:
             log.warning("pusher: presence read on %r failed: %r", sub.bus, exc)
             self.send(
                 wire.subscription_error(channel, "ServerError", "presence is unavailable", 500)
