@@ -462,9 +462,14 @@ async def test_other_protocols_guarded_channels_stay_theirs(tmp_path: Path) -> N
         assert await events.next() == {"id": "g1", "data": "a Mercure update"}
 
 
-async def test_a_centrifuge_user_limited_channel_stays_its_users(tmp_path: Path) -> None:
+async def test_centrifuges_closed_channels_stay_closed(tmp_path: Path) -> None:
     personal = "dialog:#42"
-    rules = {"namespaces": [{"name": "dialog", "allow_user_limited_channels": True}]}
+    rules = {
+        "namespaces": [
+            {"name": "dialog", "allow_user_limited_channels": True},
+            {"name": "staff"},  # Centrifuge clients need a subscription token here
+        ]
+    }
     async with (
         served(tmp_path, channel=rules, mercure_foreign_updates="public") as (app, port),
         subscribe(port, personal, jwt_token=token(subscribe=["*"])) as events,
@@ -473,6 +478,11 @@ async def test_a_centrifuge_user_limited_channel_stays_its_users(tmp_path: Path)
         await get_broker(get_host(app)).publish(personal, Publication("for user 42 only"))
         assert (await publish(port, personal, "a Mercure update", id="d1")).status_code == 200
         assert await events.next() == {"id": "d1", "data": "a Mercure update"}
+        async with subscribe(port, "staff:plans", jwt_token=token(subscribe=["*"])) as staff:
+            await wait_subscribed(app, "staff:plans")
+            await get_broker(get_host(app)).publish("staff:plans", Publication("tokens only"))
+            assert (await publish(port, "staff:plans", "from Mercure", id="s1")).status_code == 200
+            assert await staff.next() == {"id": "s1", "data": "from Mercure"}
 
 
 async def test_an_unknown_last_event_id_replays_nothing(server: tuple[Quart, int]) -> None:

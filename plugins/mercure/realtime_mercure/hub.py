@@ -32,7 +32,7 @@ from realtime_broker import (
     UnrecoverablePosition,
     get_broker,
 )
-from realtime_hub import Client, HubClosed, get_hub
+from realtime_hub import ChannelRules, Client, HubClosed, get_hub
 from realtime_hub.httpstream import BARE, open_response
 
 from .auth import Grant, Unauthorized, Verifier, find_token, header, request_origin
@@ -152,13 +152,7 @@ class MercureNode:
                 rules = get_hub(self.host).rules
             except HubClosed:
                 rules = None
-            # Channels another protocol guards with its own auth: Centrifuge's private
-            # ($, and what Pusher reserves) and user-limited (#42) ones.
-            guarded = frozenset(
-                topic
-                for topic in exact
-                if rules is None or rules.is_private(topic) or rules.is_user_limited(topic)
-            )
+            guarded = frozenset(topic for topic in exact if rules is None or _guarded(rules, topic))
             found = Subscription(
                 exact,
                 templates,
@@ -500,6 +494,20 @@ class _Refused(Exception):
         self.status = status
         self.text = text
         self.headers = list(headers)
+
+
+def _guarded(rules: ChannelRules, topic: str) -> bool:
+    """Whether another protocol guards the channel ``topic`` with its own auth, so its
+    publications there are not for Mercure: Centrifuge's private (``$``, and what
+    Pusher reserves) and user-limited (``#42``) channels, and any channel of a known
+    namespace an anonymous client may not subscribe to (as raw ``/ws`` is asked). A
+    channel no other protocol's client can name (a URL's unknown ``https:``
+    namespace) is not: only scripts and Mercure publish there."""
+    if rules.is_private(topic) or rules.is_user_limited(topic):
+        return True
+    if rules.channel_refusal(topic) is not None:
+        return False
+    return not rules.may_subscribe("", topic).allowed
 
 
 def _newest_id(reads: Mapping[str, HistoryResult]) -> str | None:

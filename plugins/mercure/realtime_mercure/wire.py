@@ -134,10 +134,10 @@ class Subscription:
     selectors of its token's ``mercure.subscribe`` claim (None: public updates only).
     ``foreign_private``: another protocol's publications count as private updates.
     ``guarded``: which of its exact topics are channels another protocol guards with
-    its own auth (the hub's private ones: Centrifuge's ``$``, what Pusher reserves;
-    Centrifuge's user-limited ``#`` ones): another protocol's publications there
-    never reach a Mercure subscriber, whatever its grant (a ``*`` grant is for
-    Mercure's private updates, not for these).
+    its own auth (``hub._guarded``: Centrifuge's ``$``, user-limited and closed
+    channels, what Pusher reserves): another protocol's publications there never
+    reach a Mercure subscriber, whatever its grant (a ``*`` grant is for Mercure's
+    private updates, not for these).
     """
 
     __slots__ = (
