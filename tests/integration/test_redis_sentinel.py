@@ -122,9 +122,11 @@ async def test_a_failover_is_followed_and_what_a_host_missed_is_told(
     there: a gap A must tell its clients of, every time, rather than by chance."""
     topology = sentinel_set
     first, second, third = topology.sentinels
-    a = host(app_dir, tmp_path, topology.url(third)).start()
-    b = host(app_dir, tmp_path, topology.url(first, second)).start()
+    a = host(app_dir, tmp_path, topology.url(third))
+    b = host(app_dir, tmp_path, topology.url(first, second))
     try:
+        a.start()
+        b.start()
         async with httpx.AsyncClient(headers={"X-API-Key": API_KEY}, timeout=10) as api:
             centrifuge = await connected(a.port)
             sub = (await centrifuge.call("subscribe", channel="feed:x"))["subscribe"]
@@ -149,7 +151,10 @@ async def test_a_failover_is_followed_and_what_a_host_missed_is_told(
                     assert time.monotonic() - killed < RESUMES_WITHIN, "publishing did not resume"
                     await asyncio.sleep(0.1)
                 resumed = time.monotonic() - killed
-                assert topology.master_port(first) == topology.replica.port
+                # The Sentinels that failed over agree on the replica (one may learn it
+                # from the other a moment later).
+                promoted = topology.replica.port
+                await eventually(lambda: topology.master_port(first) == promoted, timeout=5)
                 assert await publish(api, b, "news", 3) == 200
                 for n in (4, 5):
                     assert await publish(api, b, "feed:x", n) == 200
@@ -192,8 +197,9 @@ async def test_one_host_with_every_sentinel_loses_nothing_silently(
     """Publishing steadily through the failover: every publication answered 200 reaches
     the raw client, unless the client was closed with 1012 (then it was told)."""
     topology = sentinel_set
-    server = host(app_dir, tmp_path, topology.url()).start()
+    server = host(app_dir, tmp_path, topology.url())
     try:
+        server.start()
         async with httpx.AsyncClient(headers={"X-API-Key": API_KEY}, timeout=10) as api:
             raw = await connect(f"{server.ws_url}?channel=news")
             got: list[int] = []
@@ -210,10 +216,11 @@ async def test_one_host_with_every_sentinel_loses_nothing_silently(
                 assert status in (200, 100), status
                 if status == 200:
                     taken.append(n)
-                assert time.monotonic() - killed < RESUMES_WITHIN + 5
+                assert taken or time.monotonic() - killed < RESUMES_WITHIN, "did not resume"
                 await asyncio.sleep(0.05)
             first_taken = taken[0]
-            assert topology.master_port() == topology.replica.port
+            promoted = topology.replica.port
+            await eventually(lambda: topology.master_port() == promoted, timeout=5)
             if task.done():
                 assert task.result() == 1012  # told: it missed something
             else:
