@@ -70,3 +70,23 @@ async def test_the_server_still_publishes_to_pusher_s_private_channels(tmp_path:
         assert (message["event"], message["channel"], message["data"]) == (
             "message", "private-orders", "shipped",
         )  # fmt: skip
+
+
+async def test_a_channel_the_hubs_rules_close_is_not_a_public_pusher_channel(
+    tmp_path: Path,
+) -> None:
+    """The other way round: where the [channel] rules let no anonymous client listen
+    (Centrifuge clients need a token there), a Pusher public subscribe is refused, as
+    a raw /ws one is; the second app's channels (under "2:", a namespace no other
+    protocol's client can name) stay public."""
+    closed = {"without_namespace": {"allow_subscribe_for_client": False}}
+    app = served_app(tmp_path, channel=closed)
+    async with hypercorn(app) as port, pusher(port) as client:
+        refused = await client.subscribe("news")
+        assert refused["event"] == "pusher:subscription_error"
+        assert refused["data"]["type"] == "AuthError"
+        async with pusher(port, key="quiet-key") as other:
+            ok = await other.subscribe("news", secret="quiet-secret", key="quiet-key")
+            assert ok["event"] == "pusher_internal:subscription_succeeded"
+        ok = await client.subscribe("private-news")  # Pusher's own auth decides there
+        assert ok["event"] == "pusher_internal:subscription_succeeded"

@@ -127,6 +127,17 @@ class PusherNode:
         """The bus channel of ``app``'s ``pusher_channel`` (the app's prefix in front)."""
         return self.apps.prefix(app) + pusher_channel
 
+    def open_channel(self, bus: str) -> bool:
+        """Whether a public Pusher channel may be the bus channel ``bus``: where the
+        hub's rules let anonymous clients listen (as raw ``/ws`` asks them), or a name
+        no other protocol's client can subscribe to (another app's ``2:`` prefix, an
+        unknown namespace). Else the channel is guarded there (a Centrifuge namespace
+        whose clients need a token) and no Pusher auth can stand for that."""
+        rules = self.hub.rules
+        if rules.channel_refusal(bus) is not None:
+            return True
+        return rules.may_subscribe("", bus).allowed
+
     def user_channel(self, app: PusherApp, user_id: str) -> str:
         """The bus channel of the events sent to one user (``#server-to-user-<id>``)."""
         return self.bus_channel(app, USER_CHANNEL_PREFIX + user_id)

@@ -202,6 +202,16 @@ class PusherSession:
         ):
             self._auth_error(channel)
             return
+        elif kind == "public" and not self.node.open_channel(self.node.bus_channel(app, channel)):
+            self.send(
+                wire.subscription_error(
+                    channel,
+                    "AuthError",
+                    "the server's channel rules let no anonymous client subscribe here",
+                    403,
+                )
+            )
+            return
         existing = self.subs.get(channel)
         if existing is not None:
             if kind == "presence" and existing.user_id != user_id:
