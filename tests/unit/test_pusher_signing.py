@@ -52,3 +52,14 @@ def test_apps_are_checked_and_only_the_first_shares_the_bare_channel_names() -> 
                 "{nope"):  # fmt: skip
         with pytest.raises(ValueError, match=r"pusher_apps|Pusher app"):
             make_apps(parse_apps(bad))
+
+
+def test_settings_that_hold_an_app_secret_are_never_echoed() -> None:
+    from realtime.options import resolve
+    from realtime_pusher.plugin import PUSHER_APP_SECRET, PUSHER_APPS
+
+    broken = '[{"id": "1", "key": "k", "secret": "hunter2"'  # cut short: not JSON
+    with pytest.raises(ValueError, match="REALTIME_PUSHER_APPS") as error:
+        resolve([PUSHER_APPS], {}, {"REALTIME_PUSHER_APPS": broken})
+    assert "hunter2" not in str(error.value)
+    assert PUSHER_APP_SECRET.secret

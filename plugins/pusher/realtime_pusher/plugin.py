@@ -24,10 +24,11 @@ PUSHER_APPS: Option[Any] = Option(
     "the Pusher apps served, each with id, key and secret (an array of tables "
     "[[pusher_apps]] in realtime.toml, JSON here; see docs/pusher.md)",
     type=parse_apps,
+    secret=True,  # it holds the apps' secrets
 )
 PUSHER_APP_ID = Option("pusher_app_id", "", "one Pusher app's id (with its key and secret)")
 PUSHER_APP_KEY = Option("pusher_app_key", "", "one Pusher app's key (pusher-js's first argument)")
-PUSHER_APP_SECRET = Option("pusher_app_secret", "", "one Pusher app's secret")
+PUSHER_APP_SECRET = Option("pusher_app_secret", "", "one Pusher app's secret", secret=True)
 PUSHER_TIMESTAMP_WINDOW = Option(
     "pusher_timestamp_window",
     600,
