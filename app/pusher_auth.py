@@ -14,14 +14,18 @@
 #
 # `pusher_auth`, `pusher_user_auth`, `request` and `response` are put here by the host.
 
+import re
+
 GUEST = "guest-"
 MAX_NAME = 64
+# Pusher user ids are made of channel-name characters (they name #server-to-user- channels).
+NOT_IN_AN_ID = re.compile(r"[^A-Za-z0-9_\-=@,.;]")
 
 name = request.cookies.get("user", "").strip()
 if not name or len(name) > MAX_NAME or not name.isprintable():
     response.json({"error": "sign in first (the demo's `user` cookie)"}, 403)
     exit()
-user = name if name.startswith(GUEST) else GUEST + name
+user = NOT_IN_AN_ID.sub("_", name if name.startswith(GUEST) else GUEST + name)
 
 socket_id = request.form.get("socket_id", "")
 channel = request.form.get("channel_name")

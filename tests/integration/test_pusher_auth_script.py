@@ -77,7 +77,6 @@ async def test_private_presence_and_signin(served: tuple[Quart, int]) -> None:
         ({"socket_id": "1.2", "channel_name": "news"}, "ann", 400, "public channel"),
         ({"socket_id": "1.2", "channel_name": "private-a b"}, "ann", 400, "channel name"),
         ({"socket_id": "1.2", "channel_name": "private-encrypted-a"}, "ann", 500, "master"),
-        ({"socket_id": "1.2"}, "a/b", 400, "id"),
     ],
 )
 async def test_refusals(
@@ -87,6 +86,16 @@ async def test_refusals(
     response = await auth(port, form, user)
     assert response.status_code == status, response.text
     assert says in response.text
+
+
+async def test_a_name_pusher_would_refuse_signs_in_under_an_id_it_takes(
+    served: tuple[Quart, int],
+) -> None:
+    _, port = served
+    response = await auth(port, {"socket_id": "1.2"}, "ann/lee!")
+    assert response.status_code == 200, response.text
+    user = json.loads(response.json()["user_data"])
+    assert user == {"id": "guest-ann_lee_", "user_info": {"name": "ann/lee!"}}
 
 
 async def test_a_real_socket_subscribes_and_signs_in_with_the_scripts_answers(
