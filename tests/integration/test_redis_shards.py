@@ -277,3 +277,29 @@ async def _published(app: Quart, channel: str, n: int) -> bool:
     except BrokerUnavailable:
         return False
     return True
+
+
+async def test_a_host_starts_with_a_shard_down_and_serves_the_others_then_that_one(
+    tmp_path: Path,
+    redis_shards: list[RedisServer],  # noqa: F811
+) -> None:
+    servers = redis_shards
+    per_shard = channels_per_shard(1)
+    servers[2].stop()
+    app = await served_app(tmp_path, channel=CHANNELS, broker=shards_url(servers))
+    async with hypercorn(app) as port:
+        broker = sharded(app)
+        assert broker.shards_down() == [broker.shards[2].describe()]
+        client = await connected(port, "carol")
+        for names in per_shard[:2]:
+            await subscribe(client, names[0])
+            await publish(app, names[0], 1)
+            assert await collect(client, 1) == {names[0]: [1]}
+        with pytest.raises(BrokerUnavailable, match="shard 2"):
+            await publish(app, per_shard[2][0], 1)
+        servers[2].start()
+        await eventually(lambda: broker.up, timeout=10, message="every shard up")
+        await subscribe(client, per_shard[2][0])
+        await publish(app, per_shard[2][0], 2)
+        assert await collect(client, 1) == {per_shard[2][0]: [2]}
+        await client.ws.close()
