@@ -119,3 +119,27 @@ def test_a_hostile_template_costs_one_pass_over_the_topic(selector: str, topic: 
 )
 def test_template_languages(selector: str, topic: str, expected: bool) -> None:
     assert matches(selector, topic) is expected
+
+
+def test_an_update_costs_one_match_per_distinct_template_and_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thousand subscriber kinds holding the same 32 templates, one update of 12
+    topics: each template is matched against each topic once, not once per kind."""
+    from realtime_mercure import selectors
+
+    calls = 0
+    real = selectors.Template.fullmatch
+
+    def counted(self: selectors.Template, topic: str) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(self, topic)
+
+    monkeypatch.setattr(selectors.Template, "fullmatch", counted)
+    selectors._template_matches.cache_clear()
+    templates = tuple(f"https://example.com/t{n}/{{id}}" for n in range(32))
+    topics = tuple(f"https://example.com/other/{n}" for n in range(12))  # none matches
+    for _ in range(1000):
+        assert not selectors.any_match(templates, topics)
+    assert calls == 32 * 12

@@ -26,6 +26,8 @@ MAX_EXPRESSIONS = 10
 MAX_VARIABLES = 10
 #: Compiled templates kept.
 CACHE_SIZE = 1024
+#: Template-topic answers remembered (a few MB at most).
+MATCH_CACHE_SIZE = 1 << 16
 #: Steps of one template's automaton remembered (each a set of its states and a
 #: character): what makes matching one dictionary look-up a character, bounded.
 MAX_REMEMBERED = 512
@@ -290,7 +292,16 @@ def matches(selector: str, topic: str) -> bool:
         return True
     if "{" not in selector:
         return False
-    pattern = _compiled(selector)
+    return _template_matches(selector, topic)
+
+
+@lru_cache(maxsize=MATCH_CACHE_SIZE)
+def _template_matches(template: str, topic: str) -> bool:
+    """One template against one topic, remembered: every subscriber kind holding that
+    template asks about the same update's topics, so an update costs one match per
+    distinct (template, topic), not one per subscriber kind (a pure function: the
+    cache gives every app the same answers)."""
+    pattern = _compiled(template)
     return pattern is not None and pattern.fullmatch(topic)
 
 
