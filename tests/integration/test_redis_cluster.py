@@ -304,3 +304,68 @@ async def test_sharded_pubsub_over_three_shards_and_a_primary_failing_over(
     finally:
         a.stop()
         b.stop()
+
+
+async def test_publishing_steadily_through_a_failover_loses_nothing_silently(
+    app_dir: Path,
+    tmp_path: Path,
+    redis_cluster: RedisCluster,  # noqa: F811
+) -> None:
+    """One host, a raw client per shard, a publication on each channel in turn every
+    few tens of milliseconds while a primary is killed: the other shards' publications
+    are all taken and all delivered, in order, their clients never closed; on the
+    killed shard every publication taken reaches its client, unless the client was
+    closed with 1012 (told)."""
+    cluster = redis_cluster
+    news = spread(cluster, "news")
+    victim_news = news[2]
+    server = host(app_dir, tmp_path, cluster.url).start()
+    try:
+        async with httpx.AsyncClient(headers={"X-API-Key": API_KEY}, timeout=10) as api:
+            raws = {c: Raw(await connect(f"{server.ws_url}?channel={c}")) for c in news}
+            taken: dict[str, list[int]] = {c: [] for c in news}
+            for channel in news:
+                assert await publish(api, server, channel, 0) == 200
+                taken[channel].append(0)
+            await eventually(lambda: all(raws[c].got == [0] for c in news), message="first")
+            victim = cluster.primary_of(slot(victim_news))
+            assert victim.cli("WAIT", "1", "5000").strip() == "1"
+            victim.kill()
+            killed = time.monotonic()
+            n = 0
+            first_taken = None
+            while len([x for x in taken[victim_news] if x > 0]) < 5:
+                n += 1
+                assert time.monotonic() - killed < RESUMES_WITHIN + 5, "publishing did not resume"
+                for channel in news:
+                    status = await publish(api, server, channel, n)
+                    if channel != victim_news:
+                        assert status == 200, (channel, n, status)
+                    else:
+                        assert status in (200, 100), status
+                    if status == 200:
+                        taken[channel].append(n)
+                        if channel == victim_news and first_taken is None:
+                            first_taken = time.monotonic() - killed
+                await asyncio.sleep(0.03)
+            for channel in news:
+                raw = raws[channel]
+                if channel == victim_news and raw.task.done():
+                    assert raw.task.result() == 1012
+                    continue
+                await eventually(
+                    lambda r=raw, c=channel: r.got == taken[c] or r.task.done(),
+                    timeout=10,
+                    message=f"{channel} got all taken",
+                )
+                if channel == victim_news and raw.task.done():
+                    assert raw.task.result() == 1012
+                else:
+                    assert raw.got == taken[channel], channel
+                    assert not raw.task.done(), channel
+        print(
+            f"the killed shard took publications again {first_taken:.2f} s after the kill; "
+            f"its client was {'closed (1012)' if raws[victim_news].task.done() else 'kept'}"
+        )
+    finally:
+        server.stop()

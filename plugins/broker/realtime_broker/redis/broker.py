@@ -382,6 +382,10 @@ class RedisBroker(RedisListener):
         # A restarted Redis has no counts yet, and maybe an old channel map.
         self.cluster.forget_map()
 
+    def _hearing(self) -> bool:
+        """Whether this process hears broadcasts, so that its clients count."""
+        return self.subscribed
+
     async def _reported(self) -> None:
         """After each heartbeat's count report (Redis Cluster reads the others' here)."""
 
@@ -418,7 +422,7 @@ class RedisBroker(RedisListener):
             try:
                 self.tally.flush()
                 count = sum(counter() for counter in self.counters)
-                if not self.subscribed:
+                if not self._hearing():
                     # Whether Redis answers at all: if it does, this process alone cannot
                     # hear broadcasts, and /-/health says so.
                     async with asyncio.timeout(self.timeout):

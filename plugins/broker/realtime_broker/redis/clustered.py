@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from itertools import count
 from typing import Any, ClassVar
@@ -147,7 +148,16 @@ class RedisClusterBroker(RedisBroker):
 
     async def _connect(self, link: Link) -> tuple[Redis, PubSub]:
         """A connection to whoever serves ``link``'s slots now (after a failover, the
-        replica that took over)."""
+        replica that took over); ``reachable`` says whether it could be made."""
+        try:
+            connected = await self._connect_to_shard(link)
+        except BaseException:
+            link.extra["reachable"] = False
+            raise
+        link.extra["reachable"] = True
+        return connected
+
+    async def _connect_to_shard(self, link: Link) -> tuple[Redis, PubSub]:
         where = owner(await self._slots(), min(link.slots))
         if where is None:
             raise ConnectionError(f"no primary serves {link.name} now")
@@ -176,7 +186,29 @@ class RedisClusterBroker(RedisBroker):
         beacon = link.extra.get("beacon")
         return [*names, beacon] if beacon else names
 
-    # Counts: the nodes hash read by the heartbeat, not by the publish script -------
+    # Health and counts ---------------------------------------------------------------
+
+    def problem(self) -> str | None:
+        """Unhealthy while a shard's subscription is down here though its shard can be
+        reached: then this process alone misses that shard's broadcasts. A shard that
+        cannot be reached (its primary died, no replica took over yet) is down for
+        every host alike: sending new clients elsewhere would not help them, and
+        broadcasts on its channels answer 503 meanwhile."""
+        listener = self._listener
+        if listener is None or listener.done():
+            return super().problem()
+        now = time.monotonic()
+        local = [link for link in self._links if not link.up and link.extra.get("reachable", True)]
+        if not local:
+            return None
+        worst = max(now - link.down_since for link in local)
+        names = ", ".join(link.name for link in local)
+        return f"not subscribed to the redis cluster's {names} for {worst:.1f} s"
+
+    def _hearing(self) -> bool:
+        # Counted while any shard is heard: one shard failing over for a few seconds
+        # must not take this process's clients out of every count.
+        return any(link.up for link in self._links)
 
     def _nodes_reported(self, flat: list[bytes]) -> Mapping[bytes, bytes]:
         return self._nodes_seen
