@@ -34,6 +34,8 @@ class RedisProcess:
         self.port = reserve_port()
         self.args = args
         self.sentinel = sentinel
+        #: What redis-cli authenticates with (set by whoever gave it a requirepass).
+        self.password = ""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -78,8 +80,9 @@ class RedisProcess:
         self.process = None
 
     def cli(self, *args: str) -> str:
+        auth = ["--no-auth-warning", "-a", self.password] if self.password else []
         return subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args],
+            ["redis-cli", "-p", str(self.port), *auth, *args],
             capture_output=True,
             text=True,
             check=True,
@@ -97,25 +100,50 @@ def _binary(name: str) -> str:
 class SentinelSet:
     """A master, its replica, and Sentinels watching them (quorum 2 of 3)."""
 
-    def __init__(self, workdir: Path, sentinels: int = 3, quorum: int = 2) -> None:
-        self.master = RedisProcess(workdir / "master")
+    def __init__(
+        self,
+        workdir: Path,
+        sentinels: int = 3,
+        quorum: int = 2,
+        *,
+        password: str = "",
+        sentinel_password: str = "",
+    ) -> None:
+        """``password``: Redis's (``requirepass``, and ``masterauth`` for replication and
+        the Sentinels' ``auth-pass``); ``sentinel_password``: the Sentinels' own."""
+        auth = ("--requirepass", password, "--masterauth", password) if password else ()
+        self.master = RedisProcess(workdir / "master", *auth)
         self.replica = RedisProcess(
-            workdir / "replica", "--replicaof", "127.0.0.1", str(self.master.port)
+            workdir / "replica", "--replicaof", "127.0.0.1", str(self.master.port), *auth
         )
-        lines = (
+        self.password = password
+        self.sentinel_password = sentinel_password
+        lines = [
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master.port} {quorum}",
             f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
             f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
             f"sentinel parallel-syncs {MASTER_NAME} 1",
-        )
+        ]
+        if password:
+            lines.append(f"sentinel auth-pass {MASTER_NAME} {password}")
+        if sentinel_password:
+            # The Sentinels ask each other with it too (sentinel-pass).
+            lines.append(f"requirepass {sentinel_password}")
+            lines.append(f"sentinel sentinel-pass {sentinel_password}")
         self.sentinels = [
             RedisProcess(workdir / f"sentinel{n}", *lines, sentinel=True) for n in range(sentinels)
         ]
+        self.master.password = self.replica.password = password
+        for sentinel in self.sentinels:
+            sentinel.password = sentinel_password
 
     def url(self, *sentinels: RedisProcess, query: str = "db=0") -> str:
         """``redis+sentinel://`` naming these Sentinels (all by default)."""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels or self.sentinels)
-        return f"redis+sentinel://{hosts}/{MASTER_NAME}" + (f"?{query}" if query else "")
+        auth = f":{self.password}@" if self.password else ""
+        if self.sentinel_password:
+            query = "&".join(filter(None, (query, f"sentinel_password={self.sentinel_password}")))
+        return f"redis+sentinel://{auth}{hosts}/{MASTER_NAME}" + (f"?{query}" if query else "")
 
     def start(self) -> SentinelSet:
         self.master.start()

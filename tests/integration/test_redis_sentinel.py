@@ -22,7 +22,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from realtime_broker import BrokerUnavailable, Publication
 from realtime_broker.redis.sentinel import describe, parse
+from realtime_broker.redis.sentinel_broker import SentinelBroker
 
 from ..conftest import Server, eventually
 from ..redis_topologies import SentinelSet, sentinel_set  # noqa: F401 (a fixture)
@@ -236,3 +238,38 @@ async def test_one_host_with_every_sentinel_loses_nothing_silently(
             assert first_taken > 1
     finally:
         server.stop()
+
+
+async def test_passwords_for_redis_and_for_the_sentinels(tmp_path: Path) -> None:
+    """Redis with requirepass, Sentinels with their own: the URL carries both."""
+    topology = SentinelSet(tmp_path / "auth", password="redis-pw", sentinel_password="s-pw")
+    try:
+        topology.start()
+        url = topology.url()
+        assert url.startswith("redis+sentinel://:redis-pw@") and "sentinel_password=s-pw" in url
+        got: list[str | bytes] = []
+
+        def deliver(publication: Publication) -> int:
+            got.append(publication.data)
+            return 1
+
+        broker = SentinelBroker(url, {"broker_timeout": 0.5})
+        broker.subscribe("news", deliver)
+        await broker.start()
+        try:
+            await broker.ready("news")
+            await broker.publish("news", "hello")
+            await eventually(lambda: got == ["hello"], message="delivered through Sentinel")
+        finally:
+            await broker.close()
+        for wrong in (url.replace(":redis-pw@", ":nope@"), url.replace("s-pw", "nope")):
+            refused = SentinelBroker(wrong, {"broker_timeout": 0.5})
+            await refused.start()  # serves anyway, saying so; publishing answers 503
+            try:
+                with pytest.raises(BrokerUnavailable):
+                    await refused.publish("news", "no")
+                assert not refused.up
+            finally:
+                await refused.close()
+    finally:
+        topology.stop()
