@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from realtime_broker.redis.clustered import RedisClusterBroker, publisher_options
 from realtime_broker.redis.names import ClusterNames, Names
 from realtime_broker.redis.slots import (
     SlotRange,
@@ -97,3 +98,14 @@ def test_a_beacon_is_found_in_any_shard_even_a_small_one() -> None:
     beacon = first_in(small, (NAMES.beacon(i) for i in range(1_000_000)))
     assert beacon is not None and slot_of(beacon) in small
     assert first_in(frozenset({5}), (NAMES.beacon(i) for i in range(10)), limit=10) is None
+
+
+def test_the_publisher_gets_the_urls_credentials_and_tls_options() -> None:
+    url = parse_url("rediss+cluster://u:p%40ss@h:1,h:2?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem")
+    assert publisher_options(url) == {
+        "username": "u", "password": "p@ss", "ssl": True,
+        "ssl_cert_reqs": "none", "ssl_ca_certs": "/ca.pem",
+    }  # fmt: skip
+    assert publisher_options(parse_url("redis+cluster://h:1")) == {"ssl": False}
+    with pytest.raises(ValueError, match="cannot set bogus"):
+        RedisClusterBroker("redis+cluster://h:1?bogus=1", {})

@@ -26,6 +26,7 @@ failovers, but a slot moved to another shard makes that link reconnect again and
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url as parse_node_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -43,10 +45,24 @@ from .connection import POOL_SIZE, UNREACHABLE, make_client
 from .link import Link
 from .names import ClusterNames, Names
 from .sequence import Mark
-from .slots import SlotRange, first_in, owner, parse_slots, parse_url, shards, slot_of
+from .slots import ClusterURL, SlotRange, first_in, owner, parse_slots, parse_url, shards, slot_of
 from .subscriptions import _close
 
 log = logging.getLogger("realtime.broker")
+
+
+def publisher_options(url: ClusterURL) -> dict[str, Any]:
+    """The URL's credentials, TLS and other options (``?ssl_ca_certs=...``), as
+    ``RedisCluster`` takes them: what one node's ``redis://`` URL would give a client."""
+    options: dict[str, Any] = dict(parse_node_url(url.node_url(*url.nodes[0])))
+    for name in ("host", "port", "db", "connection_class"):
+        options.pop(name, None)
+    accepted = inspect.signature(RedisCluster.__init__).parameters
+    unknown = sorted(name for name in options if name not in accepted)
+    if unknown:
+        raise ValueError(f"a cluster URL cannot set {', '.join(unknown)}")
+    options["ssl"] = url.scheme == "rediss"
+    return options
 
 
 class RedisClusterBroker(RedisBroker):
@@ -63,6 +79,7 @@ class RedisClusterBroker(RedisBroker):
 
     def __init__(self, url: str, settings: Mapping[str, Any]) -> None:
         self.cluster_url = parse_url(url)  # first: a wrong URL fails before anything
+        publisher_options(self.cluster_url)
         super().__init__(url, settings)
         #: The link serving each slot (set by start, from the cluster's shards).
         self._by_slot: list[Link] = []
@@ -75,9 +92,7 @@ class RedisClusterBroker(RedisBroker):
         url = self.cluster_url
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in url.nodes],
-            username=url.username,
-            password=url.password,
-            ssl=url.scheme == "rediss",
+            **publisher_options(url),
             max_connections=POOL_SIZE,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
