@@ -7,8 +7,10 @@ channel) and ``realtime:{node:NODE}:info`` (its ``uid``, ``name``, ``started``,
 ``channels`` and ``subs``) for the server API's ``channels`` and ``info``; both expire
 ``NODE_KEYS_TTL`` after the last write, and a process deletes them when it closes.
 
-The publish script reads ``realtime:nodes`` too: under Redis Cluster that is another
-slot than the channel's, so the count would have to move out of the script.
+The publish script reads ``realtime:nodes`` too, on one Redis. Under Redis Cluster
+that is another slot than the channel's, so the script does not: each heartbeat reads
+the hash instead, and a publication's count is the others' reports as last read
+(:mod:`.clustered`).
 """
 
 from __future__ import annotations
