@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "workload-secret-" * 3
 API_KEY = "workload-key"
 BASE_CLIENTS = 15_000
+GC_OFF = "import gc; gc.disable(); gc.freeze = lambda: None; gc.enable = lambda: None"
 BASE_STEPS = (15_000, 25_000, 50_000)
 CHANNELS = {
     "namespaces": [
@@ -77,6 +78,8 @@ def commit() -> str:
 
 def server_command(args: argparse.Namespace, port: int, broker: str) -> list[str]:
     code = "import sys\nfrom realtime.cli import main\nsys.exit(main())"
+    if args.gc_off:  # as bench/gcstall.py's gc-off variant: the collector never runs
+        code = GC_OFF + "\n" + code
     return [
         "taskset",
         "-c",
@@ -202,7 +205,7 @@ async def step(
     errors = {k: v for k, v in errors.items() if v}
     if errors:
         notes.append("errors: " + "; ".join(f"{k} x{v}" for k, v in errors.items()))
-    for key in ("silent", "ooo", "dropped", "calls_failed", "connect_failed", "refused"):
+    for key in ("silent", "ooo", "dropped", "calls_failed", "connect_failed", "refused", "told"):
         if after[key] - before[key]:
             notes.append(f"{key} {after[key] - before[key]}")
     return {
@@ -404,6 +407,9 @@ def main() -> int:
         choices=("asyncio", "uvloop"),
         default="uvloop",
         help="the load generator's loop (the server's is its default)",
+    )
+    p.add_argument(
+        "--gc-off", action="store_true", help="the server's garbage collector disabled (the floor)"
     )
     p.add_argument("--server-flag", action="append", default=[], help="extra server argument")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")

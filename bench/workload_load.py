@@ -87,6 +87,7 @@ class Client(asyncio.Protocol):
         self.seqs = {W.GROUP: W.Sequence(), W.PERSONAL: W.Sequence()}
         self.index = {W.GROUP: user // load.cfg.group_size, W.PERSONAL: user}
         self.closing = False
+        self.resubscribes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)  # uvloop's is no subclass
@@ -106,6 +107,12 @@ class Client(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.upgraded and not self.buf and len(data) >= 2 and data[1] < 126:
+            # The common case: one whole small text frame, parsed with no copy into buf.
+            end = 2 + data[1]
+            if len(data) == end and data[0] == 0x81:
+                self.frame(data[2:])
+                return
         buf = self.buf
         buf += data
         if not self.upgraded:
@@ -158,7 +165,10 @@ class Client(asyncio.Protocol):
     def push(self, line: bytes) -> None:
         at = line.find(DATA)
         if at < 0:
-            self.load.other += 1  # a push with no string data (an unsubscribe, a join...)
+            if b'"unsubscribe":' in line:
+                self.unsubscribed(line)
+            else:
+                self.load.other += 1  # a push with no string data (a join, a disconnect...)
             return
         start = at + 8
         data = line[start : line.find(b'"', start)]
@@ -184,6 +194,26 @@ class Client(asyncio.Protocol):
             if took > win.worst.get(second, 0):
                 win.worst[second] = took
 
+    def unsubscribed(self, line: bytes) -> None:
+        """The server's "you may have missed" (2500): told, and subscribed again as an SDK
+        does (``personal:#USER`` too: a user-limited channel its user may subscribe to)."""
+        try:
+            push = json.loads(line)["push"]
+            kind, index = W.channel_index(push["channel"])
+        except (ValueError, KeyError, TypeError):
+            self.load.other += 1
+            return
+        load = self.load
+        load.told += 1
+        old = self.seqs[kind]
+        load.lost += old.lost
+        load.ooo += old.ooo
+        self.seqs[kind] = W.Sequence()  # rounds start over with the new subscription
+        self.resubscribes += 1
+        if self.transport is not None and index == self.index[kind]:
+            command = {"id": 2 + self.resubscribes, "subscribe": {"channel": push["channel"]}}
+            self.transport.write(client_text(json.dumps(command).encode()))
+
     def reply(self, line: bytes) -> None:
         try:
             reply = json.loads(line)
@@ -191,6 +221,10 @@ class Client(asyncio.Protocol):
             self.fail(f"bad frame {line[:60]!r}")
             return
         if "error" in reply:
+            if reply.get("id", 0) > 2:  # a subscribe again refused: noted, not fatal
+                why = f"resubscribe: {reply['error']}"[:60]
+                self.load.errors[why] = self.load.errors.get(why, 0) + 1
+                return
             self.fail(f"Centrifuge error {reply['error']}")
             return
         if reply.get("id") == 1:
@@ -214,8 +248,11 @@ class Client(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"user {self.user}: lost ({exc})"))
         elif not self.closing:
-            self.load.dropped += 1
+            self.load.dropped += 1  # the server closed it: the user connects again
             self.load.forget(self)
+            task = asyncio.get_running_loop().create_task(self.load.reconnect(self.user))
+            self.load.tasks.add(task)
+            task.add_done_callback(self.load.tasks.discard)
 
 
 class ApiConnection(asyncio.Protocol):
@@ -270,6 +307,8 @@ class Load:
         self.lost = self.ooo = 0  # from connections closed by the churn, and tails
         self.silent = 0
         self.calls_failed = 0
+        self.told = 0  # unsubscribe pushes: "you may have missed" on a channel
+        self.tasks: set[asyncio.Task[None]] = set()
         self.refused = 0  # deliveries of channels a broadcast answered with an error
         self.api: asyncio.LifoQueue[ApiConnection] = asyncio.LifoQueue()  # hot ones first
         self.api_ms = W.Histogram()  # call answer times (ns in, ms out)
@@ -477,6 +516,7 @@ class Load:
             "other": self.other,
             "calls_failed": self.calls_failed,
             "refused": self.refused,
+            "told": self.told,
             "churned": self.churned,
             "connect_failed": self.connect_failed,
             "errors": dict(self.errors),

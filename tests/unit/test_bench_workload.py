@@ -7,6 +7,7 @@ is counted as lost, and that the calls and the churn are spread as the issue ask
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -159,3 +160,60 @@ def test_api_errors_lists_each_channels_error_once() -> None:
     assert W.api_errors(answer) == (2, '{"code": 100, "message": "internal server error"}')
     assert W.api_errors(b'{"result":{"responses":[{"result":{}}]}}') == (0, "")
     assert W.api_errors(b"<html>") == (1, "<html>")
+
+
+class Transport:
+    """What a client writes, kept (no socket)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.written.append(b"<abort>")
+
+
+def server_frame(text: str) -> bytes:
+    data = text.encode()
+    assert len(data) < 126
+    return bytes([0x81, len(data)]) + data
+
+
+def unmasked(frame: bytes) -> bytes:
+    """A short masked client frame's payload."""
+    size, key = frame[1] & 0x7F, frame[2:6]
+    assert size < 126
+    return bytes(b ^ key[i % 4] for i, b in enumerate(frame[6 : 6 + size]))
+
+
+def test_client_counts_rounds_latency_and_a_you_may_have_missed() -> None:
+    import workload_load as L  # its wsclient import needs bench/ on the path (above)
+
+    async def scenario() -> tuple[L.Load, L.Client, Transport]:
+        load = L.Load(L.Config(port=1, clients=100, secret="s", api_key="k"))
+        load.window = L.Window(start=0)
+        client = L.Client(load, user=23)  # group 2 of 10 groups, personal 23 of 100
+        transport = Transport()
+        client.transport = transport  # type: ignore[assignment]
+        client.upgraded = True
+        connect = '{"id":1,"connect":{"client":"c","subs":{"personal:#23":{}}}}'
+        client.data_received(server_frame(connect) + server_frame('{"id":2,"subscribe":{}}'))
+        assert client.ready.done()
+        for position in (0, 10, 30):  # group calls of 10 channels over 10 groups: rounds 0, 1, 3
+            data = W.encode(W.GROUP, position, 0)
+            push = f'{{"push":{{"channel":"group:2","pub":{{"data":"{data}"}}}}}}'
+            client.data_received(server_frame(push))
+        unsubscribe = '{"push":{"channel":"group:2","unsubscribe":{"code":2500}}}'
+        client.data_received(server_frame(unsubscribe))
+        return load, client, transport
+
+    load, client, transport = asyncio.run(scenario())
+    assert load.window.delivered == 3 and load.window.hist.total == 3
+    assert load.lost == 1  # round 2 never came, handed over when the server said so
+    assert load.told == 1 and client.seqs[W.GROUP].got == 0  # rounds start over
+    assert json.loads(unmasked(transport.written[-1])) == {
+        "id": 3,
+        "subscribe": {"channel": "group:2"},
+    }  # subscribed again, as an SDK does
