@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from realtime_pusher.apps import make_apps, parse_apps
@@ -63,3 +65,13 @@ def test_settings_that_hold_an_app_secret_are_never_echoed() -> None:
         resolve([PUSHER_APPS], {}, {"REALTIME_PUSHER_APPS": broken})
     assert "hunter2" not in str(error.value)
     assert PUSHER_APP_SECRET.secret
+
+
+@pytest.mark.parametrize("event", ["", "x" * 201, "pusher:ping", "pusher_internal:member_added"])
+def test_a_default_event_pusher_clients_could_never_get_is_refused(
+    event: str, tmp_path: Path
+) -> None:
+    from realtime import PluginError, create_app
+
+    with pytest.raises((PluginError, ValueError), match="pusher-default-event"):
+        create_app(tmp_path, settings={"pusher_default_event": event})

@@ -75,8 +75,12 @@ def validate(host: Host) -> None:
     apps_of(host.settings)
     if not 1 <= host.setting(PUSHER_TIMESTAMP_WINDOW) <= 86400:
         raise ValueError("--pusher-timestamp-window must be 1 to 86400 seconds")
-    if not 1 <= len(host.setting(PUSHER_DEFAULT_EVENT)) <= 200:
+    default_event = host.setting(PUSHER_DEFAULT_EVENT)
+    if not 1 <= len(default_event) <= 200:
         raise ValueError("--pusher-default-event must be 1 to 200 characters")
+    if default_event.startswith(("pusher:", "pusher_internal:")):
+        # Pusher clients never get such names from a publisher: nothing would arrive.
+        raise ValueError("--pusher-default-event must not start with pusher: or pusher_internal:")
 
 
 @hookimpl
