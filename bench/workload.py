@@ -264,7 +264,9 @@ async def drive(args: argparse.Namespace, pid: int, port: int, broker: B.Broker)
     )
     rows = []
     rates = [(args.rate, args.seconds)] + [(r, args.step_seconds) for r in args.steps]
-    for rate, seconds in rates:
+    down = args.down_steps  # when the base is not held: half the rate, then half again...
+    while rates:
+        rate, seconds = rates.pop(0)
         row = await step(load, args, rate, seconds, pid, broker, kb)
         rows.append(row)
         print(
@@ -273,8 +275,14 @@ async def drive(args: argparse.Namespace, pid: int, port: int, broker: B.Broker)
             file=sys.stderr,
             flush=True,
         )
-        if not row["held"]:
-            break
+        if row["held"]:
+            continue
+        if down > 0 and not any(r["held"] for r in rows):
+            down -= 1
+            await asyncio.sleep(args.step_seconds / 3)  # what was queued drains first
+            rates = [(rate / 2, args.step_seconds)]
+            continue
+        break
     for client in list(load.live.values()):
         client.close()
     return {
@@ -389,6 +397,12 @@ def main() -> int:
         "(default 15000,25000,50000 scaled to --clients; '' for none)",
     )
     p.add_argument("--step-seconds", type=float, default=30, help="each higher step's length")
+    p.add_argument(
+        "--down-steps",
+        type=int,
+        default=2,
+        help="when the base step is not held, try half its rate, then half again: this many",
+    )
     p.add_argument("--bound", type=float, default=200, help="p99 ms a step must stay within")
     p.add_argument("--brokers", default=",".join(B.BROKERS))
     p.add_argument("--group-size", type=int, default=10)
