@@ -163,6 +163,22 @@ class RedisCluster:
         ports = sorted({port for _, _, port in self.owners_seen_by(alive)})
         return [next(node for node in self.nodes if node.port == port) for port in ports]
 
+    def node_id(self, node: ClusterNode) -> str:
+        return node.cli("CLUSTER", "MYID").strip()
+
+    def move_slot(self, slot: int, target: ClusterNode) -> None:
+        """Move one slot and its keys to ``target``, as ``redis-cli --cluster reshard``
+        does (IMPORTING, MIGRATING, MIGRATE the keys, then SETSLOT NODE everywhere)."""
+        source = self.primary_of(slot)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        target.cli("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        source.cli("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        while keys := source.cli("CLUSTER", "GETKEYSINSLOT", str(slot), "100").split():
+            source.cli("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *keys)
+        for node in (target, source, *(n for n in self.primaries() if n not in (source, target))):
+            node.cli("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        self.wait_ok()
+
     def keyslot(self, key: str) -> int:
         alive = next(node for node in self.nodes if node.alive)
         return int(alive.cli("CLUSTER", "KEYSLOT", key).strip())

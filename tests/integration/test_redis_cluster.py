@@ -369,3 +369,65 @@ async def test_publishing_steadily_through_a_failover_loses_nothing_silently(
         )
     finally:
         server.stop()
+
+
+async def test_a_slot_moved_to_another_shard_is_followed(
+    redis_cluster: RedisCluster,  # noqa: F811
+) -> None:
+    """Resharding while subscribed: the moved channel's publications reach the
+    subscriber again (from its new shard) with its numbering and history moved along,
+    anything missed meanwhile told; the shard the move did not touch keeps its link."""
+    settings = {"broker_timeout": 1.0, "broker_prefix": "realtime", "max_message_size": 1024}
+    publisher, listener = (RedisClusterBroker(redis_cluster.url, settings) for _ in range(2))
+    for broker in (publisher, listener):
+        broker.history_policy = lambda channel: (10, 60.0)
+    lost: list[str] = []
+    listener.on_loss(lambda channel, missed: lost.append(channel))
+    channels = spread(redis_cluster, "room")
+    got: dict[str, list[str]] = {channel: [] for channel in channels}
+    await publisher.start()
+    await listener.start()
+    try:
+        for channel in channels:
+            listener.subscribe(channel, lambda p, c=channel: got[c].append(str(p.data)) or 1)
+            await listener.ready(channel)
+            await publisher.publish(channel, "1")
+        await eventually(lambda: all(got[c] == ["1"] for c in channels), message="first")
+        moved, untouched = channels[0], channels[2]
+        kept = listener._link_of(untouched)
+        target = redis_cluster.primary_of(slot(channels[1]))
+        redis_cluster.move_slot(slot(moved), target)
+
+        async def taken(channel: str, data: str) -> None:
+            async with asyncio.timeout(RESUMES_WITHIN):
+                while True:
+                    try:
+                        await publisher.publish(channel, data)
+                        return
+                    except Exception:
+                        await asyncio.sleep(0.05)
+
+        for data in ("2", "3"):
+            for channel in channels:
+                await taken(channel, data)
+        await eventually(
+            lambda: all(got[c][-1:] == ["3"] or c in lost for c in channels),
+            timeout=10,
+            message="3 on all, or a loss told",
+        )
+        assert all(got[c] == ["1", "2", "3"] for c in channels if c != moved), got
+        # The moved channel: everything, or what is missing told.
+        assert got[moved] == ["1", "2", "3"] or moved in lost, (got[moved], lost)
+        assert set(lost) <= {moved}, lost
+        page = await listener.history(moved, limit=-1)
+        assert [p.data for p in page.publications] == ["1", "2", "3"]
+        assert listener._link_of(untouched) is kept and kept.losses == 0
+        assert listener._link_of(moved).slots != frozenset(), "a link holds the moved slot"
+        assert slot(moved) in listener._link_of(moved).slots
+        assert listener._link_of(moved) is listener._link_of(channels[1])
+        # Live on its new shard.
+        await publisher.publish(moved, "4")
+        await eventually(lambda: got[moved][-1:] == ["4"], message="live after the move")
+    finally:
+        await publisher.close()
+        await listener.close()

@@ -18,16 +18,19 @@ The same broker as on one Redis (:class:`.broker.RedisBroker`), with three chang
   read it: a publication's count is the other hosts' reports as this host last read
   them (each heartbeat), which is what it was anyway: as last reported.
 
-Shards are taken at start: a cluster resharded while the broker runs is followed for
-failovers, but a slot moved to another shard makes that link reconnect again and again
-(logged) until the hosts restart.
+Shards are taken at start and followed: a failover changes only a shard's address; a
+slot moved to another shard (resharding) is noticed when its shard unsubscribes its
+channels, or when a link finds its slots served by several nodes, and the links are
+made again from the cluster's new shards (see :meth:`RedisClusterBroker._listen`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import random
 import time
 from collections.abc import Mapping
 from itertools import count
@@ -42,10 +45,21 @@ from redis.backoff import ExponentialBackoff
 
 from .broker import RedisBroker
 from .connection import POOL_SIZE, UNREACHABLE, make_client
-from .link import Link
+from .link import Link, Regroup
+from .listener import BACKOFF_MAX, BACKOFF_MIN
 from .names import ClusterNames, Names
 from .sequence import Mark
-from .slots import ClusterURL, SlotRange, first_in, owner, parse_slots, parse_url, shards, slot_of
+from .slots import (
+    SLOTS,
+    ClusterURL,
+    SlotRange,
+    first_in,
+    owner,
+    parse_slots,
+    parse_url,
+    shards,
+    slot_of,
+)
 from .subscriptions import _close
 
 log = logging.getLogger("realtime.broker")
@@ -118,23 +132,81 @@ class RedisClusterBroker(RedisBroker):
                 f"redis cluster at {self.describe()} did not tell its slots in time: every "
                 "slot must be served when the broker starts"
             ) from None
+        self._group(ranges, partition)
+
+    def _group(self, ranges: list[SlotRange], partition: list[frozenset[int]]) -> None:
+        """A link per shard of ``partition``: the one there is already for the same slots
+        (it goes on undisturbed), else a new one."""
         control = slot_of(self.names.control)
+        old = {link.slots: link for link in self._links}
         links = []
         for slots in partition:
-            first, last = min(slots), max(slots)
-            where = owner(ranges, first)
-            name = f"shard {first}-{last}"
-            link = Link(name, control=control in slots, slots=slots)
-            link.extra["node"] = where
-            beacons = (self.names.beacon(i) for i in count())  # type: ignore[attr-defined]
-            link.extra["beacon"] = first_in(slots, beacons)
+            link = old.get(slots)
+            if link is None:
+                first, last = min(slots), max(slots)
+                link = Link(f"shard {first}-{last}", control=control in slots, slots=slots)
+                link.extra["node"] = owner(ranges, first)
+                beacons = (self.names.beacon(i) for i in count())  # type: ignore[attr-defined]
+                link.extra["beacon"] = first_in(slots, beacons)
             links.append(link)
-        self._links = links
-        by_slot: list[Link | None] = [None] * (max(max(s) for s in partition) + 1)
+        by_slot: list[Link | None] = [None] * SLOTS
         for link in links:
             for slot in link.slots:
                 by_slot[slot] = link
+        self._links = links
         self._by_slot = [link for link in by_slot if link is not None]
+        assert len(self._by_slot) == SLOTS  # shards() saw every slot served
+        for channel, event in self._ready.items():
+            if self._link_of(channel).slots not in old:
+                event.clear()  # on a new link: ready once it has looked the channel up
+        if self._subscribed is not None and not all(link.up for link in links):
+            self._subscribed.clear()
+            self._down_since = time.monotonic()
+
+    async def _listen(self) -> None:
+        """A task per link; when the slots moved between shards (a link's slots are no
+        longer one node's), the links are made again from the cluster's new shards:
+        those whose slots did not change go on undisturbed, the others start afresh,
+        finding what their channels missed meanwhile and telling it."""
+        tasks: dict[Link, asyncio.Task[None]] = {}
+        try:
+            while True:
+                for link in self._links:
+                    if link not in tasks:
+                        tasks[link] = asyncio.get_running_loop().create_task(
+                            self._listen_on(link), name=f"redis listener ({link.name})"
+                        )
+                done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+                for link, task in list(tasks.items()):
+                    if task in done:
+                        del tasks[link]
+                        error = task.exception()
+                        if not isinstance(error, Regroup):
+                            raise error or RuntimeError(f"the listener of {link.name} ended")
+                log.warning("redis cluster's slots moved between shards: following them")
+                await self._regroup()
+                for link in [link for link in tasks if link not in self._links]:
+                    task = tasks.pop(link)
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def _regroup(self) -> None:
+        """The cluster's shards now, and a link for each (retried until it tells)."""
+        delay = BACKOFF_MIN
+        while True:
+            try:
+                ranges = await self._slots()
+                self._group(ranges, shards(ranges))
+                return
+            except (*UNREACHABLE, ValueError) as exc:
+                self.tally.add("regroup", f"cannot learn the redis cluster's shards yet ({exc})")
+            await asyncio.sleep(random.uniform(BACKOFF_MIN, delay))
+            delay = min(delay * 2, BACKOFF_MAX)
 
     async def _slots(self) -> list[SlotRange]:
         """Who serves which slot now, asked of the first known node that answers."""
@@ -173,8 +245,12 @@ class RedisClusterBroker(RedisBroker):
         return connected
 
     async def _connect_to_shard(self, link: Link) -> tuple[Redis, PubSub]:
-        where = owner(await self._slots(), min(link.slots))
-        if where is None:
+        ranges = await self._slots()
+        owners = {owner(ranges, slot) for slot in link.slots}
+        if len(owners - {None}) > 1:
+            raise Regroup(f"the slots of {link.name} are served by several nodes now")
+        where = owner(ranges, min(link.slots))
+        if where is None or None in owners:
             raise ConnectionError(f"no primary serves {link.name} now")
         if where != link.extra.get("node"):
             log.warning("redis cluster %s is served by %s:%d now", link.name, *where)

@@ -17,6 +17,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 
+class Regroup(Exception):
+    """A link's slots are no longer one shard's: the links must be made again."""
+
+
 class Link:
     """One subscription connection's state (see :class:`.listener.RedisListener`)."""
 

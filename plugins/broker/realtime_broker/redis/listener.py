@@ -54,7 +54,7 @@ from .envelope import (
     decode_presence,
     parse_counter,
 )
-from .link import Link
+from .link import Link, Regroup
 from .sequence import DELIVER, Mark, Place, Queue, Sequence, Truth, Verdict, mark
 from .subscriptions import Subscriptions, _close
 from .tally import Tally
@@ -222,7 +222,7 @@ class RedisListener(Subscriptions):
                 assert pubsub.connection is not None
                 await self._send(pubsub.connection, self.SUBSCRIBE, [*self._always(link), *keys])
                 await self._serve(link, pubsub, queue)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Regroup):
                 raise
             except Exception as exc:
                 self._salvage(queue)
