@@ -26,7 +26,9 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from functools import partial
+from itertools import islice
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -51,12 +53,35 @@ NODE_TTL = 5.0
 #: (two unanswered: the connection is dead and reconnected).
 RECONNECT_WAIT = 0.25
 PING_INTERVAL = 5
+#: Channels (un)subscribed between two flushes, at most.
+SYNC_CHUNK = 256
 #: Control message ids told recently, so a repeat is not told twice.
 RECENT_IDS = 16 * 1024
 #: What connection trouble looks like from nats-py.
 UNREACHABLE = (NatsError, OSError, TimeoutError)
 #: Schemes: nats:// plain, nats+tls:// (nats-py's tls://) with the system's CAs.
 SCHEMES = {"nats": "nats", "nats+tls": "tls"}
+
+
+class Dispatch:
+    """What a channel's subscription hands each message to, at once, in nats-py's
+    reading task: the ``future`` its ``subscribe()`` takes, which it tells every
+    message (``set_result``) while not ``cancelled()``. A callback (``cb=``) would cost
+    a task and a queue per subscription, and a hop per message: 15,000 channels took
+    over a second to subscribe and 64 MB. Relies on nats-py 2.16's
+    ``Client._process_msg`` (the pin in pyproject.toml; tests/integration/test_nats*.py
+    fail if it changes)."""
+
+    __slots__ = ("_heard",)
+
+    def __init__(self, heard: Callable[[bytes], None]) -> None:
+        self._heard = heard
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        self._heard(msg.data)
 
 
 def parse_url(url: str) -> tuple[list[str], dict[str, str]]:
@@ -124,6 +149,8 @@ class NatsBroker(Broker):
         #: This process's NATS subscription per channel, as sent.
         self._subs: dict[str, Subscription] = {}
         self._sync_lock = asyncio.Lock()
+        #: Channels subscribed or unsubscribed here since the last pass of the sync.
+        self._changed: dict[str, None] = {}  # in order: the first asked, the first sent
         #: Per channel subscribed here: set once NATS confirmed its subscription.
         self._ready: dict[str, asyncio.Event] = {}
         #: Other processes, by uid: what each last said, and when (monotonic).
@@ -212,6 +239,7 @@ class NatsBroker(Broker):
         log.info("connected to nats at %s", self.describe())
         assert self._connected is not None
         self._connected.set()
+        self._changed |= dict.fromkeys(self.subscribers)  # subscribed before connecting
         self._wake_sync()
 
     async def close(self) -> None:
@@ -292,12 +320,14 @@ class NatsBroker(Broker):
 
     def _listen_to(self, channel: str) -> None:
         self._ready[channel] = asyncio.Event()
+        self._changed[channel] = None
         self._wake_sync()
 
     def _stop_listening(self, channel: str) -> None:
         event = self._ready.pop(channel, None)
         if event is not None:
             event.set()  # its waiters find it gone
+        self._changed[channel] = None
         self._wake_sync()
 
     def _wake_sync(self) -> None:
@@ -342,30 +372,46 @@ class NatsBroker(Broker):
                 self._wake_sync()
 
     async def _sync_once(self, nc: Client, *, force: bool = False) -> None:
-        """One pass; ``force``: flush even if nothing new waits (after a reconnection)."""
-        for channel in [c for c in self._subs if c not in self.subscribers]:
-            sub = self._subs.pop(channel)
-            await sub.unsubscribe()
-        for channel in [c for c in self.subscribers if c not in self._subs]:
+        """SUB or UNSUB each channel changed since the last pass, a chunk at a time, each
+        chunk confirmed by a flush (so the first are ready without waiting for a burst of
+        thousands); ``force`` (after a reconnection): confirm every subscription, even if
+        nothing changed. What fails is tried again by the next pass."""
+        if force:
+            self._changed |= dict.fromkeys(self._subs)
+        while self._changed:
+            chunk = list(islice(self._changed, SYNC_CHUNK))
+            for channel in chunk:
+                del self._changed[channel]
             try:
-                subject = self.subjects.channel(channel)
-            except ValueError as exc:
-                self.tally.add("name", f"cannot listen to a channel on nats: {exc}")
-                continue
-            self._subs[channel] = await nc.subscribe(subject, cb=self._handler(channel))
-        waiting = [c for c, event in self._ready.items() if not event.is_set() and c in self._subs]
-        if waiting or force:
+                await self._sync_chunk(nc, chunk)
+            except BaseException:
+                self._changed = dict.fromkeys(chunk) | self._changed
+                raise
+
+    async def _sync_chunk(self, nc: Client, chunk: list[str]) -> None:
+        for channel in chunk:
+            sub = self._subs.get(channel)
+            if channel not in self.subscribers:
+                if sub is not None:
+                    del self._subs[channel]
+                    await sub.unsubscribe()
+            elif sub is None:
+                try:
+                    subject = self.subjects.channel(channel)
+                except ValueError as exc:
+                    self.tally.add("name", f"cannot listen to a channel on nats: {exc}")
+                    continue
+                self._subs[channel] = await nc.subscribe(subject, future=self._handler(channel))
+        waiting = [channel for channel in chunk if channel in self._subs]
+        if waiting:
             await nc.flush(max(1, round(self.timeout * 3)))
-            for channel in waiting:
-                event = self._ready.get(channel)
-                if event is not None and channel in self._subs:
-                    event.set()
+        for channel in waiting:
+            event = self._ready.get(channel)
+            if event is not None and channel in self._subs:
+                event.set()
 
-    def _handler(self, channel: str) -> Callable[[Msg], Awaitable[None]]:
-        async def heard(msg: Msg) -> None:
-            self._heard(channel, msg.data)
-
-        return heard
+    def _handler(self, channel: str) -> Any:
+        return Dispatch(partial(self._heard, channel))
 
     def _heard(self, channel: str, raw: bytes) -> None:
         """A payload on ``channel``'s subject: delivered here, or counted and dropped."""

@@ -24,6 +24,7 @@ decoding never raises, and what is not ours is dropped (and counted by the broke
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -59,6 +60,7 @@ def _escape(match: re.Match[str]) -> str:
     return "".join(f"_{byte:02X}" for byte in match.group().encode())
 
 
+@functools.lru_cache(maxsize=8192)
 def channel_token(channel: str) -> str:
     """``channel`` as one subject token; ValueError if over :data:`MAX_CHANNEL_BYTES`.
 
