@@ -40,7 +40,7 @@ SECRET = "workload-secret-" * 3
 API_KEY = "workload-key"
 BASE_CLIENTS = 15_000
 GC_OFF = "import gc; gc.disable(); gc.freeze = lambda: None; gc.enable = lambda: None"
-BASE_STEPS = (15_000, 25_000, 50_000)
+BASE_STEPS = (10_000, 12_500, 15_000, 20_000, 25_000, 50_000)
 CHANNELS = {
     "namespaces": [
         {"name": W.PERSONAL_NAMESPACE, "allow_user_limited_channels": True},
@@ -194,6 +194,7 @@ async def step(
     hist = load.window.hist
     p99 = hist.percentile(0.99)
     lost = after["lost"] - before["lost"]
+    refused = after["refused"] - before["refused"]
     cpu_per = (share["server"] + share["redis"]) * 1e6 / per_second if per_second else None
     notes = []
     if share["loadgen"] >= 0.9:
@@ -233,7 +234,7 @@ async def step(
         "late_p99_ms": late,
         "loadgen_cpu": round(share["loadgen"], 3),
         "other_cpu": round(other, 2),
-        "held": W.held(p99, lost, per_second, rate, args.bound),
+        "held": W.held(p99, lost, per_second, rate, args.bound, refused),
         "notes": "; ".join(notes),
         "worst_ms_by_second": [
             round(load.window.worst.get(i, 0) / 1e6, 1) for i in range(int(seconds - warmup) + 1)
@@ -394,7 +395,7 @@ def main() -> int:
         "--steps",
         default=None,
         help="higher rates to try, deliveries/s "
-        "(default 15000,25000,50000 scaled to --clients; '' for none)",
+        "(default 10000,12500,15000,20000,25000,50000 scaled to --clients; '' for none)",
     )
     p.add_argument("--step-seconds", type=float, default=30, help="each higher step's length")
     p.add_argument(

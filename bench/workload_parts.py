@@ -263,6 +263,11 @@ class Histogram:
         return None
 
 
-def held(p99_ms: float | None, lost: int, achieved: float, target: float, bound: float) -> bool:
-    """A step is held: nothing lost, p99 within ``bound`` ms, at least 95% of the target."""
-    return p99_ms is not None and p99_ms <= bound and lost == 0 and achieved >= 0.95 * target
+def held(
+    p99_ms: float | None, lost: int, achieved: float, target: float, bound: float, refused: int = 0
+) -> bool:
+    """A step is held: nothing lost or refused, p99 within ``bound`` ms, at least 95% of
+    the target."""
+    if p99_ms is None or p99_ms > bound or lost or refused:
+        return False
+    return achieved >= 0.95 * target

@@ -217,3 +217,7 @@ def test_client_counts_rounds_latency_and_a_you_may_have_missed() -> None:
         "id": 3,
         "subscribe": {"channel": "group:2"},
     }  # subscribed again, as an SDK does
+
+
+def test_a_step_with_a_refused_publication_is_not_held() -> None:
+    assert not W.held(50.0, 0, 7_500, 7_500, 200, refused=1)
