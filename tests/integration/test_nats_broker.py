@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -192,3 +193,110 @@ async def test_rules_keeping_history_or_presence_are_refused(nats_server: NatsSe
     with pytest.raises(ValueError, match=r"top-level channels \(presence\)"):
         await broker.start()
     await broker.close()
+
+
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate for 127.0.0.1 it signed: (ca, cert, key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "realtime test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+async def test_nats_tls_with_the_system_s_trust_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats+tls:// verifies the server against the system's CAs (here SSL_CERT_FILE)."""
+    ca, cert, key = _tls_files(tmp_path)
+    workdir = tmp_path / "nats"
+    workdir.mkdir()
+    server = NatsServer(workdir, "--tls", "--tlscert", str(cert), "--tlskey", str(key)).start()
+    url = f"nats+tls://127.0.0.1:{server.port}"
+    untrusting = NatsBroker(url, SETTINGS)  # the CA is not in the trust store yet
+    try:
+        await untrusting.start()  # serves anyway, not connected, after 3 timeouts
+        assert not untrusting.up
+        assert untrusting.tally.counts["nats SSLCertVerificationError"] >= 1
+    finally:
+        await untrusting.close()
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    first, second = NatsBroker(url, SETTINGS), NatsBroker(url, SETTINGS)
+    try:
+        await first.start()
+        await second.start()
+        assert first.up and second.up
+        got = Got()
+        second.subscribe("secure", got)
+        await second.ready("secure")
+        await first.publish("secure", "over tls")
+        await until(lambda: got.items)
+        assert [p.data for p in got.items] == ["over tls"]
+    finally:
+        await first.close()
+        await second.close()
+        server.stop()
+
+
+async def test_credentials_in_the_url_are_nats_s_trust_boundary(tmp_path: Path) -> None:
+    workdir = tmp_path / "nats"
+    workdir.mkdir()
+    server = NatsServer(workdir, "--user", "realtime", "--pass", "s3cr#t").start()
+    good = NatsBroker(f"nats://realtime:s3cr%23t@127.0.0.1:{server.port}", SETTINGS)
+    bad = NatsBroker(f"nats://127.0.0.1:{server.port}", SETTINGS)
+    try:
+        await good.start()
+        assert good.up
+        await good.publish("x", "fine")
+        await bad.start()  # refused by NATS: serves, but every broadcast is a 503
+        assert not bad.up
+        with pytest.raises(BrokerUnavailable):
+            await bad.publish("x", "refused")
+        assert bad.tally.counts["nats Error"] >= 1  # nats-py: "Authorization Violation"
+    finally:
+        await good.close()
+        await bad.close()
+        server.stop()
