@@ -35,6 +35,7 @@ server API's per-user commands (control messages) and its ``channels`` and ``inf
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -46,6 +47,8 @@ from ..presence import Member, PresenceEvent, PresenceManager, PresenceMode, Pre
 from ..results import PublishResult
 from ..tracking import Tracker
 from .broker import RedisBroker
+
+log = logging.getLogger("realtime.broker")
 
 SCHEMES = {"redis+shards": "redis", "rediss+shards": "rediss"}
 _MASK = (1 << 64) - 1
@@ -218,7 +221,12 @@ class ShardedBroker(Broker):
         await asyncio.gather(*(shard.start() for shard in self.shards))
 
     async def close(self) -> None:
-        await asyncio.gather(*(shard.close() for shard in self.shards), return_exceptions=True)
+        results = await asyncio.gather(
+            *(shard.close() for shard in self.shards), return_exceptions=True
+        )
+        for shard, result in zip(self.shards, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("closing %s failed", shard.describe(), exc_info=result)
         await super().close()
 
     @property
