@@ -21,7 +21,8 @@ log = logging.getLogger("realtime.broker")
 BROKER = Option(
     "broker",
     "memory://",
-    "where broadcasts travel: memory:// (this process only) or redis://HOST:PORT/DB",
+    "where broadcasts travel: memory:// (this process only), redis://HOST:PORT/DB, "
+    "redis+cluster://, redis+sentinel://, redis+shards:// or nats:// (docs/scaling.md)",
 )
 
 BROKER_TIMEOUT = Option(
