@@ -431,8 +431,8 @@ def main() -> int:
     p.add_argument("--table", type=Path, help="print the tables of a run's JSON, run nothing")
     args = p.parse_args()
     if args.table is not None:
-        record = json.loads(args.table.read_text())
-        print(tables(record["results"], record["settings"]["bound"]))
+        saved = json.loads(args.table.read_text())
+        print(tables(saved["results"], saved["settings"]["bound"]))
         return 0
     args.rate = args.per_client * args.clients
     if args.steps is None:
