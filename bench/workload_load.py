@@ -482,21 +482,24 @@ class Load:
                 return
             await asyncio.sleep(0.1)
 
-    def settle(self, ready_before: int) -> tuple[int, int]:
+    def settle(self, ready_before: int, positions: dict[str, int]) -> tuple[int, int]:
         """Tails and gaps of the live connections into the account; (lost, silent) added.
 
         A live connection's rounds after the last one it saw were lost at the tail; a
-        connection ready before ``ready_before`` (ns) that saw nothing on a channel sent
-        to since then is *silent*. Each sequence then starts over from the last round
-        sent, so the next step does not count the same loss again.
+        connection ready before ``ready_before`` (ns, when each kind had sent
+        ``positions``) that saw nothing on a channel sent to since then is *silent*.
+        Each sequence then starts over from the last round sent, so the next step does
+        not count the same loss again.
         """
         lost = silent = 0
         for client in list(self.live.values()):
             for kind, seq in client.seqs.items():
                 meta = self.kinds[kind]
-                final = W.last_round(client.index[kind], meta.positions, meta.channels)
+                index = client.index[kind]
+                final = W.last_round(index, meta.positions, meta.channels)
                 if seq.last < 0:
-                    if client.ready_at < ready_before and final >= 1:
+                    since = W.last_round(index, positions[kind], meta.channels)
+                    if client.ready_at < ready_before and final > since:
                         silent += 1
                     continue
                 lost += seq.tail(final) + seq.lost
