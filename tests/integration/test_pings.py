@@ -17,6 +17,7 @@ from pathlib import Path
 
 from realtime_hub.fastpath import IncomingLimits, Keepalive, Socket
 from realtime_hub.frames import OP_PING, OP_PONG, control_frame
+from realtime_hub.keepalive import SLICES
 
 from ..unit.test_frames import _Transport, frame
 from .test_takeover import running
@@ -148,3 +149,22 @@ async def test_with_no_fast_path_a_pinger_that_never_reads_is_cut_off(
             sock.close()
     assert taken is not None, "the server kept reading (and answering) for 30 s"
     assert taken < 64 << 20, taken
+
+
+async def test_the_keepalive_spreads_its_pings_over_the_interval() -> None:
+    """One slice of the sockets a turn, each pinged once an interval: 15,000 pings (and
+    their pongs) at once held the loop for half a second."""
+    socks = []
+    for client in range(200):
+        sock = Socket(_Transport(), IncomingLimits(1000), client=client)
+        sock.start(None, lambda _: None)
+        socks.append(sock)
+    keepalive = Keepalive(interval=20, timeout=20)
+    keepalive.sockets.update(socks)
+    pinged = []
+    for _ in range(SLICES):
+        keepalive._tick()  # what the timer runs, SLICES times an interval
+        pinged.append(sum(sock.pinged_at is not None for sock in socks))
+    keepalive.stop()
+    assert pinged[0] == 200 // SLICES
+    assert pinged == [200 // SLICES * turn for turn in range(1, SLICES + 1)]
