@@ -248,6 +248,8 @@ async def test_bad_requests_get_an_http_status_and_nobody_else_is_touched(
             "/emulation", content=huge, headers={"content-type": "application/json"}
         )
         assert response.status_code == 413
+        # Its body was not read: the connection is not kept for another request.
+        assert response.headers["connection"] == "close"
         response = await http.post("/connection/http_stream", content=b"x" * (70 * 1024))
         assert response.status_code == 413
         assert (await http.get("/emulation")).status_code == 405

@@ -629,4 +629,8 @@ async def _send(
 async def send_text(
     send: Any, status: int, text: str, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
+    if status == 413:
+        # The body was not read to its end: the connection cannot carry another
+        # request, and a client that reused it would lose that one.
+        headers = [*headers, (b"connection", b"close")]
     await _send(send, status, f"{text}\n".encode(), TEXT.encode(), headers)
