@@ -37,6 +37,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
+from ..background import confirmed, spawn
 from ..base import Broker, Publication, as_publication
 from ..errors import BrokerUnavailable
 from ..redis.envelope import CONTROL_MAGIC, Drop, decode_control, encode_control
@@ -335,19 +336,9 @@ class NatsBroker(Broker):
             self._wake.set()
 
     async def ready(self, channel: str) -> None:
-        event = self._ready.get(channel)
-        if event is None:
-            raise ValueError(f"this process is not subscribed to channel {channel!r}")
-        if not event.is_set():
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await event.wait()
-            except TimeoutError:
-                raise BrokerUnavailable(
-                    f"nats did not confirm the subscription to {channel!r} in time"
-                ) from None
-            if self._ready.get(channel) is not event or self.loop is None:
-                raise ValueError(f"channel {channel!r} was unsubscribed meanwhile")
+        waited = await confirmed(self._ready, channel, self.timeout, "nats")
+        if waited and self.loop is None:  # closed while it waited
+            raise ValueError(f"channel {channel!r} was unsubscribed meanwhile")
 
     async def _sync(self) -> None:
         """Make NATS's subscriptions what this process wants, whenever that changes:
@@ -629,17 +620,4 @@ class NatsBroker(Broker):
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A background task whose end, other than being cancelled, is logged."""
-        task = asyncio.get_running_loop().create_task(coroutine, name=name)
-        self._tasks.append(task)
-
-        def ended(done: asyncio.Task[None]) -> None:
-            if done in self._tasks:
-                self._tasks.remove(done)
-            if done.cancelled():
-                return
-            error = done.exception()
-            if error is not None:
-                log.critical("%s died", name, exc_info=error)
-
-        task.add_done_callback(ended)
-        return task
+        return spawn(self._tasks, coroutine, name, must_run=False)

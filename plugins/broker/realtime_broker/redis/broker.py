@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
+from ..background import spawn
 from ..base import HistoryResult, Publication, StreamPosition, as_publication
 from ..errors import BrokerUnavailable, UnrecoverablePosition
 from ..history import MAX_HISTORY_LIMIT
@@ -392,24 +393,9 @@ class RedisBroker(RedisListener):
     # Background tasks -----------------------------------------------------------
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Start a background task that cannot end unnoticed: an end other than being
-        cancelled is logged (and, for the listener, reported by ``/-/health``)."""
-        task = asyncio.get_running_loop().create_task(coroutine, name=name)
-        self._tasks.append(task)
-
-        def ended(done: asyncio.Task[None]) -> None:
-            if done in self._tasks:
-                self._tasks.remove(done)
-            if done.cancelled():
-                return
-            error = done.exception()
-            if error is not None:
-                log.critical("%s died", name, exc_info=error)
-            else:
-                log.critical("%s ended", name)
-
-        task.add_done_callback(ended)
-        return task
+        """A background task that cannot end unnoticed: any end but a cancel is logged
+        (and, for the listener, reported by ``/-/health``)."""
+        return spawn(self._tasks, coroutine, name, must_run=True)
 
     async def _heartbeat(self) -> None:
         """Report this process's client count and channel map, and forget processes

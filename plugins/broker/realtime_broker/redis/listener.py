@@ -42,6 +42,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from ..background import confirmed
 from ..base import EMPTY_EPOCH, MAX_INFO_SIZE, Publication, StreamPosition
 from ..errors import BrokerUnavailable
 from ..presence import PresenceEvent
@@ -166,19 +167,7 @@ class RedisListener(Subscriptions):
     # Subscriptions ----------------------------------------------------------------
 
     async def ready(self, channel: str) -> None:
-        event = self._ready.get(channel)
-        if event is None:
-            raise ValueError(f"this process is not subscribed to channel {channel!r}")
-        if not event.is_set():
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await event.wait()
-            except TimeoutError:
-                raise BrokerUnavailable(
-                    f"redis did not confirm the subscription to {channel!r} in time"
-                ) from None
-            if self._ready.get(channel) is not event:
-                raise ValueError(f"channel {channel!r} was unsubscribed meanwhile")
+        await confirmed(self._ready, channel, self.timeout, "redis")
 
     def _listen_to(self, channel: str) -> None:
         self._ready[channel] = asyncio.Event()
