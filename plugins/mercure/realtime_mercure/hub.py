@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 
 from realtime import Host
 from realtime.rate import Bucket, Rate
+from realtime.routes import read_body
 from realtime_broker import (
     BrokerUnavailable,
     HistoryResult,
@@ -425,7 +426,7 @@ class MercureNode:
         grant = self.grant(config.publisher, token)
         if grant is None or grant.publish is None:
             raise _Refused(401, "Unauthorized", [(b"www-authenticate", b"Bearer")])
-        body = await _read_body(receive, limit)
+        body = await read_body(receive, limit)
         if body is None:
             raise _Refused(413, "Request Entity Too Large")
         content_type = b"".join(header(scope, b"content-type")[:1]).split(b";")[0].strip().lower()
@@ -581,22 +582,6 @@ def _content_length(scope: Any) -> int | None:
         except ValueError:
             return None
     return None
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def reply(
