@@ -417,9 +417,14 @@ class Hub(Backlogs, Membership):
             return
         client.user = user
         client.name = name or str(client.id)
-        self._named[client.name] = client
+        if name:  # a protocol's own name for it, which a publication's skip may give
+            self._named[name] = client
         if self.watchers:
             self.watchers.connected(client)
+
+    def named(self, name: str) -> Client | None:
+        """The client a protocol identified by ``name`` (:meth:`identify`), if here."""
+        return self._named.get(name)
 
     def lost(self, channel: str, count: int) -> None:
         """This process missed ``count`` publications on ``channel``: each format tells its own."""
@@ -550,15 +555,21 @@ class Hub(Backlogs, Membership):
             return members
         trimmed: Channel = {}
         for fmt, group in members.items():
-            if skipped.id in group:
+            if skipped.id not in group:
+                trimmed[fmt] = group
+            elif group.split is None:  # one framing, nearly always: a copy at C speed
+                kept = Group(group.framing)
+                dict.update(kept, group)
+                del kept[skipped.id]
+                if kept:
+                    trimmed[fmt] = kept
+            else:
                 kept = Group(group.framing)
                 for client in group.values():
                     if client is not skipped:
                         kept.add(client)
                 if kept:
                     trimmed[fmt] = kept
-            else:
-                trimmed[fmt] = group
         return trimmed
 
     def _hold_publication(self, members: Channel, publication: Any) -> Channel:

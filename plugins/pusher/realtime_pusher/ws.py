@@ -77,7 +77,7 @@ def routes(host: Host, apps: Apps) -> list[AnyRoute]:
             await send({"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER})
             return
         socket_id = wire.new_socket_id()
-        while socket_id in hub._named:  # 62 random bits: never, in practice
+        while hub.named(socket_id) is not None:  # 62 random bits: never, in practice
             socket_id = wire.new_socket_id()
         sessions: list[PusherSession] = []
 
