@@ -50,6 +50,8 @@ EXTENSION_KEY = "realtime_pusher.node"
 USER_CHANNEL_PREFIX = wire.USER_CHANNEL_PREFIX
 #: The control messages' op (the Centrifuge node ignores ops it does not know).
 TERMINATE_OP = "pusher.terminate"
+#: How a terminate control message begins (see _control).
+TERMINATE_MARK = b'{"op":"pusher.terminate",'
 
 #: The presence mode of a Pusher presence channel: listed and announced.
 PRESENCE_MODE = PresenceMode(listed=True, announced=True)
@@ -299,7 +301,9 @@ class PusherNode:
     # Control messages ---------------------------------------------------------
 
     def _control(self, data: bytes) -> None:
-        if len(data) > MAX_CONTROL_SIZE or not data.startswith(b"{"):
+        # Every host hears every control message (emulation requests of up to 64 KiB
+        # among them): only ours, which wire.dumps writes with "op" first, is parsed.
+        if len(data) > MAX_CONTROL_SIZE or not data.startswith(TERMINATE_MARK):
             return
         try:
             message = json.loads(data)
