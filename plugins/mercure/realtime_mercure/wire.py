@@ -146,7 +146,6 @@ class Subscription:
         "foreign_private",
         "grant",
         "guarded",
-        "key",
         "templates",
     )
 
@@ -164,7 +163,6 @@ class Subscription:
         self.grant = grant
         self.foreign_private = foreign_private
         self.guarded = guarded
-        self.key = (exact, templates, grant)
 
     def channels(self) -> list[str]:
         """The channels it joins: its exact topics, then :data:`TEMPLATES` for its

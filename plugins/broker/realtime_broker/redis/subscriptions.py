@@ -79,11 +79,6 @@ class Subscriptions(Broker):
         return set().union(*(link.live for link in self._links))
 
     @property
-    def _pubsub(self) -> PubSub | None:
-        """The first link's connection while it is up (a plain Redis has only it)."""
-        return self._links[0].pubsub
-
-    @property
     def _flush_tasks(self) -> list[asyncio.Task[None]]:
         return [link.flush_task for link in self._links if link.flush_task is not None]
 
