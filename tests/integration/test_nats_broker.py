@@ -272,9 +272,13 @@ async def test_nats_tls_with_the_system_s_trust_store(
         got = Got()
         second.subscribe("secure", got)
         await second.ready("secure")
-        await first.publish("secure", "over tls")
-        await until(lambda: got.items)
-        assert [p.data for p in got.items] == ["over tls"]
+        # At most once: a TLS connection nats-py drops and makes again just after
+        # start-up (APPLICATION_DATA_AFTER_CLOSE_NOTIFY, now and then) may lose one.
+        async with asyncio.timeout(10):
+            while not got.items:
+                await first.publish("secure", "over tls")
+                await asyncio.sleep(0.5)
+        assert {p.data for p in got.items} == {"over tls"}
     finally:
         await first.close()
         await second.close()
